@@ -1,0 +1,7 @@
+"""bertnli: fine-tune BERT for natural language inference (SNLI) and study its hyperparameters."""
+
+__version__ = "0.1.0"
+
+
+class BertnliError(Exception):
+    """An error a user can fix: its message is one line naming the problem and the fix."""

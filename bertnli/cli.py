@@ -1,0 +1,285 @@
+"""`bertnli-exp`: the command-line face of bertnli. No logic of its own; errors are one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from bertnli import BertnliError
+from bertnli.config import OPTIMIZERS, SCHEDULES, TRUNCATIONS, TrackingConfig, TrainConfig, load_config
+
+# ---------------------------------------------------------------- one-line errors
+
+
+class Group(click.Group):
+    """Every error leaves as one line: `bertnli-exp: error: ...`; usage errors exit 2."""
+
+    def main(self, *args, **kwargs):  # noqa: D401
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+            sys.exit(rv if isinstance(rv, int) else 0)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as e:
+            cmd = e.ctx.command_path if e.ctx else "bertnli-exp"
+            click.echo(f"{cmd}: error: {e.format_message()} (see {cmd} --help)", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("bertnli-exp: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            click.echo(f"bertnli-exp: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except BertnliError as e:
+            click.echo(f"bertnli-exp: error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("bertnli-exp: interrupted; the run is marked KILLED and can be resumed with --resume", err=True)
+            sys.exit(130)
+
+
+# ---------------------------------------------------------------- options from TrainConfig
+
+_CHOICES = {"truncation": TRUNCATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+_HELP = {
+    "model": "preset name (see `bertnli-exp models`), hf:<folder> or d2l:<folder>",
+    "num_layers": "keep only the first N encoder layers",
+    "data": "folder with snli_1.0_{train,dev,test}.jsonl[.gz] or .txt[.gz]",
+    "limit_train": "train on the first N examples only",
+    "limit_eval": "evaluate on the first N dev/test examples only",
+    "warmup": "fraction of steps for linear warmup (schedule=linear)",
+    "bucket": "length-bucketed batches with dynamic padding (--no-bucket pads to max_len)",
+}
+
+
+def _click_type(f: dataclasses.Field):
+    if f.name in _CHOICES:
+        return click.Choice(_CHOICES[f.name])
+    t = str(f.type)
+    if "int" in t:
+        return click.IntRange(min=0) if f.name == "checkpoint_every" else click.IntRange(min=1)
+    if "float" in t:
+        return float
+    return str
+
+
+def train_options(func):
+    """A `--flag` for every TrainConfig field; None means "not given", so the TOML value stands."""
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        name = f.name.replace("_", "-")
+        if "bool" in str(f.type):
+            func = click.option(f"--{name}/--no-{name}", f.name, default=None, help=_HELP.get(f.name, f"default {f.default}"))(func)
+        else:
+            func = click.option(f"--{name}", f.name, type=_click_type(f), default=None,
+                                help=f"{_HELP.get(f.name, '')} [default: {f.default}]".strip())(func)
+    func = click.option("--config", "config_path", type=click.Path(), help="experiment TOML (options override it)")(func)
+    return func
+
+
+def tracking_options(func):
+    func = click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under ./mlruns]")(func)
+    func = click.option("--experiment", default=None, help="MLflow experiment [default: bertnli]")(func)
+    return func
+
+
+def _train_overrides(kwargs: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="bertnli")
+def main():
+    """Fine-tune BERT for natural language inference on SNLI, and study its hyperparameters."""
+
+
+# ---------------------------------------------------------------- train
+
+
+@main.command()
+@train_options
+@tracking_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="run folder for checkpoints [default: outputs/<time>-<model>]")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, help="continue the run in this folder where it stopped")
+@click.option("--run-name", default=None, help="MLflow run name")
+@click.option("--progress/--no-progress", default=True)
+def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, progress, **kwargs):
+    """Fine-tune one model on SNLI; selects the best dev epoch, tests it once, records it in MLflow."""
+    from bertnli.tracking import train_run
+
+    overrides = _train_overrides(kwargs)
+    if resume_dir:
+        saved = Path(resume_dir) / "config.json"
+        if not saved.is_file():
+            raise BertnliError(f"{resume_dir} has no config.json; --resume takes the folder of an earlier run (its --out)")
+        import json
+
+        cfg = load_config(None, {**json.loads(saved.read_text()), **{k: v for k, v in overrides.items() if v is not None}})
+        out_dir = resume_dir
+    else:
+        cfg = load_config(config_path, overrides)
+        out_dir = out_dir or f"outputs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_').replace('/', '_')}"
+    tracking = TrackingConfig(tracking_uri, experiment or "bertnli", run_name)
+    result, run_id = train_run(cfg, out_dir, tracking, resume=bool(resume_dir), progress=progress)
+    if run_id:
+        test = f"{result.test.acc:.4f}" if result.test else "n/a"
+        click.echo(f"best dev_acc {result.best_dev_acc:.4f} (epoch {result.best_epoch}); test_acc {test}; "
+                   f"{result.history[-1].examples_per_sec:.1f} train ex/s; {result.wall_seconds:.0f} s")
+        click.echo(f"run {run_id}; checkpoint {Path(out_dir) / 'best'}")
+        click.echo("see it: mlflow ui --backend-store-uri " + _ui_uri(tracking_uri))
+
+
+def _ui_uri(uri: str | None) -> str:
+    from bertnli.tracking import default_tracking_uri, local_artifact_root
+
+    uri = uri or default_tracking_uri()
+    art = local_artifact_root(uri)
+    return uri + (f" --default-artifact-root {art}" if art else "")
+
+
+# ---------------------------------------------------------------- models
+
+
+@main.command()
+def models():
+    """The model presets and where their weights are."""
+    from bertnli.model import PRESETS, preset_location
+
+    for p in PRESETS.values():
+        click.echo(f"{p.name:16} {p.description}\n{'':16} weights: {preset_location(p.name)}")
+    click.echo(f"{'hf:<folder>':16} any Hugging Face BERT folder (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
+    click.echo(f"{'d2l:<folder>':16} an unpacked d2l BERT archive (pretrained.params, vocab.json)")
+
+
+# ---------------------------------------------------------------- data
+
+
+@main.group()
+def data():
+    """Get SNLI and look at it."""
+
+
+@data.command("download")
+@click.option("--dest", type=click.Path(file_okay=False), default="data", show_default=True)
+@click.option("--mirror", default=None, help="another URL serving snli_1.0.zip (same sha1)")
+@click.option("--source", type=click.Path(exists=True), default=None, help="a local snli_1.0.zip or unpacked folder")
+def data_download(dest, mirror, source):
+    """Fetch SNLI 1.0 (sha1 checked, resumable) and unpack it safely."""
+    from bertnli.data import SNLI_URL, fetch_snli
+
+    folder = fetch_snli(dest, url=mirror or SNLI_URL, source=source)
+    click.echo(f"SNLI ready in {folder}; train with --data {folder}")
+
+
+@data.command("info")
+@click.option("--data", "folder", type=click.Path(), default=TrainConfig.data, show_default=True)
+def data_info(folder):
+    """Split sizes, label balance and length percentiles (d2l words per pair)."""
+    from bertnli.data import SPLITS, read_split, split_summary
+
+    found = False
+    for name in SPLITS:
+        split = read_split(folder, name, required=False)
+        if split is None:
+            click.echo(f"{name:5}  missing (no snli_1.0_{name}.* in {folder})")
+            continue
+        found = True
+        s = split_summary(split)
+        click.echo(f"{name:5}  {s['pairs']:>7,} pairs ({s['dropped_no_gold']} without gold label dropped)  "
+                   f"entailment {s['entailment_frac']:.3f} contradiction {s['contradiction_frac']:.3f} neutral {s['neutral_frac']:.3f}  "
+                   f"words/pair p50 {s['len_p50']} p90 {s['len_p90']} p99 {s['len_p99']} max {s['len_p100']}")
+    if not found:
+        raise BertnliError(f"no SNLI split in {folder}; give --data a folder with snli_1.0_*.jsonl[.gz]")
+
+
+# ---------------------------------------------------------------- evaluate / predict
+
+
+def _load_checkpoint(source: str, tracking_uri: str | None):
+    from bertnli.engine import load_selected
+
+    path = Path(source)
+    if path.is_dir():
+        if (path / "best").is_dir() and not (path / "model.safetensors").exists():
+            path = path / "best"
+        return load_selected(path)
+    from bertnli.tracking import resolve_run_checkpoint
+
+    return load_selected(resolve_run_checkpoint(source, tracking_uri))
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("--data", "folder", type=click.Path(), default=TrainConfig.data, show_default=True)
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--tracking-uri", default=None)
+def evaluate(checkpoint, folder, split, limit, tracking_uri):
+    """Score a checkpoint (a run folder, its best/ folder, or an MLflow run id) on a split."""
+    from bertnli.data import LABEL_NAMES, read_split
+    from bertnli.engine import evaluate as run_eval
+    from bertnli.pairs import encode_split
+
+    model, tok, meta = _load_checkpoint(checkpoint, tracking_uri)
+    cfg = meta.get("config", {})
+    s = read_split(folder, split, required=True)
+    enc = encode_split(s, tok, cfg.get("max_len", 128), cfg.get("truncation", "longest_first"), TrainConfig.cache_dir).head(limit)
+    r = run_eval(model, enc, 256, "cpu", progress=True)
+    click.echo(f"{split}: accuracy {r.acc:.4f} over {len(enc)} pairs")
+    for name, d in r.per_class().items():
+        click.echo(f"  {name:13} precision {d['precision']:.3f} recall {d['recall']:.3f} f1 {d['f1']:.3f} support {d['support']}")
+    m = r.confusion()
+    click.echo("confusion (rows gold, columns predicted): " + "  ".join(LABEL_NAMES))
+    for i, name in enumerate(LABEL_NAMES):
+        click.echo(f"  {name:13} " + " ".join(f"{int(x):>7}" for x in m[i]))
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.argument("premise", required=False)
+@click.argument("hypothesis", required=False)
+@click.option("--file", "pairs_file", type=click.Path(exists=True, dir_okay=False), default=None, help="TSV (premise<TAB>hypothesis) or JSONL (sentence1, sentence2)")
+@click.option("--tracking-uri", default=None)
+def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
+    """Label sentence pairs with a checkpoint (a run folder, its best/ folder, or an MLflow run id)."""
+    import json
+
+    from bertnli.data import LABEL_NAMES
+    from bertnli.engine import predict as run_predict
+
+    if pairs_file:
+        premises, hypotheses = [], []
+        for n, line in enumerate(Path(pairs_file).read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            if pairs_file.endswith(".jsonl"):
+                row = json.loads(line)
+                premises.append(row["sentence1"])
+                hypotheses.append(row["sentence2"])
+            else:
+                cells = line.split("\t")
+                if len(cells) < 2:
+                    raise BertnliError(f"{pairs_file}:{n}: expected premise<TAB>hypothesis")
+                premises.append(cells[0])
+                hypotheses.append(cells[1])
+    elif premise and hypothesis:
+        premises, hypotheses = [premise], [hypothesis]
+    else:
+        raise click.UsageError("give PREMISE and HYPOTHESIS, or --file")
+    model, tok, meta = _load_checkpoint(checkpoint, tracking_uri)
+    cfg = meta.get("config", {})
+    probs = run_predict(model, tok, premises, hypotheses, cfg.get("max_len", 128), cfg.get("truncation", "longest_first"))
+    for p, h, pr in zip(premises, hypotheses, probs):
+        label = LABEL_NAMES[int(pr.argmax())]
+        scores = " ".join(f"{n}={v:.3f}" for n, v in zip(LABEL_NAMES, pr))
+        click.echo(f"{label:13} {scores}\t{p} ||| {h}")
+
+
+if __name__ == "__main__":
+    main()

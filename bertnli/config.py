@@ -1,0 +1,145 @@
+"""Every setting of a run, in one frozen dataclass.
+
+The one place that turns an experiment TOML file plus command-line options into a config:
+options override the file, the file overrides the defaults. Nothing else reads settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bertnli import BertnliError
+
+TRUNCATIONS = ("longest_first", "ratio")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "linear")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One fine-tuning run. Field names are the MLflow param names (DESIGN.md)."""
+
+    model: str = "minilm-l6"
+    num_layers: int | None = None  # keep only the first N encoder layers (model size on CPU)
+    data: str = "../shared/data/snli-resplit"
+    max_len: int = 128
+    truncation: str = "longest_first"
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: float = 5e-5
+    epochs: int = 1
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    schedule: str = "linear"
+    warmup: float = 0.1  # fraction of all optimisation steps
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    dropout: float = 0.1
+    seed: int = 0
+    limit_train: int | None = None  # first N training examples (CPU runs)
+    limit_eval: int | None = None  # first N dev and test examples
+    bucket: bool = True  # length-bucketed batches + dynamic padding (False: pad to max_len)
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    device: str = "auto"
+    checkpoint_every: int = 500  # optimisation steps between mid-epoch checkpoints; 0: epoch ends only
+    eval_test: bool = True  # evaluate test once on the selected weights
+    cache_dir: str = ".cache/bertnli"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.truncation in TRUNCATIONS, f"truncation must be one of {', '.join(TRUNCATIONS)}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.max_len >= 8, "max_len must be at least 8"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (0 <= self.warmup < 1, "warmup is a fraction of steps in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 turns clipping off)"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.num_layers is None or self.num_layers >= 1, "num_layers must be at least 1"),
+            (self.limit_train is None or self.limit_train >= 1, "limit_train must be at least 1"),
+            (self.limit_eval is None or self.limit_eval >= 1, "limit_eval must be at least 1"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BertnliError(f"bad config: {message}")
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Params for MLflow: one flat dict, None written as an empty string."""
+        return {k: ("" if v is None else v) for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """TOML and CLI values into the field's type, with a one-line error naming the key."""
+    text = str(kind)
+    try:
+        if value is None:
+            return None
+        if "bool" in text:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if "int" in text:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if "float" in text:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise BertnliError(f"bad config: {name}={value!r} is not a valid {text}") from None
+
+
+def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise BertnliError(
+            f"bad config: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    coerced = {k: _coerce(k, v, known[k]) for k, v in values.items()}
+    return dataclasses.replace(base or TrainConfig(), **coerced)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BertnliError(f"config file {path} not found; give a path such as experiments/quick_cpu.toml")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise BertnliError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """TOML `[train]` table (or top-level keys), then CLI overrides (None means not given)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        doc = read_toml(path)
+        values.update(doc.get("train", {k: v for k, v in doc.items() if not isinstance(v, dict)}))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(values)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs are recorded: MLflow's own env var wins over the local default."""
+
+    tracking_uri: str | None = None
+    experiment: str = "bertnli"
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
