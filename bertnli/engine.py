@@ -289,7 +289,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     distributed = init_distributed(device)
     rank, world = dist_info()
     is_main = rank == 0
-    callbacks = callbacks if is_main else []
+    callbacks = (callbacks or []) if is_main else []
     seed_everything(cfg.seed)
     prep = prepared or prepare(cfg)
     if prep.train is None:

@@ -1,0 +1,161 @@
+"""Shared fixtures: tiny SNLI files, a real HTTP server on 127.0.0.1, a real MLflow store."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+SUBJECTS = ["A man", "A woman", "Two dogs", "A child", "The boy", "A girl", "Some people", "An old man"]
+ACTIONS = ["is sitting", "is running", "are playing", "is eating", "is sleeping", "is walking"]
+PLACES = ["on the street", "in the water", "outside", "in a park", "at home", "on a bench"]
+
+
+def _parse(sentence: str) -> str:
+    """A right-branching binary parse, the shape SNLI's parse columns have."""
+    words = sentence.rstrip(".").split() + ["."]
+    out = words[-1]
+    for w in reversed(words[:-1]):
+        out = f"( {w} {out} )"
+    return out
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    """SNLI-shaped rows whose label is learnable from the words (contradiction <-> 'not')."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        s, a, p = rng.choice(SUBJECTS), rng.choice(ACTIONS), rng.choice(PLACES)
+        premise = f"{s} {a} {p}."
+        label = ["entailment", "contradiction", "neutral", "-"][i % 4 if i % 17 else 3]
+        if label == "entailment":
+            hyp = f"{s} {a}."
+        elif label == "contradiction":
+            hyp = f"{s} is not {a.split()[-1]} {p}."
+        else:
+            hyp = f"{s} {a} {p} with a friend because it is sunny."
+        rows.append({"gold_label": label, "sentence1": premise, "sentence2": hyp,
+                     "sentence1_binary_parse": _parse(premise), "sentence2_binary_parse": _parse(hyp),
+                     "pairID": f"{i}.jpg#{i % 4}"})
+    return rows
+
+
+def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_snli(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("snli")
+    write_jsonl_gz(folder / "snli_1.0_train.jsonl.gz", make_rows(240, 1))
+    write_jsonl_gz(folder / "snli_1.0_dev.jsonl.gz", make_rows(80, 2))
+    write_jsonl_gz(folder / "snli_1.0_test.jsonl.gz", make_rows(80, 3))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_snli() -> Path:
+    folder = SHARED_DATA / "snli-resplit"
+    if not (folder / "snli_1.0_train.jsonl.gz").is_file():
+        pytest.skip("real SNLI (../shared/data/snli-resplit) is not on this machine")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One SQLite store for the session: MLflow's schema migration costs seconds per new store."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTNLI_CACHE", str(tmp_path / "model-cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+# ---------------------------------------------------------------- a real HTTP server
+
+
+class FileServer:
+    """Serves a folder on 127.0.0.1 with HTTP Range support; can cut a transfer or fail with a status."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.cut_after: int | None = None  # close the connection after this many body bytes, once
+        self.fail_with: list[int] = []  # statuses to answer before serving normally
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append({"path": self.path, "range": self.headers.get("Range")})
+                if server.fail_with:
+                    self.send_error(server.fail_with.pop(0))
+                    return
+                path = server.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.cut_after is not None:
+                    self.wfile.write(body[: server.cut_after])
+                    self.wfile.flush()
+                    server.cut_after = None
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = FileServer(root)
+    yield server
+    server.close()
+
+
+def run_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env

@@ -1,0 +1,167 @@
+"""SNLI readers and the download path, against real files and a real HTTP server."""
+
+import hashlib
+import json
+import zipfile
+
+import pytest
+
+from bertnli import BertnliError
+from bertnli.data import download, fetch_snli, parse_to_text, read_file, read_split, safe_extract, sha1_of
+from conftest import make_rows, write_jsonl_gz
+
+TXT_HEADER = "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tcaptionID\tpairID\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5"
+
+
+def txt_line(r):
+    return "\t".join([r["gold_label"], r["sentence1_binary_parse"], r["sentence2_binary_parse"], "(ROOT)", "(ROOT)",
+                      r["sentence1"], r["sentence2"], "c", r["pairID"], r["gold_label"], "", "", "", ""])
+
+
+def test_parse_to_text_is_d2l_reader():
+    assert parse_to_text("( ( Two women ) ( ( are  embracing ) . ) )") == "Two women are embracing ."
+
+
+def test_jsonl_and_txt_readers_agree_and_drop_dash(tmp_path):
+    rows = make_rows(40)
+    write_jsonl_gz(tmp_path / "a.jsonl.gz", rows)
+    (tmp_path / "b.txt").write_text("\n".join([TXT_HEADER, *map(txt_line, rows)]) + "\n")
+    a, b = read_file(tmp_path / "a.jsonl.gz"), read_file(tmp_path / "b.txt")
+    kept = [r for r in rows if r["gold_label"] != "-"]
+    assert a.labels == b.labels == [{"entailment": 0, "contradiction": 1, "neutral": 2}[r["gold_label"]] for r in kept]
+    assert a.premises_parse == b.premises_parse and a.hypotheses == b.hypotheses
+    assert a.dropped == b.dropped == len(rows) - len(kept) > 0
+
+
+def test_real_splits_have_documented_sizes(real_snli):
+    sizes = {s: len(read_split(real_snli, s)) for s in ("train", "dev", "test")}
+    assert sizes == {"train": 13713, "dev": 2966, "test": 2987}
+
+
+def test_official_dev_test_sizes():
+    from conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "snli"
+    if not folder.is_dir():
+        pytest.skip("official SNLI dev/test not present")
+    assert len(read_split(folder, "dev")) == 9842 and len(read_split(folder, "test")) == 9824
+    assert read_split(folder, "train", required=False) is None
+
+
+@pytest.mark.parametrize("content,expect", [
+    ('{"gold_label": "neutral", "sentence1": "a"\n', r"bad\.jsonl:1: not a JSON object"),
+    ('{"gold_label": "maybe", "sentence1": "a", "sentence2": "b", "sentence1_binary_parse": "a", "sentence2_binary_parse": "b"}\n', r":1: unknown gold_label 'maybe'"),
+    ('{"gold_label": "neutral", "sentence1": "a"}\n', r":1: missing sentence2"),
+    ("", r"no labelled rows"),
+])
+def test_bad_rows_are_one_line_errors_with_line_numbers(tmp_path, content, expect):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(content)
+    with pytest.raises(BertnliError, match=expect) as e:
+        read_file(p)
+    assert "\n" not in str(e.value)
+
+
+def test_error_names_the_right_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    rows = [json.dumps(r) for r in make_rows(5)]
+    rows.insert(3, "{broken")
+    p.write_text("\n".join(rows) + "\n")
+    with pytest.raises(BertnliError, match=r"x\.jsonl:4:"):
+        read_file(p)
+
+
+def test_wrong_encoding_and_truncated_gzip(tmp_path):
+    p = tmp_path / "latin.jsonl"
+    row = make_rows(2)[1]
+    row["sentence1"] += " caf\u00e9"
+    p.write_bytes(json.dumps(row, ensure_ascii=False).encode("latin-1") + b"\n")
+    with pytest.raises(BertnliError, match="not UTF-8"):
+        read_file(p)
+    g = write_jsonl_gz(tmp_path / "t.jsonl.gz", make_rows(200))
+    g.write_bytes(g.read_bytes()[:-40])
+    with pytest.raises(BertnliError, match="damaged"):
+        read_file(g)
+
+
+def test_missing_split_and_folder(tmp_path):
+    with pytest.raises(BertnliError, match="not found"):
+        read_split(tmp_path / "nope", "dev")
+    with pytest.raises(BertnliError, match="no dev split"):
+        read_split(tmp_path, "dev")
+    assert read_split(tmp_path, "train", required=False) is None
+
+
+# ---------------------------------------------------------------- download
+
+
+def _payload(n=300_000):
+    return bytes(range(256)) * (n // 256)
+
+
+def test_download_verifies_sha1(file_server, tmp_path):
+    data = _payload()
+    (file_server.root / "f.bin").write_bytes(data)
+    out = download(f"{file_server.url}/f.bin", tmp_path / "f.bin", sha1=hashlib.sha1(data).hexdigest(), progress=False)
+    assert out.read_bytes() == data
+    n = len(file_server.requests)
+    download(f"{file_server.url}/f.bin", tmp_path / "f.bin", sha1=hashlib.sha1(data).hexdigest(), progress=False)
+    assert len(file_server.requests) == n  # verified file is not fetched again
+
+
+def test_download_resumes_with_range_after_a_cut(file_server, tmp_path):
+    data = _payload()
+    (file_server.root / "f.bin").write_bytes(data)
+    file_server.cut_after = 100_000
+    out = download(f"{file_server.url}/f.bin", tmp_path / "f.bin", sha1=hashlib.sha1(data).hexdigest(), progress=False, backoff=0)
+    assert out.read_bytes() == data
+    assert file_server.requests[0]["range"] is None
+    resumed_from = int(file_server.requests[1]["range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_from <= 100_000  # continued where the cut left it, not from zero
+
+
+def test_sha1_mismatch_leaves_nothing_that_looks_valid(file_server, tmp_path):
+    (file_server.root / "f.bin").write_bytes(_payload())
+    with pytest.raises(BertnliError, match="expected 0000"):
+        download(f"{file_server.url}/f.bin", tmp_path / "f.bin", sha1="0" * 40, progress=False)
+    assert list(tmp_path.glob("f.bin*")) == []
+
+
+def test_http_errors_retry_then_fail_clearly(file_server, tmp_path):
+    data = _payload(1000)
+    (file_server.root / "f.bin").write_bytes(data)
+    file_server.fail_with = [500, 503]
+    assert download(f"{file_server.url}/f.bin", tmp_path / "f.bin", progress=False, backoff=0).read_bytes() == data
+    file_server.fail_with = [500] * 10
+    with pytest.raises(BertnliError, match="after 3 attempts .HTTP 500"):
+        download(f"{file_server.url}/f.bin", tmp_path / "g.bin", retries=2, progress=False, backoff=0)
+    with pytest.raises(BertnliError, match="404"):
+        file_server.fail_with = []
+        download(f"{file_server.url}/missing.zip", tmp_path / "m.zip", progress=False)
+
+
+def test_safe_extract_refuses_escaping_members(tmp_path):
+    z = tmp_path / "evil.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr("../escaped.txt", "bad")
+    with pytest.raises(BertnliError, match="escape"):
+        safe_extract(z, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out").exists()
+    notzip = tmp_path / "x.zip"
+    notzip.write_bytes(b"not a zip at all")
+    with pytest.raises(BertnliError, match="not a zip"):
+        safe_extract(notzip, tmp_path / "out")
+
+
+def test_fetch_snli_from_a_mirror(file_server, tmp_path):
+    """The real path: zip served over HTTP, sha1 checked, unpacked, then readable."""
+    z = file_server.root / "snli_1.0.zip"
+    rows = make_rows(30)
+    with zipfile.ZipFile(z, "w") as zf:
+        for split in ("train", "dev", "test"):
+            zf.writestr(f"snli_1.0/snli_1.0_{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    folder = fetch_snli(tmp_path / "data", url=f"{file_server.url}/snli_1.0.zip", sha1=sha1_of(z))
+    assert len(read_split(folder, "dev")) == len([r for r in rows if r["gold_label"] != "-"])
+    with pytest.raises(BertnliError, match="sha1"):
+        fetch_snli(tmp_path / "data2", url=f"{file_server.url}/snli_1.0.zip", sha1="1" * 40)
