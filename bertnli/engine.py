@@ -92,6 +92,8 @@ class FitResult:
 
 
 class Callback(Protocol):
+    """What the loop reports; `on_step(global_step, loss)` is optional and may also be defined."""
+
     def on_fit_start(self, info: dict[str, Any]) -> None: ...
     def on_epoch_end(self, m: EpochMetrics) -> None: ...
     def on_fit_end(self, result: FitResult) -> None: ...
@@ -383,6 +385,9 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
                 accum["seconds"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 checkpoint(epoch, step + 1)
+            for cb in callbacks:
+                if hasattr(cb, "on_step"):
+                    cb.on_step(global_step, loss.item())
         bar.close()
         accum["seconds"] += time.perf_counter() - t0
         totals = torch.tensor([accum["loss"], accum["correct"], accum["seen"]], dtype=torch.float64)

@@ -151,7 +151,6 @@ class MLflowRun:
         else:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "bertnli.resumed", "true")
 
     # engine callbacks
     def on_fit_start(self, info: dict[str, Any]) -> None:

@@ -1,0 +1,115 @@
+"""The training loop: learning, selection on dev, exact resume, divergence, DDP under torchrun."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bertnli import BertnliError
+from bertnli.config import TrainConfig
+from bertnli.engine import TrainingDiverged, evaluate, fit, load_selected, lr_at, prepare
+from conftest import ROOT, run_env
+
+
+def tiny_cfg(data, tmp_path, **kw):
+    base = dict(model="tiny-d2l-random", data=str(data), epochs=3, batch_size=16, lr=2e-3, max_len=32, schedule="constant",
+                optimizer="adam", dropout=0.0, cache_dir=str(tmp_path / "enc"), checkpoint_every=0)
+    return TrainConfig(**{**base, **kw})
+
+
+class Quiet:
+    def on_fit_start(self, info): pass
+    def on_epoch_end(self, m): pass
+    def on_fit_end(self, r): pass
+
+
+class StopAt(Quiet):
+    """Raise at a global step, as a kill would: state after the last checkpoint is lost."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, global_step, loss):
+        if global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_learns_selects_on_dev_and_tests_the_selected_weights(tiny_snli, tmp_path):
+    r = fit(tiny_cfg(tiny_snli, tmp_path, epochs=8), tmp_path / "run", progress=False)
+    assert r.best_dev_acc > 0.6  # chance is 1/3; the tiny data is learnable
+    assert r.best_epoch == max(r.history, key=lambda m: m.dev_acc).epoch
+    model, tok, meta = load_selected(tmp_path / "run" / "best")
+    assert meta["epoch"] == r.best_epoch
+    prep = prepare(tiny_cfg(tiny_snli, tmp_path))
+    assert evaluate(model, prep.test).acc == pytest.approx(r.test.acc)
+    assert evaluate(model, prep.dev).acc == pytest.approx(r.best_dev_acc)
+    assert all(m.examples_per_sec > 0 for m in r.history)
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tiny_snli, tmp_path):
+    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=2, checkpoint_every=4, dropout=0.1, limit_train=160)  # 10 steps/epoch
+    full = fit(cfg, tmp_path / "a", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "b", callbacks=[StopAt(15)], progress=False)  # epoch 2, after the step-4 checkpoint of it
+    ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"]) == (2, 4)
+    resumed = fit(cfg, tmp_path / "b", resume=True, progress=False)
+    a, b = load_selected(tmp_path / "a" / "best")[0], load_selected(tmp_path / "b" / "best")[0]
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-6), k
+    assert [m.train_loss for m in resumed.history] == pytest.approx([m.train_loss for m in full.history], abs=1e-6)
+    assert resumed.test.acc == full.test.acc
+
+
+def test_nan_loss_fails_loudly(tiny_snli, tmp_path):
+    cfg = tiny_cfg(tiny_snli, tmp_path)
+    prep = prepare(cfg)
+    with torch.no_grad():
+        prep.model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1 step 1"):
+        fit(cfg, tmp_path / "run", prepared=prep, progress=False)
+
+
+def test_resume_with_a_damaged_checkpoint_is_a_clear_error(tiny_snli, tmp_path):
+    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=1)
+    fit(cfg, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(BertnliError, match="cannot resume .* damaged"):
+        fit(cfg, tmp_path / "run", resume=True, progress=False)
+
+
+def test_linear_schedule_warms_up_then_decays():
+    cfg = TrainConfig(lr=1.0, warmup=0.1)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[50] == pytest.approx(50 / 90) and lrs[-1] == pytest.approx(1 / 90)
+    assert lr_at(37, 100, TrainConfig(lr=0.3, schedule="constant")) == 0.3
+
+
+def test_missing_train_split_is_named(tmp_path, tiny_snli):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "snli_1.0_dev.jsonl.gz").write_bytes((tiny_snli / "snli_1.0_dev.jsonl.gz").read_bytes())
+    with pytest.raises(BertnliError, match="no train split"):
+        fit(tiny_cfg(tmp_path / "d", tmp_path), tmp_path / "run", progress=False)
+
+
+def test_ddp_two_cpu_processes_match_one_process(tiny_snli, tmp_path, mlflow_uri):
+    """torchrun --nproc_per_node 2 (gloo) gives the single-process result for the same global batch."""
+    args = ["--model", "tiny-d2l-random", "--data", str(tiny_snli), "--epochs", "2", "--batch-size", "16", "--lr", "2e-3",
+            "--max-len", "32", "--schedule", "constant", "--optimizer", "adam", "--dropout", "0", "--limit-train", "160",
+            "--cache-dir", str(tmp_path / "enc"), "--tracking-uri", mlflow_uri, "--no-progress"]
+    single = subprocess.run([sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
+                            cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613",
+                          "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "two")],
+                         cwd=ROOT, env=run_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    for h1, h2 in zip(one["history"], two["history"]):
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-4)
+        assert h2["dev_loss"] == pytest.approx(h1["dev_loss"], abs=1e-4)
+    assert two["best_dev_acc"] == pytest.approx(one["best_dev_acc"], abs=1e-9)

@@ -1,0 +1,72 @@
+"""MLflow records, against a real SQLite-backed store: params, metrics, artifacts, true status, resume."""
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from bertnli.config import TrackingConfig
+from bertnli.engine import TrainingDiverged, prepare
+from bertnli.tracking import train_run
+from test_engine import StopAt, tiny_cfg
+
+
+def _artifacts(c, run_id, path=""):
+    out = []
+    for f in c.list_artifacts(run_id, path):
+        out += _artifacts(c, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def test_finished_run_has_params_metrics_and_artifacts(tiny_snli, tmp_path, mlflow_uri):
+    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=2)
+    result, run_id = train_run(cfg, tmp_path / "run", TrackingConfig(mlflow_uri, "t-finished"), progress=False)
+    c = MlflowClient(mlflow_uri)
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {k: str(v) for k, v in cfg.to_flat_dict().items()}
+    hist = c.get_metric_history(run_id, "dev_acc")
+    assert [m.step for m in hist] == [1, 2]
+    assert [m.value for m in hist] == pytest.approx([m.dev_acc for m in result.history])
+    for key in ("train_loss", "train_acc", "dev_loss", "examples_per_sec"):
+        assert len(c.get_metric_history(run_id, key)) == 2
+    assert run.data.metrics["best_dev_acc"] == pytest.approx(result.best_dev_acc)
+    assert run.data.metrics["test_acc"] == pytest.approx(result.test.acc)
+    files = set(_artifacts(c, run_id))
+    assert {"checkpoint/model.safetensors", "checkpoint/model_config.json", "checkpoint/vocab.json", "learning_curves.png",
+            "confusion_test.png", "confusion_test.csv", "digests.json"} <= files
+    assert run.data.tags["data.train.sha256"] == result.info["digests"]["train"]
+
+
+def test_nan_run_is_failed_with_the_reason(tiny_snli, tmp_path, mlflow_uri):
+    cfg = tiny_cfg(tiny_snli, tmp_path)
+    prep = prepare(cfg)
+    with torch.no_grad():
+        prep.model.classifier.bias.fill_(float("inf"))
+    import bertnli.tracking as tr
+
+    real_fit = tr.fit
+    tr_fit = lambda *a, **k: real_fit(*a, **{**k, "prepared": prep})  # noqa: E731 - inject the broken model
+    tr.fit = tr_fit
+    try:
+        with pytest.raises(TrainingDiverged):
+            train_run(cfg, tmp_path / "run", TrackingConfig(mlflow_uri, "t-nan"), progress=False)
+    finally:
+        tr.fit = real_fit
+    run = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("t-nan").experiment_id])[0]
+    assert run.info.status == "FAILED" and "loss became nan" in run.data.tags["bertnli.error"]
+
+
+def test_interrupted_run_is_killed_then_resumed_into_the_same_run(tiny_snli, tmp_path, mlflow_uri):
+    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=2, checkpoint_every=5)
+    tracking = TrackingConfig(mlflow_uri, "t-resume")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "run", tracking, callbacks=[StopAt(20)], progress=False)
+    c = MlflowClient(mlflow_uri)
+    exp = c.get_experiment_by_name("t-resume").experiment_id
+    (killed,) = c.search_runs([exp])
+    assert killed.info.status == "KILLED"
+    result, run_id = train_run(cfg, tmp_path / "run", tracking, resume=True, progress=False)
+    runs = c.search_runs([exp])
+    assert len(runs) == 1 and run_id == killed.info.run_id and runs[0].info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(run_id, "dev_acc")] == [1, 2]
+    assert runs[0].data.tags["bertnli.resumed"] == "True"
