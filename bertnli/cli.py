@@ -143,6 +143,44 @@ def _ui_uri(uri: str | None) -> str:
     return uri + (f" --default-artifact-root {art}" if art else "")
 
 
+# ---------------------------------------------------------------- sweep
+
+
+@main.command()
+@train_options
+@tracking_options
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="complete-or-pruned trials the study should hold [default: 20]")
+@click.option("--study-name", default=None, help="Optuna study (and MLflow experiment) name")
+@click.option("--storage", default=None, help="Optuna storage: a journal file path or an RDB URL (postgresql://...) [default: mlruns/optuna-journal.log]")
+@click.option("--space", multiple=True, help="override a search dimension: lr=1e-5:1e-3:log, epochs=1:3, model=minilm-l6|minilm-l3")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="stop starting trials after this many seconds")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="trial processes at once on this host [default: 1]")
+@click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
+@click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="folder for trial checkpoints [default: outputs/sweeps]")
+def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed,
+          keep_checkpoints, grace_s, out_dir, **kwargs):
+    """An Optuna study over the engine; rerun the same command to resume it."""
+    from bertnli.sweep import Sweep, load_sweep_config
+
+    overrides = _train_overrides(kwargs)
+    sweep_overrides = {"trials": trials, "study_name": study_name, "storage": storage, "timeout": timeout, "workers": workers,
+                       "seed": sampler_seed, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir}
+    cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), TrackingConfig(tracking_uri, experiment))
+    summary = Sweep(cfg, config_path, log=lambda s: click.echo(s)).run()
+    best = summary.get("best")
+    click.echo(f"study {cfg.study_name}: {summary['done']}/{cfg.trials} trials complete or pruned in {summary['wall_seconds']:.0f} s")
+    if best is not None:
+        test = best.user_attrs.get("test_acc")
+        click.echo(f"best trial {best.number}: dev_acc {best.value:.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
+                   + " " + " ".join(f"{k}={v}" for k, v in best.params.items()))
+    from bertnli.sweep import default_storage
+
+    click.echo(f"MLflow parent run {summary['parent_run_id']}: mlflow ui --backend-store-uri {_ui_uri(tracking_uri)}")
+    click.echo(f"optuna-dashboard {cfg.storage or default_storage()}")
+
+
 # ---------------------------------------------------------------- models
 
 

@@ -1,0 +1,657 @@
+"""The Optuna study: search space from TOML, TPE + median pruning, resumable storage, workers.
+
+Each trial runs in a fresh process (`python -m bertnli.sweep trial ...`), so one trial's
+crash, NaN or OOM fails that trial only and frees all its memory. A worker (a thread of
+`bertnli-exp sweep`) asks Optuna for a trial, records who runs it (host, pid, heartbeat)
+in the trial's attributes, starts the trial process and tells Optuna how it ended.
+Running the same command again continues the study until it holds N complete-or-pruned
+trials: trials whose worker died (kill -9, power loss) are found by host+pid or a stale
+heartbeat, marked FAIL (and their MLflow run FAILED), and their configuration is retried.
+
+MLflow: one parent run per study, reused on resume; one child run per trial with
+`mlflow.parentRunId`, statuses FINISHED / KILLED + `optuna.state=PRUNED` / FAILED.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bertnli import BertnliError
+from bertnli.config import TrackingConfig, TrainConfig, config_from_dict, read_toml
+
+PRUNED_EXIT = 3  # a trial process exits with this when Optuna pruned it
+HEARTBEAT_S = 5.0
+
+
+# ---------------------------------------------------------------- the space and settings
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # "float", "int", "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial):
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return f"{self.name}=" + "|".join(map(str, self.choices))
+        return f"{self.name}={self.low:g}:{self.high:g}" + (":log" if self.log else "")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    base: TrainConfig
+    space: tuple[Param, ...]
+    trials: int = 20
+    study_name: str = "bertnli-sweep"
+    storage: str | None = None  # None: a journal file under mlruns/
+    seed: int = 0
+    workers: int = 1
+    timeout: float | None = None  # seconds for this invocation
+    pruner_startup_trials: int = 4
+    pruner_warmup_epochs: int = 0
+    keep_checkpoints: str = "best"  # "best" or "all"
+    grace_s: float = 60.0  # heartbeat age after which a RUNNING trial of another host is stale
+    max_retries: int = 2  # a failed configuration is tried again at most this often
+    out_dir: str = "outputs/sweeps"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SWEEP_KEYS = {"trials", "study_name", "storage", "seed", "workers", "timeout", "pruner_startup_trials", "pruner_warmup_epochs",
+              "keep_checkpoints", "grace_s", "max_retries", "out_dir"}
+
+
+def parse_param(name: str, spec: Any) -> Param:
+    """TOML `{low, high, log}` / list of choices, or CLI text `1e-5:1e-3:log`, `1:3`, `a|b`."""
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    if name not in known:
+        raise BertnliError(f"bad sweep space: {name!r} is not a train setting; use one of {', '.join(sorted(known))}")
+    kind_of = str(TrainConfig.__dataclass_fields__[name].type)
+    try:
+        if isinstance(spec, str):
+            if "|" in spec:
+                spec = spec.split("|")
+            else:
+                parts = spec.split(":")
+                spec = {"low": float(parts[0]), "high": float(parts[1]), "log": len(parts) > 2 and parts[2] == "log"}
+        if isinstance(spec, list):
+            if not spec:
+                raise ValueError("no choices")
+            if "int" in kind_of:
+                spec = [int(x) for x in spec]
+            elif "float" in kind_of:
+                spec = [float(x) for x in spec]
+            return Param(name, "categorical", choices=tuple(spec))
+        low, high, log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
+    except (KeyError, ValueError, IndexError, TypeError) as e:
+        raise BertnliError(f"bad sweep space for {name}: {spec!r} ({e}); write low:high[:log] or a|b|c") from None
+    if not low < high or (log and low <= 0):
+        raise BertnliError(f"bad sweep space for {name}: need low < high (and low > 0 for log)")
+    return Param(name, "int" if "int" in kind_of else "float", low, high, log)
+
+
+def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], sweep_overrides: dict[str, Any],
+                      space_overrides: list[str], tracking: TrackingConfig) -> SweepConfig:
+    doc = read_toml(path) if path else {}
+    train_values = {**doc.get("train", {}), **{k: v for k, v in train_overrides.items() if v is not None}}
+    base = config_from_dict(train_values)
+    sweep_doc = dict(doc.get("sweep", {}))
+    space_doc = dict(sweep_doc.pop("space", {}) or {"lr": {"low": 1e-5, "high": 2e-4, "log": True}})
+    for item in space_overrides:
+        if "=" not in item:
+            raise BertnliError(f"bad --space {item!r}; write NAME=low:high[:log] or NAME=a|b|c")
+        name, spec = item.split("=", 1)
+        space_doc[name.strip()] = spec.strip()
+    unknown = set(sweep_doc) - SWEEP_KEYS
+    if unknown:
+        raise BertnliError(f"bad [sweep] setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SWEEP_KEYS))}")
+    values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
+    space = tuple(parse_param(k, v) for k, v in space_doc.items())
+    cfg = SweepConfig(base=base, space=space, tracking=tracking, **values)
+    if cfg.trials < 1 or cfg.workers < 1:
+        raise BertnliError("bad sweep: trials and workers must be at least 1")
+    if cfg.keep_checkpoints not in ("best", "all"):
+        raise BertnliError("bad sweep: keep_checkpoints is best or all")
+    return cfg
+
+
+# ---------------------------------------------------------------- storage and study
+
+
+def default_storage() -> str:
+    """A journal file beside the MLflow store: safe for several processes on one host."""
+    return str((Path.cwd() / "mlruns" / "optuna-journal.log").resolve())
+
+
+def open_storage(url: str | None):
+    import optuna
+
+    url = url or default_storage()
+    if "://" in url:
+        kwargs = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs = {"connect_args": {"timeout": 60}}
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(url))
+
+
+def make_study(cfg: SweepConfig, storage=None):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(4, len(cells(cfg))))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs)
+    return optuna.create_study(study_name=cfg.study_name, storage=storage or open_storage(cfg.storage), sampler=sampler,
+                               pruner=pruner, direction="maximize", load_if_exists=True)
+
+
+def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Every model x truncation combination in the space (each is tried early)."""
+    grid = [p for p in cfg.space if p.kind == "categorical" and p.name in ("model", "truncation")]
+    combos: list[dict[str, Any]] = [{}]
+    for p in grid:
+        combos = [{**c, p.name: v} for c in combos for v in p.choices]
+    return combos if grid else []
+
+
+def _states():
+    from optuna.trial import TrialState
+
+    return TrialState
+
+
+def done_count(study) -> int:
+    S = _states()
+    return sum(t.state in (S.COMPLETE, S.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def reap_stale_trials(study, cfg: SweepConfig, log=print) -> list[int]:
+    """Fail RUNNING trials whose worker is gone; retry their configuration. Returns the numbers failed."""
+    S = _states()
+    storage, failed = study._storage, []
+    host = socket.gethostname()
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+        owner = t.user_attrs.get("worker", {})
+        beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else 0)
+        dead = (owner.get("host") == host and not _alive(owner.get("pid", -1))) if owner else False
+        stale = now - beat > cfg.grace_s
+        if not (dead or stale):
+            continue
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            storage.set_trial_state_values(t._trial_id, state=S.FAIL)
+        except UpdateFinishedTrialError:
+            continue
+        failed.append(t.number)
+        end_orphan_run(cfg, t.user_attrs.get("mlflow_run_id"), "worker died (stale trial found on resume)")
+        retry(study, t, cfg, log)
+        log(f"trial {t.number}: its worker is gone ({'pid dead' if dead else 'no heartbeat'}); marked FAIL")
+    return failed
+
+
+def retry(study, t, cfg: SweepConfig, log=print) -> None:
+    """Queue the same configuration again, at most max_retries times."""
+    tries = int(t.user_attrs.get("retry_of_count", 0))
+    if tries >= cfg.max_retries:
+        log(f"trial {t.number}: configuration failed {tries + 1} times; not retried again")
+        return
+    study.enqueue_trial(t.params, user_attrs={"retry_of": t.user_attrs.get("retry_of", t.number), "retry_of_count": tries + 1})
+
+
+def end_orphan_run(cfg: SweepConfig, run_id: str | None, why: str) -> None:
+    if not run_id:
+        return
+    from bertnli.tracking import client
+
+    c = client(cfg.tracking.tracking_uri)
+    try:
+        if c.get_run(run_id).info.status == "RUNNING":
+            c.set_tag(run_id, "bertnli.error", why)
+            c.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - a run that cannot be found has nothing to end
+        pass
+
+
+# ---------------------------------------------------------------- MLflow parent run
+
+
+def parent_run(study, cfg: SweepConfig, storage_url: str) -> str:
+    """The study's parent run: reused on resume (its id is a study attribute), else created."""
+    from bertnli.tracking import client, code_version, get_or_create_experiment, default_tracking_uri
+
+    uri = cfg.tracking.tracking_uri or default_tracking_uri()
+    c = client(uri)
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if run_id:
+        try:
+            if c.get_run(run_id).info.status != "RUNNING":
+                c.update_run(run_id, status="RUNNING")
+            return run_id
+        except Exception:  # noqa: BLE001 - parent deleted from MLflow: make a new one
+            pass
+    exp = get_or_create_experiment(c, cfg.tracking.experiment or cfg.study_name, uri)
+    tags = {"bertnli.role": "sweep-parent", "bertnli.study": cfg.study_name, "bertnli.storage": storage_url,
+            "bertnli.sampler": f"TPESampler(seed={cfg.seed})",
+            "bertnli.pruner": f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}, n_warmup_steps={cfg.pruner_warmup_epochs})",
+            "bertnli.space": "; ".join(p.describe() for p in cfg.space), **code_version()}
+    run = c.create_run(exp, run_name=f"sweep-{cfg.study_name}", tags=tags)
+    from mlflow.entities import Param as MParam
+
+    fixed = {k: v for k, v in cfg.base.to_flat_dict().items() if k not in {p.name for p in cfg.space}}
+    c.log_batch(run.info.run_id, params=[MParam(f"fixed.{k}", str(v)) for k, v in fixed.items()])
+    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+    winner = study.user_attrs.get("mlflow_parent_run_id")  # another host may have won the race
+    if winner != run.info.run_id:
+        c.delete_run(run.info.run_id)
+        return winner
+    return run.info.run_id
+
+
+# ---------------------------------------------------------------- one trial, in its own process
+
+
+class PruneOnDev:
+    """Engine callback: report dev accuracy to Optuna each epoch; raise TrialPruned when told."""
+
+    def __init__(self, trial, parent_pid: int | None = None):
+        self.trial, self.parent_pid = trial, parent_pid
+
+    def on_fit_start(self, info):
+        pass
+
+    def on_step(self, step, loss):
+        if self.parent_pid and os.getppid() != self.parent_pid:  # our worker is gone: stop
+            os._exit(1)
+
+    def on_epoch_end(self, m):
+        import optuna
+
+        self.trial.report(m.dev_acc, m.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {m.epoch} (dev_acc {m.dev_acc:.4f})")
+
+    def on_fit_end(self, result):
+        pass
+
+
+def classify(exc: BaseException) -> tuple[str, dict[str, str]]:
+    import optuna
+
+    from bertnli.tracking import default_classify
+
+    if isinstance(exc, optuna.TrialPruned):
+        return "KILLED", {"optuna.state": "PRUNED", "bertnli.end": str(exc)}
+    status, tags = default_classify(exc)
+    return status, {**tags, "optuna.state": "FAIL" if status == "FAILED" else "KILLED"}
+
+
+def run_trial(cfg: SweepConfig, trial_number: int, parent_run_id: str, parent_pid: int | None) -> int:
+    """Body of a trial process: train with the trial's params; the exit code says how it ended."""
+    import optuna
+
+    from bertnli.tracking import train_run
+
+    study = make_study(cfg)
+    t = study.get_trials(deepcopy=False)[trial_number]
+    trial = optuna.trial.Trial(study, t._trial_id)
+    train_cfg = cfg.base.replace(**t.params)
+    out = Path(cfg.out_dir) / cfg.study_name / f"trial-{trial_number:03d}"
+    shutil.rmtree(out, ignore_errors=True)  # a retried number never happens; a stale folder is junk
+    tags = {"optuna.trial": str(trial_number), "optuna.study": cfg.study_name, "bertnli.role": "sweep-trial"}
+    if "retry_of" in t.user_attrs:
+        tags["bertnli.retry_of"] = str(t.user_attrs["retry_of"])
+    tracking = TrackingConfig(cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name,
+                              f"trial-{trial_number:03d}", tags)
+
+    try:
+        result, run_id = train_run(train_cfg, out, tracking, parent_run_id=parent_run_id,
+                                   callbacks=[PruneOnDev(trial, parent_pid)], classify=classify,
+                                   keep_checkpoint=cfg.keep_checkpoints == "all", progress=False)
+    except optuna.TrialPruned:
+        return PRUNED_EXIT
+    finally:
+        marker = out / "mlflow_run.json"
+        if marker.is_file():
+            study._storage.set_trial_user_attr(t._trial_id, "mlflow_run_id", json.loads(marker.read_text())["run_id"])
+    summary = {"value": result.best_dev_acc, "test_acc": result.test.acc if result.test else None,
+               "best_epoch": result.best_epoch, "run_id": run_id, "wall_seconds": result.wall_seconds,
+               "train_seconds": sum(h.train_seconds for h in result.history)}
+    (out / "trial.json").write_text(json.dumps(summary))
+    return 0
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _die_with_parent() -> None:
+    """Linux: the trial process gets SIGKILL when its worker dies, so no orphan keeps training."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Outcome:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    seconds: float
+    test_acc: float | None = None
+    train_seconds: float = 0.0
+
+
+class Sweep:
+    def __init__(self, cfg: SweepConfig, config_path: str | None = None, log=print):
+        self.cfg, self.config_path, self.log = cfg, config_path, log
+        self.storage_url = cfg.storage or default_storage()
+        self.study = make_study(cfg)
+        self.lock = threading.Lock()
+        self.outcomes: list[Outcome] = []
+        self.stop = threading.Event()
+        self.deadline = time.time() + cfg.timeout if cfg.timeout else None
+        self.active: set[int] = set()
+
+    def seed_cells(self) -> None:
+        """Enqueue every model x truncation cell once per study (other params sampled)."""
+        if self.study.user_attrs.get("cells_enqueued"):
+            return
+        self.study.set_user_attr("cells_enqueued", True)
+        for cell in cells(self.cfg):
+            self.study.enqueue_trial(cell, skip_if_exists=True)
+
+    def _need_more(self) -> bool:
+        S = _states()
+        trials = self.study.get_trials(deepcopy=False)
+        done = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
+        running = sum(t.state == S.RUNNING for t in trials)
+        return done + running < self.cfg.trials
+
+    def _worker(self, parent_run_id: str, bar) -> None:
+        S = _states()
+        while not self.stop.is_set():
+            if self.deadline and time.time() > self.deadline:
+                return
+            with self.lock:
+                if not self._need_more():
+                    if done_count(self.study) >= self.cfg.trials or not any(
+                            t.state == S.RUNNING for t in self.study.get_trials(deepcopy=False)):
+                        return
+                    trial = None
+                else:
+                    trial = self.study.ask()
+                    for p in self.cfg.space:
+                        p.suggest(trial)
+                    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+                    trial.set_user_attr("heartbeat", time.time())
+            if trial is None:  # others are still running trials that may fail: wait and look again
+                time.sleep(1.0)
+                with self.lock:
+                    reap_stale_trials(self.study, self.cfg, self.log)
+                continue
+            outcome = self._run_one(trial, parent_run_id)
+            with self.lock:
+                self.outcomes.append(outcome)
+                bar.update(1 if outcome.state in ("COMPLETE", "PRUNED") else 0)
+                self._keep_best_checkpoint()
+            params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.params.items())
+            value = f"dev_acc {outcome.value:.4f}" if outcome.value is not None else ""
+            self.log(f"trial {outcome.number:3d} {outcome.state:8} {value:15} {params} ({outcome.seconds:.0f} s)")
+
+    def _run_one(self, trial, parent_run_id: str) -> Outcome:
+        S = _states()
+        t0 = time.time()
+        cmd = [sys.executable, "-m", "bertnli.sweep", "trial", "--spec", str(self.spec_path), "--number", str(trial.number),
+               "--parent-run", parent_run_id, "--parent-pid", str(os.getpid())]
+        logf = Path(self.cfg.out_dir) / self.cfg.study_name / f"trial-{trial.number:03d}.log"
+        logf.parent.mkdir(parents=True, exist_ok=True)
+        with open(logf, "w") as log_handle:
+            proc = subprocess.Popen(cmd, stdout=log_handle, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            self.active.add(proc.pid)
+            while proc.poll() is None:
+                try:
+                    proc.wait(timeout=HEARTBEAT_S)
+                except subprocess.TimeoutExpired:
+                    self.study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+            self.active.discard(proc.pid)
+        seconds = time.time() - t0
+        out = Path(self.cfg.out_dir) / self.cfg.study_name / f"trial-{trial.number:03d}"
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        if proc.returncode == 0 and (out / "trial.json").is_file():
+            summary = json.loads((out / "trial.json").read_text())
+            trial.set_user_attr("test_acc", summary["test_acc"])
+            trial.set_user_attr("train_seconds", summary["train_seconds"])
+            trial.set_user_attr("trial_wall_seconds", seconds)
+            self.study.tell(trial, summary["value"])
+            return Outcome(trial.number, "COMPLETE", summary["value"], frozen.params, seconds, summary["test_acc"], summary["train_seconds"])
+        if proc.returncode == PRUNED_EXIT:
+            self.study.tell(trial, state=S.PRUNED)
+            last = max(frozen.intermediate_values.items(), default=(0, None))[1]
+            return Outcome(trial.number, "PRUNED", last, frozen.params, seconds)
+        tail = logf.read_text()[-400:].strip().splitlines()[-1:] if logf.is_file() else []
+        trial.set_user_attr("error", tail[0] if tail else f"exit {proc.returncode}")
+        self.study.tell(trial, state=S.FAIL)
+        end_orphan_run(self.cfg, frozen.user_attrs.get("mlflow_run_id") or self._run_id_of(out), f"trial process exited {proc.returncode}")
+        retry(self.study, self.study._storage.get_trial(trial._trial_id), self.cfg, self.log)
+        return Outcome(trial.number, "FAIL", None, frozen.params, seconds)
+
+    @staticmethod
+    def _run_id_of(out: Path) -> str | None:
+        marker = out / "mlflow_run.json"
+        return json.loads(marker.read_text())["run_id"] if marker.is_file() else None
+
+    def _keep_best_checkpoint(self) -> None:
+        """Only the best complete trial keeps its local checkpoint (unless keep_checkpoints=all)."""
+        if self.cfg.keep_checkpoints == "all":
+            return
+        S = _states()
+        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == S.COMPLETE]
+        if not complete:
+            return
+        best = max(complete, key=lambda t: t.value).number
+        root = Path(self.cfg.out_dir) / self.cfg.study_name
+        for t in complete:
+            ck = root / f"trial-{t.number:03d}" / "best"
+            if t.number != best and ck.is_dir():
+                shutil.rmtree(ck, ignore_errors=True)
+
+    def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        t0 = time.time()
+        self.reaped = reap_stale_trials(self.study, self.cfg, self.log)
+        self.seed_cells()
+        parent = parent_run(self.study, self.cfg, self.storage_url)
+        root = Path(self.cfg.out_dir) / self.cfg.study_name
+        root.mkdir(parents=True, exist_ok=True)
+        self.spec_path = root / "sweep-spec.json"
+        self.spec_path.write_text(json.dumps(spec_to_json(self.cfg)))
+        self.log(f"study {self.cfg.study_name}: {done_count(self.study)}/{self.cfg.trials} trials done; "
+                 f"storage {self.storage_url}; MLflow parent run {parent}")
+        bar = tqdm(total=self.cfg.trials, initial=min(done_count(self.study), self.cfg.trials), desc="trials", unit="trial")
+        threads = [threading.Thread(target=self._worker, args=(parent, bar), daemon=True) for _ in range(self.cfg.workers)]
+        status = "FINISHED"
+        try:
+            for th in threads:
+                th.start()
+            while any(th.is_alive() for th in threads):
+                for th in threads:
+                    th.join(timeout=0.5)
+        except KeyboardInterrupt:
+            self.stop.set()
+            for pid in list(self.active):
+                try:
+                    os.kill(pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+            for th in threads:
+                th.join(timeout=30)
+            status = "KILLED"
+            raise
+        finally:
+            bar.close()
+            if done_count(self.study) < self.cfg.trials and status == "FINISHED":
+                status = "KILLED" if self.stop.is_set() or self.deadline else "FAILED"
+            summary = finish_parent(self.study, self.cfg, parent, status, time.time() - t0)
+        summary["wall_seconds"] = time.time() - t0
+        summary["outcomes"] = self.outcomes
+        return summary
+
+
+def spec_to_json(cfg: SweepConfig) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d["space"] = [asdict(p) for p in cfg.space]
+    return d
+
+
+def spec_from_json(d: dict) -> SweepConfig:
+    d = dict(d)
+    d["base"] = TrainConfig(**d["base"])
+    d["space"] = tuple(Param(**{**p, "choices": tuple(p["choices"])}) for p in d["space"])
+    d["tracking"] = TrackingConfig(**d["tracking"])
+    return SweepConfig(**d)
+
+
+# ---------------------------------------------------------------- the parent's summary
+
+
+def trials_frame(study):
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"number": t.number, "state": t.state.name, "dev_acc": t.value, "test_acc": t.user_attrs.get("test_acc"),
+                     **{f"param_{k}": v for k, v in t.params.items()},
+                     "epochs_reported": len(t.intermediate_values), "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                     "retry_of": t.user_attrs.get("retry_of"), "seconds": t.user_attrs.get("trial_wall_seconds"),
+                     "train_seconds": t.user_attrs.get("train_seconds")})
+    return pd.DataFrame(rows)
+
+
+def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, wall: float) -> dict[str, Any]:
+    """Best trial's params and metrics, the trials table and Optuna's plots onto the parent run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bertnli.tracking import client
+
+    c = client(cfg.tracking.tracking_uri)
+    S = _states()
+    frame = trials_frame(study)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == S.COMPLETE]
+    out: dict[str, Any] = {"parent_run_id": parent_run_id, "done": done_count(study), "trials": frame}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        frame.to_csv(tmp / "trials.csv", index=False)
+        c.log_artifact(parent_run_id, str(tmp / "trials.csv"))
+        if complete:
+            best = max(complete, key=lambda t: t.value)
+            out["best"] = best
+            c.log_metric(parent_run_id, "best_dev_acc", best.value)
+            if best.user_attrs.get("test_acc") is not None:
+                c.log_metric(parent_run_id, "best_trial_test_acc", best.user_attrs["test_acc"])
+            for k, v in best.params.items():
+                c.set_tag(parent_run_id, f"best.{k}", str(v))
+            c.set_tag(parent_run_id, "best.trial", str(best.number))
+            c.set_tag(parent_run_id, "best.mlflow_run_id", str(best.user_attrs.get("mlflow_run_id")))
+            _log_best_checkpoint(c, cfg, best)
+            plots = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
+                     "slice.png": "plot_slice", "parallel_coordinate.png": "plot_parallel_coordinate"}
+            import optuna.visualization.matplotlib as ovm
+            import warnings
+
+            for name, fn in plots.items():
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ax = getattr(ovm, fn)(study)
+                        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                        fig.set_size_inches(10, 5)
+                        fig.tight_layout()
+                        fig.savefig(tmp / name, dpi=100)
+                    plt.close(fig)
+                    c.log_artifact(parent_run_id, str(tmp / name), "plots")
+                except Exception as e:  # noqa: BLE001 - e.g. importances need >1 complete trial
+                    c.set_tag(parent_run_id, f"bertnli.plot_skipped.{name}", str(e)[:200])
+    c.log_metric(parent_run_id, "trials_done", out["done"])
+    c.set_terminated(parent_run_id, status)
+    return out
+
+
+def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:
+    run_id = best.user_attrs.get("mlflow_run_id")
+    folder = Path(cfg.out_dir) / cfg.study_name / f"trial-{best.number:03d}" / "best"
+    if not run_id or not folder.is_dir():
+        return
+    if c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":
+        return
+    c.log_artifacts(run_id, str(folder), "checkpoint")
+    c.set_tag(run_id, "bertnli.checkpoint_logged", "true")
+
+
+# ---------------------------------------------------------------- entry for trial processes
+
+
+def _trial_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bertnli.sweep trial")
+    ap.add_argument("command", choices=["trial"])
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--number", type=int, required=True)
+    ap.add_argument("--parent-run", required=True)
+    ap.add_argument("--parent-pid", type=int, default=None)
+    a = ap.parse_args(argv)
+    cfg = spec_from_json(json.loads(Path(a.spec).read_text()))
+    try:
+        return run_trial(cfg, a.number, a.parent_run, a.parent_pid)
+    except BertnliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(_trial_main(sys.argv[1:]))
+

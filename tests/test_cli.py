@@ -1,0 +1,78 @@
+"""`bertnli-exp` as a user runs it: a real process, real files, one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_env
+
+
+def cli(*args, timeout=300, **env):
+    return subprocess.run([sys.executable, "-m", "bertnli.cli", *map(str, args)], cwd=ROOT, env=run_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_snli, tmp_path_factory, mlflow_uri):
+    tmp = tmp_path_factory.mktemp("cli")
+    toml = tmp / "exp.toml"
+    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 5\nlr = 0.5\n'
+                    f'max_len = 32\nbatch_size = 16\ncache_dir = "{tmp / "enc"}"\n')
+    r = cli("train", "--config", toml, "--lr", "2e-3", "--optimizer", "adam", "--schedule", "constant", "--out", tmp / "run",
+            "--tracking-uri", mlflow_uri, "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp / "run", r.stdout
+
+
+def test_train_prints_result_and_options_override_the_file(trained):
+    import json
+
+    run, out = trained
+    assert "best dev_acc" in out and "mlflow ui --backend-store-uri" in out
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["lr"] == 2e-3 and cfg["epochs"] == 5 and cfg["model"] == "tiny-d2l-random"  # option beat the file's 0.5
+
+
+def test_predict_and_evaluate_from_the_checkpoint(trained, tiny_snli):
+    run, _ = trained
+    r = cli("predict", run, "A man is sitting on the street.", "A man is not sitting on the street.")
+    assert r.returncode == 0, r.stderr
+    label, *scores = r.stdout.split("\t")[0].split()
+    assert label in ("entailment", "contradiction", "neutral")
+    probs = [float(s.split("=")[1]) for s in scores]
+    assert sum(probs) == pytest.approx(1.0, abs=2e-3)
+    r = cli("evaluate", run, "--data", tiny_snli, "--split", "dev")
+    assert r.returncode == 0 and "dev: accuracy" in r.stdout and "confusion" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--lr", "abc"], "'abc' is not a valid float"),
+    (["train", "--truncation", "middle"], "'middle' is not one of"),
+    (["train", "--epochs", "0"], "0 is not in the range x>=1"),
+    (["train", "--batch-size", "-3"], "range"),
+    (["train", "--frobnicate"], "No such option"),
+])
+def test_bad_options_are_one_line_and_exit_2(args, needle):
+    r = cli(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),
+    (["train", "--config", "/nope.toml"], "config file /nope.toml not found"),
+    (["train", "--model", "bert-huge"], "unknown model 'bert-huge'"),
+    (["train", "--lr", "-1"], "lr must be positive"),
+    (["predict", "/nonexistent-run-folder", "a", "b"], "no MLflow run"),
+])
+def test_bad_values_are_one_line_errors(args, needle, mlflow_uri):
+    r = cli(*args, MLFLOW_TRACKING_URI=mlflow_uri)
+    assert r.returncode in (1, 2) and needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def test_models_and_data_info(tiny_snli):
+    r = cli("models")
+    assert r.returncode == 0 and "d2l-bert-base" in r.stdout and "minilm-l3" in r.stdout
+    r = cli("data", "info", "--data", tiny_snli)
+    assert r.returncode == 0 and "train" in r.stdout and "pairs" in r.stdout
