@@ -222,7 +222,7 @@ def reap_stale_trials(study, cfg: SweepConfig, log=print) -> list[int]:
         except UpdateFinishedTrialError:
             continue
         failed.append(t.number)
-        end_orphan_run(cfg, t.user_attrs.get("mlflow_run_id"), "worker died (stale trial found on resume)")
+        end_orphan_run(cfg, trial_run_id(cfg, t), "worker died (stale trial found on resume)")
         retry(study, t, cfg, log)
         log(f"trial {t.number}: its worker is gone ({'pid dead' if dead else 'no heartbeat'}); marked FAIL")
     return failed
@@ -235,6 +235,23 @@ def retry(study, t, cfg: SweepConfig, log=print) -> None:
         log(f"trial {t.number}: configuration failed {tries + 1} times; not retried again")
         return
     study.enqueue_trial(t.params, user_attrs={"retry_of": t.user_attrs.get("retry_of", t.number), "retry_of_count": tries + 1})
+
+
+def trial_run_id(cfg: SweepConfig, t) -> str | None:
+    """A trial's MLflow run: from Optuna, else the run folder's marker, else by its tags in MLflow."""
+    if t.user_attrs.get("mlflow_run_id"):
+        return t.user_attrs["mlflow_run_id"]
+    marker = Path(cfg.out_dir) / cfg.study_name / f"trial-{t.number:03d}" / "mlflow_run.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())["run_id"]
+    from bertnli.tracking import client
+
+    c = client(cfg.tracking.tracking_uri)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment or cfg.study_name)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`optuna.trial` = '{t.number}' and tags.`optuna.study` = '{cfg.study_name}'")
+    return runs[0].info.run_id if runs else None
 
 
 def end_orphan_run(cfg: SweepConfig, run_id: str | None, why: str) -> None:
@@ -471,29 +488,29 @@ class Sweep:
         tail = logf.read_text()[-400:].strip().splitlines()[-1:] if logf.is_file() else []
         trial.set_user_attr("error", tail[0] if tail else f"exit {proc.returncode}")
         self.study.tell(trial, state=S.FAIL)
-        end_orphan_run(self.cfg, frozen.user_attrs.get("mlflow_run_id") or self._run_id_of(out), f"trial process exited {proc.returncode}")
+        end_orphan_run(self.cfg, trial_run_id(self.cfg, frozen), f"trial process exited {proc.returncode}")
         retry(self.study, self.study._storage.get_trial(trial._trial_id), self.cfg, self.log)
         return Outcome(trial.number, "FAIL", None, frozen.params, seconds)
 
-    @staticmethod
-    def _run_id_of(out: Path) -> str | None:
-        marker = out / "mlflow_run.json"
-        return json.loads(marker.read_text())["run_id"] if marker.is_file() else None
-
     def _keep_best_checkpoint(self) -> None:
-        """Only the best complete trial keeps its local checkpoint (unless keep_checkpoints=all)."""
+        """Trials keep no optimizer state; only the best complete trial keeps its weights (unless 'all')."""
+        S = _states()
+        root = Path(self.cfg.out_dir) / self.cfg.study_name
+        for last in root.glob("trial-*/last.pt"):
+            if int(last.parent.name.split("-")[1]) not in self._running_numbers():
+                last.unlink(missing_ok=True)
         if self.cfg.keep_checkpoints == "all":
             return
-        S = _states()
         complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == S.COMPLETE]
-        if not complete:
-            return
-        best = max(complete, key=lambda t: t.value).number
-        root = Path(self.cfg.out_dir) / self.cfg.study_name
-        for t in complete:
-            ck = root / f"trial-{t.number:03d}" / "best"
-            if t.number != best and ck.is_dir():
+        best = max(complete, key=lambda t: t.value).number if complete else None
+        for ck in root.glob("trial-*/best"):
+            number = int(ck.parent.name.split("-")[1])
+            if number != best and number not in self._running_numbers():
                 shutil.rmtree(ck, ignore_errors=True)
+
+    def _running_numbers(self) -> set[int]:
+        S = _states()
+        return {t.number for t in self.study.get_trials(deepcopy=False, states=(S.RUNNING,))}
 
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm

@@ -46,10 +46,20 @@ def client(uri: str | None = None):
     from mlflow import MlflowClient
 
     uri = uri or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    # Two processes creating the same SQLite store race in MLflow's schema migration:
+    # the first to take the lock creates it, the others find it ready.
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        c = MlflowClient(uri)
+        c.search_experiments(max_results=1)
+    return c
 
 
 def get_or_create_experiment(c, name: str, uri: str) -> str:

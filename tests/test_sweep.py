@@ -1,0 +1,157 @@
+"""The sweep against a real Optuna journal storage and a real MLflow store, with real processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from bertnli.config import TrackingConfig
+from bertnli.sweep import cells, load_sweep_config, parse_param
+from conftest import ROOT, run_env
+
+S = optuna.trial.TrialState
+
+
+def write_toml(tmp_path, data, trials=4, space=None, extra=""):
+    space = space or 'lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = {low = 1, high = 2}\ntruncation = ["longest_first", "ratio"]'
+    p = tmp_path / "sweep.toml"
+    p.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{data}"\nmax_len = 32\nbatch_size = 16\noptimizer = "adam"\n'
+                 f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\n\n'
+                 f'[sweep]\ntrials = {trials}\nstudy_name = "s"\npruner_startup_trials = 1\n{extra}\n\n[sweep.space]\n{space}\n')
+    return p
+
+
+def sweep_cmd(tmp_path, toml, *extra):
+    return [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--storage", str(tmp_path / "journal.log"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "out"), *extra]
+
+
+def run_sweep(tmp_path, toml, *extra, timeout=600):
+    r = subprocess.run(sweep_cmd(tmp_path, toml, *extra), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def state(tmp_path, study="s"):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    st = optuna.load_study(study_name=study, storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name(study).experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent"]
+    children = [r for r in runs if r.data.tags.get("bertnli.role") == "sweep-trial"]
+    return st, parents, children
+
+
+def assert_consistent(st, parents, children, n):
+    trials = st.get_trials()
+    assert sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials) == n
+    assert not [t for t in trials if t.state == S.RUNNING]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    by_trial = {}
+    for r in children:
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert r.data.tags["optuna.trial"] not in by_trial  # one child per trial, never two
+        by_trial[r.data.tags["optuna.trial"]] = r
+    for t in trials:
+        r = by_trial.get(str(t.number))
+        if t.state == S.COMPLETE:
+            assert r.info.status == "FINISHED" and r.data.metrics["best_dev_acc"] == pytest.approx(t.value)
+        elif t.state == S.PRUNED:
+            assert r.info.status == "KILLED" and r.data.tags["optuna.state"] == "PRUNED"
+        elif t.state == S.FAIL and r is not None:
+            assert r.info.status == "FAILED"
+
+
+def test_space_parsing_and_cells(tiny_snli):
+    p = parse_param("lr", "1e-5:1e-3:log")
+    assert (p.kind, p.low, p.high, p.log) == ("float", 1e-5, 1e-3, True)
+    assert parse_param("epochs", "1:3").kind == "int"
+    assert parse_param("model", "minilm-l6|minilm-l3").choices == ("minilm-l6", "minilm-l3")
+    from bertnli import BertnliError
+
+    for bad in [("lr", "3:1"), ("lr", "0:1:log"), ("colour", "1:2"), ("lr", "abc")]:
+        with pytest.raises(BertnliError, match="bad sweep space"):
+            parse_param(*bad)
+    cfg = load_sweep_config(None, {"data": str(tiny_snli)}, {}, ["model=a|b", "truncation=longest_first|ratio"], TrackingConfig())
+    assert len(cells(cfg)) == 4 and cfg.base.data == str(tiny_snli)
+
+
+def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=6, space='lr = {low = 1e-5, high = 3e-2, log = true}\nepochs = [3]\ntruncation = ["longest_first", "ratio"]')
+    r = run_sweep(tmp_path, toml)
+    assert "best trial" in r.stdout and "optuna-dashboard" in r.stdout
+    st, parents, children = state(tmp_path)
+    assert_consistent(st, parents, children, 6)
+    first = [t.params["truncation"] for t in st.get_trials()[:2]]
+    assert sorted(first) == ["longest_first", "ratio"]  # every cell tried first
+    assert any(t.state == S.PRUNED for t in st.get_trials())  # the median pruner acted
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    files = [a.path for a in c.list_artifacts(parents[0].info.run_id)] + [a.path for a in c.list_artifacts(parents[0].info.run_id, "plots")]
+    assert "trials.csv" in files and "plots/optimization_history.png" in files
+    best = st.best_trial
+    assert parents[0].data.metrics["best_dev_acc"] == pytest.approx(best.value)
+    assert [a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")]  # best keeps its checkpoint
+    kept = [p for p in (tmp_path / "out" / "s").glob("trial-*/best")]
+    assert len(kept) == 1  # and only the best
+
+
+def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=4, extra="grace_s = 3600")
+    proc = subprocess.Popen(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until trial 1 is running, then kill -9 the sweep
+        logs = list((tmp_path / "out" / "s").glob("trial-001.log")) if (tmp_path / "out" / "s").is_dir() else []
+        if logs and (tmp_path / "out" / "s" / "trial-001" / "mlflow_run.json").is_file():
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)  # the trial process dies with its worker (PDEATHSIG)
+    st, _, children = state(tmp_path)
+    assert any(t.state == S.RUNNING for t in st.get_trials())  # the kill really left a trial behind
+    run_sweep(tmp_path, toml)
+    st, parents, children = state(tmp_path)
+    assert_consistent(st, parents, children, 4)
+    failed = [t for t in st.get_trials() if t.state == S.FAIL]
+    assert len(failed) == 1
+    retried = [t for t in st.get_trials() if t.user_attrs.get("retry_of") == failed[0].number]
+    assert retried and retried[0].params == failed[0].params  # the lost configuration ran again
+    run_sweep(tmp_path, toml)  # a third invocation adds nothing and reuses the parent
+    st2, parents2, _ = state(tmp_path)
+    assert len(st2.get_trials()) == len(st.get_trials()) and len(parents2) == 1
+
+
+def test_two_worker_processes_share_one_study(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=6)
+    procs = [subprocess.Popen(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    st, parents, children = state(tmp_path)
+    done = sum(t.state in (S.COMPLETE, S.PRUNED) for t in st.get_trials())
+    assert 6 <= done <= 7  # two processes may each start the last trial at the same moment
+    assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.FAIL)]
+    assert len(parents) == 1
+    assert len(children) == len(st.get_trials())
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in st.get_trials()]
+
+
+def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=3, space='model = ["tiny-d2l-random", "bert-huge"]\nlr = {low = 1e-3, high = 3e-3}',
+                      extra="max_retries = 1")
+    run_sweep(tmp_path, toml)
+    st, parents, children = state(tmp_path)
+    failed = [t for t in st.get_trials() if t.state == S.FAIL]
+    assert len(failed) >= 2 and all(t.params["model"] == "bert-huge" for t in failed)
+    assert [t.user_attrs.get("retry_of") for t in failed[:2]] == [None, failed[0].number]  # tried, retried once
+    assert all("unknown model" in t.user_attrs["error"] for t in failed)
+    assert sum(t.state == S.COMPLETE for t in st.get_trials()) == 3
+    assert_consistent(st, parents, children, 3)
