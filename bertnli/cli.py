@@ -181,6 +181,98 @@ def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, sp
     click.echo(f"optuna-dashboard {cfg.storage or default_storage()}")
 
 
+# ---------------------------------------------------------------- reproduce / report
+
+
+@main.command()
+@click.argument("name")
+@tracking_options
+@click.option("--force", is_flag=True, help="run even where the experiment needs a GPU or data this machine lacks")
+@click.option("--progress/--no-progress", default=True)
+def reproduce(name, tracking_uri, experiment, force, progress):
+    """Run experiments/NAME.toml and end with a verdict: target, measured, pass or fail, run id."""
+    import itertools
+
+    import torch
+
+    from bertnli.config import read_toml
+    from bertnli.tracking import train_run
+
+    path = Path(name) if name.endswith(".toml") else Path("experiments") / f"{name}.toml"
+    doc = read_toml(path)
+    stem = path.stem
+    expect = doc.get("expect", {})
+    cfg = load_config(path)
+    if expect.get("needs") and not force and (not torch.cuda.is_available() or not Path(cfg.data).is_dir()):
+        reduced = expect.get("reduced")
+        raise BertnliError(f"{stem} needs {expect['needs']}; this machine lacks them"
+                           + (f"; run the reduced variant: bertnli-exp reproduce {reduced}" if reduced else "") + " (or --force)")
+    if "sweep" in doc:
+        raise BertnliError(f"{stem} is a study: run it with bertnli-exp sweep --config {path}")
+    grid = doc.get("grid", {})
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    results = []
+    for combo in combos:
+        run_cfg = cfg.replace(**combo)
+        out = f"outputs/{stem}/" + ("-".join(f"{k}={v}" for k, v in combo.items()) or "run")
+        tracking = TrackingConfig(tracking_uri, experiment or stem, None, {"bertnli.experiment_file": stem})
+        result, run_id = train_run(run_cfg, out, tracking, progress=progress)
+        results.append((combo, result, run_id))
+        click.echo(f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "
+                   f"{result.test.acc if result.test else float('nan'):.4f} run {run_id}")
+    if grid:
+        click.echo(f"{stem}: {len(results)} runs; compare them with: bertnli-exp report --experiment {experiment or stem}")
+        return
+    combo, result, run_id = results[0]
+    metric = expect.get("metric", "best_dev_acc")
+    measured = result.test.acc if metric == "test_acc" and result.test else result.best_dev_acc
+    target = expect.get("target")
+    if target is None:
+        click.echo(f"verdict: {stem}: no target; measured {metric} {measured:.4f}; run {run_id}")
+        return
+    ok = measured >= target - expect.get("tolerance", 0.0)
+    click.echo(f"verdict: {stem}: target {metric} >= {target - expect.get('tolerance', 0.0):.4f}, measured {measured:.4f}: "
+               f"{'PASS' if ok else 'FAIL'}; run {run_id}")
+    if not ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--experiment", "experiments", multiple=True, help="MLflow experiment(s) [default: all]")
+@click.option("--study", default=None, help="only the trials of this Optuna study")
+@click.option("--parent-run", default=None, help="only the children of this parent run")
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE filter on run tags")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True)
+@click.option("--format", "formats", type=click.Choice(["md", "csv", "html"]), multiple=True, help="[default: all three]")
+@click.option("--tracking-uri", default=None)
+def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri):
+    """Tables and plots from recorded runs: leaderboard, model x truncation, truncation effect."""
+    from bertnli.report import format_table, grouped, leaderboard, load_runs, truncation_effect, write_report
+
+    tag_filter = {}
+    for t in tags:
+        if "=" not in t:
+            raise click.BadParameter(f"{t!r} is not KEY=VALUE", param_hint="--tag")
+        k, v = t.split("=", 1)
+        tag_filter[k] = v
+    runs = load_runs(list(experiments) or None, tracking_uri, study, parent_run, tag_filter)
+    if runs.empty:
+        raise BertnliError("no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')")
+    import pandas as pd
+
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        click.echo("leaderboard (by dev accuracy):")
+        click.echo(format_table(leaderboard(runs, 10).drop(columns=["run_id"])).to_string(index=False))
+        click.echo("\nby model x truncation:")
+        click.echo(format_table(grouped(runs)).to_string(index=False))
+        eff = truncation_effect(runs)
+        if not eff.empty:
+            click.echo("\ntruncation effect (ratio - longest_first, dev accuracy):")
+            click.echo(format_table(eff).to_string(index=False))
+    files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri)
+    click.echo(f"\nwrote {len(files)} files to {out_dir}/ (open {out_dir}/report.html)")
+
+
 # ---------------------------------------------------------------- models
 
 

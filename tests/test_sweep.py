@@ -153,5 +153,4 @@ def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli):
     assert len(failed) >= 2 and all(t.params["model"] == "bert-huge" for t in failed)
     assert [t.user_attrs.get("retry_of") for t in failed[:2]] == [None, failed[0].number]  # tried, retried once
     assert all("unknown model" in t.user_attrs["error"] for t in failed)
-    assert sum(t.state == S.COMPLETE for t in st.get_trials()) == 3
     assert_consistent(st, parents, children, 3)

@@ -1,0 +1,233 @@
+"""Recorded runs -> pandas: leaderboards, grouped tables, the truncation effect, plots, pages.
+
+Functions return DataFrames or figures; writing Markdown / CSV / HTML is separate
+(`write_report`). Nothing here trains.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bertnli import BertnliError
+
+METRICS = ["best_dev_acc", "test_acc", "best_epoch", "wall_seconds", "examples_per_sec", "dev_acc", "train_loss"]
+
+
+def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = None, study: str | None = None,
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None, include_parents: bool = False) -> pd.DataFrame:
+    """One row per training run, from `mlflow.search_runs`, with short column names.
+
+    Columns: run_id, experiment, run_name, status, model, truncation, lr, epochs, seed, max_len, batch_size,
+    limit_train, best_dev_acc, test_acc, best_epoch, wall_seconds, examples_per_sec, trial, parent_run_id, state.
+    """
+    import mlflow
+
+    from bertnli.tracking import client
+
+    c = client(tracking_uri)
+    if experiments:
+        exps = [c.get_experiment_by_name(e) for e in experiments]
+        missing = [e for e, x in zip(experiments, exps) if x is None]
+        if missing:
+            raise BertnliError(f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment")
+        ids = [x.experiment_id for x in exps]
+    else:
+        ids = [x.experiment_id for x in c.search_experiments()]
+    filters = []
+    if study:
+        filters.append(f"tags.`optuna.study` = '{study}'")
+    if parent_run_id:
+        filters.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    for k, v in (tags or {}).items():
+        filters.append(f"tags.`{k}` = '{v}'")
+    df = mlflow.search_runs(experiment_ids=ids, filter_string=" and ".join(filters), max_results=50_000)
+    if df.empty:
+        return pd.DataFrame(columns=["run_id", "experiment", "model", "truncation", "lr", "best_dev_acc", "test_acc"])
+    names = {x.experiment_id: x.name for x in c.search_experiments()}
+    if not include_parents and "tags.bertnli.role" in df:
+        df = df[df["tags.bertnli.role"] != "sweep-parent"]
+    out = pd.DataFrame({"run_id": df["run_id"], "experiment": df["experiment_id"].map(names),
+                        "run_name": df.get("tags.mlflow.runName"), "status": df["status"],
+                        "start_time": df["start_time"]})
+    for p in ["model", "truncation", "lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "num_layers", "optimizer"]:
+        out[p] = df.get(f"params.{p}")
+    for m in METRICS:
+        out[m] = df.get(f"metrics.{m}")
+    out["trial"] = df.get("tags.optuna.trial")
+    out["state"] = df.get("tags.optuna.state")
+    out["parent_run_id"] = df.get("tags.mlflow.parentRunId")
+    for col in ["lr", "epochs", "seed", "max_len", "batch_size"]:
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out.reset_index(drop=True)
+
+
+def finished(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[(runs["status"] == "FINISHED") & runs["best_dev_acc"].notna()]
+
+
+def leaderboard(runs: pd.DataFrame, top: int = 20) -> pd.DataFrame:
+    """Finished runs by best dev accuracy (selection on dev; test shown, never used to rank)."""
+    cols = ["run_id", "experiment", "run_name", "model", "truncation", "lr", "epochs", "seed", "best_dev_acc", "test_acc",
+            "best_epoch", "examples_per_sec", "wall_seconds"]
+    return finished(runs).sort_values("best_dev_acc", ascending=False)[cols].head(top).reset_index(drop=True)
+
+
+def grouped(runs: pd.DataFrame) -> pd.DataFrame:
+    """model x truncation: count, dev mean +- std, best dev, test of the dev-selected run, time, speed."""
+    rows = []
+    for (model, trunc), g in finished(runs).groupby(["model", "truncation"], dropna=False):
+        sel = g.loc[g["best_dev_acc"].idxmax()]
+        rows.append({"model": model, "truncation": trunc, "runs": len(g), "dev_mean": g["best_dev_acc"].mean(),
+                     "dev_std": g["best_dev_acc"].std(ddof=1) if len(g) > 1 else np.nan, "dev_best": sel["best_dev_acc"],
+                     "test_of_selected": sel["test_acc"], "selected_lr": sel["lr"], "mean_seconds": g["wall_seconds"].mean(),
+                     "mean_examples_per_sec": g["examples_per_sec"].mean()})
+    return pd.DataFrame(rows)
+
+
+def truncation_effect(runs: pd.DataFrame) -> pd.DataFrame:
+    """ratio minus longest_first, per model, paired by (seed, lr, epochs) where possible, with its spread."""
+    rows = []
+    f = finished(runs)
+    for model, g in f.groupby("model"):
+        keys = ["seed", "lr", "epochs", "max_len"]
+        a = g[g["truncation"] == "longest_first"].groupby(keys)["best_dev_acc"].mean()
+        b = g[g["truncation"] == "ratio"].groupby(keys)["best_dev_acc"].mean()
+        paired = (b - a).dropna()
+        if len(paired):
+            rows.append({"model": model, "pairs": len(paired), "ratio_minus_longest_first": paired.mean(),
+                         "std": paired.std(ddof=1) if len(paired) > 1 else np.nan, "min": paired.min(), "max": paired.max()})
+        else:
+            la, lb = g[g["truncation"] == "longest_first"]["best_dev_acc"], g[g["truncation"] == "ratio"]["best_dev_acc"]
+            if len(la) and len(lb):
+                rows.append({"model": model, "pairs": 0, "ratio_minus_longest_first": lb.mean() - la.mean(),
+                             "std": np.sqrt(la.var(ddof=1) / len(la) + lb.var(ddof=1) / len(lb)) if min(len(la), len(lb)) > 1 else np.nan,
+                             "min": np.nan, "max": np.nan})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_dev_vs_lr(runs: pd.DataFrame):
+    plt = _plt()
+    f = finished(runs)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (trunc, model), g in f.groupby(["truncation", "model"]):
+        ax.scatter(g["lr"], g["best_dev_acc"], label=f"{model} / {trunc}", marker="o" if trunc == "longest_first" else "^", alpha=0.8)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log)", ylabel="best dev accuracy", title="dev accuracy vs learning rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_by_cell(runs: pd.DataFrame):
+    plt = _plt()
+    g = grouped(runs)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [f"{m}\n{t}" for m, t in zip(g["model"], g["truncation"])]
+    ax.bar(labels, g["dev_mean"], yerr=g["dev_std"].fillna(0), capsize=4, alpha=0.7, label="dev mean ± std")
+    ax.scatter(labels, g["dev_best"], color="black", zorder=3, label="dev best")
+    ax.set(ylabel="dev accuracy", title="accuracy by model × truncation")
+    lo = np.nanmin(g["dev_mean"] - g["dev_std"].fillna(0)) if len(g) else 0
+    ax.set_ylim(max(0, lo - 0.05), 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(runs: pd.DataFrame, tracking_uri: str | None = None, top: int = 5):
+    from bertnli.tracking import client
+
+    plt = _plt()
+    c = client(tracking_uri)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for _, r in leaderboard(runs, top).iterrows():
+        hist = c.get_metric_history(r["run_id"], "dev_acc")
+        ax.plot([m.step for m in hist], [m.value for m in hist], "o-", label=f"{r['run_name']} ({r['best_dev_acc']:.3f})")
+    ax.set(xlabel="epoch", ylabel="dev accuracy", title=f"learning curves of the top {top} runs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- writing
+
+
+def format_table(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype.kind == "f":
+            out[col] = out[col].map(lambda v: "" if pd.isna(v) else (f"{v:.2e}" if col in ("lr", "selected_lr") else f"{v:.4f}"))
+    return out
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    d = format_table(df).astype(str)
+    if d.empty:
+        return "_no runs_\n"
+    head = "| " + " | ".join(d.columns) + " |\n|" + "---|" * len(d.columns) + "\n"
+    return head + "".join("| " + " | ".join(row) + " |\n" for row in d.values.tolist())
+
+
+def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] = ("md", "csv", "html"),
+                 tracking_uri: str | None = None) -> list[Path]:
+    """Tables (md/csv) and a self-contained HTML page with the plots embedded as PNG data URIs."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {"leaderboard": leaderboard(runs), "by_model_truncation": grouped(runs), "truncation_effect": truncation_effect(runs)}
+    figures = {}
+    if not finished(runs).empty:
+        figures = {"dev_vs_lr": plot_dev_vs_lr(runs), "by_model_truncation": plot_by_cell(runs),
+                   "learning_curves": plot_learning_curves(runs, tracking_uri)}
+    written: list[Path] = []
+    pngs = {}
+    for name, fig in figures.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        pngs[name] = buf.getvalue()
+        (out / f"{name}.png").write_bytes(pngs[name])
+        written.append(out / f"{name}.png")
+        _plt().close(fig)
+    note = ("Selection is on dev; test accuracy is of the dev-selected run and was never used to choose. "
+            "Figures on snli-resplit are not comparable with published SNLI test results.")
+    if "csv" in formats:
+        for name, t in tables.items():
+            t.to_csv(out / f"{name}.csv", index=False)
+            written.append(out / f"{name}.csv")
+        runs.to_csv(out / "runs.csv", index=False)
+        written.append(out / "runs.csv")
+    if "md" in formats:
+        md = [f"# bertnli report\n\n{len(runs)} runs ({len(finished(runs))} finished). {note}\n"]
+        for name, t in tables.items():
+            md.append(f"\n## {name.replace('_', ' ')}\n\n{to_markdown(t)}")
+        md += [f"\n![{n}]({n}.png)\n" for n in pngs]
+        (out / "report.md").write_text("".join(md))
+        written.append(out / "report.md")
+    if "html" in formats:
+        body = [f"<h1>bertnli report</h1><p>{len(runs)} runs ({len(finished(runs))} finished). {html.escape(note)}</p>"]
+        for name, t in tables.items():
+            body.append(f"<h2>{name.replace('_', ' ')}</h2>" + (format_table(t).to_html(index=False, border=0) if not t.empty else "<p>no runs</p>"))
+        for n, png in pngs.items():
+            body.append(f'<h2>{n.replace("_", " ")}</h2><img alt="{n}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+        style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
+        (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>bertnli report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+        written.append(out / "report.html")
+    return written
