@@ -63,7 +63,7 @@ def _click_type(f: dataclasses.Field):
         return click.Choice(_CHOICES[f.name])
     t = str(f.type)
     if "int" in t:
-        return click.IntRange(min=0) if f.name == "checkpoint_every" else click.IntRange(min=1)
+        return click.IntRange(min=0) if f.name in ("checkpoint_every", "seed") else click.IntRange(min=1)
     if "float" in t:
         return float
     return str

@@ -128,6 +128,9 @@ class NLIClassifier(nn.Module):
         self.encoder = BertEncoder(c)
         self.pooler = nn.Linear(c.hidden_size, c.hidden_size)
         self.classifier = nn.Linear(c.hidden_size, NUM_CLASSES)
+        if c.family == "hf":  # BERT's own init for new layers (HF _init_weights); d2l keeps PyTorch's, as the chapter
+            nn.init.normal_(self.classifier.weight, std=0.02)
+            nn.init.zeros_(self.classifier.bias)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         h = self.encoder(input_ids, token_type_ids, lengths)

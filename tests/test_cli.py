@@ -19,7 +19,7 @@ def trained(tiny_snli, tmp_path_factory, mlflow_uri):
     toml = tmp / "exp.toml"
     toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 5\nlr = 0.5\n'
                     f'max_len = 32\nbatch_size = 16\ncache_dir = "{tmp / "enc"}"\n')
-    r = cli("train", "--config", toml, "--lr", "2e-3", "--optimizer", "adam", "--schedule", "constant", "--out", tmp / "run",
+    r = cli("train", "--config", toml, "--lr", "2e-3", "--seed", "0", "--optimizer", "adam", "--schedule", "constant", "--out", tmp / "run",
             "--tracking-uri", mlflow_uri, "--no-progress")
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp / "run", r.stdout
@@ -52,6 +52,7 @@ def test_predict_and_evaluate_from_the_checkpoint(trained, tiny_snli):
     (["train", "--epochs", "0"], "0 is not in the range x>=1"),
     (["train", "--batch-size", "-3"], "range"),
     (["train", "--frobnicate"], "No such option"),
+    (["train", "--seed", "-1"], "range"),
 ])
 def test_bad_options_are_one_line_and_exit_2(args, needle):
     r = cli(*args)

@@ -1,0 +1,52 @@
+"""Settings: TOML + CLI overrides into one frozen config; every experiment file parses."""
+
+from pathlib import Path
+
+import pytest
+
+from bertnli import BertnliError
+from bertnli.config import TrainConfig, load_config
+from bertnli.sweep import load_sweep_config
+from bertnli.config import TrackingConfig
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
+
+
+def test_options_override_file_override_defaults(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text('[train]\nlr = 1e-4\nepochs = 3\ntruncation = "ratio"\n')
+    cfg = load_config(p, {"lr": 2e-5, "epochs": None})
+    assert (cfg.lr, cfg.epochs, cfg.truncation, cfg.batch_size) == (2e-5, 3, "ratio", TrainConfig().batch_size)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[train]\nlearning_rate = 1\n", "unknown setting"),
+    ("[train]\nepochs = 'three'\n", "epochs='three' is not a valid int"),
+    ("[train]\ntruncation = 'middle'\n", "truncation must be one of"),
+    ("[train\n", "not valid TOML"),
+    ("[train]\nepochs = 2.5\n", "epochs=2.5"),
+])
+def test_bad_files_are_one_line_errors(tmp_path, text, needle):
+    p = tmp_path / "x.toml"
+    p.write_text(text)
+    with pytest.raises(BertnliError, match=needle) as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+
+
+def test_flat_dict_is_mlflow_ready():
+    flat = TrainConfig().to_flat_dict()
+    assert flat["limit_train"] == "" and flat["model"] == "minilm-l6" and all(not isinstance(v, (dict, list)) for v in flat.values())
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_every_experiment_file_parses(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, TrainConfig)
+    if path.stem.startswith("sweep"):
+        sweep = load_sweep_config(path, {}, {}, [], TrackingConfig())
+        assert {p.name for p in sweep.space} == {"model", "truncation", "lr", "epochs"} and sweep.trials == 20
+
+
+def test_expected_experiments_exist():
+    assert {p.stem for p in EXPERIMENTS} >= {"d2l_small", "bert_base_086", "truncation_ablation", "sweep", "sweep_cpu", "quick_cpu"}

@@ -1,0 +1,83 @@
+"""Reports from a real MLflow store filled by real tiny runs."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from bertnli.config import TrackingConfig
+from bertnli.report import grouped, leaderboard, load_runs, truncation_effect, write_report
+from bertnli.tracking import train_run
+from test_engine import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def store(tiny_snli, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    for model in ("tiny-d2l-random", "tiny-random"):
+        for trunc in ("longest_first", "ratio"):
+            for seed in (0, 1):
+                cfg = tiny_cfg(tiny_snli, tmp, model=model, truncation=trunc, seed=seed, epochs=2, max_len=12)
+                train_run(cfg, tmp / f"{model}-{trunc}-{seed}", TrackingConfig(uri, "grid"), progress=False)
+    return uri, tmp
+
+
+def test_load_runs_shape_and_grouping(store):
+    uri, _ = store
+    runs = load_runs(["grid"], uri)
+    assert len(runs) == 8 and set(runs["status"]) == {"FINISHED"}
+    assert {"run_id", "model", "truncation", "lr", "seed", "best_dev_acc", "test_acc", "examples_per_sec"} <= set(runs.columns)
+    g = grouped(runs)
+    assert len(g) == 4 and list(g["runs"]) == [2, 2, 2, 2]
+    for _, row in g.iterrows():
+        cell = runs[(runs["model"] == row["model"]) & (runs["truncation"] == row["truncation"])]
+        assert row["dev_mean"] == pytest.approx(cell["best_dev_acc"].mean())
+        assert row["dev_best"] == pytest.approx(cell["best_dev_acc"].max())
+        assert row["test_of_selected"] == pytest.approx(cell.loc[cell["best_dev_acc"].idxmax(), "test_acc"])
+    eff = truncation_effect(runs)
+    assert list(eff["pairs"]) == [2, 2]
+    board = leaderboard(runs)
+    assert list(board["best_dev_acc"]) == sorted(board["best_dev_acc"], reverse=True)
+
+
+def test_filters(store):
+    uri, _ = store
+    runs = load_runs(["grid"], uri, tags={"mlflow.runName": load_runs(["grid"], uri)["run_name"][0]})
+    assert len(runs) == 1
+    from bertnli import BertnliError
+
+    with pytest.raises(BertnliError, match="no MLflow experiment nope"):
+        load_runs(["nope"], uri)
+
+
+def test_written_report_has_tables_and_embedded_plots(store, tmp_path):
+    uri, _ = store
+    files = write_report(load_runs(["grid"], uri), tmp_path / "rep", tracking_uri=uri)
+    names = {f.name for f in files}
+    assert {"report.md", "report.html", "by_model_truncation.csv", "leaderboard.csv", "dev_vs_lr.png", "learning_curves.png"} <= names
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3
+    assert "| model | truncation | runs |" in (tmp_path / "rep" / "report.md").read_text()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_html_report_images_load_in_headless_chromium(store, tmp_path):
+    uri, _ = store
+    write_report(load_runs(["grid"], uri), tmp_path / "rep", tracking_uri=uri)
+    page = (tmp_path / "rep" / "report.html").read_text()
+    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+             "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + imgs.length); });</script>")
+    (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", f"file://{tmp_path / 'probe.html'}"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-loaded="3/3"' in dom
+    subprocess.run([CHROMIUM, *flags, "--window-size=1200,2400", f"--screenshot={tmp_path / 'report.png'}",
+                    f"file://{tmp_path / 'rep' / 'report.html'}"], capture_output=True, timeout=120)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
