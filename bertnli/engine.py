@@ -400,7 +400,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
         history.append(m)
         if is_main:
             print(f"epoch {epoch}: train_loss {m.train_loss:.4f} train_acc {m.train_acc:.4f} dev_loss {m.dev_loss:.4f} "
-                  f"dev_acc {m.dev_acc:.4f} ({m.examples_per_sec:.1f} ex/s)")
+                  f"dev_acc {m.dev_acc:.4f} ({m.examples_per_sec:.1f} ex/s)", flush=True)
         if dev.acc > best_dev:
             best_dev, best_epoch = dev.acc, epoch
             if is_main:

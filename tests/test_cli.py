@@ -77,3 +77,28 @@ def test_models_and_data_info(tiny_snli):
     assert r.returncode == 0 and "d2l-bert-base" in r.stdout and "minilm-l3" in r.stdout
     r = cli("data", "info", "--data", tiny_snli)
     assert r.returncode == 0 and "train" in r.stdout and "pairs" in r.stdout
+
+
+def test_reproduce_ends_with_a_verdict(tiny_snli, tmp_path, mlflow_uri):
+    toml = tmp_path / "mini.toml"
+    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 2\nlr = 2e-3\noptimizer = "adam"\n'
+                    f'max_len = 32\nbatch_size = 16\ncache_dir = "{tmp_path / "enc"}"\n\n[expect]\nmetric = "best_dev_acc"\ntarget = 0.2\n')
+    r = cli("reproduce", toml, "--tracking-uri", mlflow_uri, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    verdict = r.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("verdict: mini: target best_dev_acc >= 0.2000, measured ") and "PASS; run " in verdict
+    toml.write_text(toml.read_text().replace("target = 0.2", "target = 0.99"))
+    r = cli("reproduce", toml, "--tracking-uri", mlflow_uri, "--no-progress")
+    assert r.returncode == 1 and ": FAIL; run " in r.stdout
+
+
+def test_reproduce_says_when_it_needs_a_gpu_and_offers_the_reduced_variant():
+    r = cli("reproduce", "bert_base_086")
+    assert r.returncode == 1 and "needs the official SNLI train split" in r.stderr and "reproduce quick_cpu" in r.stderr
+
+
+def test_report_command_writes_tables(trained, tmp_path, mlflow_uri):
+    r = cli("report", "--tracking-uri", mlflow_uri, "--out", tmp_path / "rep", "--format", "md")
+    assert r.returncode == 0, r.stderr
+    assert "by model x truncation" in r.stdout and (tmp_path / "rep" / "report.md").is_file()
+    assert not (tmp_path / "rep" / "report.html").exists()
