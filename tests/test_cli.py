@@ -102,3 +102,18 @@ def test_report_command_writes_tables(trained, tmp_path, mlflow_uri):
     assert r.returncode == 0, r.stderr
     assert "by model x truncation" in r.stdout and (tmp_path / "rep" / "report.md").is_file()
     assert not (tmp_path / "rep" / "report.html").exists()
+
+
+def test_predict_from_the_mlflow_run_id(trained, mlflow_uri, tmp_path):
+    import re
+
+    run, out = trained
+    run_id = re.search(r"^run ([0-9a-f]{32});", out, re.M).group(1)
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("A man is sitting.\tA man is not sitting.\nTwo dogs are running.\tTwo dogs are running outside.\n")
+    r = cli("predict", run_id, "--file", pairs, MLFLOW_TRACKING_URI=mlflow_uri)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.split()[0] in ("entailment", "contradiction", "neutral") for line in lines)
+    direct = cli("predict", run / "best", "--file", pairs)
+    assert direct.stdout == r.stdout  # the MLflow artifact is the same checkpoint as the run folder's
