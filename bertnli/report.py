@@ -175,7 +175,8 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col in out.columns:
         if out[col].dtype.kind == "f":
-            out[col] = out[col].map(lambda v: "" if pd.isna(v) else (f"{v:.2e}" if col in ("lr", "selected_lr") else f"{v:.4f}"))
+            spec = ".2e" if col in ("lr", "selected_lr") else ".4f"
+            out[col] = out[col].map(lambda v, spec=spec: "" if pd.isna(v) else format(v, spec))
     return out
 
 
