@@ -155,7 +155,19 @@ def open_storage(url: str | None):
         kwargs = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             kwargs = {"connect_args": {"timeout": 60}}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        # Workers started together on a fresh database race in Optuna's table creation; the loser
+        # finds the tables made a moment later.
+        import random
+
+        from sqlalchemy.exc import SQLAlchemyError
+
+        for attempt in range(6):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            except SQLAlchemyError as e:
+                if attempt == 5:
+                    raise BertnliError(f"cannot open Optuna storage {url.split('@')[-1]}: {str(e).splitlines()[0][:200]}") from None
+                time.sleep(0.5 + random.random() * 2 ** attempt)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -295,12 +307,15 @@ def parent_run(study, cfg: SweepConfig, storage_url: str) -> str:
 
     fixed = {k: v for k, v in cfg.base.to_flat_dict().items() if k not in {p.name for p in cfg.space}}
     c.log_batch(run.info.run_id, params=[MParam(f"fixed.{k}", str(v)) for k, v in fixed.items()])
-    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-    winner = study.user_attrs.get("mlflow_parent_run_id")  # another host may have won the race
+    # Several processes may start the same study at once, and Optuna has no compare-and-set for
+    # study attributes: every starter adopts the earliest parent of this study, losers delete theirs.
+    rivals = c.search_runs([exp], filter_string=f"tags.`bertnli.role` = 'sweep-parent' and tags.`bertnli.study` = '{cfg.study_name}'",
+                           max_results=100)
+    winner = min(rivals, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if rivals else run.info.run_id
     if winner != run.info.run_id:
         c.delete_run(run.info.run_id)
-        return winner
-    return run.info.run_id
+    study.set_user_attr("mlflow_parent_run_id", winner)
+    return winner
 
 
 # ---------------------------------------------------------------- one trial, in its own process

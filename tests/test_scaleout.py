@@ -1,0 +1,101 @@
+"""Scale-out with real servers: PostgreSQL as Optuna storage and as the backend of a real `mlflow server`,
+two sweep processes sharing one study through them. Skips where PostgreSQL's binaries are absent
+(.ci/run installs Debian's postgresql)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from conftest import ROOT, run_env
+from test_sweep import S, write_toml
+
+PG_BIN = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True) if (p / "initdb").is_file()), None)
+pytestmark = pytest.mark.skipif(PG_BIN is None or shutil.which("runuser") is None, reason="PostgreSQL server binaries not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(*cmd, **kw):
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="bertnli-pg-"))  # pytest's own tmp is root-only; postgres must reach this
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sock, "postgres")
+    port = free_port()
+    as_postgres(PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth=trust")
+    as_postgres(PG_BIN / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
+                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start")
+    for db in ("optuna", "mlflow"):
+        as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", db)
+    yield f"postgresql://postgres@127.0.0.1:{port}"
+    as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    art = tmp_path_factory.mktemp("mlartifacts")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow",
+                             "--artifacts-destination", str(art), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+                            env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start: " + proc.stderr.read()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_two_sweep_processes_share_a_study_through_postgres_and_mlflow_server(tmp_path, tiny_snli, postgres, mlflow_server):
+    toml = write_toml(tmp_path, tiny_snli, trials=4)
+    storage = f"{postgres}/optuna"
+    cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--storage", storage,
+           "--tracking-uri", mlflow_server, "--out", str(tmp_path / "out")]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    st = optuna.load_study(study_name="s", storage=storage)
+    trials = st.get_trials()
+    assert 4 <= sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials) <= 5
+    assert not [t for t in trials if t.state in (S.RUNNING, S.FAIL)]
+    c = MlflowClient(mlflow_server)
+    runs = c.search_runs([c.get_experiment_by_name("s").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent"]
+    children = [r for r in runs if r.data.tags.get("bertnli.role") == "sweep-trial"]
+    assert len(parents) == 1 and len(children) == len(trials)
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials]
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    best = st.best_trial
+    assert [a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")]  # artifacts went through the server
