@@ -324,8 +324,8 @@ def parent_run(study, cfg: SweepConfig, storage_url: str) -> str:
 class PruneOnDev:
     """Engine callback: report dev accuracy to Optuna each epoch; raise TrialPruned when told."""
 
-    def __init__(self, trial, parent_pid: int | None = None):
-        self.trial, self.parent_pid = trial, parent_pid
+    def __init__(self, trial, parent_pid: int | None = None, epochs: int | None = None):
+        self.trial, self.parent_pid, self.epochs = trial, parent_pid, epochs
 
     def on_fit_start(self, info):
         pass
@@ -338,7 +338,7 @@ class PruneOnDev:
         import optuna
 
         self.trial.report(m.dev_acc, m.epoch)
-        if self.trial.should_prune():
+        if m.epoch < (self.epochs or m.epoch + 1) and self.trial.should_prune():  # after the last epoch there is nothing left to save
             raise optuna.TrialPruned(f"pruned after epoch {m.epoch} (dev_acc {m.dev_acc:.4f})")
 
     def on_fit_end(self, result):
@@ -376,7 +376,7 @@ def run_trial(cfg: SweepConfig, trial_number: int, parent_run_id: str, parent_pi
 
     try:
         result, run_id = train_run(train_cfg, out, tracking, parent_run_id=parent_run_id,
-                                   callbacks=[PruneOnDev(trial, parent_pid)], classify=classify,
+                                   callbacks=[PruneOnDev(trial, parent_pid, train_cfg.epochs)], classify=classify,
                                    keep_checkpoint=cfg.keep_checkpoints == "all", progress=False)
     except optuna.TrialPruned:
         return PRUNED_EXIT
