@@ -270,7 +270,7 @@ def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri)
             click.echo("\ntruncation effect (ratio - longest_first, dev accuracy):")
             click.echo(format_table(eff).to_string(index=False))
     files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri)
-    click.echo(f"\nwrote {len(files)} files to {out_dir}/ (open {out_dir}/report.html)")
+    click.echo(f"\nwrote {len(files)} files to {Path(out_dir)} (open {Path(out_dir) / 'report.html'})")
 
 
 # ---------------------------------------------------------------- models

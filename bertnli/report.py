@@ -175,7 +175,8 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col in out.columns:
         if out[col].dtype.kind == "f":
-            spec = ".2e" if col in ("lr", "selected_lr") else ".4f"
+            whole = out[col].dropna().map(float.is_integer).all() and col not in ("lr", "selected_lr")
+            spec = ".0f" if whole else ".2e" if col in ("lr", "selected_lr") else ".4f"
             out[col] = out[col].map(lambda v, spec=spec: "" if pd.isna(v) else format(v, spec))
     return out
 
@@ -228,7 +229,7 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
             body.append(f"<h2>{name.replace('_', ' ')}</h2>" + (format_table(t).to_html(index=False, border=0) if not t.empty else "<p>no runs</p>"))
         for n, png in pngs.items():
             body.append(f'<h2>{n.replace("_", " ")}</h2><img alt="{n}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
-        style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
+        style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{white-space:nowrap;padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
         (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>bertnli report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
         written.append(out / "report.html")
     return written
