@@ -168,7 +168,7 @@ def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, sp
     sweep_overrides = {"trials": trials, "study_name": study_name, "storage": storage, "timeout": timeout, "workers": workers,
                        "seed": sampler_seed, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir}
     cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), TrackingConfig(tracking_uri, experiment))
-    summary = Sweep(cfg, config_path, log=lambda s: click.echo(s)).run()
+    summary = Sweep(cfg, log=click.echo).run()
     best = summary.get("best")
     click.echo(f"study {cfg.study_name}: {summary['done']}/{cfg.trials} trials complete or pruned in {summary['wall_seconds']:.0f} s")
     if best is not None:

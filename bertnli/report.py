@@ -31,14 +31,14 @@ def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = N
     from bertnli.tracking import client
 
     c = client(tracking_uri)
+    names = {x.experiment_id: x.name for x in c.search_experiments()}
     if experiments:
-        exps = [c.get_experiment_by_name(e) for e in experiments]
-        missing = [e for e, x in zip(experiments, exps) if x is None]
+        missing = [e for e in experiments if e not in names.values()]
         if missing:
             raise BertnliError(f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment")
-        ids = [x.experiment_id for x in exps]
+        ids = [i for i, n in names.items() if n in experiments]
     else:
-        ids = [x.experiment_id for x in c.search_experiments()]
+        ids = list(names)
     filters = []
     if study:
         filters.append(f"tags.`optuna.study` = '{study}'")
@@ -49,7 +49,6 @@ def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = N
     df = mlflow.search_runs(experiment_ids=ids, filter_string=" and ".join(filters), max_results=50_000)
     if df.empty:
         return pd.DataFrame(columns=["run_id", "experiment", "model", "truncation", "lr", "best_dev_acc", "test_acc"])
-    names = {x.experiment_id: x.name for x in c.search_experiments()}
     if not include_parents and "tags.bertnli.role" in df:
         df = df[df["tags.bertnli.role"] != "sweep-parent"]
     out = pd.DataFrame({"run_id": df["run_id"], "experiment": df["experiment_id"].map(names),

@@ -249,11 +249,20 @@ def retry(study, t, cfg: SweepConfig, log=print) -> None:
     study.enqueue_trial(t.params, user_attrs={"retry_of": t.user_attrs.get("retry_of", t.number), "retry_of_count": tries + 1})
 
 
+def study_dir(cfg: SweepConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.study_name
+
+
+def trial_dir(cfg: SweepConfig, number: int) -> Path:
+    """Where trial `number` writes its run folder (and, beside it, `trial-NNN.log`)."""
+    return study_dir(cfg) / f"trial-{number:03d}"
+
+
 def trial_run_id(cfg: SweepConfig, t) -> str | None:
     """A trial's MLflow run: from Optuna, else the run folder's marker, else by its tags in MLflow."""
     if t.user_attrs.get("mlflow_run_id"):
         return t.user_attrs["mlflow_run_id"]
-    marker = Path(cfg.out_dir) / cfg.study_name / f"trial-{t.number:03d}" / "mlflow_run.json"
+    marker = trial_dir(cfg, t.number) / "mlflow_run.json"
     if marker.is_file():
         return json.loads(marker.read_text())["run_id"]
     from bertnli.tracking import client
@@ -366,7 +375,7 @@ def run_trial(cfg: SweepConfig, trial_number: int, parent_run_id: str, parent_pi
     t = study.get_trials(deepcopy=False)[trial_number]
     trial = optuna.trial.Trial(study, t._trial_id)
     train_cfg = cfg.base.replace(**t.params)
-    out = Path(cfg.out_dir) / cfg.study_name / f"trial-{trial_number:03d}"
+    out = trial_dir(cfg, trial_number)
     shutil.rmtree(out, ignore_errors=True)  # a retried number never happens; a stale folder is junk
     tags = {"optuna.trial": str(trial_number), "optuna.study": cfg.study_name, "bertnli.role": "sweep-trial"}
     if "retry_of" in t.user_attrs:
@@ -414,8 +423,8 @@ class Outcome:
 
 
 class Sweep:
-    def __init__(self, cfg: SweepConfig, config_path: str | None = None, log=print):
-        self.cfg, self.config_path, self.log = cfg, config_path, log
+    def __init__(self, cfg: SweepConfig, log=print):
+        self.cfg, self.log = cfg, log
         self.storage_url = cfg.storage or default_storage()
         self.study = make_study(cfg)
         self.lock = threading.Lock()
@@ -432,22 +441,20 @@ class Sweep:
         for cell in cells(self.cfg):
             self.study.enqueue_trial(cell, skip_if_exists=True)
 
-    def _need_more(self) -> bool:
+    def _counts(self) -> tuple[int, int]:
+        """(complete-or-pruned, running) trials, from one read of the storage."""
         S = _states()
         trials = self.study.get_trials(deepcopy=False)
-        done = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
-        running = sum(t.state == S.RUNNING for t in trials)
-        return done + running < self.cfg.trials
+        return sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials), sum(t.state == S.RUNNING for t in trials)
 
     def _worker(self, parent_run_id: str, bar) -> None:
-        S = _states()
         while not self.stop.is_set():
             if self.deadline and time.time() > self.deadline:
                 return
             with self.lock:
-                if not self._need_more():
-                    if done_count(self.study) >= self.cfg.trials or not any(
-                            t.state == S.RUNNING for t in self.study.get_trials(deepcopy=False)):
+                done, running = self._counts()
+                if done + running >= self.cfg.trials:
+                    if done >= self.cfg.trials or not running:
                         return
                     trial = None
                 else:
@@ -475,7 +482,8 @@ class Sweep:
         t0 = time.time()
         cmd = [sys.executable, "-m", "bertnli.sweep", "trial", "--spec", str(self.spec_path), "--number", str(trial.number),
                "--parent-run", parent_run_id, "--parent-pid", str(os.getpid())]
-        logf = Path(self.cfg.out_dir) / self.cfg.study_name / f"trial-{trial.number:03d}.log"
+        out = trial_dir(self.cfg, trial.number)
+        logf = out.with_name(out.name + ".log")
         logf.parent.mkdir(parents=True, exist_ok=True)
         with open(logf, "w") as log_handle:
             proc = subprocess.Popen(cmd, stdout=log_handle, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -487,7 +495,6 @@ class Sweep:
                     self.study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
             self.active.discard(proc.pid)
         seconds = time.time() - t0
-        out = Path(self.cfg.out_dir) / self.cfg.study_name / f"trial-{trial.number:03d}"
         frozen = self.study._storage.get_trial(trial._trial_id)
         if proc.returncode == 0 and (out / "trial.json").is_file():
             summary = json.loads((out / "trial.json").read_text())
@@ -510,37 +517,35 @@ class Sweep:
     def _keep_best_checkpoint(self) -> None:
         """Trials keep no optimizer state; only the best complete trial keeps its weights (unless 'all')."""
         S = _states()
-        root = Path(self.cfg.out_dir) / self.cfg.study_name
-        for last in root.glob("trial-*/last.pt"):
-            if int(last.parent.name.split("-")[1]) not in self._running_numbers():
+        trials = self.study.get_trials(deepcopy=False)
+        running = {t.number for t in trials if t.state == S.RUNNING}
+        number = lambda p: int(p.parent.name.split("-")[1])  # noqa: E731 - trial-NNN/<file>
+        for last in study_dir(self.cfg).glob("trial-*/last.pt"):
+            if number(last) not in running:
                 last.unlink(missing_ok=True)
         if self.cfg.keep_checkpoints == "all":
             return
-        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == S.COMPLETE]
+        complete = [t for t in trials if t.state == S.COMPLETE]
         best = max(complete, key=lambda t: t.value).number if complete else None
-        for ck in root.glob("trial-*/best"):
-            number = int(ck.parent.name.split("-")[1])
-            if number != best and number not in self._running_numbers():
+        for ck in study_dir(self.cfg).glob("trial-*/best"):
+            if number(ck) != best and number(ck) not in running:
                 shutil.rmtree(ck, ignore_errors=True)
-
-    def _running_numbers(self) -> set[int]:
-        S = _states()
-        return {t.number for t in self.study.get_trials(deepcopy=False, states=(S.RUNNING,))}
 
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
 
         t0 = time.time()
-        self.reaped = reap_stale_trials(self.study, self.cfg, self.log)
+        reap_stale_trials(self.study, self.cfg, self.log)
         self.seed_cells()
         parent = parent_run(self.study, self.cfg, self.storage_url)
-        root = Path(self.cfg.out_dir) / self.cfg.study_name
+        root = study_dir(self.cfg)
         root.mkdir(parents=True, exist_ok=True)
         self.spec_path = root / "sweep-spec.json"
         self.spec_path.write_text(json.dumps(spec_to_json(self.cfg)))
-        self.log(f"study {self.cfg.study_name}: {done_count(self.study)}/{self.cfg.trials} trials done; "
+        done = done_count(self.study)
+        self.log(f"study {self.cfg.study_name}: {done}/{self.cfg.trials} trials done; "
                  f"storage {self.storage_url}; MLflow parent run {parent}")
-        bar = tqdm(total=self.cfg.trials, initial=min(done_count(self.study), self.cfg.trials), desc="trials", unit="trial")
+        bar = tqdm(total=self.cfg.trials, initial=min(done, self.cfg.trials), desc="trials", unit="trial")
         threads = [threading.Thread(target=self._worker, args=(parent, bar), daemon=True) for _ in range(self.cfg.workers)]
         status = "FINISHED"
         try:
@@ -656,7 +661,7 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, wall
 
 def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:
     run_id = best.user_attrs.get("mlflow_run_id")
-    folder = Path(cfg.out_dir) / cfg.study_name / f"trial-{best.number:03d}" / "best"
+    folder = trial_dir(cfg, best.number) / "best"
     if not run_id or not folder.is_dir():
         return
     if c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":

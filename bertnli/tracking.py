@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from bertnli import BertnliError
 from bertnli.config import TrackingConfig, TrainConfig
 from bertnli.data import LABEL_NAMES
-from bertnli.engine import EpochMetrics, FitResult, fit
+from bertnli.engine import EpochMetrics, FitResult, dist_info, fit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -266,8 +266,6 @@ def train_run(cfg: TrainConfig, out_dir: str | Path, tracking: TrackingConfig, r
         saved = json.loads(marker.read_text())
         run_id = saved["run_id"]
         tracking = TrackingConfig(saved["tracking_uri"], tracking.experiment, tracking.run_name, tracking.tags)
-    from bertnli.engine import dist_info
-
     if dist_info()[0] != 0 or int(os.environ.get("RANK", "0")) != 0:
         return fit(cfg, out_dir, callbacks=[], resume=resume, progress=False), ""
     run = MLflowRun(cfg, tracking, run_id, parent_run_id, keep_checkpoint)
