@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from bertnli import BertnliError
+from bertnli import BadInput, BertnliError
 from bertnli.config import OPTIMIZERS, SCHEDULES, TRUNCATIONS, TrackingConfig, TrainConfig, load_config
 
 # ---------------------------------------------------------------- one-line errors
@@ -36,6 +36,9 @@ class Group(click.Group):
         except click.ClickException as e:
             click.echo(f"bertnli-exp: error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
+        except BadInput as e:
+            click.echo(f"bertnli-exp: error: {e}", err=True)
+            sys.exit(2)
         except BertnliError as e:
             click.echo(f"bertnli-exp: error: {e}", err=True)
             sys.exit(1)
@@ -58,12 +61,29 @@ _HELP = {
 }
 
 
+# Ranges the parser can check (the rest of TrainConfig's checks run in its __post_init__, also exit 2).
+_RANGES = {
+    "lr": click.FloatRange(min=0, min_open=True),
+    "warmup": click.FloatRange(0, 1, max_open=True),
+    "dropout": click.FloatRange(0, 1, max_open=True),
+    "weight_decay": click.FloatRange(min=0),
+    "grad_clip": click.FloatRange(min=0),
+    "max_len": click.IntRange(min=8),
+    "checkpoint_every": click.IntRange(min=0),
+    "seed": click.IntRange(min=0),
+    "data": click.Path(file_okay=False),
+    "cache_dir": click.Path(file_okay=False),
+}
+
+
 def _click_type(f: dataclasses.Field):
     if f.name in _CHOICES:
         return click.Choice(_CHOICES[f.name])
+    if f.name in _RANGES:
+        return _RANGES[f.name]
     t = str(f.type)
     if "int" in t:
-        return click.IntRange(min=0) if f.name in ("checkpoint_every", "seed") else click.IntRange(min=1)
+        return click.IntRange(min=1)
     if "float" in t:
         return float
     return str
@@ -82,8 +102,24 @@ def train_options(func):
     return func
 
 
+_URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def _check_tracking_uri(ctx, param, value):
+    """Refuse a URI MLflow cannot open at parse time, not after a data read or a training epoch."""
+    if value is not None and "://" in value and value.split("://")[0].split("+")[0] not in _URI_SCHEMES:
+        raise click.BadParameter(f"{value!r} is not an MLflow tracking URI; give http://host:port, sqlite:///path.db "
+                                 "or postgresql://user@host/db")
+    return value
+
+
+def tracking_uri_option(func):
+    return click.option("--tracking-uri", default=None, callback=_check_tracking_uri,
+                        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under ./mlruns]")(func)
+
+
 def tracking_options(func):
-    func = click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under ./mlruns]")(func)
+    func = tracking_uri_option(func)
     func = click.option("--experiment", default=None, help="MLflow experiment [default: bertnli]")(func)
     return func
 
@@ -117,7 +153,7 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
     if resume_dir:
         saved = Path(resume_dir) / "config.json"
         if not saved.is_file():
-            raise BertnliError(f"{resume_dir} has no config.json; --resume takes the folder of an earlier run (its --out)")
+            raise BadInput(f"{resume_dir} has no config.json; --resume takes the folder of an earlier run (its --out)")
         import json
 
         cfg = load_config(None, {**json.loads(saved.read_text()), **{k: v for k, v in overrides.items() if v is not None}})
@@ -205,10 +241,10 @@ def reproduce(name, tracking_uri, experiment, force, progress):
     cfg = load_config(path)
     if expect.get("needs") and not force and (not torch.cuda.is_available() or not Path(cfg.data).is_dir()):
         reduced = expect.get("reduced")
-        raise BertnliError(f"{stem} needs {expect['needs']}; this machine lacks them"
+        raise BadInput(f"{stem} needs {expect['needs']}; this machine lacks them"
                            + (f"; run the reduced variant: bertnli-exp reproduce {reduced}" if reduced else "") + " (or --force)")
     if "sweep" in doc:
-        raise BertnliError(f"{stem} is a study: run it with bertnli-exp sweep --config {path}")
+        raise BadInput(f"{stem} is a study: run it with bertnli-exp sweep --config {path}")
     grid = doc.get("grid", {})
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     results = []
@@ -244,7 +280,7 @@ def reproduce(name, tracking_uri, experiment, force, progress):
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE filter on run tags")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True)
 @click.option("--format", "formats", type=click.Choice(["md", "csv", "html"]), multiple=True, help="[default: all three]")
-@click.option("--tracking-uri", default=None)
+@tracking_uri_option
 def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri):
     """Tables and plots from recorded runs: leaderboard, model x truncation, truncation effect."""
     from bertnli.report import format_table, grouped, leaderboard, load_runs, truncation_effect, write_report
@@ -252,12 +288,12 @@ def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri)
     tag_filter = {}
     for t in tags:
         if "=" not in t:
-            raise click.BadParameter(f"{t!r} is not KEY=VALUE", param_hint="--tag")
+            raise click.BadParameter(f"{t!r} is not KEY=VALUE (e.g. --tag bertnli.truncation=ratio)", param_hint="--tag")
         k, v = t.split("=", 1)
         tag_filter[k] = v
     runs = load_runs(list(experiments) or None, tracking_uri, study, parent_run, tag_filter)
     if runs.empty:
-        raise BertnliError("no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')")
+        raise BadInput("no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')")
     import pandas as pd
 
     with pd.option_context("display.width", 250, "display.max_columns", 20):
@@ -325,7 +361,7 @@ def data_info(folder):
                    f"entailment {s['entailment_frac']:.3f} contradiction {s['contradiction_frac']:.3f} neutral {s['neutral_frac']:.3f}  "
                    f"words/pair p50 {s['len_p50']} p90 {s['len_p90']} p99 {s['len_p99']} max {s['len_p100']}")
     if not found:
-        raise BertnliError(f"no SNLI split in {folder}; give --data a folder with snli_1.0_*.jsonl[.gz]")
+        raise BadInput(f"no SNLI split in {folder}; give --data a folder with snli_1.0_*.jsonl[.gz]")
 
 
 # ---------------------------------------------------------------- evaluate / predict
@@ -349,7 +385,7 @@ def _load_checkpoint(source: str, tracking_uri: str | None):
 @click.option("--data", "folder", type=click.Path(), default=TrainConfig.data, show_default=True)
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None)
-@click.option("--tracking-uri", default=None)
+@tracking_uri_option
 def evaluate(checkpoint, folder, split, limit, tracking_uri):
     """Score a checkpoint (a run folder, its best/ folder, or an MLflow run id) on a split."""
     from bertnli.data import LABEL_NAMES, read_split
@@ -375,7 +411,7 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
 @click.argument("premise", required=False)
 @click.argument("hypothesis", required=False)
 @click.option("--file", "pairs_file", type=click.Path(exists=True, dir_okay=False), default=None, help="TSV (premise<TAB>hypothesis) or JSONL (sentence1, sentence2)")
-@click.option("--tracking-uri", default=None)
+@tracking_uri_option
 def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
     """Label sentence pairs with a checkpoint (a run folder, its best/ folder, or an MLflow run id)."""
     import json

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bertnli import BertnliError
+from bertnli import BadInput
 
 TRUNCATIONS = ("longest_first", "ratio")
 OPTIMIZERS = ("adam", "adamw")
@@ -68,7 +68,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise BertnliError(f"bad config: {message}")
+                raise BadInput(f"bad config: {message}")
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Params for MLflow: one flat dict, None written as an empty string."""
@@ -100,14 +100,14 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise BertnliError(f"bad config: {name}={value!r} is not a valid {text}") from None
+        raise BadInput(f"bad config: {name}={value!r} is not a valid {text}") from None
 
 
 def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
     known = {f.name: f.type for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise BertnliError(
+        raise BadInput(
             f"bad config: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     coerced = {k: _coerce(k, v, known[k]) for k, v in values.items()}
@@ -117,12 +117,12 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
 def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise BertnliError(f"config file {path} not found; give a path such as experiments/quick_cpu.toml")
+        raise BadInput(f"config file {path} not found; give a path such as experiments/quick_cpu.toml")
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise BertnliError(f"config file {path} is not valid TOML: {e}") from None
+        raise BadInput(f"config file {path} is not valid TOML: {e}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from bertnli import BertnliError
+from bertnli import BadInput, BertnliError
 
 SNLI_URL = "https://nlp.stanford.edu/projects/snli/snli_1.0.zip"
 SNLI_SHA1 = "9fcde07509c7e87ec61c640c1b2753d9041758e4"
@@ -57,6 +57,8 @@ def download(
     A file already at `dest` with the right sha1 is not fetched again. A sha1 mismatch
     deletes the partial file, so nothing that looks valid is left behind.
     """
+    if not url.startswith(("http://", "https://")):
+        raise BadInput(f"{url!r} is not an http(s) URL; give a URL such as https://host/snli_1.0.zip")
     dest = Path(dest)
     if dest.exists() and (sha1 is None or sha1_of(dest) == sha1):
         return dest
@@ -131,8 +133,10 @@ def fetch_snli(dest: str | Path, url: str = SNLI_URL, sha1: str = SNLI_SHA1, sou
         return Path(source)
     if source is not None and Path(source).is_file():
         archive = Path(source)
+        if not zipfile.is_zipfile(archive):
+            raise BadInput(f"--source {source} is neither a zip archive nor an SNLI folder; give snli_1.0.zip or its unpacked folder")
     else:
-        archive = download(source or url, dest / "snli_1.0.zip", sha1=sha1)
+        archive = download(url, dest / "snli_1.0.zip", sha1=sha1)
     out = safe_extract(archive, dest / "snli_1.0.extracted")
     inner = out / "snli_1.0"
     return inner if inner.is_dir() else out
@@ -229,14 +233,14 @@ def find_split(folder: str | Path, split: str) -> Path | None:
 def read_split(folder: str | Path, split: str, required: bool = True) -> Split | None:
     """Read `snli_1.0_<split>.*` from `folder`; a missing split is an error only if required."""
     if split not in SPLITS:
-        raise BertnliError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        raise BadInput(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     folder = Path(folder)
     if not folder.is_dir():
-        raise BertnliError(f"data folder {folder} not found; give --data a folder with snli_1.0_*.jsonl[.gz] or run `bertnli-exp data download`")
+        raise BadInput(f"data folder {folder} not found; give --data a folder with snli_1.0_*.jsonl[.gz] or run `bertnli-exp data download`")
     path = find_split(folder, split)
     if path is None:
         if required:
-            raise BertnliError(f"no {split} split in {folder} (looked for snli_1.0_{split}.jsonl[.gz] / .txt[.gz]); give --data a folder that has it")
+            raise BadInput(f"no {split} split in {folder} (looked for snli_1.0_{split}.jsonl[.gz] / .txt[.gz]); give --data a folder that has it")
         return None
     return read_file(path, split)
 

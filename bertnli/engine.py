@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bertnli import BertnliError
+from bertnli import BadInput, BertnliError
 from bertnli.config import TrainConfig
 from bertnli.data import LABEL_NAMES, read_split
 from bertnli.model import NLIClassifier, build_model, model_config_dict, model_from_config_dict
@@ -116,7 +116,7 @@ def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:
     """Model + tokenizer, then each split encoded through the cache (limits applied after)."""
     model, tok = build_model(cfg.model, cfg.num_layers, cfg.dropout, cfg.seed)
     if cfg.max_len > model.config.max_position:
-        raise BertnliError(f"max_len {cfg.max_len} exceeds the model's {model.config.max_position} positions; lower --max-len")
+        raise BadInput(f"max_len {cfg.max_len} exceeds the model's {model.config.max_position} positions; lower --max-len")
     splits = {
         "train": read_split(cfg.data, "train", required=need_train),
         "dev": read_split(cfg.data, "dev", required=True),
@@ -154,9 +154,14 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise BertnliError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+        raise BadInput(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"device {name!r} asked for, but this machine has no CUDA GPU; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise BadInput(f"device {name!r} is not supported; use auto, cpu or cuda[:N]")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -235,7 +240,7 @@ def load_selected(folder: str | Path) -> tuple[NLIClassifier, Tokenizer, dict[st
     folder = Path(folder)
     cfg_path = folder / "model_config.json"
     if not cfg_path.is_file() or not (folder / "model.safetensors").is_file():
-        raise BertnliError(f"{folder} is not a bertnli checkpoint (needs model.safetensors and model_config.json)")
+        raise BadInput(f"{folder} is not a bertnli checkpoint (needs model.safetensors and model_config.json)")
     try:
         model = model_from_config_dict(json.loads(cfg_path.read_text()))
     except (json.JSONDecodeError, TypeError) as e:
@@ -295,9 +300,9 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     seed_everything(cfg.seed)
     prep = prepared or prepare(cfg)
     if prep.train is None:
-        raise BertnliError(f"no train split in {cfg.data}; training needs snli_1.0_train.*")
+        raise BadInput(f"no train split in {cfg.data}; training needs snli_1.0_train.*")
     if cfg.batch_size % world:
-        raise BertnliError(f"batch_size {cfg.batch_size} is not divisible by {world} processes; choose a multiple")
+        raise BadInput(f"batch_size {cfg.batch_size} is not divisible by {world} processes; choose a multiple")
     model = prep.model.to(device)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(prep.train) / cfg.batch_size)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertnli import BertnliError
+from bertnli import BadInput, BertnliError
 from bertnli.data import download, safe_extract
 from bertnli.tokenize import D2LTokenizer, Tokenizer, WordPieceTokenizer
 
@@ -350,6 +350,16 @@ TINY_WORDS = ("a the man woman dog cat is are sitting running outside inside peo
               "with of and an to at street water boy girl child red blue young old wearing shirt .").split()
 
 
+def check_model_spec(spec: str) -> None:
+    """Fail before any work (a sweep's first trial, a long data read) on a model that cannot load."""
+    if spec.startswith(("hf:", "d2l:")):
+        folder = Path(spec.split(":", 1)[1])
+        if not folder.is_dir():
+            raise BadInput(f"model folder {folder} not found; {spec.split(':')[0]}:<folder> takes an existing folder")
+    elif spec not in PRESETS:
+        raise BadInput(f"unknown model {spec!r}; use one of {', '.join(PRESETS)}, hf:<folder> or d2l:<folder> (see `bertnli-exp models`)")
+
+
 def build_model(spec: str, num_layers: int | None = None, dropout: float = 0.1, seed: int = 0) -> tuple[NLIClassifier, Tokenizer]:
     """A preset name, `hf:<folder>` or `d2l:<folder>` -> (classifier with pretrained encoder, tokenizer)."""
     torch.manual_seed(seed)  # the new classifier (and random presets) start the same for a seed
@@ -361,7 +371,7 @@ def build_model(spec: str, num_layers: int | None = None, dropout: float = 0.1, 
         heads = int(os.environ.get("BERTNLI_D2L_HEADS", 0)) or None
         return _from_d2l_folder(folder, heads, num_layers, dropout)
     if preset is None:
-        raise BertnliError(f"unknown model {spec!r}; use one of {', '.join(PRESETS)}, hf:<folder> or d2l:<folder> (see `bertnli-exp models`)")
+        check_model_spec(spec)
     layers = num_layers or preset.num_layers
     if preset.kind == "d2l-archive":
         return _from_d2l_folder(fetch_d2l_archive(spec), D2L_ARCHIVES[spec][2], layers, dropout)
@@ -386,12 +396,12 @@ def build_model(spec: str, num_layers: int | None = None, dropout: float = 0.1, 
 
 def _from_hf_folder(folder: Path, num_layers: int | None, dropout: float) -> tuple[NLIClassifier, Tokenizer]:
     if not (folder / "config.json").is_file():
-        raise BertnliError(f"{folder} has no config.json; hf:<folder> needs a Hugging Face BERT folder")
+        raise BadInput(f"{folder} has no config.json; hf:<folder> needs a Hugging Face BERT folder")
     c = hf_config_from_json(folder / "config.json", dropout)
     c = _truncate_layers(c, num_layers)
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
-        raise BertnliError(f"{folder} has no model.safetensors or pytorch_model.bin")
+        raise BadInput(f"{folder} has no model.safetensors or pytorch_model.bin")
     model = NLIClassifier(c)
     load_encoder_weights(model, read_state_file(weights), str(weights))
     return model, WordPieceTokenizer(folder)
@@ -400,7 +410,7 @@ def _from_hf_folder(folder: Path, num_layers: int | None, dropout: float) -> tup
 def _from_d2l_folder(folder: Path, num_heads: int | None, num_layers: int | None, dropout: float) -> tuple[NLIClassifier, Tokenizer]:
     params, vocab = folder / "pretrained.params", folder / "vocab.json"
     if not params.is_file() or not vocab.is_file():
-        raise BertnliError(f"{folder} needs pretrained.params and vocab.json (a d2l BERT archive, unpacked)")
+        raise BadInput(f"{folder} needs pretrained.params and vocab.json (a d2l BERT archive, unpacked)")
     state = read_state_file(params)
     c = d2l_config_from_state(state, num_heads or _guess_heads(state), dropout)
     c = _truncate_layers(c, num_layers)
@@ -419,7 +429,7 @@ def _truncate_layers(c: BertConfig, num_layers: int | None) -> BertConfig:
     if num_layers is None:
         return c
     if num_layers > c.num_layers:
-        raise BertnliError(f"num_layers={num_layers} but the checkpoint has only {c.num_layers} layers")
+        raise BadInput(f"num_layers={num_layers} but the checkpoint has only {c.num_layers} layers")
     return dataclasses.replace(c, num_layers=num_layers)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertnli import BertnliError
+from bertnli import BadInput
 
 METRICS = ["best_dev_acc", "test_acc", "best_epoch", "wall_seconds", "examples_per_sec", "dev_acc", "train_loss"]
 
@@ -35,7 +35,7 @@ def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = N
     if experiments:
         missing = [e for e in experiments if e not in names.values()]
         if missing:
-            raise BertnliError(f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment")
+            raise BadInput(f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment")
         ids = [i for i, n in names.items() if n in experiments]
     else:
         ids = list(names)

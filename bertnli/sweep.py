@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bertnli import BertnliError
+from bertnli import BadInput, BertnliError
 from bertnli.config import TrackingConfig, TrainConfig, config_from_dict, read_toml
 
 PRUNED_EXIT = 3  # a trial process exits with this when Optuna pruned it
@@ -77,19 +77,20 @@ class SweepConfig:
     keep_checkpoints: str = "best"  # "best" or "all"
     grace_s: float = 60.0  # heartbeat age after which a RUNNING trial of another host is stale
     max_retries: int = 2  # a failed configuration is tried again at most this often
+    fail_limit: int = 3  # stop after this many configurations in a row failed every try (a broken setup)
     out_dir: str = "outputs/sweeps"
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 SWEEP_KEYS = {"trials", "study_name", "storage", "seed", "workers", "timeout", "pruner_startup_trials", "pruner_warmup_epochs",
-              "keep_checkpoints", "grace_s", "max_retries", "out_dir"}
+              "keep_checkpoints", "grace_s", "max_retries", "fail_limit", "out_dir"}
 
 
 def parse_param(name: str, spec: Any) -> Param:
     """TOML `{low, high, log}` / list of choices, or CLI text `1e-5:1e-3:log`, `1:3`, `a|b`."""
     known = {f for f in TrainConfig.__dataclass_fields__}
     if name not in known:
-        raise BertnliError(f"bad sweep space: {name!r} is not a train setting; use one of {', '.join(sorted(known))}")
+        raise BadInput(f"bad sweep space: {name!r} is not a train setting; use one of {', '.join(sorted(known))}")
     kind_of = str(TrainConfig.__dataclass_fields__[name].type)
     try:
         if isinstance(spec, str):
@@ -108,9 +109,9 @@ def parse_param(name: str, spec: Any) -> Param:
             return Param(name, "categorical", choices=tuple(spec))
         low, high, log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
     except (KeyError, ValueError, IndexError, TypeError) as e:
-        raise BertnliError(f"bad sweep space for {name}: {spec!r} ({e}); write low:high[:log] or a|b|c") from None
+        raise BadInput(f"bad sweep space for {name}: {spec!r} ({e}); write low:high[:log] or a|b|c") from None
     if not low < high or (log and low <= 0):
-        raise BertnliError(f"bad sweep space for {name}: need low < high (and low > 0 for log)")
+        raise BadInput(f"bad sweep space for {name}: need low < high (and low > 0 for log)")
     return Param(name, "int" if "int" in kind_of else "float", low, high, log)
 
 
@@ -123,20 +124,32 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
     space_doc = dict(sweep_doc.pop("space", {}) or {"lr": {"low": 1e-5, "high": 2e-4, "log": True}})
     for item in space_overrides:
         if "=" not in item:
-            raise BertnliError(f"bad --space {item!r}; write NAME=low:high[:log] or NAME=a|b|c")
+            raise BadInput(f"bad --space {item!r}; write NAME=low:high[:log] or NAME=a|b|c")
         name, spec = item.split("=", 1)
         space_doc[name.strip()] = spec.strip()
     unknown = set(sweep_doc) - SWEEP_KEYS
     if unknown:
-        raise BertnliError(f"bad [sweep] setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SWEEP_KEYS))}")
+        raise BadInput(f"bad [sweep] setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SWEEP_KEYS))}")
     values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
     space = tuple(parse_param(k, v) for k, v in space_doc.items())
     cfg = SweepConfig(base=base, space=space, tracking=tracking, **values)
-    if cfg.trials < 1 or cfg.workers < 1:
-        raise BertnliError("bad sweep: trials and workers must be at least 1")
+    if cfg.trials < 1 or cfg.workers < 1 or cfg.fail_limit < 1:
+        raise BadInput("bad sweep: trials, workers and fail_limit must be at least 1")
     if cfg.keep_checkpoints not in ("best", "all"):
-        raise BertnliError("bad sweep: keep_checkpoints is best or all")
+        raise BadInput("bad sweep: keep_checkpoints is best or all")
     return cfg
+
+
+def check_runnable(cfg: SweepConfig) -> None:
+    """Refuse, before a study or run is created, a sweep whose every trial would fail the same way."""
+    from bertnli.engine import resolve_device
+    from bertnli.model import check_model_spec
+
+    resolve_device(cfg.base.device)
+    for spec in next((p.choices for p in cfg.space if p.name == "model"), (cfg.base.model,)):
+        check_model_spec(str(spec))
+    if not Path(cfg.base.data).is_dir():
+        raise BadInput(f"data folder {cfg.base.data} not found; give --data a folder with snli_1.0_*.jsonl[.gz]")
 
 
 # ---------------------------------------------------------------- storage and study
@@ -159,17 +172,22 @@ def open_storage(url: str | None):
         # finds the tables made a moment later.
         import random
 
-        from sqlalchemy.exc import SQLAlchemyError
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
         for attempt in range(6):
             try:
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            except (ArgumentError, NoSuchModuleError, ImportError) as e:
+                raise BadInput(f"--storage {url.split('@')[-1]!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
+                               "give postgresql://user@host/db, sqlite:///file.db or a journal file path") from None
             except SQLAlchemyError as e:
                 if attempt == 5:
                     raise BertnliError(f"cannot open Optuna storage {url.split('@')[-1]}: {str(e).splitlines()[0][:200]}") from None
                 time.sleep(0.5 + random.random() * 2 ** attempt)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    if Path(url).is_dir():
+        raise BadInput(f"--storage {url} is a folder; give a journal file path such as {Path(url) / 'optuna-journal.log'}")
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
 
@@ -420,10 +438,12 @@ class Outcome:
     seconds: float
     test_acc: float | None = None
     train_seconds: float = 0.0
+    error: str = ""
 
 
 class Sweep:
     def __init__(self, cfg: SweepConfig, log=print):
+        check_runnable(cfg)
         self.cfg, self.log = cfg, log
         self.storage_url = cfg.storage or default_storage()
         self.study = make_study(cfg)
@@ -432,6 +452,7 @@ class Sweep:
         self.stop = threading.Event()
         self.deadline = time.time() + cfg.timeout if cfg.timeout else None
         self.active: set[int] = set()
+        self.failed_in_a_row: list[Outcome] = []
 
     def seed_cells(self) -> None:
         """Enqueue every model x truncation cell once per study (other params sampled)."""
@@ -471,6 +492,9 @@ class Sweep:
             outcome = self._run_one(trial, parent_run_id)
             with self.lock:
                 self.outcomes.append(outcome)
+                self.failed_in_a_row = self.failed_in_a_row + [outcome] if outcome.state == "FAIL" else []
+                if len(self.failed_in_a_row) >= self.cfg.fail_limit * (self.cfg.max_retries + 1):
+                    self.stop.set()  # every trial fails: the setup is broken, not the configurations
                 bar.update(1 if outcome.state in ("COMPLETE", "PRUNED") else 0)
                 self._keep_best_checkpoint()
             params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.params.items())
@@ -480,13 +504,16 @@ class Sweep:
     def _run_one(self, trial, parent_run_id: str) -> Outcome:
         S = _states()
         t0 = time.time()
+        # The trial runs this very bertnli, wherever it was imported from (a checkout, a worktree).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                         os.environ.get("PYTHONPATH")]))}
         cmd = [sys.executable, "-m", "bertnli.sweep", "trial", "--spec", str(self.spec_path), "--number", str(trial.number),
                "--parent-run", parent_run_id, "--parent-pid", str(os.getpid())]
         out = trial_dir(self.cfg, trial.number)
         logf = out.with_name(out.name + ".log")
         logf.parent.mkdir(parents=True, exist_ok=True)
         with open(logf, "w") as log_handle:
-            proc = subprocess.Popen(cmd, stdout=log_handle, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(cmd, stdout=log_handle, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
             self.active.add(proc.pid)
             while proc.poll() is None:
                 try:
@@ -508,11 +535,12 @@ class Sweep:
             last = max(frozen.intermediate_values.items(), default=(0, None))[1]
             return Outcome(trial.number, "PRUNED", last, frozen.params, seconds)
         tail = logf.read_text()[-400:].strip().splitlines()[-1:] if logf.is_file() else []
-        trial.set_user_attr("error", tail[0] if tail else f"exit {proc.returncode}")
+        error = tail[0] if tail else f"exit {proc.returncode}"
+        trial.set_user_attr("error", error)
         self.study.tell(trial, state=S.FAIL)
         end_orphan_run(self.cfg, trial_run_id(self.cfg, frozen), f"trial process exited {proc.returncode}")
         retry(self.study, self.study._storage.get_trial(trial._trial_id), self.cfg, self.log)
-        return Outcome(trial.number, "FAIL", None, frozen.params, seconds)
+        return Outcome(trial.number, "FAIL", None, frozen.params, seconds, error=f"{error} ({logf})")
 
     def _keep_best_checkpoint(self) -> None:
         """Trials keep no optimizer state; only the best complete trial keeps its weights (unless 'all')."""
@@ -568,10 +596,14 @@ class Sweep:
         finally:
             bar.close()
             if done_count(self.study) < self.cfg.trials and status == "FINISHED":
-                status = "KILLED" if self.stop.is_set() or self.deadline else "FAILED"
+                broken = self.stop.is_set() and bool(self.failed_in_a_row)
+                status = "KILLED" if (self.stop.is_set() or self.deadline) and not broken else "FAILED"
             summary = finish_parent(self.study, self.cfg, parent, status, time.time() - t0)
         summary["wall_seconds"] = time.time() - t0
         summary["outcomes"] = self.outcomes
+        if self.failed_in_a_row and self.stop.is_set():
+            raise BertnliError(f"stopped: the last {len(self.failed_in_a_row)} trials all failed (a broken setup, not bad luck); "
+                               f"the last said: {self.failed_in_a_row[-1].error}")
         return summary
 
 

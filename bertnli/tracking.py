@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bertnli import BertnliError
+from bertnli import BadInput
 from bertnli.config import TrackingConfig, TrainConfig
 from bertnli.data import LABEL_NAMES
 from bertnli.engine import EpochMetrics, FitResult, dist_info, fit
@@ -45,10 +46,19 @@ def client(uri: str | None = None):
     import mlflow
     from mlflow import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
+    # A new store announces its schema migration on stderr; a user sees only errors and results.
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     if not uri.startswith("sqlite:///"):
-        return MlflowClient(uri)
+        try:
+            return MlflowClient(uri)
+        except MlflowException as e:
+            raise BadInput(f"tracking URI {uri!r} is not usable ({str(e).splitlines()[0][:120]}); "
+                           "give http://host:port, sqlite:///path or a folder") from None
     # Two processes creating the same SQLite store race in MLflow's schema migration:
     # the first to take the lock creates it, the others find it ready.
     import fcntl
@@ -282,8 +292,8 @@ def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path
     try:
         c.get_run(run_id)
     except Exception:  # noqa: BLE001
-        raise BertnliError(f"no MLflow run {run_id} at {tracking_uri or default_tracking_uri()}; check the id or --tracking-uri") from None
+        raise BadInput(f"no MLflow run {run_id} at {tracking_uri or default_tracking_uri()}; check the id or --tracking-uri") from None
     try:
         return Path(c.download_artifacts(run_id, "checkpoint"))
     except Exception:  # noqa: BLE001
-        raise BertnliError(f"run {run_id} has no checkpoint artifact (pruned sweep trials keep none); pick another run") from None
+        raise BadInput(f"run {run_id} has no checkpoint artifact (pruned sweep trials keep none); pick another run") from None

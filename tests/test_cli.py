@@ -64,12 +64,12 @@ def test_bad_options_are_one_line_and_exit_2(args, needle):
     (["train", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),
     (["train", "--config", "/nope.toml"], "config file /nope.toml not found"),
     (["train", "--model", "bert-huge"], "unknown model 'bert-huge'"),
-    (["train", "--lr", "-1"], "lr must be positive"),
+    (["train", "--lr", "-1"], "-1.0 is not in the range x>0"),
     (["predict", "/nonexistent-run-folder", "a", "b"], "no MLflow run"),
 ])
 def test_bad_values_are_one_line_errors(args, needle, mlflow_uri):
     r = cli(*args, MLFLOW_TRACKING_URI=mlflow_uri)
-    assert r.returncode in (1, 2) and needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert r.returncode == 2 and needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
 
 
 def test_models_and_data_info(tiny_snli):
@@ -94,7 +94,7 @@ def test_reproduce_ends_with_a_verdict(tiny_snli, tmp_path, mlflow_uri):
 
 def test_reproduce_says_when_it_needs_a_gpu_and_offers_the_reduced_variant():
     r = cli("reproduce", "bert_base_086")
-    assert r.returncode == 1 and "needs the official SNLI train split" in r.stderr and "reproduce quick_cpu" in r.stderr
+    assert r.returncode == 2 and "needs the official SNLI train split" in r.stderr and "reproduce quick_cpu" in r.stderr
 
 
 def test_report_command_writes_tables(trained, tmp_path, mlflow_uri):

@@ -145,12 +145,29 @@ def test_two_worker_processes_share_one_study(tmp_path, tiny_snli):
 
 
 def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli):
-    toml = write_toml(tmp_path, tiny_snli, trials=3, space='model = ["tiny-d2l-random", "bert-huge"]\nlr = {low = 1e-3, high = 3e-3}',
+    broken = tmp_path / "not-a-bert"  # exists (so the sweep starts) but cannot load (so its trials fail)
+    broken.mkdir()
+    toml = write_toml(tmp_path, tiny_snli, trials=3, space=f'model = ["tiny-d2l-random", "hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
                       extra="max_retries = 1")
     run_sweep(tmp_path, toml)
     st, parents, children = state(tmp_path)
     failed = [t for t in st.get_trials() if t.state == S.FAIL]
-    assert len(failed) >= 2 and all(t.params["model"] == "bert-huge" for t in failed)
+    assert len(failed) >= 2 and all(t.params["model"] == f"hf:{broken}" for t in failed)
     assert [t.user_attrs.get("retry_of") for t in failed[:2]] == [None, failed[0].number]  # tried, retried once
-    assert all("unknown model" in t.user_attrs["error"] for t in failed)
+    assert all("has no config.json" in t.user_attrs["error"] for t in failed)
     assert_consistent(st, parents, children, 3)
+
+
+def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli):
+    broken = tmp_path / "not-a-bert"
+    broken.mkdir()
+    toml = write_toml(tmp_path, tiny_snli, trials=20, space=f'model = ["hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
+                      extra="max_retries = 0\nfail_limit = 3")
+    r = subprocess.run(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("bertnli-exp: error: stopped: the last 3 trials all failed") and "has no config.json" in err, r.stderr[-2000:]
+    st, parents, children = state(tmp_path)
+    assert [t.state for t in st.get_trials()] == [S.FAIL] * 3  # stopped, not looping forever
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert all(r.info.status == "FAILED" for r in children)
