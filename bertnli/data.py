@@ -230,8 +230,8 @@ def find_split(folder: str | Path, split: str) -> Path | None:
     return None
 
 
-def read_split(folder: str | Path, split: str, required: bool = True) -> Split | None:
-    """Read `snli_1.0_<split>.*` from `folder`; a missing split is an error only if required."""
+def split_path(folder: str | Path, split: str, required: bool = True) -> Path | None:
+    """The file holding `snli_1.0_<split>.*` in `folder`; a missing split is an error only if required."""
     if split not in SPLITS:
         raise BadInput(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     folder = Path(folder)
@@ -242,7 +242,13 @@ def read_split(folder: str | Path, split: str, required: bool = True) -> Split |
         if required:
             raise BadInput(f"no {split} split in {folder} (looked for snli_1.0_{split}.jsonl[.gz] / .txt[.gz]); give --data a folder that has it")
         return None
-    return read_file(path, split)
+    return path
+
+
+def read_split(folder: str | Path, split: str, required: bool = True) -> Split | None:
+    """Read `snli_1.0_<split>.*` from `folder`; a missing split is an error only if required."""
+    path = split_path(folder, split, required)
+    return None if path is None else read_file(path, split)
 
 
 def read_file(path: str | Path, name: str = "") -> Split:

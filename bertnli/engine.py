@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from bertnli import BadInput, BertnliError
 from bertnli.config import TrainConfig
-from bertnli.data import LABEL_NAMES, read_split
+from bertnli.data import LABEL_NAMES, split_path
 from bertnli.model import NLIClassifier, build_model, model_config_dict, model_from_config_dict
-from bertnli.pairs import EncodedSplit, collate, encode_split, eval_batches, train_batches
+from bertnli.pairs import EncodedSplit, collate, encode_file, eval_batches, train_batches
 from bertnli.tokenize import Tokenizer, load_tokenizer
 
 
@@ -117,19 +117,18 @@ def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:
     model, tok = build_model(cfg.model, cfg.num_layers, cfg.dropout, cfg.seed)
     if cfg.max_len > model.config.max_position:
         raise BadInput(f"max_len {cfg.max_len} exceeds the model's {model.config.max_position} positions; lower --max-len")
-    splits = {
-        "train": read_split(cfg.data, "train", required=need_train),
-        "dev": read_split(cfg.data, "dev", required=True),
-        "test": read_split(cfg.data, "test", required=False),
+    paths = {
+        "train": split_path(cfg.data, "train", required=need_train),
+        "dev": split_path(cfg.data, "dev", required=True),
+        "test": split_path(cfg.data, "test", required=False),
     }
     enc, digests = {}, {}
-    for name, split in splits.items():
-        if split is None:
+    for name, path in paths.items():
+        if path is None:
             continue
-        e = encode_split(split, tok, cfg.max_len, cfg.truncation, cfg.cache_dir)
+        e, digests[name] = encode_file(path, name, tok, cfg.max_len, cfg.truncation, cfg.cache_dir)
         enc[name] = e.head(cfg.limit_train if name == "train" else cfg.limit_eval)
-        digests[name] = split.digest()
-    if splits["test"] is None and cfg.eval_test:
+    if paths["test"] is None and cfg.eval_test:
         print(f"note: no test split in {cfg.data}; test accuracy will not be reported")
     return Prepared(model, tok, enc.get("train"), enc["dev"], enc.get("test"), digests)
 

@@ -7,6 +7,7 @@ an encoded split is a few flat numpy arrays, cached on disk so a sweep tokenizes
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertnli.data import Split
+from bertnli.data import Split, file_digest, read_file
 from bertnli.tokenize import Tokenizer
 
 CACHE_VERSION = "1"
@@ -79,34 +80,70 @@ class EncodedSplit:
         return ids, [0] * int(self.seg1[i]) + [1] * (len(ids) - int(self.seg1[i]))
 
 
-def _unique_encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
-    """SNLI repeats each premise about three times: tokenize each distinct text once."""
+def truncated_lengths(lp: np.ndarray, lh: np.ndarray, max_len: int, truncation: str) -> tuple[np.ndarray, np.ndarray]:
+    """What `truncate_longest_first` / `truncate_ratio` keep, for all pairs at once (tested equal to them)."""
+    budget = max_len - 3
+    lp, lh = lp.astype(np.int64), lh.astype(np.int64)
+    over = lp + lh > budget
+    if truncation == "longest_first":
+        # The pop loop trims the longer side to the shorter, then alternates (h on a tie): the shorter
+        # side keeps all it has if that leaves room, else h keeps floor(B/2) and p the rest.
+        kh = np.where(over, np.minimum(lh, np.maximum(budget // 2, budget - lp)), lh)
+    else:
+        kp_ratio = np.round(budget * lp / np.maximum(lp + lh, 1)).astype(np.int64)  # round half to even, as round()
+        kh = np.where(over, budget - kp_ratio, lh)
+    kp = np.where(over, budget - kh, lp)
+    return kp, kh
+
+
+def _ragged_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """starts[i], starts[i]+1, ..., starts[i]+counts[i]-1 for every i, concatenated."""
+    counts = counts.astype(np.int64)
+    shift = np.repeat(starts.astype(np.int64) - (np.cumsum(counts) - counts), counts)
+    return shift + np.arange(int(counts.sum()), dtype=np.int64)
+
+
+def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each distinct text tokenized once (SNLI repeats each premise about three times), in chunks
+    so that the tokenizer's per-text objects never exist for all texts at once.
+
+    Returns (flat ids of the distinct texts, their offsets, the distinct-text slot of every input text)."""
     index: dict[str, int] = {}
-    slots = [index.setdefault(t, len(index)) for t in texts]
-    encoded = tokenizer.encode_batch(list(index))
-    return [encoded[s] for s in slots]
+    slots = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))
+    distinct = list(index)
+    del index
+    ids, lengths = [], []
+    for start in range(0, len(distinct), chunk):
+        encoded = tokenizer.encode_batch(distinct[start : start + chunk])
+        lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
+        ids.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32))
+    lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
+    np.cumsum(lengths_all, out=offsets[1:])
+    return (np.concatenate(ids) if ids else np.zeros(0, np.int32)), offsets, slots
 
 
 def encode_pairs(
     premises: list[str], hypotheses: list[str], labels: list[int], tokenizer: Tokenizer, max_len: int, truncation: str
 ) -> EncodedSplit:
-    truncate = TRUNCATE[truncation]
-    cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
-    p_ids, h_ids = _unique_encode(tokenizer, premises), _unique_encode(tokenizer, hypotheses)
-    n = len(labels)
-    lengths = np.empty(n, dtype=np.int64)
-    seg1 = np.empty(n, dtype=np.int32)
-    flat: list[int] = []
-    extend = flat.extend
-    for i, (p, h) in enumerate(zip(p_ids, h_ids)):
-        if len(p) + len(h) > max_len - 3:
-            p, h = truncate(p, h, max_len)
-        extend((cls_id, *p, sep_id, *h, sep_id))
-        lengths[i] = len(p) + len(h) + 3
-        seg1[i] = len(p) + 2
-    offsets = np.zeros(n + 1, dtype=np.int64)
+    """Tokenize, truncate and pack every pair into flat arrays, without a Python loop over pairs."""
+    if truncation not in TRUNCATE:
+        raise ValueError(f"unknown truncation {truncation!r}")
+    p_ids, p_off, p_slot = _unique_encode(tokenizer, premises)
+    h_ids, h_off, h_slot = _unique_encode(tokenizer, hypotheses)
+    p_start, h_start = p_off[p_slot], h_off[h_slot]
+    kp, kh = truncated_lengths(p_off[p_slot + 1] - p_start, h_off[h_slot + 1] - h_start, max_len, truncation)
+    lengths = kp + kh + 3
+    offsets = np.zeros(len(labels) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return EncodedSplit(np.asarray(flat, dtype=np.int32), offsets, seg1, np.asarray(labels, dtype=np.int64), tokenizer.pad_id)
+    row = offsets[:-1]
+    flat = np.empty(int(offsets[-1]), dtype=np.int32)
+    flat[row] = tokenizer.cls_id  # <cls> p <sep> h <sep>, as pack()
+    flat[_ragged_positions(row + 1, kp)] = p_ids[_ragged_positions(p_start, kp)]
+    flat[row + 1 + kp] = tokenizer.sep_id
+    flat[_ragged_positions(row + 2 + kp, kh)] = h_ids[_ragged_positions(h_start, kh)]
+    flat[offsets[1:] - 1] = tokenizer.sep_id
+    return EncodedSplit(flat, offsets, (kp + 2).astype(np.int32), np.asarray(labels, dtype=np.int64), tokenizer.pad_id)
 
 
 def split_texts(split: Split, tokenizer: Tokenizer) -> tuple[list[str], list[str]]:
@@ -115,26 +152,50 @@ def split_texts(split: Split, tokenizer: Tokenizer) -> tuple[list[str], list[str
     return split.premises, split.hypotheses
 
 
-def encode_split(split: Split, tokenizer: Tokenizer, max_len: int, truncation: str, cache_dir: str | Path | None = None) -> EncodedSplit:
-    """Encode a whole split, through the on-disk cache keyed by data, tokenizer, max_len, truncation."""
-    if cache_dir is None:
-        return encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation)
-    key = hashlib.sha256(
-        f"{CACHE_VERSION}|{split.digest()}|{tokenizer.fingerprint()}|{max_len}|{truncation}".encode()
-    ).hexdigest()[:24]
-    path = Path(cache_dir) / f"{split.name}-{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return EncodedSplit(z["ids"], z["offsets"], z["seg1"], z["labels"], int(z["pad_id"]))
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
-    enc = encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation)
+def _cache_path(cache_dir: str | Path, name: str, digest: str, tokenizer: Tokenizer, max_len: int, truncation: str) -> Path:
+    key = hashlib.sha256(f"{CACHE_VERSION}|{digest}|{tokenizer.fingerprint()}|{max_len}|{truncation}".encode()).hexdigest()[:24]
+    return Path(cache_dir) / f"{name}-{key}.npz"
+
+
+def _load_cached(path: Path) -> EncodedSplit | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return EncodedSplit(z["ids"], z["offsets"], z["seg1"], z["labels"], int(z["pad_id"]))
+    except (OSError, ValueError, KeyError, EOFError):
+        path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
+        return None
+
+
+def _save_cached(enc: EncodedSplit, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, ids=enc.ids, offsets=enc.offsets, seg1=enc.seg1, labels=enc.labels, pad_id=np.int64(enc.pad_id))
     os.replace(tmp, path)
+
+
+def encode_split(split: Split, tokenizer: Tokenizer, max_len: int, truncation: str, cache_dir: str | Path | None = None) -> EncodedSplit:
+    """Encode a whole split, through the on-disk cache keyed by file digest, tokenizer, max_len, truncation."""
+    if cache_dir is None:
+        return encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation)
+    path = _cache_path(cache_dir, split.name, split.digest(), tokenizer, max_len, truncation)
+    enc = _load_cached(path)
+    if enc is None:
+        enc = encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation)
+        _save_cached(enc, path)
     return enc
+
+
+def encode_file(path: str | Path, name: str, tokenizer: Tokenizer, max_len: int, truncation: str,
+                cache_dir: str | Path | None = None) -> tuple[EncodedSplit, str]:
+    """A split file encoded, and its digest; a cache hit skips reading (parsing 550k JSON rows takes seconds)."""
+    digest = file_digest(path)
+    if cache_dir is not None:
+        enc = _load_cached(_cache_path(cache_dir, name, digest, tokenizer, max_len, truncation))
+        if enc is not None:
+            return enc, digest
+    return encode_split(read_file(path, name), tokenizer, max_len, truncation, cache_dir), digest
 
 
 # ---------------------------------------------------------------- batching

@@ -18,6 +18,7 @@ import argparse
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -160,6 +161,47 @@ def default_storage() -> str:
     return str((Path.cwd() / "mlruns" / "optuna-journal.log").resolve())
 
 
+def _is_outage(e: BaseException | None) -> bool:
+    """True when `e` (or what caused it) says the database could not be reached, not that a query was wrong."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    while e is not None:
+        if isinstance(e, (OperationalError, InterfaceError)) or (isinstance(e, DBAPIError) and e.connection_invalidated):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class OutageTolerantStorage:
+    """An Optuna RDB storage whose calls wait out a database restart instead of failing the trial.
+
+    A sweep runs for hours; a PostgreSQL restart or failover of a few seconds must not turn
+    running trials into FAIL. Calls are retried with backoff for up to `patience_s`.
+    """
+
+    def __init__(self, inner, patience_s: float = 300.0):
+        self._inner, self._patience_s = inner, patience_s
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            deadline, delay = time.time() + self._patience_s, 0.5
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as e:
+                    if not _is_outage(e) or time.time() > deadline:
+                        raise
+                    print(f"bertnli: Optuna storage unreachable ({type(e).__name__}); retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+
+        return call
+
+
 def open_storage(url: str | None):
     import optuna
 
@@ -170,13 +212,11 @@ def open_storage(url: str | None):
             kwargs = {"connect_args": {"timeout": 60}}
         # Workers started together on a fresh database race in Optuna's table creation; the loser
         # finds the tables made a moment later.
-        import random
-
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
         for attempt in range(6):
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                return OutageTolerantStorage(optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
             except (ArgumentError, NoSuchModuleError, ImportError) as e:
                 raise BadInput(f"--storage {url.split('@')[-1]!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
                                "give postgresql://user@host/db, sqlite:///file.db or a journal file path") from None
@@ -480,6 +520,9 @@ class Sweep:
                     trial = None
                 else:
                     trial = self.study.ask()
+                    if self._step_aside(trial):
+                        time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
+                        continue
                     for p in self.cfg.space:
                         p.suggest(trial)
                     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
@@ -500,6 +543,25 @@ class Sweep:
             params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.params.items())
             value = f"dev_acc {outcome.value:.4f}" if outcome.value is not None else ""
             self.log(f"trial {outcome.number:3d} {outcome.state:8} {value:15} {params} ({outcome.seconds:.0f} s)")
+
+    def _step_aside(self, trial) -> bool:
+        """Exactly N trials, even with workers on many hosts asking at the same moment.
+
+        Checked after `ask()`: a worker that then sees more than N running-or-done trials
+        withdraws its own (FAIL, marked `stepped_aside`, its queued configuration put back).
+        Of two racing workers, the later to check always sees the other, so both never stay;
+        both may step aside, and then the loop simply asks again.
+        """
+        S = _states()
+        live = sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in self.study.get_trials(deepcopy=False))
+        if live <= self.cfg.trials:
+            return False
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        trial.set_user_attr("stepped_aside", True)
+        self.study.tell(trial, state=S.FAIL)
+        if "fixed_params" in frozen.system_attrs:  # it came from the queue (a cell or a retry): queue it again
+            self.study.enqueue_trial(frozen.system_attrs["fixed_params"], user_attrs=dict(frozen.user_attrs))
+        return True
 
     def _run_one(self, trial, parent_run_id: str) -> Outcome:
         S = _states()

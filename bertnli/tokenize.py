@@ -92,7 +92,9 @@ class WordPieceTokenizer:
         return self._tok.get_vocab_size()
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nobody here reads.
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def fingerprint(self) -> str:
         return "wp-" + hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from bertnli.data import read_split
-from bertnli.pairs import (collate, encode_pairs, encode_split, eval_batches, pack, train_batches,
-                           truncate_longest_first, truncate_ratio)
+from bertnli.data import file_digest, read_split
+from bertnli.pairs import (collate, encode_file, encode_pairs, encode_split, eval_batches, pack, train_batches,
+                           truncate_longest_first, truncate_ratio, truncated_lengths)
 from bertnli.tokenize import D2LTokenizer
+from conftest import make_rows, write_jsonl_gz
 
 
 def d2l_truncate_pair_of_tokens(p_tokens, h_tokens, max_len):
@@ -70,6 +71,34 @@ def test_encoded_rows_equal_pack_of_truncation():
     assert enc.lengths.max() <= 12
 
 
+@pytest.mark.parametrize("truncation", ["longest_first", "ratio"])
+def test_vectorised_truncation_equals_the_reference_loops(truncation):
+    ref = {"longest_first": truncate_longest_first, "ratio": truncate_ratio}[truncation]
+    rng = np.random.default_rng(0)
+    for max_len in (8, 9, 16, 33, 128):
+        lp, lh = rng.integers(0, 90, 3000), rng.integers(0, 90, 3000)
+        kp, kh = truncated_lengths(lp, lh, max_len, truncation)
+        for a, b, x, y in zip(lp, lh, kp, kh):
+            p, h = ref(list(range(a)), list(range(b)), max_len)
+            assert (len(p), len(h)) == (x, y), (a, b, max_len)
+
+
+@pytest.mark.parametrize("truncation", ["longest_first", "ratio"])
+def test_every_packed_row_equals_pack_of_the_reference_truncation(truncation):
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(50)]
+    tok = D2LTokenizer(["<unk>", "<pad>", "<cls>", "<sep>", *words])
+    text = lambda: " ".join(rng.choice(words, rng.integers(0, 30)))  # noqa: E731
+    ps = [text() for _ in range(300)]
+    ps += ps[:100]  # repeated premises, as in SNLI
+    hs = [text() for _ in range(400)]
+    enc = encode_pairs(ps, hs, [0] * 400, tok, 24, truncation)
+    ref = {"longest_first": truncate_longest_first, "ratio": truncate_ratio}[truncation]
+    for i in range(400):
+        p, h = tok.encode_batch([ps[i]])[0], tok.encode_batch([hs[i]])[0]
+        assert enc.row(i) == pack(*ref(p, h, 24), tok.cls_id, tok.sep_id)
+
+
 def test_cache_round_trip_and_keying(tiny_snli, tmp_path):
     tok = _tok()
     split = read_split(tiny_snli, "dev")
@@ -84,6 +113,30 @@ def test_cache_round_trip_and_keying(tiny_snli, tmp_path):
     files[0].write_bytes(b"garbage")  # a damaged entry is rebuilt, not trusted
     c = encode_split(split, tok, 16, "ratio", tmp_path)
     assert np.array_equal(a.ids, c.ids)
+
+
+def test_a_cache_hit_does_not_parse_the_file_and_an_edit_misses(tiny_snli, tmp_path, monkeypatch):
+    import shutil
+
+    import bertnli.pairs
+
+    tok = _tok()
+    data = tmp_path / "data"
+    shutil.copytree(tiny_snli, data)
+    path = data / "snli_1.0_dev.jsonl.gz"
+    cold, digest = encode_file(path, "dev", tok, 16, "ratio", tmp_path / "cache")
+    assert digest == file_digest(path)
+
+    def no_parsing(*a, **k):
+        raise AssertionError("a cache hit parsed the JSON")
+
+    with monkeypatch.context() as m:
+        m.setattr(bertnli.pairs, "read_file", no_parsing)
+        warm, _ = encode_file(path, "dev", tok, 16, "ratio", tmp_path / "cache")
+    assert all(np.array_equal(getattr(cold, k), getattr(warm, k)) for k in ("ids", "offsets", "seg1", "labels"))
+    write_jsonl_gz(path, make_rows(40, 9))  # the file changed: its digest changes, the old entry is not used
+    edited, digest2 = encode_file(path, "dev", tok, 16, "ratio", tmp_path / "cache")
+    assert digest2 != digest and len(edited) != len(cold)
 
 
 def test_batches_cover_every_example_once_and_are_reproducible():

@@ -16,7 +16,7 @@ import requests
 from mlflow import MlflowClient
 
 from conftest import ROOT, run_env
-from test_sweep import S, write_toml
+from test_sweep import S, ran, write_toml
 
 PG_BIN = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True) if (p / "initdb").is_file()), None)
 pytestmark = pytest.mark.skipif(PG_BIN is None or shutil.which("runuser") is None, reason="PostgreSQL server binaries not installed")
@@ -33,25 +33,43 @@ def as_postgres(*cmd, **kw):
     return subprocess.run([*prefix, *map(str, cmd)], check=True, capture_output=True, text=True, **kw)
 
 
+class Postgres:
+    """A real PostgreSQL server on 127.0.0.1 that a test can stop and start again (an outage)."""
+
+    def __init__(self, root: Path):
+        self.root, self.data, self.sock, self.port = root, root / "data", root / "sock", free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def start(self):
+        as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w", "-o",
+                    f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1", "start")
+
+    def stop(self, mode="fast"):
+        as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def pg(tmp_path_factory):
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="bertnli-pg-"))  # pytest's own tmp is root-only; postgres must reach this
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
+    server = Postgres(root)
+    server.sock.mkdir()
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port = free_port()
-    as_postgres(PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth=trust")
-    as_postgres(PG_BIN / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
-                f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start")
-    for db in ("optuna", "mlflow"):
-        as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", db)
-    yield f"postgresql://postgres@127.0.0.1:{port}"
-    as_postgres(PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.chown(server.sock, "postgres")
+    as_postgres(PG_BIN / "initdb", "-D", server.data, "-U", "postgres", "--auth=trust")
+    server.start()
+    for db in ("optuna", "mlflow", "optuna_outage"):
+        as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", server.port, "-U", "postgres", db)
+    yield server
+    server.stop("immediate")
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres(pg):
+    return pg.url
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +106,8 @@ def test_two_sweep_processes_share_a_study_through_postgres_and_mlflow_server(tm
         assert p.returncode == 0, err[-2000:]
     st = optuna.load_study(study_name="s", storage=storage)
     trials = st.get_trials()
-    assert 4 <= sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials) <= 5
+    trials = ran(trials)
+    assert sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials) == 4
     assert not [t for t in trials if t.state in (S.RUNNING, S.FAIL)]
     c = MlflowClient(mlflow_server)
     runs = c.search_runs([c.get_experiment_by_name("s").experiment_id])
@@ -99,3 +118,47 @@ def test_two_sweep_processes_share_a_study_through_postgres_and_mlflow_server(tm
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
     best = st.best_trial
     assert [a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")]  # artifacts went through the server
+
+
+def test_four_workers_ride_out_a_database_restart(tmp_path, tiny_snli, pg, mlflow_server):
+    """Two sweep processes x --workers 2 on one study; PostgreSQL (Optuna storage and MLflow's backend)
+    is stopped for 8 s while trials run. Nothing may be lost or left RUNNING, and nothing may be
+    recorded FAILED for the outage: the study ends with exactly N trials, all COMPLETE or PRUNED."""
+    n = 8
+    toml = write_toml(tmp_path, tiny_snli, trials=n, extra="grace_s = 3600")
+    toml.write_text(toml.read_text().replace('study_name = "s"', 'study_name = "outage"'))
+    storage = f"{pg.url}/optuna_outage"
+    cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--storage", storage, "--workers", "2",
+           "--tracking-uri", mlflow_server, "--out", str(tmp_path / "out")]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    deadline = time.time() + 600
+    while time.time() < deadline:  # wait for the first finished trial, so the outage hits a study in full flight
+        try:
+            st = optuna.load_study(study_name="outage", storage=storage)
+            if any(t.state in (S.COMPLETE, S.PRUNED) for t in st.get_trials()):
+                break
+        except Exception:
+            pass
+        time.sleep(0.5)
+    running_before = sum(t.state == S.RUNNING for t in st.get_trials())
+    pg.stop("fast")  # drops every connection
+    time.sleep(8)
+    pg.start()
+    errs = []
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        errs.append(err)
+        assert p.returncode == 0, err[-3000:]
+    assert running_before > 0  # the outage really hit running trials
+    assert any("Optuna storage unreachable" in e for e in errs)  # and the sweep really saw it
+    trials = optuna.load_study(study_name="outage", storage=storage).get_trials()
+    assert sum(t.state in (S.COMPLETE, S.PRUNED) for t in ran(trials)) == n
+    assert not [t for t in ran(trials) if t.state != S.COMPLETE and t.state != S.PRUNED]  # no FAIL from the outage
+    assert not [t for t in trials if t.state in (S.RUNNING, S.WAITING)]
+    c = MlflowClient(mlflow_server)
+    runs = c.search_runs([c.get_experiment_by_name("outage").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent"]
+    children = [r for r in runs if r.data.tags.get("bertnli.role") == "sweep-trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in ran(trials)]
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
