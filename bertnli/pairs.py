@@ -103,6 +103,37 @@ def _ragged_positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return shift + np.arange(int(counts.sum()), dtype=np.int64)
 
 
+class _WordCache:
+    """Tokenizes each distinct whitespace-separated word once; a text's ids are its words' ids in order.
+
+    Valid only for tokenizers whose `words_are_independent` (BERT's WordPiece, d2l's vocabulary).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.index: dict[str, int] = {}
+        self.piece_ids: list[np.ndarray] = []
+        self.piece_len = np.zeros(0, dtype=np.int64)
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        split = list(map(str.split, texts))
+        flat = list(itertools.chain.from_iterable(split))
+        new = [w for w in set(flat) if w not in self.index]
+        if new:
+            encoded = self.tokenizer.encode_batch(new)
+            self.index.update(zip(new, range(len(self.index), len(self.index) + len(new))))
+            self.piece_ids.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32))
+            self.piece_len = np.concatenate([self.piece_len, np.fromiter(map(len, encoded), dtype=np.int64, count=len(new))])
+            self._flat_pieces = np.concatenate(self.piece_ids)
+            self._piece_off = np.concatenate([[0], np.cumsum(self.piece_len)[:-1]])
+        word = np.fromiter(map(self.index.__getitem__, flat), dtype=np.int64, count=len(flat))
+        words_per_text = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+        ids = self._flat_pieces[_ragged_positions(self._piece_off[word], self.piece_len[word])] if len(word) else np.zeros(0, np.int32)
+        text_of_word = np.repeat(np.arange(len(texts)), words_per_text)
+        lengths = np.bincount(text_of_word, weights=self.piece_len[word], minlength=len(texts)).astype(np.int64)
+        return ids, lengths
+
+
 def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each distinct text tokenized once (SNLI repeats each premise about three times), in chunks
     so that the tokenizer's per-text objects never exist for all texts at once.
@@ -113,8 +144,15 @@ def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16)
     distinct = list(index)
     del index
     ids, lengths = [], []
+    words = _WordCache(tokenizer) if tokenizer.words_are_independent else None
     for start in range(0, len(distinct), chunk):
-        encoded = tokenizer.encode_batch(distinct[start : start + chunk])
+        texts_chunk = distinct[start : start + chunk]
+        if words is not None:
+            chunk_ids, chunk_lengths = words.encode(texts_chunk)
+            ids.append(chunk_ids)
+            lengths.append(chunk_lengths)
+            continue
+        encoded = tokenizer.encode_batch(texts_chunk)
         lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
         ids.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32))
     lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)

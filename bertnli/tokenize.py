@@ -23,6 +23,7 @@ class D2LTokenizer:
     idx_to_token: list[str]
     source: Path | None = None
     text_field: str = "parse"
+    words_are_independent: bool = False  # true, but encode_batch is already one dict lookup per word
 
     def __post_init__(self) -> None:
         self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
@@ -86,6 +87,11 @@ class WordPieceTokenizer:
         if missing:
             raise BertnliError(f"tokenizer in {self.folder} lacks {', '.join(missing)}; not a BERT WordPiece vocabulary")
         self.cls_id, self.sep_id, self.pad_id, self.unk_id = ids["[CLS]"], ids["[SEP]"], ids["[PAD]"], ids["[UNK]"]
+        # BERT's normalizer works per character and its pre-tokenizer splits on whitespace first, so a
+        # text's ids are its whitespace-separated words' ids concatenated: pairs.py then tokenizes each
+        # distinct word once (SNLI's 16M words are ~60k distinct ones), 4x faster than text by text.
+        self.words_are_independent = (type(self._tok.pre_tokenizer).__name__ in ("BertPreTokenizer", "WhitespaceSplit")
+                                      and type(self._tok.normalizer).__name__ in ("BertNormalizer", "Lowercase", "NoneType"))
 
     @property
     def vocab_size(self) -> int:

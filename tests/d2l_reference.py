@@ -151,3 +151,95 @@ def d2l_state_shapes(vocab, hidden, ffn, layers, max_len=512):
     """The keys and shapes of a d2l `pretrained.params`, without allocating it (for bert.base)."""
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in BERTModel(vocab, hidden, ffn, 1, layers, 0.1, max_len).state_dict().items()}
+
+
+# ---------------------------------------------------------------- the chapter's data pipeline
+# d2l.read_snli, d2l.tokenize, d2l.Vocab lookups and SNLIBERTDataset, restated for the
+# preprocessing benchmark (benchmarks/preprocess.py): pad to max_len in Python, Pool(4).
+
+
+def d2l_read_snli(file_name):
+    import re
+
+    def extract_text(s):
+        s = re.sub("\\(", "", s)
+        s = re.sub("\\)", "", s)
+        s = re.sub("\\s{2,}", " ", s)
+        return s.strip()
+
+    label_set = {"entailment": 0, "contradiction": 1, "neutral": 2}
+    with open(file_name, "r") as f:
+        rows = [row.split("\t") for row in f.readlines()[1:]]
+    premises = [extract_text(row[1]) for row in rows if row[0] in label_set]
+    hypotheses = [extract_text(row[2]) for row in rows if row[0] in label_set]
+    labels = [label_set[row[0]] for row in rows if row[0] in label_set]
+    return premises, hypotheses, labels
+
+
+def d2l_tokenize(lines):
+    return [line.split() for line in lines]
+
+
+class D2LVocab:
+    def __init__(self, idx_to_token):
+        self.idx_to_token = list(idx_to_token)
+        self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
+
+    def __getitem__(self, tokens):
+        if not isinstance(tokens, (list, tuple)):
+            return self.token_to_idx.get(tokens, self.token_to_idx["<unk>"])
+        return [self.__getitem__(token) for token in tokens]
+
+
+def d2l_get_tokens_and_segments(tokens_a, tokens_b=None):
+    tokens = ["<cls>"] + tokens_a + ["<sep>"]
+    segments = [0] * (len(tokens_a) + 2)
+    if tokens_b is not None:
+        tokens += tokens_b + ["<sep>"]
+        segments += [1] * (len(tokens_b) + 1)
+    return tokens, segments
+
+
+class SNLIBERTDataset(torch.utils.data.Dataset):
+    def __init__(self, dataset, max_len, vocab=None):
+        all_premise_hypothesis_tokens = [
+            [p_tokens, h_tokens]
+            for p_tokens, h_tokens in zip(*[d2l_tokenize([s.lower() for s in sentences]) for sentences in dataset[:2]])
+        ]
+        self.labels = torch.tensor(dataset[2])
+        self.vocab = vocab
+        self.max_len = max_len
+        (self.all_token_ids, self.all_segments, self.valid_lens) = self._preprocess(all_premise_hypothesis_tokens)
+
+    def _preprocess(self, all_premise_hypothesis_tokens):
+        import multiprocessing
+
+        pool = multiprocessing.Pool(4)  # Use 4 worker processes
+        out = pool.map(self._mp_worker, all_premise_hypothesis_tokens)
+        pool.close()
+        all_token_ids = [token_ids for token_ids, segments, valid_len in out]
+        all_segments = [segments for token_ids, segments, valid_len in out]
+        valid_lens = [valid_len for token_ids, segments, valid_len in out]
+        return (torch.tensor(all_token_ids, dtype=torch.long), torch.tensor(all_segments, dtype=torch.long), torch.tensor(valid_lens))
+
+    def _mp_worker(self, premise_hypothesis_tokens):
+        p_tokens, h_tokens = premise_hypothesis_tokens
+        self._truncate_pair_of_tokens(p_tokens, h_tokens)
+        tokens, segments = d2l_get_tokens_and_segments(p_tokens, h_tokens)
+        token_ids = self.vocab[tokens] + [self.vocab["<pad>"]] * (self.max_len - len(tokens))
+        segments = segments + [0] * (self.max_len - len(segments))
+        valid_len = len(tokens)
+        return token_ids, segments, valid_len
+
+    def _truncate_pair_of_tokens(self, p_tokens, h_tokens):
+        while len(p_tokens) + len(h_tokens) > self.max_len - 3:
+            if len(p_tokens) > len(h_tokens):
+                p_tokens.pop()
+            else:
+                h_tokens.pop()
+
+    def __getitem__(self, idx):
+        return (self.all_token_ids[idx], self.all_segments[idx], self.valid_lens[idx]), self.labels[idx]
+
+    def __len__(self):
+        return len(self.all_token_ids)

@@ -99,6 +99,37 @@ def test_every_packed_row_equals_pack_of_the_reference_truncation(truncation):
         assert enc.row(i) == pack(*ref(p, h, 24), tok.cls_id, tok.sep_id)
 
 
+def test_word_cache_gives_the_ids_of_text_by_text_wordpiece(real_snli):
+    """The fast path (each distinct word tokenized once) against the library on whole texts, real SNLI."""
+    from bertnli.model import minilm_folder
+    from bertnli.tokenize import WordPieceTokenizer
+
+    if minilm_folder() is None:
+        pytest.skip("MiniLM package not installed")
+    split = read_split(real_snli, "dev")
+    tok = WordPieceTokenizer(minilm_folder())
+    assert tok.words_are_independent
+    fast = encode_split(split, tok, 48, "longest_first")
+    tok.words_are_independent = False
+    slow = encode_split(split, tok, 48, "longest_first")
+    assert np.array_equal(fast.ids, slow.ids) and np.array_equal(fast.offsets, slow.offsets)
+    tok.words_are_independent = True
+    odd = ["  two  spaces", "tab\there", "naïve café", "", "中文 text", "don't stop-me now!!"]
+    assert encode_pairs(odd, odd[::-1], [0] * 6, tok, 32, "ratio").ids.tolist() == \
+        encode_pairs(odd, odd[::-1], [0] * 6, _Texts(tok), 32, "ratio").ids.tolist()
+
+
+class _Texts:
+    """A tokenizer that only encodes whole texts: the reference for the word cache."""
+
+    def __init__(self, tok):
+        self.tok, self.words_are_independent = tok, False
+        self.cls_id, self.sep_id, self.pad_id = tok.cls_id, tok.sep_id, tok.pad_id
+
+    def encode_batch(self, texts):
+        return self.tok.encode_batch(texts)
+
+
 def test_cache_round_trip_and_keying(tiny_snli, tmp_path):
     tok = _tok()
     split = read_split(tiny_snli, "dev")
