@@ -232,11 +232,23 @@ def open_storage(url: str | None):
     return JournalStorage(JournalFileBackend(url))
 
 
+def sampler_for(cfg: SweepConfig, number: int = 0):
+    """TPE seeded by (sweep seed, trial number).
+
+    One seed per process would make every worker process draw the same "random" configurations
+    (a 4-process sweep ran trials with identical lr); seeding by trial number keeps a sweep
+    reproducible and makes each trial's draw its own, however many processes ask.
+    """
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=cfg.seed * 1_000_003 + number, n_startup_trials=max(4, len(cells(cfg))))
+
+
 def make_study(cfg: SweepConfig, storage=None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(4, len(cells(cfg))))
+    sampler = sampler_for(cfg)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs)
     return optuna.create_study(study_name=cfg.study_name, storage=storage or open_storage(cfg.storage), sampler=sampler,
                                pruner=pruner, direction="maximize", load_if_exists=True)
@@ -523,6 +535,7 @@ class Sweep:
                     if self._step_aside(trial):
                         time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
                         continue
+                    self.study.sampler = sampler_for(self.cfg, trial.number)
                     for p in self.cfg.space:
                         p.suggest(trial)
                     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})

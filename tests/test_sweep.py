@@ -148,6 +148,8 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
     assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.WAITING)]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials]  # one run per trial that ran
+    fresh = [t for t in trials if "retry_of" not in t.user_attrs]
+    assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)  # each process draws its own configurations
     cells = {(t.params["truncation"],) for t in trials}
     assert cells == {("longest_first",), ("ratio",)}  # queued cells survive a withdrawal
 
