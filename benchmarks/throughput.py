@@ -4,13 +4,17 @@ Side by side in one process, same model shape, same real SNLI examples, same bat
 
   seed-style : static padding to max_len 128, random order, d2l's own encoder (masked softmax
                attention, restated verbatim in tests/d2l_reference.py)
-  bertnli    : dynamic padding, length-bucketed batches, bertnli's encoder (SDPA attention)
+  bertnli    : dynamic padding, length-bucketed batches, bertnli's encoder (SDPA attention), in
+               fp32 and in bertnli's default precision (bf16 autocast on a CPU with native bf16,
+               e.g. AVX512-BF16: the engine's `amp`), optionally under torch.compile (--compile)
 
 Prints one JSON line per measurement, then a table with the ratios. Weights are random
 (throughput does not depend on them); tokens come from a word vocabulary built on the
 snli-resplit training words, the way d2l's vocabulary is looked up.
 
-    python benchmarks/throughput.py --shape small --batch 128 --steps 30
+    python benchmarks/throughput.py --shape small --batch 128 512 --steps 40 --compile
+    python benchmarks/throughput.py --shape minilm --batch 128 --steps 10
+    python benchmarks/throughput.py --shape base --batch 128 --steps 3
 """
 
 from __future__ import annotations
@@ -64,15 +68,19 @@ def real_pairs(data: Path, n: int):
     return enc.head(n), tok
 
 
-def time_train(model, enc, batches, pad_to, steps):
+def time_train(model, enc, batches, pad_to, steps, bf16=False, compiled=False):
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
+    forward = torch.compile(model, dynamic=True) if compiled else model
     seen, t0 = 0, None
-    for i, idx in enumerate(batches[: steps + 2]):
-        if i == 2:  # two warm-up steps
+    warmup = 5 if compiled else 2
+    for i, idx in enumerate(batches[: steps + warmup]):
+        if i == warmup:
             t0, seen = time.perf_counter(), 0
         b = collate(enc, idx, pad_to)  # collation is inside the timed loop: data loading counts
-        loss = F.cross_entropy(model(b["input_ids"], b["token_type_ids"], b["lengths"]), b["labels"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = forward(b["input_ids"], b["token_type_ids"], b["lengths"]).float()
+        loss = F.cross_entropy(logits, b["labels"])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -81,14 +89,15 @@ def time_train(model, enc, batches, pad_to, steps):
 
 
 @torch.no_grad()
-def time_eval(model, enc, batches, pad_to, steps):
+def time_eval(model, enc, batches, pad_to, steps, bf16=False):
     model.eval()
     seen, t0 = 0, None
     for i, idx in enumerate(batches[: steps + 1]):
         if i == 1:
             t0, seen = time.perf_counter(), 0
         b = collate(enc, idx, pad_to)
-        model(b["input_ids"], b["token_type_ids"], b["lengths"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(b["input_ids"], b["token_type_ids"], b["lengths"])
         seen += len(idx)
     return seen / (time.perf_counter() - t0)
 
@@ -99,34 +108,57 @@ def main():
     ap.add_argument("--shape", choices=SHAPES, nargs="+", default=["small"])
     ap.add_argument("--batch", type=int, nargs="+", default=[128])
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per setting")
+    ap.add_argument("--compile", action="store_true", help="also time bertnli fp32 under torch.compile(dynamic=True)")
     args = ap.parse_args()
     if not Path(args.data).is_dir():
         print(f"skip: no SNLI data at {args.data}")
         return
+    from bertnli.engine import cpu_has_native_bf16, numeric_precision
+
+    default_precision = numeric_precision(torch.device("cpu"), True)
     torch.manual_seed(0)
     enc, tok = real_pairs(Path(args.data), 20_000)
     rows = []
     for shape in args.shape:
         hidden, layers, heads, ffn = SHAPES[shape]
         for batch in args.batch:
+            res = {"shape": shape, "batch": batch, "device": "cpu", "threads": torch.get_num_threads(),
+                   "bertnli_default_precision": default_precision, "cpu_native_bf16": cpu_has_native_bf16()}
+            torch.manual_seed(0)
             seed = D2LClassifier(tok.vocab_size, hidden, layers, heads, ffn)
+            torch.manual_seed(0)
             ours = NLIClassifier(BertConfig(tok.vocab_size, hidden, layers, heads, ffn, 512, 2, 0.1))
-            res = {"shape": shape, "batch": batch, "device": "cpu", "threads": torch.get_num_threads()}
+            state = {k: v.clone() for k, v in ours.state_dict().items()}
             random_b = train_batches(enc.lengths, batch, 0, 1, bucket=False)
             bucket_b = train_batches(enc.lengths, batch, 0, 1, bucket=True)
+            ev, ev_steps = max(batch, 256), max(3, args.steps // 4)
             res["train_seed_style"] = time_train(seed, enc, random_b, 128, args.steps)
-            res["train_bertnli"] = time_train(ours, enc, bucket_b, None, args.steps)
-            ev = max(batch, 256)
-            res["eval_seed_style"] = time_eval(seed, enc, eval_batches(enc.lengths, ev, bucket=False), 128, max(3, args.steps // 4))
-            res["eval_bertnli"] = time_eval(ours, enc, eval_batches(enc.lengths, ev, bucket=True), None, max(3, args.steps // 4))
-            res["train_ratio"] = res["train_bertnli"] / res["train_seed_style"]
-            res["eval_ratio"] = res["eval_bertnli"] / res["eval_seed_style"]
+            res["train_bertnli_fp32"] = time_train(ours, enc, bucket_b, None, args.steps)
+            ours.load_state_dict(state)
+            res["train_bertnli_default"] = time_train(ours, enc, bucket_b, None, args.steps, bf16=default_precision != "fp32")
+            if args.compile:
+                ours.load_state_dict(state)
+                res["train_bertnli_fp32_compiled"] = time_train(ours, enc, bucket_b, None, args.steps, compiled=True)
+            res["eval_seed_style"] = time_eval(seed, enc, eval_batches(enc.lengths, ev, bucket=False), 128, ev_steps)
+            res["eval_bertnli_fp32"] = time_eval(ours, enc, eval_batches(enc.lengths, ev, bucket=True), None, ev_steps)
+            res["eval_bertnli_default"] = time_eval(ours, enc, eval_batches(enc.lengths, ev, bucket=True), None, ev_steps,
+                                                    bf16=default_precision != "fp32")
+            for kind in ("train", "eval"):
+                for setting in ("bertnli_fp32", "bertnli_default", "bertnli_fp32_compiled"):
+                    if f"{kind}_{setting}" in res:
+                        res[f"{kind}_ratio_{setting}"] = res[f"{kind}_{setting}"] / res[f"{kind}_seed_style"]
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}), flush=True)
             rows.append(res)
-    print("\nshape   batch  train ex/s seed -> bertnli (ratio)   eval ex/s seed -> bertnli (ratio)")
+    print(f"\nexamples/s, ratio to the seed-style setting in brackets; bertnli default = {default_precision} on this CPU")
+    print("shape   batch  phase   seed-style   bertnli fp32       bertnli default" + ("    fp32 + torch.compile" if args.compile else ""))
     for r in rows:
-        print(f"{r['shape']:7} {r['batch']:5}  {r['train_seed_style']:8.1f} -> {r['train_bertnli']:8.1f} ({r['train_ratio']:.2f}x)"
-              f"   {r['eval_seed_style']:8.1f} -> {r['eval_bertnli']:8.1f} ({r['eval_ratio']:.2f}x)")
+        for kind in ("train", "eval"):
+            line = (f"{r['shape']:7} {r['batch']:5}  {kind:5} {r[f'{kind}_seed_style']:10.1f}  "
+                    f"{r[f'{kind}_bertnli_fp32']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32']:5.2f}x)  "
+                    f"{r[f'{kind}_bertnli_default']:8.1f} ({r[f'{kind}_ratio_bertnli_default']:5.2f}x)")
+            if f"{kind}_bertnli_fp32_compiled" in r:
+                line += f"  {r[f'{kind}_bertnli_fp32_compiled']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32_compiled']:5.2f}x)"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ class TrainConfig:
     limit_train: int | None = None  # first N training examples (CPU runs)
     limit_eval: int | None = None  # first N dev and test examples
     bucket: bool = True  # length-bucketed batches + dynamic padding (False: pad to max_len)
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast where the hardware does bf16 natively (CUDA; CPUs with AVX512-BF16/AMX)
     device: str = "auto"
     checkpoint_every: int = 500  # optimisation steps between mid-epoch checkpoints; 0: epoch ends only
     eval_test: bool = True  # evaluate test once on the selected weights

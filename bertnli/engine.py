@@ -11,6 +11,7 @@ same global batch. Every rank evaluates the full dev/test set; rank 0 alone writ
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -172,8 +173,25 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run 2-4x faster than fp32 there (elsewhere they are emulated, slower)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def numeric_precision(device: torch.device, amp: bool) -> str:
+    """bf16 autocast where the hardware does bf16 natively (CUDA, or a CPU with AVX512-BF16/AMX), else fp32."""
+    if amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())):
+        return "bf16-autocast"
+    return "fp32"
+
+
 def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=numeric_precision(device, amp) == "bf16-autocast")
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -333,7 +351,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     info = {"device": str(device), "world_size": world, "train_examples": len(prep.train), "dev_examples": len(prep.dev),
             "test_examples": len(prep.test) if prep.test is not None else 0, "steps_per_epoch": steps_per_epoch,
             "parameters": sum(p.numel() for p in model.parameters()), "digests": prep.digests, "out_dir": str(out_dir),
-            "resumed": bool(resume and last_path.is_file())}
+            "resumed": bool(resume and last_path.is_file()), "precision": numeric_precision(device, cfg.amp)}
     for cb in callbacks:
         cb.on_fit_start(info)
 

@@ -96,9 +96,12 @@ def test_missing_train_split_is_named(tmp_path, tiny_snli):
 
 
 def test_ddp_two_cpu_processes_match_one_process(tiny_snli, tmp_path, mlflow_uri):
-    """torchrun --nproc_per_node 2 (gloo) gives the single-process result for the same global batch."""
+    """torchrun --nproc_per_node 2 (gloo) gives the single-process result for the same global batch.
+
+    In fp32 (--no-amp), to 1e-4: under bf16 autocast (the default on CPUs with native bf16) the two
+    batch splits round differently, by about 1e-4 in the loss."""
     args = ["--model", "tiny-d2l-random", "--data", str(tiny_snli), "--epochs", "2", "--batch-size", "16", "--lr", "2e-3",
-            "--max-len", "32", "--schedule", "constant", "--optimizer", "adam", "--dropout", "0", "--limit-train", "160",
+            "--max-len", "32", "--schedule", "constant", "--optimizer", "adam", "--dropout", "0", "--limit-train", "160", "--no-amp",
             "--cache-dir", str(tmp_path / "enc"), "--tracking-uri", mlflow_uri, "--no-progress"]
     single = subprocess.run([sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
                             cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
@@ -174,3 +177,17 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
     run = c.get_run(run_id)
     assert run.info.status == "FINISHED" and f"run {run_id}" in resumed.stdout  # the same MLflow run, finished
     assert [m.step for m in c.get_metric_history(run_id, "dev_acc")] == [1, 2, 3]  # each epoch once, none lost or doubled
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_matmuls_run_in_bf16_exactly_where_the_cpu_does_bf16_natively(tiny_snli, tmp_path, amp):
+    from bertnli.engine import cpu_has_native_bf16, numeric_precision
+
+    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=1, amp=amp, limit_train=32)
+    prep = prepare(cfg)
+    seen = set()
+    prep.model.classifier.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype))
+    fit(cfg, tmp_path / "run", prepared=prep, progress=False)
+    expected = torch.bfloat16 if amp and cpu_has_native_bf16() else torch.float32
+    assert seen == {expected}
+    assert numeric_precision(torch.device("cpu"), amp) == ("bf16-autocast" if expected == torch.bfloat16 else "fp32")
