@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -44,12 +45,22 @@ def proc_mib(pid: int) -> dict[str, int]:
     return out
 
 
+def steps_done(run: Path):
+    """Optimisation steps reached, from the last mid-epoch checkpoint (every 500 steps) if any."""
+    last = run / "last.pt"
+    if not last.is_file():
+        return None
+    return int(torch.load(last, weights_only=True, map_location="cpu")["global_step"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "snli-resplit"))
     ap.add_argument("--rows", type=int, default=550_152)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--seconds", type=float, default=180, help="how long to watch training after its first step")
+    ap.add_argument("--malloc-mmap-threshold", type=int, default=None,
+                    help="run the trainer with MALLOC_MMAP_THRESHOLD_=N (glibc): big buffers go back to the OS when freed")
     args = ap.parse_args()
     src = Path(args.data)
     if not (src / "snli_1.0_train.jsonl.gz").is_file():
@@ -74,7 +85,10 @@ def main():
                str(args.batch), "--max-len", "128", "--lr", "1e-4", "--optimizer", "adam", "--epochs", "1",
                "--cache-dir", str(tmp / "cache"), "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--out", str(tmp / "run")]
         t0 = time.time()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        env = dict(os.environ)
+        if args.malloc_mmap_threshold:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         samples, started = [], None
         lines: list[str] = []
         threading.Thread(target=lambda: [lines.append(x) for x in iter(proc.stdout.readline, "")], daemon=True).start()
@@ -95,7 +109,8 @@ def main():
             raise SystemExit("training never started:\n" + "".join(lines)[-3000:])
         res = {"measure": "train_peak_rss_mib", "shape": "bert.small (vocab 60,005)", "pairs": 541_011, "batch": args.batch,
                "seconds_watched": round(samples[-1][0]), "peak_rss_mib": peak, "rss_first_sample_mib": samples[0][1],
-               "rss_last_sample_mib": samples[-1][1], "startup_seconds": round(started - t0, 1) if started else None}
+               "rss_last_sample_mib": samples[-1][1], "startup_seconds": round(started - t0, 1) if started else None,
+               "malloc_mmap_threshold": args.malloc_mmap_threshold, "steps_done": steps_done(tmp / "run")}
         print(json.dumps(res))
         print(f"\npeak RSS {peak} MiB (VmHWM) training bert.small over {args.rows:,} rows at batch {args.batch}; "
               f"RSS {samples[0][1]} -> {samples[-1][1]} MiB over {samples[-1][0]:.0f} s of training")
