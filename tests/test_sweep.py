@@ -89,13 +89,21 @@ def test_space_parsing_and_cells(tiny_snli):
 
 
 def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli):
-    toml = write_toml(tmp_path, tiny_snli, trials=6, space='lr = {low = 1e-5, high = 3e-2, log = true}\nepochs = [3]\ntruncation = ["longest_first", "ratio"]')
+    # one lr that learns this toy data within an epoch and one that cannot, queued in that order
+    # (as a user may queue configurations): the median pruner must stop the second at epoch 1
+    toml = write_toml(tmp_path, tiny_snli, trials=6, space='lr = [2e-3, 1e-6]\nbatch_size = [4]\nepochs = [3]\ntruncation = ["longest_first", "ratio"]')
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    queued = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))), direction="maximize")
+    for lr in (2e-3, 1e-6):
+        queued.enqueue_trial({"lr": lr, "batch_size": 4, "epochs": 3, "truncation": "ratio"})
     r = run_sweep(tmp_path, toml)
     assert "best trial" in r.stdout and "optuna-dashboard" in r.stdout
     st, parents, children = state(tmp_path)
     assert_consistent(st, parents, children, 6)
-    first = [t.params["truncation"] for t in st.get_trials()[:2]]
-    assert sorted(first) == ["longest_first", "ratio"]  # every cell tried first
+    assert st.get_trials()[1].state == S.PRUNED and st.get_trials()[1].params["lr"] == 1e-6
+    first = [t.params["truncation"] for t in st.get_trials()[2:4]]
+    assert sorted(first) == ["longest_first", "ratio"]  # then every cell
     assert any(t.state == S.PRUNED for t in st.get_trials())  # the median pruner acted
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     files = [a.path for a in c.list_artifacts(parents[0].info.run_id)] + [a.path for a in c.list_artifacts(parents[0].info.run_id, "plots")]
@@ -158,7 +166,7 @@ def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli):
     broken = tmp_path / "not-a-bert"  # exists (so the sweep starts) but cannot load (so its trials fail)
     broken.mkdir()
     toml = write_toml(tmp_path, tiny_snli, trials=3, space=f'model = ["tiny-d2l-random", "hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
-                      extra="max_retries = 1")
+                      extra="max_retries = 1\nfail_limit = 20")  # half the space is broken: not a broken setup
     run_sweep(tmp_path, toml)
     st, parents, children = state(tmp_path)
     failed = [t for t in ran(st.get_trials()) if t.state == S.FAIL]
