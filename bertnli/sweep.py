@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bertnli import BadInput, BertnliError
 from bertnli.config import TrackingConfig, TrainConfig, config_from_dict, read_toml
@@ -714,6 +714,18 @@ def trials_frame(study):
     return pd.DataFrame(rows)
 
 
+def _with_retries(write: Callable[[], Any], attempts: int = 4) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random() * 0.5)
+
+
 def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, wall: float) -> dict[str, Any]:
     """Best trial's params and metrics, the trials table and Optuna's plots onto the parent run."""
     import matplotlib
@@ -735,13 +747,18 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, wall
         if complete:
             best = max(complete, key=lambda t: t.value)
             out["best"] = best
-            c.log_metric(parent_run_id, "best_dev_acc", best.value)
+            # Workers finishing together all write these; MLflow's SQL store inserts a new tag key
+            # after checking it is absent, so two writers can collide: the loser writes again.
+            def tag(key: str, value: Any) -> None:
+                _with_retries(lambda: c.set_tag(parent_run_id, key, str(value)))
+
+            _with_retries(lambda: c.log_metric(parent_run_id, "best_dev_acc", best.value))
             if best.user_attrs.get("test_acc") is not None:
-                c.log_metric(parent_run_id, "best_trial_test_acc", best.user_attrs["test_acc"])
+                _with_retries(lambda: c.log_metric(parent_run_id, "best_trial_test_acc", best.user_attrs["test_acc"]))
             for k, v in best.params.items():
-                c.set_tag(parent_run_id, f"best.{k}", str(v))
-            c.set_tag(parent_run_id, "best.trial", str(best.number))
-            c.set_tag(parent_run_id, "best.mlflow_run_id", str(best.user_attrs.get("mlflow_run_id")))
+                tag(f"best.{k}", v)
+            tag("best.trial", best.number)
+            tag("best.mlflow_run_id", best.user_attrs.get("mlflow_run_id"))
             _log_best_checkpoint(c, cfg, best)
             plots = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
                      "slice.png": "plot_slice", "parallel_coordinate.png": "plot_parallel_coordinate"}
@@ -760,9 +777,10 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, wall
                     plt.close(fig)
                     c.log_artifact(parent_run_id, str(tmp / name), "plots")
                 except Exception as e:  # noqa: BLE001 - e.g. importances need >1 complete trial
-                    c.set_tag(parent_run_id, f"bertnli.plot_skipped.{name}", str(e)[:200])
-    c.log_metric(parent_run_id, "trials_done", out["done"])
-    c.set_terminated(parent_run_id, status)
+                    why = str(e)[:200]
+                    _with_retries(lambda key=f"bertnli.plot_skipped.{name}", why=why: c.set_tag(parent_run_id, key, why))
+    _with_retries(lambda: c.log_metric(parent_run_id, "trials_done", out["done"]))
+    _with_retries(lambda: c.set_terminated(parent_run_id, status))
     return out
 
 
@@ -774,7 +792,7 @@ def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:
     if c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":
         return
     c.log_artifacts(run_id, str(folder), "checkpoint")
-    c.set_tag(run_id, "bertnli.checkpoint_logged", "true")
+    _with_retries(lambda: c.set_tag(run_id, "bertnli.checkpoint_logged", "true"))
 
 
 # ---------------------------------------------------------------- entry for trial processes
