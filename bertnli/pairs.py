@@ -6,11 +6,13 @@ an encoded split is a few flat numpy arrays, cached on disk so a sweep tokenizes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -111,8 +113,8 @@ class _WordCache:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.index: dict[str, int] = {}
-        self.piece_ids: list[np.ndarray] = []
+        self.index: dict[str, int] = {}  # word -> its row in pieces/piece_len
+        self.pieces = np.zeros(0, dtype=np.int32)  # every known word's ids, concatenated
         self.piece_len = np.zeros(0, dtype=np.int64)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,16 +124,20 @@ class _WordCache:
         if new:
             encoded = self.tokenizer.encode_batch(new)
             self.index.update(zip(new, range(len(self.index), len(self.index) + len(new))))
-            self.piece_ids.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32))
+            self.pieces = np.concatenate([self.pieces, np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32)])
             self.piece_len = np.concatenate([self.piece_len, np.fromiter(map(len, encoded), dtype=np.int64, count=len(new))])
-            self._flat_pieces = np.concatenate(self.piece_ids)
-            self._piece_off = np.concatenate([[0], np.cumsum(self.piece_len)[:-1]])
+        piece_start = np.cumsum(self.piece_len) - self.piece_len
         word = np.fromiter(map(self.index.__getitem__, flat), dtype=np.int64, count=len(flat))
-        words_per_text = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
-        ids = self._flat_pieces[_ragged_positions(self._piece_off[word], self.piece_len[word])] if len(word) else np.zeros(0, np.int32)
-        text_of_word = np.repeat(np.arange(len(texts)), words_per_text)
+        ids = self.pieces[_ragged_positions(piece_start[word], self.piece_len[word])]
+        text_of_word = np.repeat(np.arange(len(texts)), np.fromiter(map(len, split), dtype=np.int64, count=len(split)))
         lengths = np.bincount(text_of_word, weights=self.piece_len[word], minlength=len(texts)).astype(np.int64)
         return ids, lengths
+
+
+def _encode_texts(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Text by text through the tokenizer: (flat ids, ids per text)."""
+    encoded = tokenizer.encode_batch(texts)
+    return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32), np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
 
 
 def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,18 +149,12 @@ def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16)
     slots = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))
     distinct = list(index)
     del index
+    encode = _WordCache(tokenizer).encode if tokenizer.words_are_independent else functools.partial(_encode_texts, tokenizer)
     ids, lengths = [], []
-    words = _WordCache(tokenizer) if tokenizer.words_are_independent else None
     for start in range(0, len(distinct), chunk):
-        texts_chunk = distinct[start : start + chunk]
-        if words is not None:
-            chunk_ids, chunk_lengths = words.encode(texts_chunk)
-            ids.append(chunk_ids)
-            lengths.append(chunk_lengths)
-            continue
-        encoded = tokenizer.encode_batch(texts_chunk)
-        lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
-        ids.append(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32))
+        chunk_ids, chunk_lengths = encode(distinct[start : start + chunk])
+        ids.append(chunk_ids)
+        lengths.append(chunk_lengths)
     lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     offsets = np.zeros(len(lengths_all) + 1, dtype=np.int64)
     np.cumsum(lengths_all, out=offsets[1:])
@@ -213,27 +213,30 @@ def _save_cached(enc: EncodedSplit, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _through_cache(cache_dir: str | Path | None, name: str, digest: str, tokenizer: Tokenizer, max_len: int, truncation: str,
+                   load: Callable[[], Split]) -> EncodedSplit:
+    """The cached encoding if there is one; else `load()` the split (the only place it is read), encode, store."""
+    path = None if cache_dir is None else _cache_path(cache_dir, name, digest, tokenizer, max_len, truncation)
+    enc = None if path is None else _load_cached(path)
+    if enc is None:
+        split = load()
+        enc = encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation)
+        if path is not None:
+            _save_cached(enc, path)
+    return enc
+
+
 def encode_split(split: Split, tokenizer: Tokenizer, max_len: int, truncation: str, cache_dir: str | Path | None = None) -> EncodedSplit:
     """Encode a whole split, through the on-disk cache keyed by file digest, tokenizer, max_len, truncation."""
-    if cache_dir is None:
-        return encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation)
-    path = _cache_path(cache_dir, split.name, split.digest(), tokenizer, max_len, truncation)
-    enc = _load_cached(path)
-    if enc is None:
-        enc = encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation)
-        _save_cached(enc, path)
-    return enc
+    digest = "" if cache_dir is None else split.digest()
+    return _through_cache(cache_dir, split.name, digest, tokenizer, max_len, truncation, lambda: split)
 
 
 def encode_file(path: str | Path, name: str, tokenizer: Tokenizer, max_len: int, truncation: str,
                 cache_dir: str | Path | None = None) -> tuple[EncodedSplit, str]:
     """A split file encoded, and its digest; a cache hit skips reading (parsing 550k JSON rows takes seconds)."""
     digest = file_digest(path)
-    if cache_dir is not None:
-        enc = _load_cached(_cache_path(cache_dir, name, digest, tokenizer, max_len, truncation))
-        if enc is not None:
-            return enc, digest
-    return encode_split(read_file(path, name), tokenizer, max_len, truncation, cache_dir), digest
+    return _through_cache(cache_dir, name, digest, tokenizer, max_len, truncation, lambda: read_file(path, name)), digest
 
 
 # ---------------------------------------------------------------- batching
