@@ -58,6 +58,7 @@ _HELP = {
     "limit_eval": "evaluate on the first N dev/test examples only",
     "warmup": "fraction of steps for linear warmup (schedule=linear)",
     "bucket": "length-bucketed batches with dynamic padding (--no-bucket pads to max_len)",
+    "pad_multiple": "round batch widths up to a multiple of this (1: exact width)",
 }
 
 

@@ -42,6 +42,7 @@ class TrainConfig:
     limit_train: int | None = None  # first N training examples (CPU runs)
     limit_eval: int | None = None  # first N dev and test examples
     bucket: bool = True  # length-bucketed batches + dynamic padding (False: pad to max_len)
+    pad_multiple: int = 8  # batch widths rounded up to a multiple of this (1: exact); fewer shapes for GPU kernels
     amp: bool = True  # bf16 autocast where the hardware does bf16 natively (CUDA; CPUs with AVX512-BF16/AMX)
     device: str = "auto"
     checkpoint_every: int = 500  # optimisation steps between mid-epoch checkpoints; 0: epoch ends only
@@ -65,6 +66,7 @@ class TrainConfig:
             (self.limit_train is None or self.limit_train >= 1, "limit_train must be at least 1"),
             (self.limit_eval is None or self.limit_eval >= 1, "limit_eval must be at least 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (self.pad_multiple >= 1, "pad_multiple must be at least 1 (1 pads to the longest row exactly)"),
         ]
         for ok, message in checks:
             if not ok:

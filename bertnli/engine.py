@@ -1,6 +1,9 @@
 """Fit, evaluate, predict: the training loop, its checkpoints and resume.
 
-No MLflow here: the loop reports to callbacks (`on_fit_start`, `on_epoch_end`,
+Read it like nanoGPT's train.py: `TrainState` is what a checkpoint holds, `train_step` is one
+optimisation step, `train_epoch` one pass over the batches, `fit` the run around them. Where
+and how tensors run (device, precision, attention backend, batches staged ahead by a thread)
+is decided in runtime.py. No MLflow here: the loop reports to callbacks (`on_fit_start`, `on_epoch_end`,
 `on_fit_end`), which tracking.py and sweep.py implement. Selection is on dev: the best
 dev epoch's weights are kept and test is evaluated once, on them, at the end.
 
@@ -14,12 +17,10 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -28,11 +29,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bertnli import BadInput, BertnliError
+from bertnli.checkpoint import atomic_torch_save, load_last, load_selected, save_selected
 from bertnli.config import TrainConfig
 from bertnli.data import LABEL_NAMES, split_path
-from bertnli.model import NLIClassifier, build_model, model_config_dict, model_from_config_dict
+from bertnli.model import NLIClassifier, build_model
 from bertnli.pairs import EncodedSplit, collate, encode_file, eval_batches, train_batches
-from bertnli.tokenize import Tokenizer, load_tokenizer
+from bertnli.runtime import (attention_context, attention_name, autocast, cpu_has_native_bf16, dist_info, grad_scaler,  # noqa: F401
+                             init_distributed, numeric_precision, rank_seed, resolve_device, rng_state, seed_everything,
+                             set_rng_state, staged)
+from bertnli.tokenize import Tokenizer
 
 
 class TrainingDiverged(BertnliError):
@@ -134,149 +139,39 @@ def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:
     return Prepared(model, tok, enc.get("train"), enc["dev"], enc.get("test"), digests)
 
 
-# ---------------------------------------------------------------- distributed helpers
-
-
-def dist_info() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
-def init_distributed(device: torch.device) -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BadInput(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"device {name!r} asked for, but this machine has no CUDA GPU; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise BadInput(f"device {name!r} is not supported; use auto, cpu or cuda[:N]")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # ---------------------------------------------------------------- evaluation
 
 
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run 2-4x faster than fp32 there (elsewhere they are emulated, slower)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def numeric_precision(device: torch.device, amp: bool) -> str:
-    """bf16 autocast where the hardware does bf16 natively (CUDA, or a CPU with AVX512-BF16/AMX), else fp32."""
-    if amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())):
-        return "bf16-autocast"
-    return "fp32"
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=numeric_precision(device, amp) == "bf16-autocast")
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def model_inputs(b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The forward's arguments; lengths only where some row is padded (the model then builds a mask)."""
+    return b["input_ids"], b["token_type_ids"], b["lengths"] if b["padded"] else None
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, enc: EncodedSplit, batch_size: int = 256, device: torch.device | str = "cpu",
-             bucket: bool = True, amp: bool = True, progress: bool = False, desc: str = "eval") -> EvalResult:
+             bucket: bool = True, amp: bool = True, progress: bool = False, desc: str = "eval",
+             pad_multiple: int = 8) -> EvalResult:
+    """Logits stay on the device until the last batch: one transfer and no per-batch host sync."""
     device = torch.device(device)
+    precision = numeric_precision(device, amp)
     was_training = model.training
     model.eval()
-    n = len(enc)
-    probs = np.zeros((n, 3), dtype=np.float32)
-    loss_sum = 0.0
+    batches = eval_batches(enc.lengths, batch_size, bucket)
     pad_to = None if bucket else int(enc.lengths.max())
-    for idx in tqdm(eval_batches(enc.lengths, batch_size, bucket), desc=desc, disable=not progress, leave=False):
-        b = _to(collate(enc, idx, pad_to), device)
-        with _autocast(device, amp):
-            logits = model(b["input_ids"], b["token_type_ids"], b["lengths"]).float()
-        loss_sum += F.cross_entropy(logits, b["labels"], reduction="sum").item()
-        probs[idx] = torch.softmax(logits, -1).cpu().numpy()
+    make = functools.partial(collate, enc, pad_to=pad_to, multiple=pad_multiple)
+    logits, labels = [], []
+    with attention_context(device):
+        for b in tqdm(staged(make, batches, device), total=len(batches), desc=desc, disable=not progress, leave=False):
+            with autocast(device, precision):
+                logits.append(model(*model_inputs(b)).float())
+            labels.append(b["labels"])
+    all_logits = torch.cat(logits)
+    loss = F.cross_entropy(all_logits, torch.cat(labels)).item()
+    probs = np.zeros((len(enc), 3), dtype=np.float32)
+    probs[np.concatenate(batches)] = torch.softmax(all_logits, -1).cpu().numpy()
     model.train(was_training)
     preds = probs.argmax(1)
-    return EvalResult(loss_sum / n, float((preds == enc.labels).mean()), preds, enc.labels.copy(), probs)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_selected(model: NLIClassifier, tokenizer: Tokenizer, folder: Path, meta: dict[str, Any]) -> None:
-    """The selected weights as a self-contained folder: safetensors + model config + tokenizer."""
-    from safetensors.torch import save_file
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
-    (tmp / "model_config.json").write_text(json.dumps(model_config_dict(model.config), indent=2))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    tokenizer.save(tmp)
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
-
-
-def load_selected(folder: str | Path) -> tuple[NLIClassifier, Tokenizer, dict[str, Any]]:
-    """Load a folder written by save_selected (a run's `best/`, or its MLflow artifact copy)."""
-    from bertnli.model import read_state_file
-
-    folder = Path(folder)
-    cfg_path = folder / "model_config.json"
-    if not cfg_path.is_file() or not (folder / "model.safetensors").is_file():
-        raise BadInput(f"{folder} is not a bertnli checkpoint (needs model.safetensors and model_config.json)")
-    try:
-        model = model_from_config_dict(json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise BertnliError(f"{cfg_path} is damaged: {e}") from None
-    state = read_state_file(folder / "model.safetensors")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise BertnliError(f"{folder}: weights do not fit the model config ({str(e).splitlines()[1].strip()[:160]})") from None
-    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
-    model.eval()
-    return model, load_tokenizer(folder), meta
-
-
-def load_last(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise BertnliError(f"cannot resume from {path}: {str(e).splitlines()[0][:200]}; the checkpoint is damaged, delete it to start over") from None
+    return EvalResult(loss, float((preds == enc.labels).mean()), preds, enc.labels.copy(), probs)
 
 
 # ---------------------------------------------------------------- training
@@ -292,12 +187,187 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - warm))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Fused kernels on CUDA (one launch for all parameters instead of several per tensor)."""
+    fused = {"fused": True} if device.type == "cuda" else {}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, **fused)
+
+
+def fresh_accum() -> dict[str, float]:
+    return {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: enough to continue at the exact step, with the same batches and dropout."""
+
+    model: NLIClassifier
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    epoch: int = 1  # the epoch being trained (1-based)
+    step_in_epoch: int = 0  # steps of it already taken
+    global_step: int = 0
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_dev_acc: float = -1.0
+    best_epoch: int = 0
+    accum: dict[str, float] = field(default_factory=fresh_accum)  # this epoch's totals so far, on the host
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "history": [asdict(h) for h in self.history], "best_dev_acc": self.best_dev_acc,
+                "best_epoch": self.best_epoch, "accum": dict(self.accum)}
+
+    def load_state_dict(self, ck: dict[str, Any]) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.step_in_epoch, self.global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+        self.history = [EpochMetrics(**h) for h in ck["history"]]
+        self.best_dev_acc, self.best_epoch = ck["best_dev_acc"], ck["best_epoch"]
+        self.accum = {**fresh_accum(), **ck["accum"]}
+
+
+@dataclass
+class Loop:
+    """How a run's steps execute; fixed for the run (device, precision, ranks, where checkpoints go)."""
+
+    device: torch.device
+    precision: str
+    total_steps: int
+    rank: int = 0
+    world: int = 1
+    callbacks: list = field(default_factory=list)
+    checkpoint: Callable[[TrainState], None] = lambda state: None
+    progress: bool = False
+    sync_every: int = 50  # steps between reads of the device's running totals (each read waits for the GPU)
+
+
+def rank_batch(enc: EncodedSplit, idx: np.ndarray, rank: int = 0, world: int = 1, pad_to: int | None = None,
+               multiple: int = 1, cap: int | None = None) -> dict[str, Any]:
+    """This rank's share of global batch `idx`, with per-example weights.
+
+    A last batch smaller than the number of ranks leaves some rank with nothing: it takes one
+    example at weight 0, so that it still joins the gradient all-reduce (an empty rank would
+    hang the others) and adds nothing to it."""
+    mine = idx[rank::world]
+    weight = np.ones(len(mine), dtype=np.float32)
+    if len(mine) == 0:
+        mine, weight = idx[:1], np.zeros(1, dtype=np.float32)
+    b = collate(enc, mine, pad_to, multiple, cap)
+    b["weight"] = torch.from_numpy(weight)
+    b["global_examples"] = len(idx)
+    return b
+
+
+def train_step(state: TrainState, train_model: torch.nn.Module, b: dict[str, Any], lr: float, cfg: TrainConfig,
+               loop: Loop) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns (per-example losses, logits), detached and still on the device.
+
+    The loss is the weighted sum over this rank's examples divided by the *global* batch size
+    (times the world size, which DDP's gradient averaging divides out): every example of the
+    global batch weighs the same, however unevenly the last batch splits across ranks."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(loop.device, loop.precision):
+        logits = train_model(*model_inputs(b)).float()
+    per_example = F.cross_entropy(logits, b["labels"], reduction="none") * b["weight"]
+    loss = per_example.sum() * (loop.world / b["global_examples"])
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    return per_example.detach(), logits.detach()
+
+
+def train_epoch(state: TrainState, train_model: torch.nn.Module, enc: EncodedSplit, batches: list[np.ndarray],
+                cfg: TrainConfig, loop: Loop, max_steps: int | None = None) -> None:
+    """Train `batches` from `state.step_in_epoch` on; this epoch's totals accumulate in `state.accum`.
+
+    Loss, accuracy and divergence are tracked on the device and read every `loop.sync_every`
+    steps, at checkpoints and at the end, so the host never waits for the GPU in between. A
+    non-finite loss is reported with the epoch and step where it first appeared."""
+    first = state.step_in_epoch
+    last = len(batches) if max_steps is None else min(len(batches), first + max_steps)
+    make = functools.partial(rank_batch, enc, rank=loop.rank, world=loop.world, pad_to=None if cfg.bucket else cfg.max_len,
+                             multiple=cfg.pad_multiple, cap=cfg.max_len)
+    totals = torch.zeros(3, dtype=torch.float64, device=loop.device)  # loss sum, correct, examples
+    recent, recent_steps = torch.zeros(loop.sync_every, device=loop.device), []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(batches), initial=first, desc=f"epoch {state.epoch}/{cfg.epochs}", disable=not loop.progress, leave=False)
+
+    def sync() -> None:
+        nonlocal t0
+        losses = recent[: len(recent_steps)].tolist()
+        for step, value in zip(recent_steps, losses):
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss became {value} at epoch {state.epoch} step {step + 1}; "
+                                       "lower the learning rate or check the data")
+        recent_steps.clear()
+        loss_sum, correct, seen = totals.tolist()
+        totals.zero_()
+        now = time.perf_counter()
+        state.accum = {"loss": state.accum["loss"] + loss_sum, "correct": state.accum["correct"] + correct,
+                       "seen": state.accum["seen"] + seen, "seconds": state.accum["seconds"] + now - t0}
+        t0 = now
+        if state.accum["seen"]:
+            bar.set_postfix(loss=f"{state.accum['loss'] / state.accum['seen']:.3f}", acc=f"{state.accum['correct'] / state.accum['seen']:.3f}")
+
+    for step, b in enumerate(staged(make, batches[first:last], loop.device), start=first):
+        per_example, logits = train_step(state, train_model, b, lr_at(state.global_step, loop.total_steps, cfg), cfg, loop)
+        w = b["weight"]
+        totals += torch.stack([per_example.sum(), ((logits.argmax(1) == b["labels"]) * w).sum(), w.sum()]).double()
+        recent[len(recent_steps)] = per_example.sum() / w.sum().clamp(min=1)
+        recent_steps.append(step)
+        state.global_step += 1
+        state.step_in_epoch = step + 1
+        bar.update(1)
+        checkpoint_now = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < len(batches)
+        if checkpoint_now or len(recent_steps) == loop.sync_every or step + 1 == last:
+            sync()
+        if checkpoint_now:
+            loop.checkpoint(state)
+        for cb in loop.callbacks:
+            if hasattr(cb, "on_step"):
+                cb.on_step(state.global_step, per_example)  # a device tensor: float() it only if needed (that waits)
+    bar.close()
+
+
+def epoch_totals(state: TrainState, distributed: bool) -> tuple[float, float, float, float]:
+    """(mean loss, accuracy, examples, seconds) of the epoch over all ranks."""
+    t = torch.tensor([state.accum["loss"], state.accum["correct"], state.accum["seen"]], dtype=torch.float64)
+    if distributed:
+        dist.all_reduce(t)
+    seen = max(1.0, t[2].item())
+    return t[0].item() / seen, t[1].item() / seen, seen, state.accum["seconds"]
+
+
+def gather_rng(device: torch.device, distributed: bool) -> list[dict[str, torch.Tensor]]:
+    """Every rank's generator state, in rank order (each rank draws its own dropout masks)."""
+    mine = rng_state(device)
+    if not distributed:
+        return [mine]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, {k: v.cpu() for k, v in mine.items()})
+    return states
+
+
+def restore_rng(saved: Any, device: torch.device, rank: int, world: int, seed: int) -> None:
+    if isinstance(saved, list) and len(saved) == world:
+        set_rng_state(saved[rank], device)
+    elif rank == 0:
+        set_rng_state(saved[0] if isinstance(saved, list) else saved, device)
+    else:  # resumed with another number of processes: the batches stay exact, dropout draws anew
+        torch.manual_seed(rank_seed(seed, rank) + 1)
 
 
 def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None = None, resume: bool = False,
@@ -308,146 +378,102 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     with the same batches, optimizer state and RNG state as an uninterrupted run.
     """
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir, last_path = Path(out_dir), Path(out_dir) / "last.pt"
     device = resolve_device(cfg.device)
     distributed = init_distributed(device)
     rank, world = dist_info()
     is_main = rank == 0
-    callbacks = (callbacks or []) if is_main else []
     seed_everything(cfg.seed)
     prep = prepared or prepare(cfg)
     if prep.train is None:
         raise BadInput(f"no train split in {cfg.data}; training needs snli_1.0_train.*")
     if cfg.batch_size % world:
         raise BadInput(f"batch_size {cfg.batch_size} is not divisible by {world} processes; choose a multiple")
+    if rank:
+        torch.manual_seed(rank_seed(cfg.seed, rank))
+    precision = numeric_precision(device, cfg.amp)
     model = prep.model.to(device)
-    optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(prep.train) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-
-    start_epoch, start_step, global_step = 1, 0, 0
-    history: list[EpochMetrics] = []
-    best_dev, best_epoch = -1.0, 0
-    accum = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-    last_path = out_dir / "last.pt"
+    state = TrainState(model, make_optimizer(model, cfg, device), grad_scaler(device, precision))
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    if resume and last_path.is_file():
+    resumed = resume and last_path.is_file()
+    if resumed:
         ck = load_last(last_path)
         try:
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
+            state.load_state_dict(ck)
         except (RuntimeError, ValueError, KeyError) as e:
             raise BertnliError(f"{last_path} does not match this model/config ({str(e).splitlines()[0][:120]}); resume with the same config or delete it") from None
-        start_epoch, start_step, global_step = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
-        history = [EpochMetrics(**h) for h in ck["history"]]
-        best_dev, best_epoch = ck["best_dev_acc"], ck["best_epoch"]
-        accum = dict(ck["accum"])
-        torch.set_rng_state(ck["rng"])
+        restore_rng(ck["rng"], device, rank, world, cfg.seed)
         if is_main:
-            print(f"resuming from {last_path}: epoch {start_epoch}, step {start_step}/{steps_per_epoch}")
+            print(f"resuming from {last_path}: epoch {state.epoch}, step {state.step_in_epoch}/{math.ceil(len(prep.train) / cfg.batch_size)}")
 
+    def checkpoint(s: TrainState) -> None:
+        rngs = gather_rng(device, distributed)
+        if is_main:
+            atomic_torch_save({**s.state_dict(), "rng": rngs}, last_path)
+
+    steps_per_epoch = math.ceil(len(prep.train) / cfg.batch_size)
+    loop = Loop(device, precision, steps_per_epoch * cfg.epochs, rank, world, (callbacks or []) if is_main else [], checkpoint,
+                progress and is_main)
     info = {"device": str(device), "world_size": world, "train_examples": len(prep.train), "dev_examples": len(prep.dev),
             "test_examples": len(prep.test) if prep.test is not None else 0, "steps_per_epoch": steps_per_epoch,
             "parameters": sum(p.numel() for p in model.parameters()), "digests": prep.digests, "out_dir": str(out_dir),
-            "resumed": bool(resume and last_path.is_file()), "precision": numeric_precision(device, cfg.amp)}
-    for cb in callbacks:
+            "resumed": resumed, "precision": precision, "attention": attention_name(device)}
+    for cb in loop.callbacks:
         cb.on_fit_start(info)
-
     train_model: torch.nn.Module = model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def checkpoint(epoch: int, step: int) -> None:
-        if not is_main:
-            return
-        _atomic_torch_save({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step_in_epoch": step,
-            "global_step": global_step, "history": [asdict(h) for h in history], "best_dev_acc": best_dev,
-            "best_epoch": best_epoch, "accum": accum, "rng": torch.get_rng_state(),
-        }, last_path)
-
-    pad_to = None if cfg.bucket else cfg.max_len
-    lr = cfg.lr
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        batches = train_batches(prep.train.lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket)
-        first = start_step if epoch == start_epoch else 0
-        if first == 0:
-            accum = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        t0 = time.perf_counter()
-        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (progress and is_main), leave=False)
-        for step in range(first, len(batches)):
-            idx = batches[step][rank::world]
-            b = _to(collate(prep.train, idx, pad_to), device)
-            lr = lr_at(global_step, total_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with _autocast(device, cfg.amp):
-                logits = train_model(b["input_ids"], b["token_type_ids"], b["lengths"]).float()
-            loss = F.cross_entropy(logits, b["labels"])
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch} step {step + 1}; lower the learning rate or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            global_step += 1
-            accum["loss"] += loss.item() * len(idx)
-            accum["correct"] += int((logits.argmax(1) == b["labels"]).sum())
-            accum["seen"] += len(idx)
-            bar.update(1)
-            if accum["seen"] and step % 20 == 0:
-                bar.set_postfix(loss=f"{accum['loss'] / accum['seen']:.3f}", acc=f"{accum['correct'] / accum['seen']:.3f}")
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < len(batches):
-                accum["seconds"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                checkpoint(epoch, step + 1)
-            for cb in callbacks:
-                if hasattr(cb, "on_step"):
-                    cb.on_step(global_step, loss.item())
-        bar.close()
-        accum["seconds"] += time.perf_counter() - t0
-        totals = torch.tensor([accum["loss"], accum["correct"], accum["seen"]], dtype=torch.float64)
-        if distributed:
-            dist.all_reduce(totals)
-        seen = max(1.0, totals[2].item())
-        dev = evaluate(model, prep.dev, cfg.eval_batch_size, device, cfg.bucket, cfg.amp, progress and is_main, "dev")
-        m = EpochMetrics(epoch, totals[0].item() / seen, totals[1].item() / seen, dev.loss, dev.acc,
-                         seen / max(accum["seconds"], 1e-9), accum["seconds"], lr)
-        history.append(m)
-        if is_main:
-            print(f"epoch {epoch}: train_loss {m.train_loss:.4f} train_acc {m.train_acc:.4f} dev_loss {m.dev_loss:.4f} "
-                  f"dev_acc {m.dev_acc:.4f} ({m.examples_per_sec:.1f} ex/s)", flush=True)
-        if dev.acc > best_dev:
-            best_dev, best_epoch = dev.acc, epoch
-            if is_main:
-                save_selected(model, prep.tokenizer, out_dir / "best", {"epoch": epoch, "dev_acc": dev.acc, "config": asdict(cfg)})
-        accum = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        checkpoint(epoch + 1, 0)
-        for cb in callbacks:
-            cb.on_epoch_end(m)  # may raise (a sweep's pruner): the checkpoint above is already safe
+    evaluate_on = functools.partial(evaluate, batch_size=cfg.eval_batch_size, device=device, bucket=cfg.bucket, amp=cfg.amp,
+                                    pad_multiple=cfg.pad_multiple)
+    with attention_context(device):
+        while state.epoch <= cfg.epochs:
+            model.train()
+            batches = train_batches(prep.train.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.bucket)
+            train_epoch(state, train_model, prep.train, batches, cfg, loop)
+            end_epoch(state, evaluate_on(model, prep.dev, progress=progress and is_main, desc="dev"), distributed, is_main,
+                      prep, out_dir, cfg)
+            checkpoint(state)
+            for cb in loop.callbacks:
+                cb.on_epoch_end(state.history[-1])  # may raise (a sweep's pruner): the checkpoint above is already safe
 
     # Test once, on the weights selected on dev.
     if distributed:
         dist.barrier()  # rank 0 has written best/ before anyone reads it
     selected = load_selected(out_dir / "best")[0].to(device)
-    dev_sel = evaluate(selected, prep.dev, cfg.eval_batch_size, device, cfg.bucket, cfg.amp)
+    dev_sel = evaluate_on(selected, prep.dev)
     test = None
     if cfg.eval_test and prep.test is not None:
-        test = evaluate(selected, prep.test, cfg.eval_batch_size, device, cfg.bucket, cfg.amp, progress and is_main, "test")
-    result = FitResult(best_epoch, best_dev, history, test, dev_sel, out_dir, time.perf_counter() - t_start, info)
+        test = evaluate_on(selected, prep.test, progress=progress and is_main, desc="test")
+    result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, time.perf_counter() - t_start, info)
     if is_main:
         (out_dir / "result.json").write_text(json.dumps({
-            "best_epoch": best_epoch, "best_dev_acc": best_dev, "test_acc": test.acc if test else None,
-            "history": [asdict(h) for h in history], "wall_seconds": result.wall_seconds}, indent=2))
-    for cb in callbacks:
+            "best_epoch": state.best_epoch, "best_dev_acc": state.best_dev_acc, "test_acc": test.acc if test else None,
+            "history": [asdict(h) for h in state.history], "wall_seconds": result.wall_seconds}, indent=2))
+    for cb in loop.callbacks:
         cb.on_fit_end(result)
     return result
+
+
+def end_epoch(state: TrainState, dev: EvalResult, distributed: bool, is_main: bool, prep: Prepared, out_dir: Path,
+              cfg: TrainConfig) -> None:
+    """Record the finished epoch, keep its weights if dev says they are the best so far, move to the next."""
+    loss, acc, seen, seconds = epoch_totals(state, distributed)
+    m = EpochMetrics(state.epoch, loss, acc, dev.loss, dev.acc, seen / max(seconds, 1e-9), seconds,
+                     lr_at(max(state.global_step - 1, 0), math.ceil(len(prep.train) / cfg.batch_size) * cfg.epochs, cfg))
+    state.history.append(m)
+    if is_main:
+        print(f"epoch {m.epoch}: train_loss {m.train_loss:.4f} train_acc {m.train_acc:.4f} dev_loss {m.dev_loss:.4f} "
+              f"dev_acc {m.dev_acc:.4f} ({m.examples_per_sec:.1f} ex/s)", flush=True)
+    if dev.acc > state.best_dev_acc:
+        state.best_dev_acc, state.best_epoch = dev.acc, state.epoch
+        if is_main:
+            save_selected(state.model, prep.tokenizer, out_dir / "best", {"epoch": state.epoch, "dev_acc": dev.acc, "config": asdict(cfg)})
+    state.epoch, state.step_in_epoch, state.accum = state.epoch + 1, 0, fresh_accum()
 
 
 def predict(model: NLIClassifier, tokenizer: Tokenizer, premises: list[str], hypotheses: list[str], max_len: int = 128,

@@ -109,8 +109,10 @@ class BertEncoder(nn.Module):
         self.layers = nn.ModuleList(BertLayer(c) for _ in range(c.num_layers))
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        # `lengths` None: no row is padded (the caller knows from its host-side lengths; asking the
+        # device here would stall a GPU on every forward and break a compiled graph).
         mask = None
-        if lengths is not None and bool((lengths < input_ids.shape[1]).any()):
+        if lengths is not None:
             keep = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
             mask = keep[:, None, None, :]  # (batch, 1, 1, keys): True = attend
         x = self.embeddings(input_ids, token_type_ids)
