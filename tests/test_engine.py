@@ -118,6 +118,39 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_snli, tmp_path, mlflow_uri
     assert two["best_dev_acc"] == pytest.approx(one["best_dev_acc"], abs=1e-9)
 
 
+def _torchrun(args, nproc=2, port=29614, timeout=180, **env):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
+                           *args], cwd=ROOT, env=run_env(OMP_NUM_THREADS="1", **env), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("n_train", [33, 35])
+def test_ddp_uneven_last_batch_matches_one_process(tiny_snli, tmp_path, mlflow_uri, n_train):
+    """A last global batch of 1 (33 = 8 x 4 + 1) leaves rank 1 with nothing: it must neither crash nor hang the
+    other rank. A last batch of 3 (35) splits 2 + 1: every example must weigh the same, as in one process."""
+    args = ["--model", "tiny-d2l-random", "--data", str(tiny_snli), "--epochs", "2", "--batch-size", "4", "--lr", "2e-3",
+            "--max-len", "32", "--schedule", "constant", "--optimizer", "adam", "--dropout", "0", "--limit-train", str(n_train),
+            "--no-amp", "--cache-dir", str(tmp_path / "enc"), "--tracking-uri", mlflow_uri, "--no-progress"]
+    single = subprocess.run([sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
+                            cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = _torchrun(["-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "two")], port=29615 + n_train)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "result.json").read_text())
+    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    for h1, h2 in zip(one["history"], two["history"], strict=True):
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-4)
+        assert h2["dev_loss"] == pytest.approx(h1["dev_loss"], abs=1e-4)
+
+
+def test_ddp_ranks_draw_their_own_dropout_masks(tiny_snli, tmp_path):
+    """The same seed on every rank would drop the same units everywhere: less regularisation than one process."""
+    r = _torchrun([str(ROOT / "tests" / "ddp_probe.py"), str(tiny_snli)], port=29660, PROBE_OUT=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m0, m1 = torch.load(tmp_path / "mask_0.pt"), torch.load(tmp_path / "mask_1.pt")
+    assert m0.shape == m1.shape and 0.3 < m0.float().mean() < 0.7  # dropout 0.5 really dropped about half
+    assert not torch.equal(m0, m1)
+
+
 def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     """A real `bertnli-exp train` process killed with SIGKILL (no handler runs) in the middle of epoch 2.
 
@@ -191,3 +224,52 @@ def test_matmuls_run_in_bf16_exactly_where_the_cpu_does_bf16_natively(tiny_snli,
     expected = torch.bfloat16 if amp and cpu_has_native_bf16() else torch.float32
     assert seen == {expected}
     assert numeric_precision(torch.device("cpu"), amp) == ("bf16-autocast" if expected == torch.bfloat16 else "fp32")
+
+
+def test_padding_to_a_multiple_of_8_changes_no_result(tiny_snli, tmp_path):
+    """Rounded widths only add masked padding: the same probabilities as exact widths, and training the same."""
+    from bertnli.pairs import collate, eval_batches
+
+    cfg = tiny_cfg(tiny_snli, tmp_path, amp=False, dropout=0.0)
+    prep = prepare(cfg)
+    widths = {collate(prep.dev, idx, multiple=8)["input_ids"].shape[1] for idx in eval_batches(prep.dev.lengths, 7)}
+    assert widths and all(w % 8 == 0 or w == cfg.max_len for w in widths)
+    exact, rounded = (evaluate(prep.model, prep.dev, 7, amp=False, pad_multiple=m) for m in (1, 8))
+    assert torch.allclose(torch.from_numpy(exact.probs), torch.from_numpy(rounded.probs), atol=1e-5)
+    runs = [fit(tiny_cfg(tiny_snli, tmp_path, epochs=2, amp=False, pad_multiple=m), tmp_path / f"m{m}", progress=False) for m in (1, 8)]
+    assert [h.train_loss for h in runs[0].history] == pytest.approx([h.train_loss for h in runs[1].history], abs=1e-5)
+
+
+def test_fp16_with_a_loss_scaler_trains_and_resumes_exactly(tiny_snli, tmp_path):
+    """The fallback for GPUs without native bf16, run on the CPU: the scaler's state is part of the checkpoint."""
+    import math
+
+    from bertnli.engine import Loop, TrainState, make_optimizer, train_epoch
+    from bertnli.pairs import train_batches
+    from bertnli.runtime import grad_scaler
+
+    cfg = tiny_cfg(tiny_snli, tmp_path, limit_train=96, batch_size=8)
+    device = torch.device("cpu")
+
+    def fresh():
+        torch.manual_seed(0)
+        model = prepare(cfg).model
+        return TrainState(model, make_optimizer(model, cfg, device), grad_scaler(device, "fp16-autocast"))
+
+    enc = prepare(cfg).train
+    batches = train_batches(enc.lengths, 8, 0, 1)
+    loop = Loop(device, "fp16-autocast", total_steps=len(batches))
+    full = fresh()
+    train_epoch(full, full.model, enc, batches, cfg, loop)
+    assert full.scaler.is_enabled() and full.scaler.get_scale() > 0
+    assert math.isfinite(full.accum["loss"]) and full.accum["seen"] == 96
+
+    half = fresh()
+    train_epoch(half, half.model, enc, batches, cfg, loop, max_steps=5)
+    saved = half.state_dict()
+    resumed = fresh()
+    resumed.load_state_dict(saved)
+    assert resumed.scaler.get_scale() == half.scaler.get_scale()
+    train_epoch(resumed, resumed.model, enc, batches, cfg, loop)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
