@@ -59,6 +59,7 @@ _HELP = {
     "warmup": "fraction of steps for linear warmup (schedule=linear)",
     "bucket": "length-bucketed batches with dynamic padding (--no-bucket pads to max_len)",
     "pad_multiple": "round batch widths up to a multiple of this (1: exact width)",
+    "compile": "torch.compile the training forward (pays on long GPU runs; minutes to compile) [default: off]",
 }
 
 

@@ -43,6 +43,7 @@ class TrainConfig:
     limit_eval: int | None = None  # first N dev and test examples
     bucket: bool = True  # length-bucketed batches + dynamic padding (False: pad to max_len)
     pad_multiple: int = 8  # batch widths rounded up to a multiple of this (1: exact); fewer shapes for GPU kernels
+    compile: bool = False  # torch.compile(dynamic=True) the training forward: pays on long GPU runs (benchmarks/README.md)
     amp: bool = True  # bf16 autocast where the hardware does bf16 natively (CUDA; CPUs with AVX512-BF16/AMX)
     device: str = "auto"
     checkpoint_every: int = 500  # optimisation steps between mid-epoch checkpoints; 0: epoch ends only

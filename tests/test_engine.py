@@ -273,3 +273,11 @@ def test_fp16_with_a_loss_scaler_trains_and_resumes_exactly(tiny_snli, tmp_path)
     train_epoch(resumed, resumed.model, enc, batches, cfg, loop)
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_compiled_forward_trains_like_eager(tiny_snli, tmp_path):
+    """`compile` changes how the forward runs, not what it computes (fp32, no dropout: to 1e-4)."""
+    runs = [fit(tiny_cfg(tiny_snli, tmp_path, epochs=1, limit_train=64, amp=False, compile=c, eval_test=False), tmp_path / f"c{c}",
+                progress=False) for c in (False, True)]
+    assert runs[1].history[0].train_loss == pytest.approx(runs[0].history[0].train_loss, abs=1e-4)
+    assert runs[1].history[0].dev_loss == pytest.approx(runs[0].history[0].dev_loss, abs=1e-4)
