@@ -45,7 +45,7 @@ from d2l_reference import BERTModel  # noqa: E402
 
 from bertnli.config import TrainConfig  # noqa: E402
 from bertnli.data import read_split  # noqa: E402
-from bertnli.engine import Loop, TrainState, evaluate, make_optimizer, train_epoch, warm_up  # noqa: E402
+from bertnli.engine import Loop, TrainState, evaluate, make_optimizer, train_epoch  # noqa: E402
 from bertnli.model import BertConfig, NLIClassifier  # noqa: E402
 from bertnli.pairs import EncodedSplit, batch_width, collate, encode_pairs, eval_batches, train_batches  # noqa: E402
 from bertnli.runtime import attention_context, attention_name, grad_scaler, numeric_precision  # noqa: E402
@@ -177,8 +177,6 @@ def measure(shape_name, batch, enc, tok, device, args) -> dict:
     bucket_b = train_batches(enc.lengths, batch, 0, 1, bucket=True)[: args.max_batches]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with attention_context(device):
-        warm_up(state, state.model, enc, cfg, loop)  # as fit does before its first step
     res["train_pass1"] = engine_pass(state, state.model, enc, bucket_b, cfg, loop)
     res["train_pass2"] = engine_pass(state, state.model, enc, bucket_b, cfg, loop)
     res["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0

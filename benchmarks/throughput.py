@@ -4,8 +4,9 @@ Side by side in one process, same model shape, same real SNLI examples, same bat
 
   seed-style : static padding to max_len 128, random order, d2l's own encoder (masked softmax
                attention, restated verbatim in tests/d2l_reference.py)
-  bertnli    : dynamic padding, length-bucketed batches, bertnli's encoder (SDPA attention), in
-               fp32 and in bertnli's default precision (bf16 autocast on a CPU with native bf16,
+  bertnli    : the engine's own `train_epoch` and `evaluate` (length buckets, widths rounded up to a
+               multiple of 8, SDPA, batches collated ahead by a thread, totals read every 50 steps),
+               in fp32 and in bertnli's default precision (bf16 autocast on a CPU with native bf16,
                e.g. AVX512-BF16: the engine's `amp`), optionally under torch.compile (--compile)
 
 Prints one JSON line per measurement, then a table with the ratios. Weights are random
@@ -68,19 +69,36 @@ def real_pairs(data: Path, n: int):
     return enc.head(n), tok
 
 
-def time_train(model, enc, batches, pad_to, steps, bf16=False, compiled=False):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+def time_engine(model, enc, batches, steps, precision, compiled=False, batch_size=128):
+    """The engine's own loop over `steps` batches after 2 (compiled: 5) warm-up steps, Adam as the seed side."""
+    from bertnli.config import TrainConfig
+    from bertnli.engine import Loop, TrainState, train_epoch
+    from bertnli.runtime import grad_scaler
+
+    device = torch.device("cpu")
+    cfg = TrainConfig(batch_size=batch_size, optimizer="adam", schedule="constant", grad_clip=0.0, max_len=128)
+    state = TrainState(model, torch.optim.Adam(model.parameters(), lr=1e-4), grad_scaler(device, precision))
     model.train()
     forward = torch.compile(model, dynamic=True) if compiled else model
-    seen, t0 = 0, None
     warmup = 5 if compiled else 2
-    for i, idx in enumerate(batches[: steps + warmup]):
-        if i == warmup:
+    loop = Loop(device, precision, total_steps=10**9)
+    train_epoch(state, forward, enc, batches[:warmup], cfg, loop)
+    state.step_in_epoch = 0
+    t0 = time.perf_counter()
+    train_epoch(state, forward, enc, batches[warmup : warmup + steps], cfg, loop)
+    return sum(map(len, batches[warmup : warmup + steps])) / (time.perf_counter() - t0)
+
+
+def time_train(model, enc, batches, pad_to, steps):
+    """The seed's loop: collate, forward, backward, Adam, in fp32, after 2 warm-up steps."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+    seen, t0 = 0, None
+    for i, idx in enumerate(batches[: steps + 2]):
+        if i == 2:
             t0, seen = time.perf_counter(), 0
         b = collate(enc, idx, pad_to)  # collation is inside the timed loop: data loading counts
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = forward(b["input_ids"], b["token_type_ids"], b["lengths"]).float()
-        loss = F.cross_entropy(logits, b["labels"])
+        loss = F.cross_entropy(model(b["input_ids"], b["token_type_ids"], b["lengths"]), b["labels"])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -89,17 +107,26 @@ def time_train(model, enc, batches, pad_to, steps, bf16=False, compiled=False):
 
 
 @torch.no_grad()
-def time_eval(model, enc, batches, pad_to, steps, bf16=False):
+def time_eval(model, enc, batches, pad_to, steps):
     model.eval()
     seen, t0 = 0, None
     for i, idx in enumerate(batches[: steps + 1]):
         if i == 1:
             t0, seen = time.perf_counter(), 0
         b = collate(enc, idx, pad_to)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            model(b["input_ids"], b["token_type_ids"], b["lengths"])
+        model(b["input_ids"], b["token_type_ids"], b["lengths"])
         seen += len(idx)
     return seen / (time.perf_counter() - t0)
+
+
+def time_evaluate(model, enc, batch, amp):
+    """The engine's `evaluate` over `enc` (its first batch once beforehand, as a warm-up)."""
+    from bertnli.engine import evaluate
+
+    evaluate(model, enc.head(batch), batch, amp=amp)
+    t0 = time.perf_counter()
+    evaluate(model, enc, batch, amp=amp)
+    return len(enc) / (time.perf_counter() - t0)
 
 
 def main():
@@ -133,16 +160,16 @@ def main():
             bucket_b = train_batches(enc.lengths, batch, 0, 1, bucket=True)
             ev, ev_steps = max(batch, 256), max(3, args.steps // 4)
             res["train_seed_style"] = time_train(seed, enc, random_b, 128, args.steps)
-            res["train_bertnli_fp32"] = time_train(ours, enc, bucket_b, None, args.steps)
+            res["train_bertnli_fp32"] = time_engine(ours, enc, bucket_b, args.steps, "fp32", batch_size=batch)
             ours.load_state_dict(state)
-            res["train_bertnli_default"] = time_train(ours, enc, bucket_b, None, args.steps, bf16=default_precision != "fp32")
+            res["train_bertnli_default"] = time_engine(ours, enc, bucket_b, args.steps, default_precision, batch_size=batch)
             if args.compile:
                 ours.load_state_dict(state)
-                res["train_bertnli_fp32_compiled"] = time_train(ours, enc, bucket_b, None, args.steps, compiled=True)
+                res["train_bertnli_fp32_compiled"] = time_engine(ours, enc, bucket_b, args.steps, "fp32", compiled=True, batch_size=batch)
             res["eval_seed_style"] = time_eval(seed, enc, eval_batches(enc.lengths, ev, bucket=False), 128, ev_steps)
-            res["eval_bertnli_fp32"] = time_eval(ours, enc, eval_batches(enc.lengths, ev, bucket=True), None, ev_steps)
-            res["eval_bertnli_default"] = time_eval(ours, enc, eval_batches(enc.lengths, ev, bucket=True), None, ev_steps,
-                                                    bf16=default_precision != "fp32")
+            sub = enc.head(ev * ev_steps)
+            res["eval_bertnli_fp32"] = time_evaluate(ours, sub, ev, amp=False)
+            res["eval_bertnli_default"] = time_evaluate(ours, sub, ev, amp=True)
             for kind in ("train", "eval"):
                 for setting in ("bertnli_fp32", "bertnli_default", "bertnli_fp32_compiled"):
                     if f"{kind}_{setting}" in res:

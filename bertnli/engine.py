@@ -342,25 +342,6 @@ def train_epoch(state: TrainState, train_model: torch.nn.Module, enc: EncodedSpl
     bar.close()
 
 
-def warm_up(state: TrainState, train_model: torch.nn.Module, enc: EncodedSplit, cfg: TrainConfig, loop: Loop) -> None:
-    """On CUDA, one forward and backward of the widest batch before the first step.
-
-    PyTorch's caching allocator then holds blocks big enough for every later width, so the first
-    epoch does not stall on cudaMalloc whenever a wider batch arrives (benchmarks/gpu.py: pass 1
-    ran at 0.65x of pass 2 without it, bert.small, batch 512, H200). Weights, optimizer and the
-    random streams are left as they were, so runs and resumes stay exact."""
-    if loop.device.type != "cuda" or len(enc) == 0:
-        return
-    widest = np.argsort(enc.lengths, kind="stable")[-(cfg.batch_size // loop.world):]
-    b = rank_batch(enc, widest, pad_to=None if cfg.bucket else cfg.max_len, multiple=cfg.pad_multiple, cap=cfg.max_len)
-    b = {k: (v.to(loop.device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
-    with torch.random.fork_rng(devices=[loop.device]):
-        with autocast(loop.device, loop.precision):
-            logits = train_model(*model_inputs(b)).float()
-        F.cross_entropy(logits, b["labels"]).backward()
-    state.optimizer.zero_grad(set_to_none=True)
-
-
 def epoch_totals(state: TrainState, distributed: bool) -> tuple[float, float, float, float]:
     """(mean loss, accuracy, examples, seconds) of the epoch over all ranks."""
     t = torch.tensor([state.accum["loss"], state.accum["correct"], state.accum["seen"]], dtype=torch.float64)
@@ -452,7 +433,6 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     evaluate_on = functools.partial(evaluate, batch_size=cfg.eval_batch_size, device=device, bucket=cfg.bucket, amp=cfg.amp,
                                     pad_multiple=cfg.pad_multiple)
     with attention_context(device):
-        warm_up(state, train_model, prep.train, cfg, loop)
         while state.epoch <= cfg.epochs:
             model.train()
             batches = train_batches(prep.train.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.bucket)

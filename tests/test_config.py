@@ -50,3 +50,10 @@ def test_every_experiment_file_parses(path):
 
 def test_expected_experiments_exist():
     assert {p.stem for p in EXPERIMENTS} >= {"d2l_small", "bert_base_086", "truncation_ablation", "sweep", "sweep_cpu", "quick_cpu"}
+
+
+def test_d2l_small_is_the_chapter_setting():
+    """The chapter pads every batch to 128 in random order, in fp32, with Adam at a constant 1e-4."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "experiments" / "d2l_small.toml")
+    assert (cfg.model, cfg.bucket, cfg.amp, cfg.max_len, cfg.batch_size, cfg.epochs) == ("d2l-bert-small", False, False, 128, 512, 5)
+    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.grad_clip, cfg.weight_decay, cfg.truncation) == ("adam", 1e-4, "constant", 0.0, 0.0, "longest_first")

@@ -1,0 +1,33 @@
+"""benchmarks/gpu.py's code paths run (tiny shapes, on the CPU), and without CUDA it says so and exits 0.
+
+The figures themselves come from a GPU machine (benchmarks/README.md); this only keeps the script
+from rotting between the sessions that have one."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_env
+
+
+def test_gpu_benchmark_without_cuda_says_so_and_exits_0():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = subprocess.run([sys.executable, "benchmarks/gpu.py"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "no CUDA GPU here" in r.stdout
+
+
+def test_gpu_benchmark_smoke_on_cpu(tiny_snli, tmp_path):
+    out = tmp_path / "gpu.jsonl"
+    r = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--smoke", "--data", str(tiny_snli), "--out", str(out)],
+                       cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    settings = [row for row in rows if "shape" in row]
+    assert len(settings) == 3 and not any("error" in row for row in settings)
+    for row in settings:
+        assert row["train_seed"] > 0 and row["train_bertnli"] > 0 and row["eval_bertnli"] > 0
+        assert row["train_ratio"] == pytest.approx(row["train_bertnli"] / row["train_seed"], rel=1e-3)
