@@ -31,13 +31,13 @@ from tqdm import tqdm
 from bertnli import BadInput, BertnliError
 from bertnli.checkpoint import atomic_torch_save, load_last, load_selected, save_selected
 from bertnli.config import TrainConfig
-from bertnli.data import LABEL_NAMES, split_path
-from bertnli.model import NLIClassifier, build_model
-from bertnli.pairs import EncodedSplit, collate, encode_file, eval_batches, train_batches
-from bertnli.runtime import (attention_context, attention_name, autocast, cpu_has_native_bf16, dist_info, grad_scaler,  # noqa: F401
-                             init_distributed, numeric_precision, rank_seed, resolve_device, rng_state, seed_everything,
-                             set_rng_state, staged)
-from bertnli.tokenize import Tokenizer
+from bertnli.evaluation import EvalResult, evaluate, model_inputs, predict  # noqa: F401 - predict re-exported
+from bertnli.model import NLIClassifier
+from bertnli.pairs import EncodedSplit, collate, train_batches
+from bertnli.prepare import Prepared, prepare  # noqa: F401 - re-exported for callers of engine.prepare
+from bertnli.runtime import (attention_context, attention_name, autocast, cpu_has_native_bf16, dist_info, gather_rng,  # noqa: F401
+                             grad_scaler, init_distributed, numeric_precision, rank_seed, resolve_device, restore_rng,
+                             seed_everything, staged)
 
 
 class TrainingDiverged(BertnliError):
@@ -60,32 +60,6 @@ class EpochMetrics:
 
 
 @dataclass
-class EvalResult:
-    loss: float
-    acc: float
-    preds: np.ndarray
-    labels: np.ndarray
-    probs: np.ndarray
-
-    def confusion(self) -> np.ndarray:
-        """rows: gold, columns: predicted, in label order entailment, contradiction, neutral."""
-        m = np.zeros((3, 3), dtype=np.int64)
-        np.add.at(m, (self.labels, self.preds), 1)
-        return m
-
-    def per_class(self) -> dict[str, dict[str, float]]:
-        m = self.confusion()
-        out = {}
-        for i, name in enumerate(LABEL_NAMES):
-            tp = m[i, i]
-            precision = tp / m[:, i].sum() if m[:, i].sum() else 0.0
-            recall = tp / m[i].sum() if m[i].sum() else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            out[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(m[i].sum())}
-        return out
-
-
-@dataclass
 class FitResult:
     best_epoch: int
     best_dev_acc: float
@@ -103,75 +77,6 @@ class Callback(Protocol):
     def on_fit_start(self, info: dict[str, Any]) -> None: ...
     def on_epoch_end(self, m: EpochMetrics) -> None: ...
     def on_fit_end(self, result: FitResult) -> None: ...
-
-
-# ---------------------------------------------------------------- data preparation
-
-
-@dataclass
-class Prepared:
-    model: NLIClassifier
-    tokenizer: Tokenizer
-    train: EncodedSplit
-    dev: EncodedSplit
-    test: EncodedSplit | None
-    digests: dict[str, str]
-
-
-def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:
-    """Model + tokenizer, then each split encoded through the cache (limits applied after)."""
-    model, tok = build_model(cfg.model, cfg.num_layers, cfg.dropout, cfg.seed)
-    if cfg.max_len > model.config.max_position:
-        raise BadInput(f"max_len {cfg.max_len} exceeds the model's {model.config.max_position} positions; lower --max-len")
-    paths = {
-        "train": split_path(cfg.data, "train", required=need_train),
-        "dev": split_path(cfg.data, "dev", required=True),
-        "test": split_path(cfg.data, "test", required=False),
-    }
-    enc, digests = {}, {}
-    for name, path in paths.items():
-        if path is None:
-            continue
-        e, digests[name] = encode_file(path, name, tok, cfg.max_len, cfg.truncation, cfg.cache_dir)
-        enc[name] = e.head(cfg.limit_train if name == "train" else cfg.limit_eval)
-    if paths["test"] is None and cfg.eval_test:
-        print(f"note: no test split in {cfg.data}; test accuracy will not be reported")
-    return Prepared(model, tok, enc.get("train"), enc["dev"], enc.get("test"), digests)
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-def model_inputs(b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The forward's arguments; lengths only where some row is padded (the model then builds a mask)."""
-    return b["input_ids"], b["token_type_ids"], b["lengths"] if b["padded"] else None
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, enc: EncodedSplit, batch_size: int = 256, device: torch.device | str = "cpu",
-             bucket: bool = True, amp: bool = True, progress: bool = False, desc: str = "eval",
-             pad_multiple: int = 8) -> EvalResult:
-    """Logits stay on the device until the last batch: one transfer and no per-batch host sync."""
-    device = torch.device(device)
-    precision = numeric_precision(device, amp)
-    was_training = model.training
-    model.eval()
-    batches = eval_batches(enc.lengths, batch_size, bucket)
-    pad_to = None if bucket else int(enc.lengths.max())
-    make = functools.partial(collate, enc, pad_to=pad_to, multiple=pad_multiple)
-    logits, labels = [], []
-    with attention_context(device):
-        for b in tqdm(staged(make, batches, device), total=len(batches), desc=desc, disable=not progress, leave=False):
-            with autocast(device, precision):
-                logits.append(model(*model_inputs(b)).float())
-            labels.append(b["labels"])
-    all_logits = torch.cat(logits)
-    loss = F.cross_entropy(all_logits, torch.cat(labels)).item()
-    probs = np.zeros((len(enc), 3), dtype=np.float32)
-    probs[np.concatenate(batches)] = torch.softmax(all_logits, -1).cpu().numpy()
-    model.train(was_training)
-    preds = probs.argmax(1)
-    return EvalResult(loss, float((preds == enc.labels).mean()), preds, enc.labels.copy(), probs)
 
 
 # ---------------------------------------------------------------- training
@@ -351,23 +256,56 @@ def epoch_totals(state: TrainState, distributed: bool) -> tuple[float, float, fl
     return t[0].item() / seen, t[1].item() / seen, seen, state.accum["seconds"]
 
 
-def gather_rng(device: torch.device, distributed: bool) -> list[dict[str, torch.Tensor]]:
-    """Every rank's generator state, in rank order (each rank draws its own dropout masks)."""
-    mine = rng_state(device)
-    if not distributed:
-        return [mine]
-    states: list = [None] * dist.get_world_size()
-    dist.all_gather_object(states, {k: v.cpu() for k, v in mine.items()})
-    return states
+def start_state(cfg: TrainConfig, prep: Prepared, device: torch.device, precision: str, out_dir: Path, resume: bool,
+                rank: int, world: int) -> tuple[TrainState, bool]:
+    """A fresh train state, or the one `out_dir/last.pt` holds when resuming (with every rank's random streams)."""
+    model = prep.model.to(device)
+    state = TrainState(model, make_optimizer(model, cfg, device), grad_scaler(device, precision))
+    last_path = out_dir / "last.pt"
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if not (resume and last_path.is_file()):
+        return state, False
+    ck = load_last(last_path)
+    try:
+        state.load_state_dict(ck)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise BertnliError(f"{last_path} does not match this model/config ({str(e).splitlines()[0][:120]}); resume with the same config or delete it") from None
+    restore_rng(ck["rng"], device, rank, world, cfg.seed)
+    if rank == 0:
+        print(f"resuming from {last_path}: epoch {state.epoch}, step {state.step_in_epoch}/{math.ceil(len(prep.train) / cfg.batch_size)}")
+    return state, True
 
 
-def restore_rng(saved: Any, device: torch.device, rank: int, world: int, seed: int) -> None:
-    if isinstance(saved, list) and len(saved) == world:
-        set_rng_state(saved[rank], device)
-    elif rank == 0:
-        set_rng_state(saved[0] if isinstance(saved, list) else saved, device)
-    else:  # resumed with another number of processes: the batches stay exact, dropout draws anew
-        torch.manual_seed(rank_seed(seed, rank) + 1)
+def score_selected(cfg: TrainConfig, prep: Prepared, out_dir: Path, evaluate_on: Callable, distributed: bool,
+                  progress: bool) -> tuple[EvalResult, EvalResult | None]:
+    """The weights selected on dev, scored on dev and, once, on test."""
+    if distributed:
+        dist.barrier()  # rank 0 has written best/ before anyone reads it
+    selected = load_selected(out_dir / "best")[0].to(evaluate_on.keywords["device"])
+    dev = evaluate_on(selected, prep.dev)
+    test = evaluate_on(selected, prep.test, progress=progress, desc="test") if cfg.eval_test and prep.test is not None else None
+    return dev, test
+
+
+def run_info(cfg: TrainConfig, prep: Prepared, state: TrainState, device: torch.device, world: int, out_dir: Path,
+             resumed: bool, precision: str) -> dict[str, Any]:
+    """What the run's callbacks are told at its start (tracking.py records it as `bertnli.*` tags)."""
+    return {"device": str(device), "world_size": world, "train_examples": len(prep.train), "dev_examples": len(prep.dev),
+            "test_examples": len(prep.test) if prep.test is not None else 0,
+            "steps_per_epoch": math.ceil(len(prep.train) / cfg.batch_size),
+            "parameters": sum(p.numel() for p in state.model.parameters()), "digests": prep.digests, "out_dir": str(out_dir),
+            "resumed": resumed, "precision": precision, "attention": attention_name(device)}
+
+
+def training_forward(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, distributed: bool) -> torch.nn.Module:
+    """The module the steps call: DDP around the model under torchrun, compiled when asked."""
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model, dynamic=True) if cfg.compile else model
 
 
 def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None = None, resume: bool = False,
@@ -378,7 +316,8 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     with the same batches, optimizer state and RNG state as an uninterrupted run.
     """
     t_start = time.perf_counter()
-    out_dir, last_path = Path(out_dir), Path(out_dir) / "last.pt"
+    out_dir = Path(out_dir)
+    last_path = out_dir / "last.pt"
     device = resolve_device(cfg.device)
     distributed = init_distributed(device)
     rank, world = dist_info()
@@ -392,21 +331,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     if rank:
         torch.manual_seed(rank_seed(cfg.seed, rank))
     precision = numeric_precision(device, cfg.amp)
-    model = prep.model.to(device)
-    state = TrainState(model, make_optimizer(model, cfg, device), grad_scaler(device, precision))
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    resumed = resume and last_path.is_file()
-    if resumed:
-        ck = load_last(last_path)
-        try:
-            state.load_state_dict(ck)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise BertnliError(f"{last_path} does not match this model/config ({str(e).splitlines()[0][:120]}); resume with the same config or delete it") from None
-        restore_rng(ck["rng"], device, rank, world, cfg.seed)
-        if is_main:
-            print(f"resuming from {last_path}: epoch {state.epoch}, step {state.step_in_epoch}/{math.ceil(len(prep.train) / cfg.batch_size)}")
+    state, resumed = start_state(cfg, prep, device, precision, out_dir, resume, rank, world)
 
     def checkpoint(s: TrainState) -> None:
         rngs = gather_rng(device, distributed)
@@ -416,19 +341,10 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     steps_per_epoch = math.ceil(len(prep.train) / cfg.batch_size)
     loop = Loop(device, precision, steps_per_epoch * cfg.epochs, rank, world, (callbacks or []) if is_main else [], checkpoint,
                 progress and is_main)
-    info = {"device": str(device), "world_size": world, "train_examples": len(prep.train), "dev_examples": len(prep.dev),
-            "test_examples": len(prep.test) if prep.test is not None else 0, "steps_per_epoch": steps_per_epoch,
-            "parameters": sum(p.numel() for p in model.parameters()), "digests": prep.digests, "out_dir": str(out_dir),
-            "resumed": resumed, "precision": precision, "attention": attention_name(device)}
+    info = run_info(cfg, prep, state, device, world, out_dir, resumed, precision)
     for cb in loop.callbacks:
         cb.on_fit_start(info)
-    train_model: torch.nn.Module = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model, dynamic=True)
+    model, train_model = state.model, training_forward(state.model, cfg, device, distributed)
 
     evaluate_on = functools.partial(evaluate, batch_size=cfg.eval_batch_size, device=device, bucket=cfg.bucket, amp=cfg.amp,
                                     pad_multiple=cfg.pad_multiple)
@@ -443,14 +359,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
             for cb in loop.callbacks:
                 cb.on_epoch_end(state.history[-1])  # may raise (a sweep's pruner): the checkpoint above is already safe
 
-    # Test once, on the weights selected on dev.
-    if distributed:
-        dist.barrier()  # rank 0 has written best/ before anyone reads it
-    selected = load_selected(out_dir / "best")[0].to(device)
-    dev_sel = evaluate_on(selected, prep.dev)
-    test = None
-    if cfg.eval_test and prep.test is not None:
-        test = evaluate_on(selected, prep.test, progress=progress and is_main, desc="test")
+    dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, progress and is_main)  # test once
     result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, time.perf_counter() - t_start, info)
     if is_main:
         (out_dir / "result.json").write_text(json.dumps({
@@ -476,17 +385,3 @@ def end_epoch(state: TrainState, dev: EvalResult, distributed: bool, is_main: bo
         if is_main:
             save_selected(state.model, prep.tokenizer, out_dir / "best", {"epoch": state.epoch, "dev_acc": dev.acc, "config": asdict(cfg)})
     state.epoch, state.step_in_epoch, state.accum = state.epoch + 1, 0, fresh_accum()
-
-
-def predict(model: NLIClassifier, tokenizer: Tokenizer, premises: list[str], hypotheses: list[str], max_len: int = 128,
-            truncation: str = "longest_first", device: str = "cpu") -> np.ndarray:
-    """Probabilities (n, 3) for raw sentence pairs (d2l vocabularies get simple word splitting)."""
-    from bertnli.pairs import encode_pairs
-
-    if tokenizer.text_field == "parse":
-        import re
-
-        norm = lambda s: " ".join(re.findall(r"\w+|[^\w\s]", s))  # noqa: E731 - SNLI parse tokens split punctuation
-        premises, hypotheses = [norm(p) for p in premises], [norm(h) for h in hypotheses]
-    enc = encode_pairs(premises, hypotheses, [0] * len(premises), tokenizer, max_len, truncation)
-    return evaluate(model, enc, 64, device).probs

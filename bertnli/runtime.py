@@ -14,7 +14,7 @@ import queue
 import random
 import threading
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -86,6 +86,25 @@ def set_rng_state(state: dict[str, torch.Tensor] | torch.Tensor, device: torch.d
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def gather_rng(device: torch.device, distributed: bool) -> list[dict[str, torch.Tensor]]:
+    """Every rank's generator state, in rank order (each rank draws its own dropout masks)."""
+    mine = rng_state(device)
+    if not distributed:
+        return [mine]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, {k: v.cpu() for k, v in mine.items()})
+    return states
+
+
+def restore_rng(saved: Any, device: torch.device, rank: int, world: int, seed: int) -> None:
+    if isinstance(saved, list) and len(saved) == world:
+        set_rng_state(saved[rank], device)
+    elif rank == 0:
+        set_rng_state(saved[0] if isinstance(saved, list) else saved, device)
+    else:  # resumed with another number of processes: the batches stay exact, dropout draws anew
+        torch.manual_seed(rank_seed(seed, rank) + 1)
 
 
 # ---------------------------------------------------------------- precision
