@@ -29,10 +29,14 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` and a bare `cuda` mean this process's own GPU under torchrun (`cuda:LOCAL_RANK`), never all on GPU 0."""
+def resolve_device(name: str, cuda_available: bool | None = None) -> torch.device:
+    """`auto` and a bare `cuda` mean this process's own GPU under torchrun (`cuda:LOCAL_RANK`), never all on GPU 0.
+
+    `cuda_available` defaults to asking torch; tests pass True to check the mapping on a CPU machine."""
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
     if name == "auto":
-        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+        return torch.device("cuda", local_rank()) if cuda_available else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -40,7 +44,7 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise BadInput(f"device {name!r} is not supported; use auto, cpu or cuda[:N]")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not cuda_available:
             raise BadInput(f"device {name!r} asked for, but this machine has no CUDA GPU; use --device cpu or auto")
         if device.index is None:
             device = torch.device("cuda", local_rank())

@@ -54,3 +54,14 @@ def test_cpu_precision_attention_and_device_names():
 def test_rank_seeds_differ_and_rank_0_keeps_the_run_seed():
     assert rank_seed(7, 0) == 7
     assert len({rank_seed(7, r) for r in range(8)}) == 8
+
+
+def test_each_rank_gets_its_own_gpu(monkeypatch):
+    """Under torchrun a bare `cuda` (or `auto`) is this rank's GPU: `cuda` with no index put every rank on GPU 0."""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("cuda", cuda_available=True) == torch.device("cuda", 1)
+    assert resolve_device("auto", cuda_available=True) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", cuda_available=True) == torch.device("cuda", 0)  # an explicit index is kept
+    assert resolve_device("auto", cuda_available=False) == torch.device("cpu")
+    with pytest.raises(BadInput, match="no CUDA GPU"):
+        resolve_device("cuda", cuda_available=False)
