@@ -72,7 +72,8 @@ class FitResult:
 
 
 class Callback(Protocol):
-    """What the loop reports; `on_step(global_step, loss)` is optional and may also be defined."""
+    """What the loop reports. `on_step(global_step, losses)` is optional: `losses` are the step's per-example
+    losses as a device tensor, so a callback that reads them makes the host wait for the GPU."""
 
     def on_fit_start(self, info: dict[str, Any]) -> None: ...
     def on_epoch_end(self, m: EpochMetrics) -> None: ...
@@ -243,7 +244,7 @@ def train_epoch(state: TrainState, train_model: torch.nn.Module, enc: EncodedSpl
             loop.checkpoint(state)
         for cb in loop.callbacks:
             if hasattr(cb, "on_step"):
-                cb.on_step(state.global_step, per_example)  # a device tensor: float() it only if needed (that waits)
+                cb.on_step(state.global_step, per_example)
     bar.close()
 
 
