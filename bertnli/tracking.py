@@ -259,6 +259,7 @@ def load_predictions(run_id: str, split: str, tracking_uri: str | None = None):
     """A run's `predictions_<split>.parquet` as a DataFrame, or None if the run has none for that split."""
     import pandas as pd
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file would bury the answer
     c = client(tracking_uri)
     name = f"predictions_{split}.parquet"
     if name not in {f.path for f in c.list_artifacts(run_id)}:
@@ -317,6 +318,37 @@ def train_run(cfg: TrainConfig, out_dir: str | Path, tracking: TrackingConfig, r
     with recorded(run, classify):
         result = fit(cfg, out_dir, callbacks=[run, *(callbacks or [])], resume=resume, progress=progress)
     return result, run.run_id
+
+
+def train_seed_group(cfg: TrainConfig, seeds: list[int], out_dir: str | Path, tracking: TrackingConfig,
+                     progress: bool = True, log: Callable[[str], None] = print) -> tuple[str, list[tuple[int, float | None, str]]]:
+    """One run per seed, all tagged `bertnli.seed_group=<group>`: a cell's score is a distribution over seeds.
+
+    Rerunning the same command with the same --out resumes: finished seeds are adopted (never
+    trained again), an interrupted one continues from its last checkpoint in its own MLflow run.
+    Returns the group and (seed, best dev accuracy or None when adopted, run id) per seed.
+    """
+    import uuid
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / "seed_group.json"
+    group = json.loads(marker.read_text())["group"] if marker.is_file() else f"{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    marker.write_text(json.dumps({"group": group, "seeds": seeds}))
+    tags = {**tracking.tags, "bertnli.seed_group": group, "bertnli.seeds": ",".join(map(str, seeds))}
+    done = []
+    for seed in seeds:
+        folder = out_dir / f"seed-{seed}"
+        saved = json.loads((folder / "mlflow_run.json").read_text()) if (folder / "mlflow_run.json").is_file() else None
+        if saved and client(saved["tracking_uri"]).get_run(saved["run_id"]).info.status == "FINISHED":
+            log(f"seed {seed}: already finished in run {saved['run_id']}; adopted")
+            done.append((seed, None, saved["run_id"]))
+            continue
+        name = f"{tracking.run_name}-s{seed}" if tracking.run_name else None
+        result, run_id = train_run(cfg.replace(seed=seed), folder, TrackingConfig(tracking.tracking_uri, tracking.experiment, name, tags),
+                                   resume=saved is not None, progress=progress)
+        done.append((seed, result.best_dev_acc, run_id))
+    return group, done
 
 
 def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path:
