@@ -314,16 +314,31 @@ def reproduce(name, tracking_uri, experiment, force, progress):
         sys.exit(1)
 
 
+def _check_cell_by(value: str) -> list[str]:
+    from bertnli.report import PARAMS
+
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in PARAMS]
+    if unknown or not keys:
+        raise click.BadParameter(f"{','.join(unknown) or repr(value)}: not a run param; use some of {','.join(PARAMS)}")
+    return keys
+
+
 @main.command()
 @click.option("--experiment", "experiments", multiple=True, help="MLflow experiment(s) [default: all]")
 @click.option("--study", default=None, help="only the trials of this Optuna study")
 @click.option("--parent-run", default=None, help="only the children of this parent run")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE filter on run tags")
+@click.option("--cell-by", default="model,truncation", show_default=True, callback=lambda ctx, param, value: _check_cell_by(value),
+              help="run params that define a cell (runs in a cell differ by seed, or by the other params)")
+@click.option("--replay-pruners", "replay", default=None, metavar="STUDY",
+              help="replay MedianPruner, SuccessiveHalving and Hyperband over this study's recorded dev curves")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True)
 @click.option("--format", "formats", type=click.Choice(["md", "csv", "html"]), multiple=True, help="[default: all three]")
 @tracking_uri_option
-def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri):
-    """Tables and plots from recorded runs: leaderboard, model x truncation, truncation effect."""
+def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, formats, tracking_uri):
+    """Tables and plots from recorded runs: leaderboard, cells with CIs over seeds, pairwise tests, expected
+    validation performance, and (with --replay-pruners) what other pruners would have done."""
     from bertnli.report import format_table, grouped, leaderboard, load_runs, truncation_effect, write_report
 
     tag_filter = {}
@@ -332,7 +347,13 @@ def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri)
             raise click.BadParameter(f"{t!r} is not KEY=VALUE (e.g. --tag bertnli.truncation=ratio)", param_hint="--tag")
         k, v = t.split("=", 1)
         tag_filter[k] = v
-    runs = load_runs(list(experiments) or None, tracking_uri, study, parent_run, tag_filter)
+    keys = cell_by
+    extra = {}
+    if replay:
+        from bertnli.replay import replay_study
+
+        extra = replay_study(replay, tracking_uri)
+    runs = load_runs(list(experiments) or None, tracking_uri, study or replay, parent_run, tag_filter)
     if runs.empty:
         raise BadInput("no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')")
     import pandas as pd
@@ -346,7 +367,10 @@ def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri)
         if not eff.empty:
             click.echo("\ntruncation effect (ratio - longest_first, dev accuracy):")
             click.echo(format_table(eff).to_string(index=False))
-    files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri)
+        for name, table in extra.items():
+            click.echo(f"\n{name.replace('_', ' ')} (study {replay}):")
+            click.echo(format_table(table).to_string(index=False))
+    files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra)
     click.echo(f"\nwrote {len(files)} files to {Path(out_dir)} (open {Path(out_dir) / 'report.html'})")
 
 

@@ -93,9 +93,19 @@ def correctness(frames: list[pd.DataFrame], order: np.ndarray | None = None) -> 
 
 
 def compare_runs(run_ids_a: list[str], run_ids_b: list[str], tracking_uri: str | None = None,
-                 n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """One row per split both sides have predictions for: accuracies, delta A-B, 95 % CI, McNemar p."""
+                 n_boot: int = 10_000, seed: int = 0, cache: dict | None = None) -> pd.DataFrame:
+    """One row per split both sides have predictions for: accuracies, delta A-B, 95 % CI, McNemar p.
+
+    `cache` ((run id, split) -> frame) lets a pairwise table download each run's predictions once.
+    """
     from bertnli.tracking import client, load_predictions
+
+    cache = {} if cache is None else cache
+
+    def load(run_id: str, split: str):
+        if (run_id, split) not in cache:
+            cache[(run_id, split)] = load_predictions(run_id, split, tracking_uri)
+        return cache[(run_id, split)]
 
     c = client(tracking_uri)
     runs = {}
@@ -108,8 +118,8 @@ def compare_runs(run_ids_a: list[str], run_ids_b: list[str], tracking_uri: str |
         check_digests([runs[r] for r in run_ids_a], [runs[r] for r in run_ids_b], split)
     rows = []
     for split in SPLITS:
-        frames_a = [load_predictions(r, split, tracking_uri) for r in run_ids_a]
-        frames_b = [load_predictions(r, split, tracking_uri) for r in run_ids_b]
+        frames_a = [load(r, split) for r in run_ids_a]
+        frames_b = [load(r, split) for r in run_ids_b]
         if any(f is None for f in frames_a + frames_b):
             if split == "dev":
                 lacking = [r for r, f in zip(run_ids_a + run_ids_b, frames_a + frames_b) if f is None]
@@ -133,3 +143,121 @@ def describe(row: pd.Series, name_a: str = "A", name_b: str = "B") -> str:
     return (f"{row['split']}: {name_a} {row['acc_a']:.4f} ({int(row['seeds_a'])} run(s)) vs {name_b} {row['acc_b']:.4f} "
             f"({int(row['seeds_b'])} run(s)) on {int(row['n_examples'])} examples; delta {100 * row['delta']:+.2f} pp, {ci}; "
             f"McNemar exact p = {row['p_value']:.3g} ({int(row['a_only'])} vs {int(row['b_only'])} discordant); {verdict}")
+
+
+# ---------------------------------------------------------------- cells: tables for the report
+
+
+def cell_label(row, keys: list[str]) -> str:
+    return ",".join(f"{k}={row[k]}" for k in keys)
+
+
+def with_cells(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Finished runs with a `cell` column: the runs that share `keys` (typically differing by seed only)."""
+    missing = [k for k in keys if k not in runs.columns]
+    if missing:
+        raise BadInput(f"--cell-by {','.join(missing)}: not a run column; use params such as model,truncation,lr,max_len")
+    f = runs[(runs["status"] == "FINISHED") & runs["best_dev_acc"].notna()].copy()
+    f["cell"] = [cell_label(r, keys) for _, r in f.iterrows()]
+    return f
+
+
+def cell_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per cell: runs, seeds, and mean with a Student-t 95 % CI over its runs, for dev and test."""
+    from bertnli.stats import mean_ci
+
+    rows = []
+    for cell, g in with_cells(runs, keys).groupby("cell", sort=False):
+        row = {"cell": cell, "runs": len(g), "seeds": g["seed"].nunique()}
+        for metric, name in (("best_dev_acc", "dev"), ("test_acc", "test")):
+            values = g[metric].dropna()
+            m, lo, hi = mean_ci(values) if len(values) else (np.nan, np.nan, np.nan)
+            row |= {f"{name}_mean": m, f"{name}_ci_low": lo, f"{name}_ci_high": hi}
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out.sort_values("dev_mean", ascending=False).reset_index(drop=True) if len(out) else out
+
+
+def pairwise_table(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None = None, n_boot: int = 2000) -> pd.DataFrame:
+    """Every pair of cells (better dev mean first): delta, CI, McNemar p and Holm-adjusted p per split.
+
+    Holm runs over all pairs of one split: with k cells there are k(k-1)/2 tests, and the smallest
+    raw p among many is small by chance alone.
+    """
+    cells = with_cells(runs, keys)
+    order = list(cell_table(runs, keys)["cell"]) if len(cells) else []
+    members = {c: list(cells[cells["cell"] == c]["run_id"]) for c in order}
+    rows, cache = [], {}
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            try:
+                table = compare_runs(members[a], members[b], tracking_uri, n_boot=n_boot, cache=cache)
+            except BertnliError as e:  # e.g. cells trained on different data: say so, compare the rest
+                rows.append({"cell_a": a, "cell_b": b, "split": "dev", "note": str(e)})
+                continue
+            for _, r in table.iterrows():
+                rows.append({"cell_a": a, "cell_b": b, "split": r["split"], "runs_a": r["seeds_a"], "runs_b": r["seeds_b"],
+                             "acc_a": r["acc_a"], "acc_b": r["acc_b"], "delta": r["delta"], "ci_low": r["ci_low"],
+                             "ci_high": r["ci_high"], "p_value": r["p_value"], "note": ""})
+    out = pd.DataFrame(rows, columns=["cell_a", "cell_b", "split", "runs_a", "runs_b", "acc_a", "acc_b", "delta", "ci_low",
+                                      "ci_high", "p_value", "p_holm", "note"])
+    from bertnli.stats import holm
+
+    for split in SPLITS:
+        mask = (out["split"] == split) & out["p_value"].notna()
+        out.loc[mask, "p_holm"] = holm(out.loc[mask, "p_value"].astype(float))
+    return out
+
+
+def evp_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Expected best dev accuracy of n trials per cell (n = 1..N), both estimators, and the budget in seconds.
+
+    The seconds axis is n times the cell's mean wall time per run (Dodge et al.: budgets differ
+    when one setting's runs cost more).
+    """
+    from bertnli.stats import evp_with_replacement, evp_without_replacement
+
+    frames = []
+    for cell, g in with_cells(runs, keys).groupby("cell", sort=False):
+        scores = g["best_dev_acc"].to_numpy(float)
+        n = np.arange(1, len(scores) + 1)
+        cost = float(g["wall_seconds"].mean()) if g["wall_seconds"].notna().any() else np.nan
+        frames.append(pd.DataFrame({"cell": cell, "n": n, "evp_unbiased": evp_without_replacement(scores),
+                                    "evp_dodge": evp_with_replacement(scores), "budget_seconds": n * cost}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["cell", "n", "evp_unbiased", "evp_dodge", "budget_seconds"])
+
+
+def _on_budget_grid(ga: pd.DataFrame, gb: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Both curves as step functions of seconds, on the budgets where either gains a trial and both have one."""
+    def at(g: pd.DataFrame, budgets: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(g["budget_seconds"].to_numpy(), budgets + 1e-9, side="right") - 1
+        return g[col].to_numpy()[np.clip(k, 0, None)]
+
+    grid = np.union1d(ga["budget_seconds"], gb["budget_seconds"])
+    lo, hi = max(ga["budget_seconds"].min(), gb["budget_seconds"].min()), min(ga["budget_seconds"].max(), gb["budget_seconds"].max())
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    return grid, at(ga, grid), at(gb, grid)
+
+
+def overtaking_table(evp: pd.DataFrame) -> pd.DataFrame:
+    """Where the cell that is behind at the smallest budget gets ahead, per estimator, on the trials
+    axis and on the seconds axis (a cheaper cell can lead per second and trail per trial)."""
+    from bertnli.stats import overtaking
+
+    rows = []
+    cells = list(dict.fromkeys(evp["cell"]))
+    for i, a in enumerate(cells):
+        for b in cells[i + 1 :]:
+            ga, gb = evp[evp["cell"] == a], evp[evp["cell"] == b]
+            for est in ("evp_unbiased", "evp_dodge"):
+                axes = [("trials", ga["n"].to_numpy()[: min(len(ga), len(gb))], ga[est].to_numpy(), gb[est].to_numpy())]
+                if ga["budget_seconds"].notna().all() and gb["budget_seconds"].notna().all():
+                    axes.append(("seconds", *_on_budget_grid(ga, gb, est)))
+                for axis, x, ca, cb in axes:
+                    k = overtaking(ca, cb)
+                    if k is not None:
+                        behind, ahead = (b, a) if ca[0] > cb[0] else (a, b)
+                        rows.append({"overtaker": behind, "overtaken": ahead, "estimator": est.removeprefix("evp_"),
+                                     "axis": axis, "at": float(x[k])})
+    return pd.DataFrame(rows, columns=["overtaker", "overtaken", "estimator", "axis", "at"])

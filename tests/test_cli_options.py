@@ -39,6 +39,8 @@ IMPOSSIBLE_TEXT = {
     ("evaluate", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
     ("predict", "checkpoint"): ("/no-such-run-folder", "no MLflow run /no-such-run-folder"),
     ("predict", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
+    ("report", "cell_by"): ("no_such_param", "no_such_param: not a run param"),
+    ("report", "replay"): ("no-such-study", "no finished or pruned trials of study 'no-such-study'"),
     ("train", "seeds"): ("0,x", "is not a list of integers"),
     ("compare", "a"): ("no-such-run", "no MLflow run no-such-run"),
     ("compare", "b"): ("no-such-run", "no MLflow run"),
