@@ -140,9 +140,13 @@ def describe(row: pd.Series, name_a: str = "A", name_b: str = "B") -> str:
         verdict = f"{better} is better: the interval excludes 0"
     else:
         verdict = "no detectable difference: the interval includes 0"
+    p_note = ""
+    if max(row["seeds_a"], row["seeds_b"]) > 1 and (row["p_value"] < 0.05) != (row["ci_low"] > 0 or row["ci_high"] < 0):
+        p_note = ("; McNemar pools the seed pairs and ignores seed-to-seed variance, the CI resamples seeds too: "
+                  "trust the CI")
     return (f"{row['split']}: {name_a} {row['acc_a']:.4f} ({int(row['seeds_a'])} run(s)) vs {name_b} {row['acc_b']:.4f} "
             f"({int(row['seeds_b'])} run(s)) on {int(row['n_examples'])} examples; delta {100 * row['delta']:+.2f} pp, {ci}; "
-            f"McNemar exact p = {row['p_value']:.3g} ({int(row['a_only'])} vs {int(row['b_only'])} discordant); {verdict}")
+            f"McNemar exact p = {row['p_value']:.3g} ({int(row['a_only'])} vs {int(row['b_only'])} discordant); {verdict}{p_note}")
 
 
 # ---------------------------------------------------------------- cells: tables for the report
@@ -229,15 +233,13 @@ def evp_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _on_budget_grid(ga: pd.DataFrame, gb: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Both curves as step functions of seconds, on the budgets where either gains a trial and both have one."""
-    def at(g: pd.DataFrame, budgets: np.ndarray) -> np.ndarray:
-        k = np.searchsorted(g["budget_seconds"].to_numpy(), budgets + 1e-9, side="right") - 1
-        return g[col].to_numpy()[np.clip(k, 0, None)]
-
-    grid = np.union1d(ga["budget_seconds"], gb["budget_seconds"])
-    lo, hi = max(ga["budget_seconds"].min(), gb["budget_seconds"].min()), min(ga["budget_seconds"].max(), gb["budget_seconds"].max())
-    grid = grid[(grid >= lo) & (grid <= hi)]
-    return grid, at(ga, grid), at(gb, grid)
+    """Both curves on the budgets (seconds) where either gains a trial and both are defined, linearly
+    interpolated between their own budgets, as plotted: as step functions, two cells whose runs cost
+    nearly the same would "overtake" each other for the second between their trials' ends."""
+    xa, xb = ga["budget_seconds"].to_numpy(float), gb["budget_seconds"].to_numpy(float)
+    grid = np.union1d(xa, xb)
+    grid = grid[(grid >= max(xa.min(), xb.min())) & (grid <= min(xa.max(), xb.max()))]
+    return grid, np.interp(grid, xa, ga[col].to_numpy(float)), np.interp(grid, xb, gb[col].to_numpy(float))
 
 
 def overtaking_table(evp: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -46,8 +47,10 @@ def pruners(settings: dict[str, int]) -> dict[str, object]:
     }
 
 
-def replay(curves: list[Curve], pruner) -> list[int | None]:
+def replay(curves: list[Curve], pruner, step_of: Callable[[int, int], int] | None = None) -> list[int | None]:
     """The epoch at which `pruner` stops each trial (None: it runs to its end), over the recorded curves.
+
+    `step_of(epoch, epochs)` is the Optuna step the live sweep reported an epoch at (default: the epoch).
 
     A trial the pruner would continue past the end of its recorded curve (it was pruned live) is
     told as pruned there: what it would have scored later was never measured.
@@ -61,7 +64,7 @@ def replay(curves: list[Curve], pruner) -> list[int | None]:
         trial = study.ask()
         stopped = None
         for epoch, value in enumerate(c.values, start=1):
-            trial.report(value, epoch)
+            trial.report(value, step_of(epoch, c.epochs) if step_of else epoch)
             if epoch < c.epochs and trial.should_prune():
                 stopped = epoch
                 break
@@ -122,7 +125,11 @@ def rank_agreement(curves: list[Curve]) -> pd.DataFrame:
 
 def parse_pruner_tag(tag: str | None) -> dict[str, int]:
     """`MedianPruner(n_startup_trials=4, n_warmup_steps=0)` (the sweep parent's tag) -> its settings."""
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", tag or "")}
+    settings = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", tag or "")}
+    warmup = re.search(r"warmup (\d+) epochs", tag or "")
+    if warmup:
+        settings.setdefault("n_warmup_steps", int(warmup.group(1)))
+    return settings
 
 
 def study_curves(study: str, tracking_uri: str | None = None) -> tuple[list[Curve], dict[str, int]]:

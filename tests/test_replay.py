@@ -66,3 +66,40 @@ def test_rank_agreement_per_epoch():
 
 def test_pruner_tag_parses():
     assert parse_pruner_tag("MedianPruner(n_startup_trials=4, n_warmup_steps=0)") == {"n_startup_trials": 4, "n_warmup_steps": 0}
+    assert parse_pruner_tag("MedianPruner(n_startup_trials=3) at the fraction of each schedule; warmup 1 epochs") == \
+        {"n_startup_trials": 3, "n_warmup_steps": 1}
+
+
+# ---------------------------------------------------------------- from a real sweep recorded in MLflow
+
+
+def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path):
+    """A real one-worker sweep (journal storage, MLflow store, trial processes); the replay reads MLflow only."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from bertnli.replay import replay_study
+    from test_cli import cli
+
+    toml = tmp_path / "sweep.toml"
+    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 32\nbatch_size = 16\noptimizer = "adam"\n'
+                    f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\n\n'
+                    '[sweep]\ntrials = 6\nstudy_name = "r"\npruner_startup_trials = 1\n\n'
+                    '[sweep.space]\nlr = {low = 1e-5, high = 5e-2, log = true}\nepochs = {low = 2, high = 3}\n')
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = cli("sweep", "--config", toml, "--storage", tmp_path / "journal.log", "--tracking-uri", uri, "--out", tmp_path / "out",
+            timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = optuna.load_study(study_name="r", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
+    S = optuna.trial.TrialState
+    live_pruned = sum(t.state == S.PRUNED for t in study.trials)
+    tables = replay_study("r", uri)
+    s = tables["pruner_replay"].set_index("pruner")
+    assert s.loc["live", "pruned"] == live_pruned and s.loc["live", "trials"] == 6
+    assert s.loc["MedianPruner", "same_as_live"] == 6 and s.loc["MedianPruner", "unresolved"] == 0
+    assert (s.loc["MedianPruner", "pruned"], s.loc["MedianPruner", "epochs_run"]) == (s.loc["live", "pruned"], s.loc["live", "epochs_run"])
+    assert set(tables["rank_by_epoch"]["epoch"]) >= {1, 2}
+    r = cli("report", "--replay-pruners", "r", "--tracking-uri", uri, "--out", tmp_path / "rep", "--cell-by", "epochs")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "pruner replay (study r)" in r.stdout and (tmp_path / "rep" / "pruner_replay.csv").is_file()
+    assert (tmp_path / "rep" / "rank_by_epoch.csv").is_file()
+    assert "TPESampler" in (tmp_path / "rep" / "report.md").read_text()  # EVP on a TPE study is flagged
