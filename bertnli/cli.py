@@ -219,17 +219,19 @@ def _ui_uri(uri: str | None) -> str:
 @click.option("--timeout", type=click.FloatRange(min=1), default=None, help="stop starting trials after this many seconds")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="trial processes at once on this host [default: 1]")
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), default=None,
+              help="tpe (with median pruning) or random (i.i.d. trials, no pruning: valid for expected validation performance) [default: tpe]")
 @click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="folder for trial checkpoints [default: outputs/sweeps]")
-def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed,
+def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed, sampler,
           keep_checkpoints, grace_s, out_dir, **kwargs):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep import Sweep, load_sweep_config
 
     overrides = _train_overrides(kwargs)
     sweep_overrides = {"trials": trials, "study_name": study_name, "storage": storage, "timeout": timeout, "workers": workers,
-                       "seed": sampler_seed, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir}
+                       "seed": sampler_seed, "sampler": sampler, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir}
     cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), TrackingConfig(tracking_uri, experiment))
     summary = Sweep(cfg, log=click.echo).run()
     best = summary.get("best")

@@ -263,3 +263,22 @@ def overtaking_table(evp: pd.DataFrame) -> pd.DataFrame:
                         rows.append({"overtaker": behind, "overtaken": ahead, "estimator": est.removeprefix("evp_"),
                                      "axis": axis, "at": float(x[k])})
     return pd.DataFrame(rows, columns=["overtaker", "overtaken", "estimator", "axis", "at"])
+
+
+def sweep_verdict(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None = None, n_boot: int = 2000) -> dict[str, str]:
+    """Tags for a sweep's parent run: the best cell (by mean dev accuracy) and its paired comparison
+    with the runner-up on dev, where selection happens."""
+    cells = cell_table(runs, keys)
+    if len(cells) == 0:
+        return {"bertnli.verdict": "no finished trial: nothing to compare"}
+    best = cells["cell"][0]
+    if len(cells) < 2:
+        return {"bertnli.verdict.best_cell": best, "bertnli.verdict": "one cell only: nothing to compare it with"}
+    second = cells["cell"][1]
+    members = with_cells(runs, keys)
+    table = compare_runs(list(members[members["cell"] == best]["run_id"]), list(members[members["cell"] == second]["run_id"]),
+                         tracking_uri, n_boot=n_boot)
+    dev = table[table["split"] == "dev"].iloc[0]
+    return {"bertnli.verdict.best_cell": best, "bertnli.verdict.runner_up": second,
+            "bertnli.verdict.delta_dev": f"{dev['delta']:.4f}", "bertnli.verdict.ci_dev": f"[{dev['ci_low']:.4f}, {dev['ci_high']:.4f}]",
+            "bertnli.verdict.p_dev": f"{dev['p_value']:.4g}", "bertnli.verdict": describe(dev, best, second)}

@@ -105,3 +105,30 @@ def test_a_cell_that_matches_nothing_is_one_line(seeded):
     uri, *_ = seeded
     r = cli("compare", "--cell", "truncation=ratio", "--cell", "truncation=none", "--experiment", "cmp", "--tracking-uri", uri)
     assert r.returncode == 2 and "no finished run matches --cell truncation=none" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_random_sweep_is_unpruned_and_its_parent_gets_a_verdict(tiny_snli, tmp_path):
+    """`sweep --sampler random`: i.i.d. draws (no enqueued cells, no pruning), so EVP is valid; verdict tags on the parent."""
+    toml = tmp_path / "sweep.toml"
+    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 12\nbatch_size = 16\noptimizer = "adam"\n'
+                    f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\nepochs = 2\n\n'
+                    '[sweep]\ntrials = 5\nstudy_name = "rnd"\npruner_startup_trials = 1\n\n'
+                    '[sweep.space]\nlr = {low = 1e-4, high = 5e-3, log = true}\ntruncation = ["longest_first", "ratio"]\n')
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = cli("sweep", "--config", toml, "--sampler", "random", "--storage", tmp_path / "journal.log", "--tracking-uri", uri,
+            "--out", tmp_path / "out", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("rnd").experiment_id], max_results=100)
+    parent = next(x for x in runs if x.data.tags.get("bertnli.role") == "sweep-parent")
+    children = [x for x in runs if x.data.tags.get("bertnli.role") == "sweep-trial"]
+    assert parent.data.tags["bertnli.sampler"] == "RandomSampler(seed=0)" and parent.data.tags["bertnli.pruner"] == "NopPruner()"
+    assert len(children) == 5 and all(x.info.status == "FINISHED" for x in children)  # nothing pruned
+    cells = {x.data.params["truncation"] for x in children}
+    assert cells == {"longest_first", "ratio"}  # the seeded random draws cover both (3 and 2 trials)
+    # cells are the space's categorical params (here truncation)
+    assert {parent.data.tags["bertnli.verdict.best_cell"], parent.data.tags["bertnli.verdict.runner_up"]} == {f"truncation={t}" for t in cells}
+    assert parent.data.tags["bertnli.verdict"].startswith(f"dev: {parent.data.tags['bertnli.verdict.best_cell']} ")
+    assert 0 <= float(parent.data.tags["bertnli.verdict.p_dev"]) <= 1
+    r = cli("report", "--study", "rnd", "--tracking-uri", uri, "--out", tmp_path / "rep")
+    assert r.returncode == 0 and "TPESampler" not in (tmp_path / "rep" / "report.md").read_text()
