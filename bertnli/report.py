@@ -218,7 +218,12 @@ def sampler_note(runs: pd.DataFrame, tracking_uri: str | None = None) -> str:
     if not len(parents):
         return ""
     c = client(tracking_uri)
-    samplers = {c.get_run(p).data.tags.get("bertnli.sampler", "unknown") for p in parents}
+    samplers = set()
+    for parent in parents:
+        try:
+            samplers.add(c.get_run(parent).data.tags.get("bertnli.sampler", "unknown"))
+        except Exception:  # noqa: BLE001 - a deleted parent: its sampler is unknown
+            samplers.add("an unknown sampler")
     biased = sorted(x for x in samplers if not x.startswith("RandomSampler"))
     if not biased:
         return ""
