@@ -146,12 +146,22 @@ def main():
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="run folder for checkpoints [default: outputs/<time>-<model>]")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, help="continue the run in this folder where it stopped")
 @click.option("--run-name", default=None, help="MLflow run name")
+@click.option("--seeds", default=None, help="one run per seed, e.g. 0,1,2, grouped by the tag bertnli.seed_group "
+              "(rerun with the same --out to resume) [default: the TOML's seeds, else one run with --seed]")
 @click.option("--progress/--no-progress", default=True)
-def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, progress, **kwargs):
+def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, seeds, progress, **kwargs):
     """Fine-tune one model on SNLI; selects the best dev epoch, tests it once, records it in MLflow."""
+    from bertnli.config import seeds_setting
     from bertnli.tracking import train_run
 
     overrides = _train_overrides(kwargs)
+    seed_list = None if resume_dir else seeds_setting(config_path, seeds)
+    if seeds is not None and resume_dir:
+        raise click.UsageError("--seeds and --resume do not mix; to resume a seed group rerun the same command with the same --out")
+    if seed_list is not None:
+        if overrides.get("seed") is not None:
+            raise click.UsageError("give --seed or --seeds, not both")
+        return _train_seeds(load_config(config_path, overrides), seed_list, out_dir, tracking_uri, experiment, run_name, progress)
     if resume_dir:
         saved = Path(resume_dir) / "config.json"
         if not saved.is_file():
@@ -171,6 +181,23 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
                    f"{result.history[-1].examples_per_sec:.1f} train ex/s; {result.wall_seconds:.0f} s")
         click.echo(f"run {run_id}; checkpoint {Path(out_dir) / 'best'}")
         click.echo("see it: mlflow ui --backend-store-uri " + _ui_uri(tracking_uri))
+
+
+def _train_seeds(cfg, seeds, out_dir, tracking_uri, experiment, run_name, progress):
+    from bertnli.stats import mean_ci
+    from bertnli.tracking import train_seed_group
+
+    out_dir = out_dir or f"outputs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_').replace('/', '_')}-seeds"
+    tracking = TrackingConfig(tracking_uri, experiment or "bertnli", run_name)
+    group, done = train_seed_group(cfg, seeds, out_dir, tracking, progress, click.echo)
+    for seed, dev, run_id in done:
+        click.echo(f"seed {seed}: " + (f"best dev_acc {dev:.4f}; " if dev is not None else "adopted; ") + f"run {run_id}")
+    from bertnli.report import load_runs
+
+    runs = load_runs([experiment or "bertnli"], tracking_uri, tags={"bertnli.seed_group": group})
+    mean, lo, hi = mean_ci(runs["best_dev_acc"].dropna())
+    click.echo(f"seed group {group}: {len(runs)} runs, dev_acc mean {mean:.4f} (95 % CI over seeds {lo:.4f} to {hi:.4f})")
+    click.echo(f"see them: bertnli-exp report --experiment {experiment or 'bertnli'} --tag bertnli.seed_group={group}")
 
 
 def _ui_uri(uri: str | None) -> str:
@@ -194,17 +221,19 @@ def _ui_uri(uri: str | None) -> str:
 @click.option("--timeout", type=click.FloatRange(min=1), default=None, help="stop starting trials after this many seconds")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="trial processes at once on this host [default: 1]")
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), default=None,
+              help="tpe (with median pruning) or random (i.i.d. trials, no pruning: valid for expected validation performance) [default: tpe]")
 @click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="folder for trial checkpoints [default: outputs/sweeps]")
-def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed,
+def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed, sampler,
           keep_checkpoints, grace_s, out_dir, **kwargs):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep import Sweep, load_sweep_config
 
     overrides = _train_overrides(kwargs)
     sweep_overrides = {"trials": trials, "study_name": study_name, "storage": storage, "timeout": timeout, "workers": workers,
-                       "seed": sampler_seed, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir}
+                       "seed": sampler_seed, "sampler": sampler, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir}
     cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), TrackingConfig(tracking_uri, experiment))
     summary = Sweep(cfg, log=click.echo).run()
     best = summary.get("best")
@@ -249,17 +278,31 @@ def reproduce(name, tracking_uri, experiment, force, progress):
         raise BadInput(f"{stem} is a study: run it with bertnli-exp sweep --config {path}")
     grid = doc.get("grid", {})
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    from bertnli.config import seeds_setting
+
+    seeds = seeds_setting(path, None)
+    if seeds is not None and "seed" in grid:
+        raise BadInput(f"{path}: seeds in [train] and seed in [grid] do not mix; keep one")
     results = []
     for combo in combos:
         run_cfg = cfg.replace(**combo)
         out = f"outputs/{stem}/" + ("-".join(f"{k}={v}" for k, v in combo.items()) or "run")
         tracking = TrackingConfig(tracking_uri, experiment or stem, None, {"bertnli.experiment_file": stem})
+        if seeds is not None:
+            from bertnli.tracking import train_seed_group
+
+            group, done = train_seed_group(run_cfg, seeds, out, tracking, progress, click.echo)
+            for seed, dev, run_id in done:
+                click.echo(f"{stem} {combo} seed {seed}: " + (f"dev {dev:.4f}" if dev is not None else "adopted") + f" run {run_id}")
+            continue
         result, run_id = train_run(run_cfg, out, tracking, progress=progress)
         results.append((combo, result, run_id))
         click.echo(f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "
                    f"{result.test.acc if result.test else float('nan'):.4f} run {run_id}")
-    if grid:
-        click.echo(f"{stem}: {len(results)} runs; compare them with: bertnli-exp report --experiment {experiment or stem}")
+    if grid or seeds is not None:
+        click.echo(f"{stem}: {len(combos) * len(seeds or [0])} runs; compare them with: bertnli-exp report --experiment {experiment or stem}"
+                   + (f" or bertnli-exp compare --cell {','.join(f'{k}={v}' for k, v in combos[0].items())} --cell "
+                      f"{','.join(f'{k}={v}' for k, v in combos[1].items())} --experiment {experiment or stem}" if len(combos) == 2 else ""))
         return
     combo, result, run_id = results[0]
     metric = expect.get("metric", "best_dev_acc")
@@ -275,16 +318,31 @@ def reproduce(name, tracking_uri, experiment, force, progress):
         sys.exit(1)
 
 
+def _check_cell_by(value: str) -> list[str]:
+    from bertnli.report import PARAMS
+
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in PARAMS]
+    if unknown or not keys:
+        raise click.BadParameter(f"{','.join(unknown) or repr(value)}: not a run param; use some of {','.join(PARAMS)}")
+    return keys
+
+
 @main.command()
 @click.option("--experiment", "experiments", multiple=True, help="MLflow experiment(s) [default: all]")
 @click.option("--study", default=None, help="only the trials of this Optuna study")
 @click.option("--parent-run", default=None, help="only the children of this parent run")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE filter on run tags")
+@click.option("--cell-by", default="model,truncation", show_default=True, callback=lambda ctx, param, value: _check_cell_by(value),
+              help="run params that define a cell (runs in a cell differ by seed, or by the other params)")
+@click.option("--replay-pruners", "replay", default=None, metavar="STUDY",
+              help="replay MedianPruner, SuccessiveHalving and Hyperband over this study's recorded dev curves")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True)
 @click.option("--format", "formats", type=click.Choice(["md", "csv", "html"]), multiple=True, help="[default: all three]")
 @tracking_uri_option
-def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri):
-    """Tables and plots from recorded runs: leaderboard, model x truncation, truncation effect."""
+def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, formats, tracking_uri):
+    """Tables and plots from recorded runs: leaderboard, cells with CIs over seeds, pairwise tests, expected
+    validation performance, and (with --replay-pruners) what other pruners would have done."""
     from bertnli.report import format_table, grouped, leaderboard, load_runs, truncation_effect, write_report
 
     tag_filter = {}
@@ -293,7 +351,13 @@ def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri)
             raise click.BadParameter(f"{t!r} is not KEY=VALUE (e.g. --tag bertnli.truncation=ratio)", param_hint="--tag")
         k, v = t.split("=", 1)
         tag_filter[k] = v
-    runs = load_runs(list(experiments) or None, tracking_uri, study, parent_run, tag_filter)
+    keys = cell_by
+    extra = {}
+    if replay:
+        from bertnli.replay import replay_study
+
+        extra = replay_study(replay, tracking_uri)
+    runs = load_runs(list(experiments) or None, tracking_uri, study or replay, parent_run, tag_filter)
     if runs.empty:
         raise BadInput("no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')")
     import pandas as pd
@@ -307,8 +371,56 @@ def report(experiments, study, parent_run, tags, out_dir, formats, tracking_uri)
         if not eff.empty:
             click.echo("\ntruncation effect (ratio - longest_first, dev accuracy):")
             click.echo(format_table(eff).to_string(index=False))
-    files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri)
+        for name, table in extra.items():
+            click.echo(f"\n{name.replace('_', ' ')} (study {replay}):")
+            click.echo(format_table(table).to_string(index=False))
+    files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra)
     click.echo(f"\nwrote {len(files)} files to {Path(out_dir)} (open {Path(out_dir) / 'report.html'})")
+
+
+def _check_cell(ctx, param, value):
+    from bertnli.compare import parse_cell
+
+    for spec in value:
+        try:
+            parse_cell(spec)
+        except BadInput as e:
+            raise click.BadParameter(str(e).removeprefix(f"--cell {spec!r}: ")) from None
+    return value
+
+
+@main.command()
+@click.argument("a", required=False)
+@click.argument("b", required=False)
+@click.option("--cell", "cells", multiple=True, callback=_check_cell,
+              help="a group of runs by params, across seeds: model=minilm-l6,truncation=ratio (give two)")
+@click.option("--experiment", "experiments", multiple=True, help="where to look for --cell runs [default: all experiments]")
+@click.option("--boot", type=click.IntRange(min=200), default=10_000, show_default=True, help="bootstrap resamples")
+@tracking_uri_option
+def compare(a, b, cells, experiments, boot, tracking_uri):
+    """Is A better than B? Paired over the same examples (and seeds): delta, 95 % bootstrap CI, McNemar p.
+
+    A and B are MLflow run ids; or give two --cell groups instead (each across its seeds).
+    """
+    from bertnli.compare import cell_runs, compare_runs, describe, parse_cell
+    from bertnli.report import load_runs
+
+    run_ids = [r for r in (a, b) if r]
+    if len(run_ids) + len(cells) != 2 or (run_ids and cells):
+        raise click.UsageError("give two run ids (compare A B), or two groups (--cell k=v,... --cell k=v,...)")
+    runs = load_runs(list(experiments) or None, tracking_uri) if cells or experiments else None
+    if cells:
+        sides = [cell_runs(runs, parse_cell(c)) for c in cells]
+        names = list(cells)
+    else:
+        sides, names = [[r] for r in run_ids], [r[:8] for r in run_ids]
+    for name, side in zip("AB", sides):
+        click.echo(f"{name}: {len(side)} run(s): {' '.join(side)}")
+    table = compare_runs(sides[0], sides[1], tracking_uri, n_boot=boot)
+    for _, row in table.iterrows():
+        click.echo(describe(row, names[0], names[1]))
+    if "test" not in set(table["split"]):
+        click.echo("test: not compared (a side has no final test predictions)")
 
 
 # ---------------------------------------------------------------- models

@@ -134,8 +134,32 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         doc = read_toml(path)
         values.update(doc.get("train", {k: v for k, v in doc.items() if not isinstance(v, dict)}))
+        values.pop("seeds", None)  # an axis over runs, not a setting of one run (see `seeds_setting`)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return config_from_dict(values)
+
+
+def parse_seeds(value: Any, where: str = "--seeds") -> list[int]:
+    """`0,1,2` or [0, 1, 2] -> [0, 1, 2]: distinct non-negative seeds, in the order given."""
+    parts = value if isinstance(value, list) else str(value).split(",")
+    try:
+        seeds = [int(str(x).strip()) for x in parts if str(x).strip() != ""]
+    except ValueError:
+        raise BadInput(f"{where} {value!r} is not a list of integers; write e.g. 0,1,2") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise BadInput(f"{where} {value!r} must be distinct non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
+def seeds_setting(path: str | Path | None, cli_value: str | None) -> list[int] | None:
+    """The seeds axis: `--seeds` wins over the TOML's `seeds = [...]` in [train]; None: one run."""
+    if cli_value is not None:
+        return parse_seeds(cli_value)
+    if path is None:
+        return None
+    doc = read_toml(path)
+    value = doc.get("train", doc).get("seeds")
+    return None if value is None else parse_seeds(value, f"{Path(path).name}: seeds")
 
 
 @dataclass(frozen=True)

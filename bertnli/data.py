@@ -156,6 +156,7 @@ class Split:
     hypotheses_parse: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     dropped: int = 0  # rows with gold label '-'
+    ids: list[str] = field(default_factory=list)  # SNLI pairID (else "line<N>"): what per-example predictions are keyed by
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -164,7 +165,7 @@ class Split:
         if n is None or n >= len(self):
             return self
         return Split(self.name, self.path, self.premises[:n], self.hypotheses[:n],
-                     self.premises_parse[:n], self.hypotheses_parse[:n], self.labels[:n], self.dropped)
+                     self.premises_parse[:n], self.hypotheses_parse[:n], self.labels[:n], self.dropped, self.ids[:n])
 
     def digest(self) -> str:
         return file_digest(self.path)
@@ -268,6 +269,8 @@ def read_file(path: str | Path, name: str = "") -> Split:
         out.premises_parse.append(parse_to_text(row["sentence1_binary_parse"]))
         out.hypotheses_parse.append(parse_to_text(row["sentence2_binary_parse"]))
         out.labels.append(LABELS[gold])
+        pair_id = row.get("pairID")
+        out.ids.append(pair_id if isinstance(pair_id, str) and pair_id else f"line{n}")
     if not out.labels:
         raise BertnliError(f"{path}: no labelled rows; the file is empty or every gold_label is '-'")
     return out

@@ -29,6 +29,7 @@ class EvalResult:
     preds: np.ndarray
     labels: np.ndarray
     probs: np.ndarray
+    ids: np.ndarray | None = None  # the split's example ids (SNLI pairID), row-aligned with preds
 
     def confusion(self) -> np.ndarray:
         """rows: gold, columns: predicted, in label order entailment, contradiction, neutral."""
@@ -77,7 +78,7 @@ def evaluate(model: torch.nn.Module, enc: EncodedSplit, batch_size: int = 256, d
     probs[np.concatenate(batches)] = torch.softmax(all_logits, -1).cpu().numpy()
     model.train(was_training)
     preds = probs.argmax(1)
-    return EvalResult(loss, float((preds == enc.labels).mean()), preds, enc.labels.copy(), probs)
+    return EvalResult(loss, float((preds == enc.labels).mean()), preds, enc.labels.copy(), probs, enc.example_ids)
 
 
 def predict(model: NLIClassifier, tokenizer: Tokenizer, premises: list[str], hypotheses: list[str], max_len: int = 128,

@@ -20,7 +20,7 @@ import torch
 from bertnli.data import Split, file_digest, read_file
 from bertnli.tokenize import Tokenizer
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: example_ids stored
 
 
 def truncate_longest_first(p: list[int], h: list[int], max_len: int) -> tuple[list[int], list[int]]:
@@ -64,6 +64,7 @@ class EncodedSplit:
     seg1: np.ndarray  # int32, index of the first segment-1 token in each row
     labels: np.ndarray  # int64
     pad_id: int
+    example_ids: np.ndarray | None = None  # str, the SNLI pairID of each row: paired comparisons join on it
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,7 +76,8 @@ class EncodedSplit:
     def head(self, n: int | None) -> "EncodedSplit":
         if n is None or n >= len(self):
             return self
-        return EncodedSplit(self.ids[: self.offsets[n]], self.offsets[: n + 1], self.seg1[:n], self.labels[:n], self.pad_id)
+        ids = None if self.example_ids is None else self.example_ids[:n]
+        return EncodedSplit(self.ids[: self.offsets[n]], self.offsets[: n + 1], self.seg1[:n], self.labels[:n], self.pad_id, ids)
 
     def row(self, i: int) -> tuple[list[int], list[int]]:
         ids = self.ids[self.offsets[i] : self.offsets[i + 1]].tolist()
@@ -162,7 +164,8 @@ def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16)
 
 
 def encode_pairs(
-    premises: list[str], hypotheses: list[str], labels: list[int], tokenizer: Tokenizer, max_len: int, truncation: str
+    premises: list[str], hypotheses: list[str], labels: list[int], tokenizer: Tokenizer, max_len: int, truncation: str,
+    example_ids: list[str] | None = None,
 ) -> EncodedSplit:
     """Tokenize, truncate and pack every pair into flat arrays, without a Python loop over pairs."""
     if truncation not in TRUNCATE:
@@ -181,7 +184,8 @@ def encode_pairs(
     flat[row + 1 + kp] = tokenizer.sep_id
     flat[_ragged_positions(row + 2 + kp, kh)] = h_ids[_ragged_positions(h_start, kh)]
     flat[offsets[1:] - 1] = tokenizer.sep_id
-    return EncodedSplit(flat, offsets, (kp + 2).astype(np.int32), np.asarray(labels, dtype=np.int64), tokenizer.pad_id)
+    ids = None if example_ids is None else np.asarray(example_ids, dtype=str)
+    return EncodedSplit(flat, offsets, (kp + 2).astype(np.int32), np.asarray(labels, dtype=np.int64), tokenizer.pad_id, ids)
 
 
 def split_texts(split: Split, tokenizer: Tokenizer) -> tuple[list[str], list[str]]:
@@ -200,7 +204,7 @@ def _load_cached(path: Path) -> EncodedSplit | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return EncodedSplit(z["ids"], z["offsets"], z["seg1"], z["labels"], int(z["pad_id"]))
+            return EncodedSplit(z["ids"], z["offsets"], z["seg1"], z["labels"], int(z["pad_id"]), z["example_ids"])
     except (OSError, ValueError, KeyError, EOFError):
         path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
         return None
@@ -209,7 +213,8 @@ def _load_cached(path: Path) -> EncodedSplit | None:
 def _save_cached(enc: EncodedSplit, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, ids=enc.ids, offsets=enc.offsets, seg1=enc.seg1, labels=enc.labels, pad_id=np.int64(enc.pad_id))
+    example_ids = enc.example_ids if enc.example_ids is not None else np.arange(len(enc)).astype(str)
+    np.savez(tmp, ids=enc.ids, offsets=enc.offsets, seg1=enc.seg1, labels=enc.labels, pad_id=np.int64(enc.pad_id), example_ids=example_ids)
     os.replace(tmp, path)
 
 
@@ -220,7 +225,7 @@ def _through_cache(cache_dir: str | Path | None, name: str, digest: str, tokeniz
     enc = None if path is None else _load_cached(path)
     if enc is None:
         split = load()
-        enc = encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation)
+        enc = encode_pairs(*split_texts(split, tokenizer), split.labels, tokenizer, max_len, truncation, split.ids or None)
         if path is not None:
             _save_cached(enc, path)
     return enc

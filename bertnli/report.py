@@ -16,6 +16,7 @@ import pandas as pd
 
 from bertnli import BadInput
 
+PARAMS = ["model", "truncation", "lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "num_layers", "optimizer"]
 METRICS = ["best_dev_acc", "test_acc", "best_epoch", "wall_seconds", "examples_per_sec", "dev_acc", "train_loss"]
 
 
@@ -54,7 +55,7 @@ def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = N
     out = pd.DataFrame({"run_id": df["run_id"], "experiment": df["experiment_id"].map(names),
                         "run_name": df.get("tags.mlflow.runName"), "status": df["status"],
                         "start_time": df["start_time"]})
-    for p in ["model", "truncation", "lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "num_layers", "optimizer"]:
+    for p in PARAMS:
         out[p] = df.get(f"params.{p}")
     for m in METRICS:
         out[m] = df.get(f"metrics.{m}")
@@ -167,6 +168,70 @@ def plot_learning_curves(runs: pd.DataFrame, tracking_uri: str | None = None, to
     return fig
 
 
+def plot_cells(cells: pd.DataFrame):
+    """Per cell: mean dev and test accuracy with the 95 % CI over its seeds."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(cells) + 1.5))
+    y = np.arange(len(cells))
+    for offset, name, color in ((-0.15, "dev", "C0"), (0.15, "test", "C1")):
+        m = cells[f"{name}_mean"].to_numpy(float)
+        err = np.vstack([m - cells[f"{name}_ci_low"].to_numpy(float), cells[f"{name}_ci_high"].to_numpy(float) - m])
+        ax.errorbar(m, y + offset, xerr=np.nan_to_num(err), fmt="o", color=color, capsize=4, label=f"{name} mean, 95 % CI over seeds")
+    ax.set_yticks(y, [f"{c} ({n} runs)" for c, n in zip(cells["cell"], cells["runs"])], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="accuracy", title="cells: mean and 95 % CI over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_evp(evp: pd.DataFrame, overtakes: pd.DataFrame):
+    """Expected best dev accuracy vs trials and vs seconds; solid: unbiased (Tang), dashed: Dodge.
+
+    A dotted vertical line marks the budget at which one cell overtakes another (unbiased estimator).
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (cell, g) in enumerate(evp.groupby("cell", sort=False)):
+        for ax, x in zip(axes, ("n", "budget_seconds")):
+            ax.plot(g[x], g["evp_unbiased"], "o-", color=f"C{i}", label=f"{cell} (unbiased)", markersize=3)
+            ax.plot(g[x], g["evp_dodge"], "--", color=f"C{i}", alpha=0.7, label=f"{cell} (Dodge)")
+    for _, o in overtakes[overtakes["estimator"] == "unbiased"].iterrows():
+        ax = axes[0 if o["axis"] == "trials" else 1]
+        ax.axvline(o["at"], color="grey", linestyle=":")
+        ax.annotate(f"{o['overtaker']}\novertakes", (o["at"], ax.get_ylim()[0]), fontsize=6, rotation=90, va="bottom")
+    axes[0].set(xlabel="trials n", ylabel="expected best dev accuracy", title="expected validation performance")
+    axes[1].set(xlabel="budget (seconds: n x mean run time)", title="same, by compute")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sampler_note(runs: pd.DataFrame, tracking_uri: str | None = None) -> str:
+    """Expected validation performance assumes i.i.d. trials; say so when a study's sampler was not random."""
+    from bertnli.tracking import client
+
+    parents = runs["parent_run_id"].dropna().unique() if "parent_run_id" in runs else []
+    if not len(parents):
+        return ""
+    c = client(tracking_uri)
+    samplers = set()
+    for parent in parents:
+        try:
+            samplers.add(c.get_run(parent).data.tags.get("bertnli.sampler", "unknown"))
+        except Exception:  # noqa: BLE001 - a deleted parent: its sampler is unknown
+            samplers.add("an unknown sampler")
+    biased = sorted(x for x in samplers if not x.startswith("RandomSampler"))
+    if not biased:
+        return ""
+    return (f"These trials come from {', '.join(biased)}: TPE picks each trial from the earlier ones and pruning stops some, "
+            "which breaks the i.i.d. assumption of expected validation performance; read those curves as descriptive. "
+            "Use `sweep --sampler random` for a design where the estimator is valid.")
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -189,15 +254,24 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] = ("md", "csv", "html"),
-                 tracking_uri: str | None = None) -> list[Path]:
+                 tracking_uri: str | None = None, cell_by: tuple[str, ...] = ("model", "truncation"),
+                 extra_tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
     """Tables (md/csv) and a self-contained HTML page with the plots embedded as PNG data URIs."""
+    from bertnli.compare import cell_table, evp_table, overtaking_table, pairwise_table
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tables = {"leaderboard": leaderboard(runs), "by_model_truncation": grouped(runs), "truncation_effect": truncation_effect(runs)}
+    keys = list(cell_by)
+    tables = {"leaderboard": leaderboard(runs), "by_model_truncation": grouped(runs), "truncation_effect": truncation_effect(runs),
+              "cells": cell_table(runs, keys), "pairwise": pairwise_table(runs, keys, tracking_uri),
+              "evp": evp_table(runs, keys)}
+    tables["evp_overtaking"] = overtaking_table(tables["evp"])
+    tables |= extra_tables or {}
     figures = {}
     if not finished(runs).empty:
         figures = {"dev_vs_lr": plot_dev_vs_lr(runs), "by_model_truncation": plot_by_cell(runs),
-                   "learning_curves": plot_learning_curves(runs, tracking_uri)}
+                   "learning_curves": plot_learning_curves(runs, tracking_uri), "cells": plot_cells(tables["cells"]),
+                   "evp": plot_evp(tables["evp"], tables["evp_overtaking"])}
     written: list[Path] = []
     pngs = {}
     for name, fig in figures.items():
@@ -208,7 +282,10 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
         written.append(out / f"{name}.png")
         _plt().close(fig)
     note = ("Selection is on dev; test accuracy is of the dev-selected run and was never used to choose. "
-            "Figures on snli-resplit are not comparable with published SNLI test results.")
+            "Figures on snli-resplit are not comparable with published SNLI test results. "
+            f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI over "
+            "seeds x examples, McNemar exact p (pooled over seed pairs) and Holm-adjusted p per split. "
+            + sampler_note(runs, tracking_uri))
     if "csv" in formats:
         for name, t in tables.items():
             t.to_csv(out / f"{name}.csv", index=False)

@@ -81,10 +81,11 @@ class SweepConfig:
     fail_limit: int = 3  # stop after this many configurations in a row failed every try (a broken setup)
     out_dir: str = "outputs/sweeps"
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sampler: str = "tpe"  # "random": i.i.d. trials, no pruning, no enqueued cells (expected validation performance is valid)
 
 
 SWEEP_KEYS = {"trials", "study_name", "storage", "seed", "workers", "timeout", "pruner_startup_trials", "pruner_warmup_epochs",
-              "keep_checkpoints", "grace_s", "max_retries", "fail_limit", "out_dir"}
+              "keep_checkpoints", "grace_s", "max_retries", "fail_limit", "out_dir", "sampler"}
 
 
 def parse_param(name: str, spec: Any) -> Param:
@@ -138,6 +139,8 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
         raise BadInput("bad sweep: trials, workers and fail_limit must be at least 1")
     if cfg.keep_checkpoints not in ("best", "all"):
         raise BadInput("bad sweep: keep_checkpoints is best or all")
+    if cfg.sampler not in ("tpe", "random"):
+        raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
     return cfg
 
 
@@ -241,7 +244,19 @@ def sampler_for(cfg: SweepConfig, number: int = 0):
     """
     import optuna
 
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed * 1_000_003 + number)
     return optuna.samplers.TPESampler(seed=cfg.seed * 1_000_003 + number, n_startup_trials=max(4, len(cells(cfg))))
+
+
+def sampler_tag(cfg: SweepConfig) -> str:
+    return f"RandomSampler(seed={cfg.seed})" if cfg.sampler == "random" else f"TPESampler(seed={cfg.seed})"
+
+
+def pruner_tag(cfg: SweepConfig) -> str:
+    if cfg.sampler == "random":
+        return "NopPruner()"
+    return f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}, n_warmup_steps={cfg.pruner_warmup_epochs})"
 
 
 def make_study(cfg: SweepConfig, storage=None):
@@ -249,7 +264,8 @@ def make_study(cfg: SweepConfig, storage=None):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = sampler_for(cfg)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs)
+    pruner = (optuna.pruners.NopPruner() if cfg.sampler == "random" else  # a random design is only i.i.d. unpruned
+              optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_warmup_steps=cfg.pruner_warmup_epochs))
     return optuna.create_study(study_name=cfg.study_name, storage=storage or open_storage(cfg.storage), sampler=sampler,
                                pruner=pruner, direction="maximize", load_if_exists=True)
 
@@ -378,8 +394,7 @@ def parent_run(study, cfg: SweepConfig, storage_url: str) -> str:
             pass
     exp = get_or_create_experiment(c, cfg.tracking.experiment or cfg.study_name, uri)
     tags = {"bertnli.role": "sweep-parent", "bertnli.study": cfg.study_name, "bertnli.storage": storage_url,
-            "bertnli.sampler": f"TPESampler(seed={cfg.seed})",
-            "bertnli.pruner": f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}, n_warmup_steps={cfg.pruner_warmup_epochs})",
+            "bertnli.sampler": sampler_tag(cfg), "bertnli.pruner": pruner_tag(cfg),
             "bertnli.space": "; ".join(p.describe() for p in cfg.space), **code_version()}
     run = c.create_run(exp, run_name=f"sweep-{cfg.study_name}", tags=tags)
     from mlflow.entities import Param as MParam
@@ -508,7 +523,7 @@ class Sweep:
 
     def seed_cells(self) -> None:
         """Enqueue every model x truncation cell once per study (other params sampled)."""
-        if self.study.user_attrs.get("cells_enqueued"):
+        if self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random":  # enqueued trials are not random draws
             return
         self.study.set_user_attr("cells_enqueued", True)
         for cell in cells(self.cfg):
@@ -759,6 +774,8 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, wall
                 tag(f"best.{k}", v)
             tag("best.trial", best.number)
             tag("best.mlflow_run_id", best.user_attrs.get("mlflow_run_id"))
+            for key, value in _verdict_tags(cfg, parent_run_id).items():
+                tag(key, value)
             _log_best_checkpoint(c, cfg, best)
             plots = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
                      "slice.png": "plot_slice", "parallel_coordinate.png": "plot_parallel_coordinate"}
@@ -782,6 +799,19 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, wall
     _with_retries(lambda: c.log_metric(parent_run_id, "trials_done", out["done"]))
     _with_retries(lambda: c.set_terminated(parent_run_id, status))
     return out
+
+
+def _verdict_tags(cfg: SweepConfig, parent_run_id: str) -> dict[str, str]:
+    """Best cell vs runner-up, paired (bertnli.compare); a sweep never fails for want of a verdict."""
+    from bertnli.compare import sweep_verdict
+    from bertnli.report import load_runs
+
+    try:
+        runs = load_runs(None, cfg.tracking.tracking_uri, parent_run_id=parent_run_id)
+        keys = [p.name for p in cfg.space if p.kind == "categorical"] or ["model", "truncation"]
+        return sweep_verdict(runs, keys, cfg.tracking.tracking_uri)
+    except Exception as e:  # noqa: BLE001 - e.g. trials recorded before per-example predictions
+        return {"bertnli.verdict": f"not computed: {str(e).splitlines()[0][:200]}"}
 
 
 def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:

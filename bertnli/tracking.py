@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 from bertnli import BadInput
 from bertnli.config import TrackingConfig, TrainConfig
 from bertnli.data import LABEL_NAMES
-from bertnli.engine import EpochMetrics, FitResult, dist_info, fit
+from bertnli.engine import EpochMetrics, EvalResult, FitResult, dist_info, fit
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -214,6 +214,9 @@ class MLflowRun:
             (tmp / f"confusion_{name}.csv").write_text("\n".join([header, *rows]) + "\n")
             (tmp / "per_class.json").write_text(json.dumps(evaluated.per_class(), indent=2))
             (tmp / "result.json").write_text((result.out_dir / "result.json").read_text())
+            for split, evaluated_split in (("dev", result.dev), ("test", result.test)):
+                if evaluated_split is not None:
+                    write_predictions(evaluated_split, tmp / f"predictions_{split}.parquet")
             for f in tmp.iterdir():
                 self.client.log_artifact(self.run_id, str(f))
         if self.keep_checkpoint:
@@ -232,6 +235,37 @@ class MLflowRun:
         for k, v in (tags or {}).items():
             self.client.set_tag(self.run_id, k, v)
         self.client.set_terminated(self.run_id, status=status)
+
+
+PREDICTION_COLUMNS = ["id", "gold", "pred", *(f"p_{name}" for name in LABEL_NAMES)]
+
+
+def predictions_frame(r: EvalResult):
+    """One row per example, keyed by its SNLI pairID: what paired comparisons between runs join on."""
+    import pandas as pd
+
+    ids = r.ids if r.ids is not None else [str(i) for i in range(len(r.labels))]
+    frame = pd.DataFrame({"id": pd.Series(ids, dtype="string"), "gold": r.labels.astype("int8"), "pred": r.preds.astype("int8")})
+    for i, name in enumerate(LABEL_NAMES):
+        frame[f"p_{name}"] = r.probs[:, i].astype("float32")
+    return frame
+
+
+def write_predictions(r: EvalResult, path: Path) -> None:
+    predictions_frame(r).to_parquet(path, index=False)
+
+
+def load_predictions(run_id: str, split: str, tracking_uri: str | None = None):
+    """A run's `predictions_<split>.parquet` as a DataFrame, or None if the run has none for that split."""
+    import pandas as pd
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file would bury the answer
+    c = client(tracking_uri)
+    name = f"predictions_{split}.parquet"
+    if name not in {f.path for f in c.list_artifacts(run_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return pd.read_parquet(c.download_artifacts(run_id, name, tmp))
 
 
 def _params(flat: dict[str, Any]):
@@ -284,6 +318,37 @@ def train_run(cfg: TrainConfig, out_dir: str | Path, tracking: TrackingConfig, r
     with recorded(run, classify):
         result = fit(cfg, out_dir, callbacks=[run, *(callbacks or [])], resume=resume, progress=progress)
     return result, run.run_id
+
+
+def train_seed_group(cfg: TrainConfig, seeds: list[int], out_dir: str | Path, tracking: TrackingConfig,
+                     progress: bool = True, log: Callable[[str], None] = print) -> tuple[str, list[tuple[int, float | None, str]]]:
+    """One run per seed, all tagged `bertnli.seed_group=<group>`: a cell's score is a distribution over seeds.
+
+    Rerunning the same command with the same --out resumes: finished seeds are adopted (never
+    trained again), an interrupted one continues from its last checkpoint in its own MLflow run.
+    Returns the group and (seed, best dev accuracy or None when adopted, run id) per seed.
+    """
+    import uuid
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / "seed_group.json"
+    group = json.loads(marker.read_text())["group"] if marker.is_file() else f"{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    marker.write_text(json.dumps({"group": group, "seeds": seeds}))
+    tags = {**tracking.tags, "bertnli.seed_group": group, "bertnli.seeds": ",".join(map(str, seeds))}
+    done = []
+    for seed in seeds:
+        folder = out_dir / f"seed-{seed}"
+        saved = json.loads((folder / "mlflow_run.json").read_text()) if (folder / "mlflow_run.json").is_file() else None
+        if saved and client(saved["tracking_uri"]).get_run(saved["run_id"]).info.status == "FINISHED":
+            log(f"seed {seed}: already finished in run {saved['run_id']}; adopted")
+            done.append((seed, None, saved["run_id"]))
+            continue
+        name = f"{tracking.run_name}-s{seed}" if tracking.run_name else None
+        result, run_id = train_run(cfg.replace(seed=seed), folder, TrackingConfig(tracking.tracking_uri, tracking.experiment, name, tags),
+                                   resume=saved is not None, progress=progress)
+        done.append((seed, result.best_dev_acc, run_id))
+    return group, done
 
 
 def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path:

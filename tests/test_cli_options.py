@@ -39,6 +39,14 @@ IMPOSSIBLE_TEXT = {
     ("evaluate", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
     ("predict", "checkpoint"): ("/no-such-run-folder", "no MLflow run /no-such-run-folder"),
     ("predict", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
+    ("report", "cell_by"): ("no_such_param", "no_such_param: not a run param"),
+    ("report", "replay"): ("no-such-study", "no finished or pruned trials of study 'no-such-study'"),
+    ("train", "seeds"): ("0,x", "is not a list of integers"),
+    ("compare", "a"): ("no-such-run", "no MLflow run no-such-run"),
+    ("compare", "b"): ("no-such-run", "no MLflow run"),
+    ("compare", "cells"): ("no-equals-sign", "is not key=value"),
+    ("compare", "experiments"): ("no-such-experiment", "no MLflow experiment no-such-experiment"),
+    ("compare", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
 }
 # Text where every value is valid: names and free sentences.
 ANY_TEXT = {("train", "experiment"), ("train", "run_name"), ("sweep", "experiment"), ("sweep", "study_name"),
@@ -119,6 +127,7 @@ def invocation(cmd_name: str, param: click.Parameter, value: str, valid: dict[st
                   "--out", valid["out"]],
         "reproduce": ["quick_cpu"],
         "report": ["--out", valid["out"]],
+        "compare": ["0" * 32, "1" * 32],
         "evaluate": [valid["checkpoint"], "--data", valid["data"]],
         "predict": [valid["checkpoint"], "a man", "a woman"],
         "data download": ["--dest", valid["out"]],

@@ -31,6 +31,14 @@ def test_jsonl_and_txt_readers_agree_and_drop_dash(tmp_path):
     assert a.labels == b.labels == [{"entailment": 0, "contradiction": 1, "neutral": 2}[r["gold_label"]] for r in kept]
     assert a.premises_parse == b.premises_parse and a.hypotheses == b.hypotheses
     assert a.dropped == b.dropped == len(rows) - len(kept) > 0
+    assert a.ids == b.ids == [r["pairID"] for r in kept]  # per-example predictions are keyed by pairID
+    assert a.head(5).ids == a.ids[:5]
+
+
+def test_rows_without_pair_id_are_keyed_by_line(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "pairID"} for r in make_rows(6)]
+    split = read_file(write_jsonl_gz(tmp_path / "a.jsonl.gz", rows))
+    assert split.ids == [f"line{i + 1}" for i, r in enumerate(rows) if r["gold_label"] != "-"]
 
 
 def test_real_splits_have_documented_sizes(real_snli):

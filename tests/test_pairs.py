@@ -137,7 +137,8 @@ def test_cache_round_trip_and_keying(tiny_snli, tmp_path):
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1
     b = encode_split(split, tok, 16, "ratio", tmp_path)  # from the cache
-    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("ids", "offsets", "seg1", "labels"))
+    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("ids", "offsets", "seg1", "labels", "example_ids"))
+    assert list(b.example_ids) == split.ids and list(b.head(3).example_ids) == split.ids[:3]
     encode_split(split, tok, 16, "longest_first", tmp_path)
     encode_split(split, tok, 20, "ratio", tmp_path)
     assert len(list(tmp_path.glob("*.npz"))) == 3  # truncation and max_len are part of the key

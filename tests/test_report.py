@@ -56,9 +56,10 @@ def test_written_report_has_tables_and_embedded_plots(store, tmp_path):
     uri, _ = store
     files = write_report(load_runs(["grid"], uri), tmp_path / "rep", tracking_uri=uri)
     names = {f.name for f in files}
-    assert {"report.md", "report.html", "by_model_truncation.csv", "leaderboard.csv", "dev_vs_lr.png", "learning_curves.png"} <= names
+    assert {"report.md", "report.html", "by_model_truncation.csv", "leaderboard.csv", "dev_vs_lr.png", "learning_curves.png",
+            "cells.csv", "pairwise.csv", "evp.csv", "evp_overtaking.csv", "cells.png", "evp.png"} <= names
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 5
     assert "| model | truncation | runs |" in (tmp_path / "rep" / "report.md").read_text()
 
 
@@ -77,7 +78,61 @@ def test_html_report_images_load_in_headless_chromium(store, tmp_path):
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", f"file://{tmp_path / 'probe.html'}"],
                          capture_output=True, text=True, timeout=120).stdout
-    assert 'data-loaded="3/3"' in dom
+    assert 'data-loaded="5/5"' in dom
     subprocess.run([CHROMIUM, *flags, "--window-size=1200,2400", f"--screenshot={tmp_path / 'report.png'}",
                     f"file://{tmp_path / 'rep' / 'report.html'}"], capture_output=True, timeout=120)
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_cells_pairwise_and_expected_validation_performance(store):
+    import itertools
+
+    import numpy as np
+
+    from bertnli.compare import cell_table, evp_table, overtaking_table, pairwise_table
+    from bertnli.stats import evp_without_replacement, mean_ci
+
+    uri, _ = store
+    runs = load_runs(["grid"], uri)
+    keys = ["model", "truncation"]
+    cells = cell_table(runs, keys)
+    assert len(cells) == 4 and list(cells["seeds"]) == [2, 2, 2, 2]
+    assert list(cells["dev_mean"]) == sorted(cells["dev_mean"], reverse=True)
+    for _, row in cells.iterrows():
+        model, trunc = (part.split("=")[1] for part in row["cell"].split(","))
+        values = runs[(runs["model"] == model) & (runs["truncation"] == trunc)]["best_dev_acc"]
+        assert (row["dev_mean"], row["dev_ci_low"], row["dev_ci_high"]) == pytest.approx(mean_ci(values))
+    pairs = pairwise_table(runs, keys, uri, n_boot=300)
+    assert len(pairs) == 2 * len(list(itertools.combinations(range(4), 2)))  # dev and test for each of the 6 pairs
+    for split, g in pairs.groupby("split"):
+        assert (g["p_holm"] >= g["p_value"] - 1e-12).all()
+        assert (g["ci_low"] <= g["delta"]).all() and (g["delta"] <= g["ci_high"]).all()
+    dev = pairs[pairs["split"] == "test"].iloc[0]
+    a = cells.set_index("cell").loc[dev["cell_a"]]
+    b = cells.set_index("cell").loc[dev["cell_b"]]
+    assert dev["delta"] == pytest.approx(a["test_mean"] - b["test_mean"])  # test predictions are those of test_acc
+    evp = evp_table(runs, keys)
+    for cell, g in evp.groupby("cell"):
+        model, trunc = (part.split("=")[1] for part in cell.split(","))
+        scores = runs[(runs["model"] == model) & (runs["truncation"] == trunc)]["best_dev_acc"]
+        assert list(g["evp_unbiased"]) == pytest.approx(evp_without_replacement(scores))
+        assert np.all(np.diff(g["budget_seconds"]) > 0)
+    assert set(overtaking_table(evp).columns) == {"overtaker", "overtaken", "estimator", "axis", "at"}
+
+
+def test_overtaking_is_found_on_both_axes():
+    import pandas as pd
+
+    from bertnli.compare import overtaking_table
+
+    evp = pd.DataFrame({"cell": ["a"] * 5 + ["b"] * 3, "n": [1, 2, 3, 4, 5, 1, 2, 3],
+                        "evp_unbiased": [0.70, 0.72, 0.73, 0.735, 0.74, 0.69, 0.75, 0.78],
+                        "evp_dodge": [0.70, 0.71, 0.72, 0.725, 0.73, 0.60, 0.60, 0.60],
+                        "budget_seconds": [5, 10, 15, 20, 25, 10, 20, 30]})
+    t = overtaking_table(evp)
+    row = t[(t["estimator"] == "unbiased") & (t["axis"] == "trials")].iloc[0]
+    assert (row["overtaker"], row["overtaken"], row["at"]) == ("b", "a", 2)
+    secs = t[(t["estimator"] == "unbiased") & (t["axis"] == "seconds")].iloc[0]
+    # per second a leads longer: at 10 s a has run 2 trials, b one; b passes a only at 20 s
+    assert (secs["overtaker"], secs["at"]) == ("b", 20)
+    assert t[t["estimator"] == "dodge"].empty  # Dodge's b never passes a

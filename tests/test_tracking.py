@@ -37,6 +37,25 @@ def test_finished_run_has_params_metrics_and_artifacts(tiny_snli, tmp_path, mlfl
     assert run.data.tags["data.train.sha256"] == result.info["digests"]["train"]
 
 
+def test_runs_record_per_example_predictions_on_dev_and_test(tiny_snli, tmp_path, mlflow_uri):
+    from bertnli.data import read_split
+    from bertnli.tracking import PREDICTION_COLUMNS, load_predictions
+
+    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=2, limit_eval=50)
+    result, run_id = train_run(cfg, tmp_path / "run", TrackingConfig(mlflow_uri, "t-preds"), progress=False)
+    run = MlflowClient(mlflow_uri).get_run(run_id)
+    for split, evaluated in (("dev", result.dev), ("test", result.test)):
+        frame = load_predictions(run_id, split, mlflow_uri)
+        truth = read_split(tiny_snli, split).head(50)
+        assert list(frame.columns) == PREDICTION_COLUMNS and len(frame) == 50
+        assert list(frame["id"]) == truth.ids and list(frame["gold"]) == truth.labels
+        assert (frame["pred"] == frame[["p_entailment", "p_contradiction", "p_neutral"]].to_numpy().argmax(1)).all()
+        assert frame[["p_entailment", "p_contradiction", "p_neutral"]].sum(axis=1).to_numpy() == pytest.approx(1, abs=1e-5)
+        assert (frame["pred"] == frame["gold"]).mean() == pytest.approx(evaluated.acc)
+    test = load_predictions(run_id, "test", mlflow_uri)
+    assert (test["pred"] == test["gold"]).mean() == pytest.approx(run.data.metrics["test_acc"])  # test evaluated once: these are its predictions
+
+
 def test_nan_run_is_failed_with_the_reason(tiny_snli, tmp_path, mlflow_uri):
     cfg = tiny_cfg(tiny_snli, tmp_path)
     prep = prepare(cfg)

@@ -1,0 +1,217 @@
+"""Statistics for comparing settings: paired bootstrap, McNemar, Holm, expected validation performance.
+
+Pure functions on arrays, no I/O. A gap of 0.4 pp between two settings means nothing until a
+paired test says how often sampling noise (examples) and training noise (seeds) make such a gap
+(Dror et al. 2018; Reimers & Gurevych 2017). `scipy.stats` does the tests it has.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A minus B on the same examples: accuracies, the paired difference and its evidence."""
+
+    acc_a: float
+    acc_b: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float  # McNemar exact (pooled over seed pairs when a side has several seeds)
+    n_examples: int
+    seeds_a: int
+    seeds_b: int
+    a_only: int  # discordant pairs: A right, B wrong (pooled over seed pairs)
+    b_only: int
+
+
+# ---------------------------------------------------------------- McNemar and the bootstrap
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar: under H0 each discordant pair goes either way with probability 1/2.
+
+    Only the discordant pairs carry information about a difference; with none, p = 1.
+    """
+    n = int(a_only) + int(b_only)
+    if n == 0:
+        return 1.0
+    return float(sps.binomtest(int(a_only), n, 0.5, alternative="two-sided").pvalue)
+
+
+def _correct_matrix(correct) -> np.ndarray:
+    """(seeds, examples) bools; one run's 1-D correctness becomes one row."""
+    c = np.asarray(correct, dtype=bool)
+    if c.ndim == 1:
+        c = c[None, :]
+    if c.ndim != 2 or c.shape[0] == 0:
+        raise ValueError("correctness must be (examples,) or (seeds, examples)")
+    return c
+
+
+def bootstrap_delta(correct_a, correct_b, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0,
+                    chunk: int = 500) -> tuple[float, float, float]:
+    """Percentile CI for mean accuracy(A) - mean accuracy(B), resampling examples (paired: the same
+    resampled examples for both sides) and, where a side has several seeds, its seeds too.
+
+    Resampling seeds as well as examples is what makes the interval cover training noise, not only
+    the luck of which test pairs were drawn.
+    """
+    a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"A has {a.shape[1]} examples, B {b.shape[1]}: a paired comparison needs the same examples")
+    n = a.shape[1]
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(n_boot)
+    af, bf = a.astype(np.float64), b.astype(np.float64)
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(k, n))
+        # per bootstrap draw: the seeds drawn for each side, weighted by how often each was drawn
+        wa = _seed_weights(rng, a.shape[0], k)
+        wb = _seed_weights(rng, b.shape[0], k)
+        acc_a = np.einsum("ks,ks->k", wa, _resampled_means(af, idx))
+        acc_b = np.einsum("ks,ks->k", wb, _resampled_means(bf, idx))
+        deltas[start : start + k] = acc_a - acc_b
+    delta = float(a.mean() - b.mean())
+    lo, hi = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
+    return delta, float(lo), float(hi)
+
+
+def _seed_weights(rng: np.random.Generator, seeds: int, k: int) -> np.ndarray:
+    if seeds == 1:
+        return np.ones((k, 1))
+    return rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=k) / seeds
+
+
+def _resampled_means(c: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(k, seeds): each seed's accuracy on each of the k resampled example sets."""
+    return np.stack([row[idx].mean(axis=1) for row in c], axis=1)
+
+
+def discordant(correct_a, correct_b) -> tuple[int, int]:
+    """(A right & B wrong, B right & A wrong), pooled over seed pairs.
+
+    Seeds pair up by position when both sides have as many; otherwise every A seed meets every B
+    seed and the counts are averaged (rounded), so the pooled table has the size of one pairing.
+    """
+    a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
+    if a.shape[0] == b.shape[0]:
+        return int((a & ~b).sum()), int((b & ~a).sum())
+    pairs = a.shape[0] * b.shape[0]
+    a_only = sum(int((ra & ~rb).sum()) for ra in a for rb in b)
+    b_only = sum(int((rb & ~ra).sum()) for ra in a for rb in b)
+    scale = max(a.shape[0], b.shape[0]) / pairs
+    return round(a_only * scale), round(b_only * scale)
+
+
+def compare_correct(correct_a, correct_b, n_boot: int = 10_000, seed: int = 0) -> Comparison:
+    """The whole paired comparison of two sides' per-example correctness."""
+    a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
+    delta, lo, hi = bootstrap_delta(a, b, n_boot=n_boot, seed=seed)
+    a_only, b_only = discordant(a, b)
+    return Comparison(float(a.mean()), float(b.mean()), delta, lo, hi, mcnemar_exact(a_only, b_only), a.shape[1],
+                      a.shape[0], b.shape[0], a_only, b_only)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment: controls the family-wise error over all pairwise tests.
+
+    Sorted ascending, p_(i) is multiplied by (m - i), made monotone by a running max, capped at 1.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def mean_ci(values, alpha: float = 0.05) -> tuple[float, float, float]:
+    """Mean and Student-t CI over seeds (NaN bounds for a single value: one seed says nothing of spread)."""
+    v = np.asarray(values, dtype=np.float64)
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    half = float(sps.t.ppf(1 - alpha / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+# ---------------------------------------------------------------- expected validation performance
+
+
+def evp_with_replacement(scores, n_max: int | None = None) -> np.ndarray:
+    """Dodge et al. 2019: expected best dev score of n trials drawn with replacement, n = 1..n_max.
+
+    E[max] = sum_i v_(i) [(i/N)^n - ((i-1)/N)^n] over the sorted scores v_(1) <= ... <= v_(N).
+    """
+    v = np.sort(np.asarray(scores, dtype=np.float64))
+    big_n = len(v)
+    if big_n == 0:
+        raise ValueError("no scores")
+    n = np.arange(1, (n_max or big_n) + 1)[:, None]
+    i = np.arange(1, big_n + 1)[None, :]
+    weights = (i / big_n) ** n - ((i - 1) / big_n) ** n
+    return weights @ v
+
+
+def evp_without_replacement(scores, n_max: int | None = None) -> np.ndarray:
+    """Tang et al. 2020: unbiased expected best of n of the N observed trials, drawn without replacement.
+
+    E[max] = sum_i v_(i) C(i-1, n-1) / C(N, n); at n = N it is the observed maximum (n <= N only).
+    """
+    v = np.sort(np.asarray(scores, dtype=np.float64))
+    big_n = len(v)
+    if big_n == 0:
+        raise ValueError("no scores")
+    n_max = min(n_max or big_n, big_n)
+    out = np.empty(n_max)
+    for n in range(1, n_max + 1):
+        # log-space binomials: C(N, n) overflows floats for a few hundred trials
+        i = np.arange(n, big_n + 1)
+        logw = _log_comb(i - 1, n - 1) - _log_comb(big_n, n)
+        out[n - 1] = float(np.exp(logw) @ v[n - 1 :])
+    return out
+
+
+def _log_comb(n, k):
+    from scipy.special import gammaln
+
+    n = np.asarray(n, dtype=np.float64)
+    return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+
+def overtaking(curve_a, curve_b) -> int | None:
+    """The first budget index (0-based) at which the curve that was behind at index 0 is strictly ahead."""
+    a, b = np.asarray(curve_a), np.asarray(curve_b)
+    m = min(len(a), len(b))
+    if m == 0 or a[0] == b[0]:
+        return None
+    lead = np.sign(a[0] - b[0])
+    ahead = np.nonzero(np.sign(a[:m] - b[:m]) == -lead)[0]
+    return int(ahead[0]) if len(ahead) else None
+
+
+# ---------------------------------------------------------------- rank correlations
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b between two score lists (NaN when either is constant or shorter than 2)."""
+    if len(x) < 2:
+        return math.nan
+    return float(sps.kendalltau(x, y).statistic)
+
+
+def spearman_rho(x, y) -> float:
+    if len(x) < 2:
+        return math.nan
+    return float(sps.spearmanr(x, y).statistic)
