@@ -51,8 +51,9 @@ class Group(click.Group):
 
 _CHOICES = {"truncation": TRUNCATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 _HELP = {
-    "model": "preset name (see `bertnli-exp models`), hf:<folder> or d2l:<folder>",
+    "model": "preset name (see `bertnli-exp models`), hf:<folder> or d2l:<folder or .zip>",
     "num_layers": "keep only the first N encoder layers",
+    "num_heads": "attention heads of a d2l archive (d2l does not store them; unset: hidden/64, with a warning)",
     "data": "folder with snli_1.0_{train,dev,test}.jsonl[.gz] or .txt[.gz]",
     "limit_train": "train on the first N examples only",
     "limit_eval": "evaluate on the first N dev/test examples only",
@@ -320,7 +321,8 @@ def models():
     for p in PRESETS.values():
         click.echo(f"{p.name:16} {p.description}\n{'':16} weights: {preset_location(p.name)}")
     click.echo(f"{'hf:<folder>':16} any Hugging Face BERT folder (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
-    click.echo(f"{'d2l:<folder>':16} an unpacked d2l BERT archive (pretrained.params, vocab.json)")
+    click.echo(f"{'d2l:<path>':16} a d2l BERT archive: its .zip, the folder it unpacks into, or the bert.* folder "
+               "(pretrained.params, vocab.json); give --num-heads, d2l does not store it")
 
 
 # ---------------------------------------------------------------- data
