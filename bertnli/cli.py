@@ -119,8 +119,19 @@ def tracking_uri_option(func):
                         help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under ./mlruns]")(func)
 
 
+def _system_metrics(ctx, param, value):
+    """An environment switch, so sweep trial processes inherit it too."""
+    if value is False:
+        import os
+
+        os.environ["BERTNLI_SYSTEM_METRICS"] = "0"
+    return value
+
+
 def tracking_options(func):
     func = tracking_uri_option(func)
+    func = click.option("--system-metrics/--no-system-metrics", default=None, expose_value=False, callback=_system_metrics,
+                        help="log CPU, memory and GPU use with MLflow's system metrics [default: on]")(func)
     func = click.option("--experiment", default=None, help="MLflow experiment [default: bertnli]")(func)
     return func
 
@@ -389,7 +400,7 @@ def _load_checkpoint(source: str, tracking_uri: str | None):
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @tracking_uri_option
 def evaluate(checkpoint, folder, split, limit, tracking_uri):
-    """Score a checkpoint (a run folder, its best/ folder, or an MLflow run id) on a split."""
+    """Score a checkpoint (a run folder, its best/ folder, an MLflow run id, or models:/NAME@champion) on a split."""
     from bertnli.data import LABEL_NAMES, read_split
     from bertnli.engine import evaluate as run_eval
     from bertnli.pairs import encode_split
@@ -415,7 +426,7 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
 @click.option("--file", "pairs_file", type=click.Path(exists=True, dir_okay=False), default=None, help="TSV (premise<TAB>hypothesis) or JSONL (sentence1, sentence2)")
 @tracking_uri_option
 def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
-    """Label sentence pairs with a checkpoint (a run folder, its best/ folder, or an MLflow run id)."""
+    """Label sentence pairs with a checkpoint (a run folder, its best/ folder, an MLflow run id, or models:/NAME@champion)."""
     import json
 
     from bertnli.data import LABEL_NAMES

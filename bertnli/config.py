@@ -145,3 +145,5 @@ class TrackingConfig:
     experiment: str = "bertnli"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    system_metrics: bool | None = None  # None: on, unless BERTNLI_SYSTEM_METRICS=0
+    system_metrics_interval: float = 10.0  # seconds between MLflow system-metrics samples
