@@ -257,6 +257,12 @@ def reproduce(name, tracking_uri, experiment, force, progress):
                            + (f"; run the reduced variant: bertnli-exp reproduce {reduced}" if reduced else "") + " (or --force)")
     if "sweep" in doc:
         raise BadInput(f"{stem} is a study: run it with bertnli-exp sweep --config {path}")
+    from bertnli.lineage import check_data_folder, expected_digests, verify_run_data
+    from bertnli.tracking import client
+
+    declared = expect.get("data_sha256")
+    checked = check_data_folder(cfg.data, declared) if Path(cfg.data).is_dir() else ""  # refuses other data up front
+    expected = expected_digests(cfg.data, declared)[0] if checked else {}
     grid = doc.get("grid", {})
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     results = []
@@ -268,6 +274,12 @@ def reproduce(name, tracking_uri, experiment, force, progress):
         results.append((combo, result, run_id))
         click.echo(f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "
                    f"{result.test.acc if result.test else float('nan'):.4f} run {run_id}")
+        data, problems, notes = verify_run_data(client(tracking_uri), run_id, expected, stem)
+        click.echo(f"data: {data}" + (f" (match {checked})" if checked and not problems else ""))
+        for note in notes:
+            click.echo(f"note: {note}")
+        if problems:
+            raise BertnliError(f"run {run_id} recorded data other than {checked}: {'; '.join(problems)}")
     if grid:
         click.echo(f"{stem}: {len(results)} runs; compare them with: bertnli-exp report --experiment {experiment or stem}")
         return

@@ -155,3 +155,27 @@ def source_tags() -> dict[str, str]:
     entry = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     cmd = " ".join([entry, *sys.argv[1:2]]) if entry in ("bertnli-exp", "cli.py", "__main__.py") else entry
     return {"mlflow.source.name": cmd, "mlflow.source.type": "LOCAL"}
+
+
+def verify_run_data(c, run_id: str, expected: dict[str, str], experiment_file: str = "") -> tuple[str, list[str], list[str]]:
+    """After a run: the digests its dataset inputs record, against the expected ones and the experiment's earlier run.
+
+    Returns (summary, mismatches, notes); a mismatch means the run did not see the data it was meant to.
+    """
+    recorded = run_split_digests(c, run_id)
+    summary = ", ".join(f"{s} {d[:12]}" for s, d in sorted(recorded.items())) or "no dataset inputs recorded"
+    problems = digest_mismatches(expected, recorded) if expected else []
+    if expected and not recorded:
+        problems = ["the run recorded no dataset inputs"]
+    notes = []
+    if experiment_file:
+        run = c.get_run(run_id)
+        earlier = [r for r in c.search_runs([run.info.experiment_id], f"tags.`bertnli.experiment_file` = '{experiment_file}' "
+                                            "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                            max_results=5) if r.info.run_id != run_id]
+        if earlier:
+            differ = digest_mismatches(run_split_digests(c, earlier[0].info.run_id), recorded)
+            if differ:
+                notes.append(f"earlier run {earlier[0].info.run_id} of {experiment_file} saw other data ({'; '.join(differ)}): "
+                             "their figures are not comparable")
+    return summary, problems, notes

@@ -98,7 +98,8 @@ def download_model_checkpoint(uri: str, tracking_uri: str) -> Path:
 
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        with _quiet_logging():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as e:
         raise BadInput(f"{uri} is not a model at {tracking_uri} ({str(e).splitlines()[0][:160]}); "
                        "check the name and alias (bertnli-exp sweep --register NAME sets @champion)") from None
