@@ -207,8 +207,9 @@ def _ui_uri(uri: str | None) -> str:
 @click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="folder for trial checkpoints [default: outputs/sweeps]")
+@click.option("--register", "register_name", default=None, help="register the study's best model in the MLflow Model Registry as NAME, alias champion")
 def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed,
-          keep_checkpoints, grace_s, out_dir, **kwargs):
+          keep_checkpoints, grace_s, out_dir, register_name, **kwargs):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep import Sweep, load_sweep_config
 
@@ -223,6 +224,13 @@ def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, sp
         test = best.user_attrs.get("test_acc")
         click.echo(f"best trial {best.number}: dev_acc {best.value:.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
                    + " " + " ".join(f"{k}={v}" for k, v in best.params.items()))
+    if register_name and best is not None:
+        from bertnli.tracking import register_champion
+
+        version = register_champion(best.user_attrs.get("mlflow_run_id", ""), register_name, cfg.tracking.tracking_uri)
+        click.echo(f"registered {register_name} version {version} (trial {best.number}) as models:/{register_name}@champion")
+    elif register_name:
+        raise BertnliError(f"no complete trial to register as {register_name}")
     from bertnli.sweep import default_storage
 
     click.echo(f"MLflow parent run {summary['parent_run_id']}: mlflow ui --backend-store-uri {_ui_uri(tracking_uri)}")
@@ -257,12 +265,9 @@ def reproduce(name, tracking_uri, experiment, force, progress):
                            + (f"; run the reduced variant: bertnli-exp reproduce {reduced}" if reduced else "") + " (or --force)")
     if "sweep" in doc:
         raise BadInput(f"{stem} is a study: run it with bertnli-exp sweep --config {path}")
-    from bertnli.lineage import check_data_folder, expected_digests, verify_run_data
-    from bertnli.tracking import client
+    from bertnli.lineage import DataCheck
 
-    declared = expect.get("data_sha256")
-    checked = check_data_folder(cfg.data, declared) if Path(cfg.data).is_dir() else ""  # refuses other data up front
-    expected = expected_digests(cfg.data, declared)[0] if checked else {}
+    data_check = DataCheck.before(cfg.data, expect.get("data_sha256"))  # refuses other data before any training
     grid = doc.get("grid", {})
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     results = []
@@ -274,12 +279,7 @@ def reproduce(name, tracking_uri, experiment, force, progress):
         results.append((combo, result, run_id))
         click.echo(f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "
                    f"{result.test.acc if result.test else float('nan'):.4f} run {run_id}")
-        data, problems, notes = verify_run_data(client(tracking_uri), run_id, expected, stem)
-        click.echo(f"data: {data}" + (f" (match {checked})" if checked and not problems else ""))
-        for note in notes:
-            click.echo(f"note: {note}")
-        if problems:
-            raise BertnliError(f"run {run_id} recorded data other than {checked}: {'; '.join(problems)}")
+        click.echo(data_check.after(run_id, tracking_uri, stem))
     if grid:
         click.echo(f"{stem}: {len(results)} runs; compare them with: bertnli-exp report --experiment {experiment or stem}")
         return

@@ -14,9 +14,10 @@ import json
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from bertnli import BadInput
+from bertnli import BadInput, BertnliError
 from bertnli.data import SNLI_URL, SPLITS, find_split, file_digest
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -179,3 +180,26 @@ def verify_run_data(c, run_id: str, expected: dict[str, str], experiment_file: s
                 notes.append(f"earlier run {earlier[0].info.run_id} of {experiment_file} saw other data ({'; '.join(differ)}): "
                              "their figures are not comparable")
     return summary, problems, notes
+
+
+@dataclass
+class DataCheck:
+    """`reproduce`'s data check: the files before training, the run's recorded dataset inputs after it."""
+
+    expected: dict[str, str]
+    where: str
+
+    @classmethod
+    def before(cls, folder: str | Path, declared: dict[str, str] | None = None) -> "DataCheck":
+        where = check_data_folder(folder, declared) if Path(folder).is_dir() else ""
+        return cls(expected_digests(folder, declared)[0] if where else {}, where)
+
+    def after(self, run_id: str, tracking_uri: str | None, experiment_file: str) -> str:
+        """Lines to print; a run that recorded other data than expected is an error."""
+        from bertnli.tracking import client
+
+        summary, problems, notes = verify_run_data(client(tracking_uri), run_id, self.expected, experiment_file)
+        if problems:
+            raise BertnliError(f"run {run_id} recorded data other than {self.where}: {'; '.join(problems)}")
+        return "\n".join([f"data: {summary}" + (f" (match {self.where})" if self.where else ""),
+                          *(f"note: {n}" for n in notes)])

@@ -86,7 +86,16 @@ def register(c, run_id: str, name: str, alias: str = "champion") -> str:
     model_id = c.get_run(run_id).data.tags.get("bertnli.model_id")
     if not model_id:
         raise BadInput(f"run {run_id} has no logged model to register (its checkpoint was not kept)")
-    mv = mlflow.register_model(f"models:/{model_id}", name)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = c.get_model_version_by_alias(name, alias)
+        if current.model_id == model_id:
+            return str(current.version)  # a resumed sweep registers its winner once
+    except MlflowException:
+        pass  # no such model or alias yet
+    with _quiet_logging():
+        mv = mlflow.register_model(f"models:/{model_id}", name)
     c.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
 

@@ -153,3 +153,29 @@ def test_ui_rest_api_shows_training_view_dataset_source_and_model(served_run, se
     (model,) = [m for m in models["models"] if m["info"]["model_id"] == output["model_id"]]
     assert model["info"]["source_run_id"] == run_id and model["info"]["name"] == "model"
     assert model["info"]["status"] == "LOGGED_MODEL_READY"
+
+
+def test_sweep_register_puts_the_winner_in_the_registry_as_champion(server, tiny_snli, tmp_path):
+    from test_sweep import write_toml
+
+    toml = write_toml(tmp_path, tiny_snli, trials=2, space='lr = {low = 1e-4, high = 5e-3, log = true}')
+    cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--limit-train", "48", "--epochs", "1",
+           "--tracking-uri", server, "--register", "bertnli-sweep-nli"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "registered bertnli-sweep-nli version 1" in r.stdout and "models:/bertnli-sweep-nli@champion" in r.stdout
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "mlruns" / "optuna-journal.log"))))
+    winner = study.best_trial.user_attrs["mlflow_run_id"]
+    c = MlflowClient(server)
+    mv = c.get_model_version_by_alias("bertnli-sweep-nli", "champion")
+    assert mv.version == "1" and mv.model_id == c.get_run(winner).data.tags["bertnli.model_id"]
+    import mlflow
+
+    mlflow.set_tracking_uri(server)
+    out = mlflow.pyfunc.load_model("models:/bertnli-sweep-nli@champion").predict(PAIRS)
+    assert list(out.columns) == COLUMNS and np.allclose(out[COLUMNS[1:]].sum(axis=1), 1.0, atol=1e-5)
+    r = subprocess.run(cmd, cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "registered bertnli-sweep-nli version 1" in r.stdout  # rerun (resume): no new version
