@@ -90,7 +90,7 @@ def register(c, run_id: str, name: str, alias: str = "champion") -> str:
 
     try:
         current = c.get_model_version_by_alias(name, alias)
-        if current.model_id == model_id:
+        if model_id in (current.model_id, (current.source or "").removeprefix("models:/")):  # a server fills only source
             return str(current.version)  # a resumed sweep registers its winner once
     except MlflowException:
         pass  # no such model or alias yet

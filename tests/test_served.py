@@ -171,7 +171,7 @@ def test_sweep_register_puts_the_winner_in_the_registry_as_champion(server, tiny
     winner = study.best_trial.user_attrs["mlflow_run_id"]
     c = MlflowClient(server)
     mv = c.get_model_version_by_alias("bertnli-sweep-nli", "champion")
-    assert mv.version == "1" and mv.model_id == c.get_run(winner).data.tags["bertnli.model_id"]
+    assert mv.version == "1" and mv.source == f"models:/{c.get_run(winner).data.tags['bertnli.model_id']}"
     import mlflow
 
     mlflow.set_tracking_uri(server)
