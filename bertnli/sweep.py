@@ -821,7 +821,9 @@ def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:
         return
     if c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":
         return
-    c.log_artifacts(run_id, str(folder), "checkpoint")
+    from bertnli.tracking import log_selected
+
+    log_selected(c, run_id, folder)  # checkpoint/ artifacts + the pyfunc model (runs:/<id>/model), for --register
     _with_retries(lambda: c.set_tag(run_id, "bertnli.checkpoint_logged", "true"))
 
 

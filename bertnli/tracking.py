@@ -9,11 +9,9 @@ or a pruned sweep trial, which the caller classifies).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from bertnli import BadInput
 from bertnli.config import TrackingConfig, TrainConfig
 from bertnli.data import LABEL_NAMES
 from bertnli.engine import EpochMetrics, EvalResult, FitResult, dist_info, fit
+from bertnli.lineage import EXPERIMENT_KIND, log_split_inputs, provenance, source_tags
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -75,13 +74,17 @@ def client(uri: str | None = None):
 def get_or_create_experiment(c, name: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
+    """The experiment, tagged as model training so MLflow's UI opens it on the training runs, not GenAI."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        for k, v in EXPERIMENT_KIND.items():
+            if exp.tags.get(k) != v:
+                c.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=local_artifact_root(uri))
+        return c.create_experiment(name, artifact_location=local_artifact_root(uri), tags=EXPERIMENT_KIND)
     except MlflowException:  # another worker created it first
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -90,18 +93,42 @@ def get_or_create_experiment(c, name: str, uri: str) -> str:
 
 
 def code_version() -> dict[str, str]:
-    """The git commit (when run from a checkout) and a digest of the package's source."""
-    h = hashlib.sha256()
-    for p in sorted(PACKAGE_DIR.glob("*.py")):
-        h.update(p.read_bytes())
-    out = {"bertnli.code_sha256": h.hexdigest()[:16]}
+    """Tags for every run: git commit + dirty flag, digests of bertnli's source and of the installed packages."""
+    return provenance()
+
+
+def system_metrics_on(tracking: TrackingConfig) -> bool:
+    """On unless --no-system-metrics (or BERTNLI_SYSTEM_METRICS=0, which sweep trial processes inherit)."""
+    if tracking.system_metrics is not None:
+        return tracking.system_metrics
+    return os.environ.get("BERTNLI_SYSTEM_METRICS", "1").lower() not in ("0", "false", "no", "off")
+
+
+def start_system_metrics(run_id: str, uri: str, interval: float, resume: bool):
+    """MLflow's own monitor (CPU, memory, disk, network; GPU where NVML answers) as system/* metrics."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=5)
-        if commit.returncode == 0:
-            out["mlflow.source.git.commit"] = commit.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=uri)
+    except Exception as e:  # noqa: BLE001 - e.g. psutil missing: the run goes on without them, and says so
+        print(f"note: system metrics are off ({str(e).splitlines()[0][:120]})")
+        return None
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor) -> None:
+    """Stop, then take one last sample: a run shorter than the interval still gets its figures."""
+    if monitor is None:
+        return
+    try:
+        monitor.finish()
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception:  # noqa: BLE001 - metrics never decide a run's status
         pass
-    return out
 
 
 # ---------------------------------------------------------------- plots
@@ -159,9 +186,10 @@ class MLflowRun:
         self.uri = tracking.tracking_uri or default_tracking_uri()
         self.client = client(self.uri)
         self.resumed = run_id is not None
+        self.info: dict[str, Any] = {}
         if run_id is None:
             exp_id = get_or_create_experiment(self.client, tracking.experiment, self.uri)
-            tags = {**code_version(), **tracking.tags}
+            tags = {**source_tags(), **code_version(), **tracking.tags}
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
             name = tracking.run_name or f"{cfg.model}-{cfg.truncation}-lr{cfg.lr:g}-s{cfg.seed}"
@@ -171,6 +199,8 @@ class MLflowRun:
         else:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
+        self.monitor = (start_system_metrics(self.run_id, self.uri, tracking.system_metrics_interval, self.resumed)
+                        if system_metrics_on(tracking) else None)
 
     # engine callbacks
     def on_fit_start(self, info: dict[str, Any]) -> None:
@@ -179,6 +209,9 @@ class MLflowRun:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
         self._log_json({"data_sha256": info.get("digests", {}), **code_version()}, "digests.json")
+        examples = {s: info.get(f"{s}_examples", 0) for s in ("train", "dev", "test")}
+        log_split_inputs(self.client, self.run_id, self.cfg.data, info.get("digests", {}), examples)
+        self.info = info
 
     def on_epoch_end(self, m: EpochMetrics) -> None:
         from mlflow.entities import Metric
@@ -219,11 +252,21 @@ class MLflowRun:
                     write_predictions(evaluated_split, tmp / f"predictions_{split}.parquet")
             for f in tmp.iterdir():
                 self.client.log_artifact(self.run_id, str(f))
+        self.write_model_card(result)
         if self.keep_checkpoint:
-            self.log_checkpoint(result.out_dir / "best")
+            self.log_checkpoint(result.out_dir / "best", result.best_epoch)
 
-    def log_checkpoint(self, folder: Path) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), "checkpoint")
+    def write_model_card(self, result: FitResult) -> None:
+        """README.md in the selected checkpoint, from what this run records (so it travels with the weights)."""
+        from bertnli.model_card import render_card
+
+        folder = result.out_dir / "best"
+        model_config = json.loads((folder / "model_config.json").read_text())
+        card = render_card(self.cfg.to_flat_dict(), model_config, result, self.info or result.info, code_version(), self.run_id)
+        (folder / "README.md").write_text(card)
+
+    def log_checkpoint(self, folder: Path, step: int = 0) -> None:
+        log_selected(self.client, self.run_id, folder, step)
 
     def _log_json(self, obj: dict, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -232,6 +275,8 @@ class MLflowRun:
             self.client.log_artifact(self.run_id, str(p))
 
     def end(self, status: str, tags: dict[str, str] | None = None) -> None:
+        stop_system_metrics(self.monitor)
+        self.monitor = None
         for k, v in (tags or {}).items():
             self.client.set_tag(self.run_id, k, v)
         self.client.set_terminated(self.run_id, status=status)
@@ -266,6 +311,21 @@ def load_predictions(run_id: str, split: str, tracking_uri: str | None = None):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         return pd.read_parquet(c.download_artifacts(run_id, name, tmp))
+
+
+def log_selected(c, run_id: str, folder: Path, step: int = 0) -> None:
+    """The selected checkpoint as artifacts (`checkpoint/`) and as the run's pyfunc model (`runs:/<id>/model`)."""
+    from bertnli.mlmodel import log_served_model
+
+    c.log_artifacts(run_id, str(folder), "checkpoint")
+    log_served_model(c, run_id, Path(folder), step)
+
+
+def register_champion(run_id: str, name: str, tracking_uri: str | None = None) -> str:
+    """A study's winner into the Model Registry as `name`, alias `champion`; returns the version (sweep --register)."""
+    from bertnli.mlmodel import register
+
+    return register(client(tracking_uri), run_id, name, "champion")
 
 
 def _params(flat: dict[str, Any]):
@@ -352,8 +412,12 @@ def train_seed_group(cfg: TrainConfig, seeds: list[int], out_dir: str | Path, tr
 
 
 def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path:
-    """Download (or locate) a run's `checkpoint/` artifact folder for predict/evaluate."""
+    """Download (or locate) a run's `checkpoint/` artifact folder for predict/evaluate; also `models:/NAME@alias`."""
     c = client(tracking_uri)
+    if run_id.startswith(("models:/", "runs:/")):
+        from bertnli.mlmodel import download_model_checkpoint
+
+        return download_model_checkpoint(run_id, tracking_uri or default_tracking_uri())
     try:
         c.get_run(run_id)
     except Exception:  # noqa: BLE001

@@ -47,6 +47,7 @@ IMPOSSIBLE_TEXT = {
     ("compare", "cells"): ("no-equals-sign", "is not key=value"),
     ("compare", "experiments"): ("no-such-experiment", "no MLflow experiment no-such-experiment"),
     ("compare", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
+    ("sweep", "register_name"): ("a/b", "is not a registered-model name"),
 }
 # Text where every value is valid: names and free sentences.
 ANY_TEXT = {("train", "experiment"), ("train", "run_name"), ("sweep", "experiment"), ("sweep", "study_name"),

@@ -89,3 +89,27 @@ def test_interrupted_run_is_killed_then_resumed_into_the_same_run(tiny_snli, tmp
     assert len(runs) == 1 and run_id == killed.info.run_id and runs[0].info.status == "FINISHED"
     assert [m.step for m in c.get_metric_history(run_id, "dev_acc")] == [1, 2]
     assert runs[0].data.tags["bertnli.resumed"] == "True"
+
+
+def test_system_metrics_are_logged_by_mlflow_and_can_be_turned_off(tiny_snli, tmp_path, mlflow_uri, monkeypatch):
+    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=1, limit_train=64)
+    _, on = train_run(cfg, tmp_path / "on", TrackingConfig(mlflow_uri, "t-sys", system_metrics_interval=0.5), progress=False)
+    c = MlflowClient(mlflow_uri)
+    metrics = c.get_run(on).data.metrics
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes", "system/system_memory_usage_percentage"):
+        assert key in metrics and metrics[key] > 0, key
+    _, off = train_run(cfg, tmp_path / "off", TrackingConfig(mlflow_uri, "t-sys", system_metrics=False), progress=False)
+    assert not [k for k in c.get_run(off).data.metrics if k.startswith("system/")]
+
+    from click.testing import CliRunner
+
+    from bertnli.cli import main
+
+    monkeypatch.setenv("BERTNLI_SYSTEM_METRICS", "1")  # restored after the test; the flag sets it for trial processes
+    args = ["train", "--model", "tiny-d2l-random", "--data", str(tiny_snli), "--epochs", "1", "--limit-train", "32",
+            "--max-len", "32", "--cache-dir", str(tmp_path / "enc"), "--tracking-uri", mlflow_uri, "--experiment", "t-sys-cli",
+            "--out", str(tmp_path / "cli"), "--no-progress", "--no-system-metrics"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    (run,) = c.search_runs([c.get_experiment_by_name("t-sys-cli").experiment_id])
+    assert not [k for k in run.data.metrics if k.startswith("system/")]

@@ -1,0 +1,110 @@
+"""What a run saw and ran, against a real SQLite MLflow store: dataset inputs, provenance tags, experiment kind,
+and `reproduce` checking the data digests."""
+
+import hashlib
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from bertnli.config import TrackingConfig
+from bertnli.data import SNLI_URL, file_digest
+from bertnli.lineage import PACKAGE_DIR, data_source_uri, installed_packages, log_split_inputs
+from bertnli.tracking import train_run
+from conftest import make_rows, write_jsonl_gz
+from test_engine import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def recorded(tiny_snli, tmp_path_factory, mlflow_uri):
+    tmp = tmp_path_factory.mktemp("lineage")
+    cfg = tiny_cfg(tiny_snli, tmp, epochs=1, limit_train=64)
+    result, run_id = train_run(cfg, tmp / "run", TrackingConfig(mlflow_uri, "t-lineage"), progress=False)
+    return MlflowClient(mlflow_uri), run_id, result, cfg
+
+
+def test_each_split_is_a_dataset_input_with_its_digest_and_source(recorded, tiny_snli):
+    c, run_id, result, cfg = recorded
+    inputs = {i.dataset.name: i for i in c.get_run(run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"train", "dev", "test"}
+    for split, inp in inputs.items():
+        full = file_digest(next(tiny_snli.glob(f"snli_1.0_{split}.*")))
+        assert full == result.info["digests"][split]
+        assert inp.dataset.digest == full[:36]  # MLflow's digest column holds 36 characters
+        assert f'"sha256": "{full}"' in inp.dataset.profile
+        assert inp.dataset.source == f'{{"uri": "{tiny_snli.resolve().as_uri()}"}}'
+        assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == split
+    assert '"examples_used": 64' in inputs["train"].dataset.profile
+    # a resumed run logs them again: nothing is duplicated
+    log_split_inputs(c, run_id, cfg.data, result.info["digests"], {"train": 64})
+    assert len(c.get_run(run_id).inputs.dataset_inputs) == 3
+
+
+def test_snli_download_folder_names_the_snli_url(tmp_path):
+    folder = tmp_path / "data" / "snli_1.0.extracted" / "snli_1.0"
+    folder.mkdir(parents=True)
+    assert data_source_uri(folder) == SNLI_URL
+    assert data_source_uri(tmp_path) == tmp_path.resolve().as_uri()
+
+
+def test_every_run_has_git_commit_dirty_flag_and_packages_hash(recorded):
+    c, run_id, _, _ = recorded
+    tags = c.get_run(run_id).data.tags
+    git = lambda *a: subprocess.run(["git", *a], cwd=PACKAGE_DIR, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    assert tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
+    assert tags["bertnli.git_dirty"] == str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
+    assert tags["bertnli.packages_sha256"] == hashlib.sha256("\n".join(installed_packages()).encode()).hexdigest()[:16]
+    assert any(p.startswith("torch==") for p in installed_packages())
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+
+
+def test_experiment_opens_on_model_training_not_genai(recorded, mlflow_uri):
+    c, run_id, _, _ = recorded
+    exp = c.get_experiment(c.get_run(run_id).info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # an experiment made before bertnli set the kind gets it on its next run
+    old = c.create_experiment("t-old-kind")
+    from bertnli.tracking import get_or_create_experiment
+
+    assert get_or_create_experiment(c, "t-old-kind", mlflow_uri) == old
+    assert c.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _experiment(tmp_path, data):
+    path = tmp_path / "tiny_exp.toml"
+    path.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{data}"\nepochs = 1\nbatch_size = 16\nlr = 2e-3\n'
+                    f'max_len = 32\nlimit_train = 48\ncache_dir = "{tmp_path / "enc"}"\n\n'
+                    '[expect]\nmetric = "best_dev_acc"\ntarget = 0.0\n')
+    return path
+
+
+def _sums(data, **wrong):
+    lines = [f"{wrong.get(s, file_digest(data / f'snli_1.0_{s}.jsonl.gz'))}  snli_1.0_{s}.jsonl.gz" for s in ("train", "dev", "test")]
+    (data / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def test_reproduce_checks_data_digests(tmp_path, tiny_snli, mlflow_uri, monkeypatch):
+    from bertnli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_snli, data)
+    toml = _experiment(tmp_path, data)
+    args = ["reproduce", str(toml), "--tracking-uri", mlflow_uri, "--no-progress"]
+    _sums(data, train="0" * 64)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "differs from" in r.output and "train is" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+    _sums(data)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert f"(match {data / 'SHA256SUMS'})" in r.output and "PASS" in r.output
+    assert f"dev {file_digest(data / 'snli_1.0_dev.jsonl.gz')[:12]}" in r.output
+
+    (data / "SHA256SUMS").unlink()  # the data change: the next run says its figures are not comparable
+    write_jsonl_gz(data / "snli_1.0_dev.jsonl.gz", make_rows(60, 9))
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "saw other data (dev is" in r.output, r.output
