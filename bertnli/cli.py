@@ -42,9 +42,24 @@ class Group(click.Group):
         except BertnliError as e:
             click.echo(f"bertnli-exp: error: {e}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("bertnli-exp: interrupted; the run is marked KILLED and can be resumed with --resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            click.echo(f"bertnli-exp: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; the run is marked KILLED; "
+                       "run the same command (train: with --resume) to continue", err=True)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `docker stop`): handled like Ctrl-C, so the run ends KILLED and resumable."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 # ---------------------------------------------------------------- options from TrainConfig
@@ -150,13 +165,19 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
     from bertnli.tracking import train_run
 
     overrides = _train_overrides(kwargs)
+    handle_sigterm()
     if resume_dir:
         saved = Path(resume_dir) / "config.json"
         if not saved.is_file():
             raise BadInput(f"{resume_dir} has no config.json; --resume takes the folder of an earlier run (its --out)")
         import json
 
-        cfg = load_config(None, {**json.loads(saved.read_text()), **{k: v for k, v in overrides.items() if v is not None}})
+        saved_cfg = load_config(None, json.loads(saved.read_text()))
+        given = load_config(config_path, overrides) if config_path else None
+        asked = {k: v for k, v in overrides.items() if v is not None}
+        if given is not None:
+            asked = {**{k: getattr(given, k) for k in dataclasses.asdict(given)}, **asked}
+        cfg = load_config(None, {**dataclasses.asdict(saved_cfg), **_check_resume_changes(saved_cfg, asked)})
         out_dir = resume_dir
     else:
         cfg = load_config(config_path, overrides)
@@ -169,6 +190,22 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
                    f"{result.history[-1].examples_per_sec:.1f} train ex/s; {result.wall_seconds:.0f} s")
         click.echo(f"run {run_id}; checkpoint {Path(out_dir) / 'best'}")
         click.echo("see it: mlflow ui --backend-store-uri " + _ui_uri(tracking_uri))
+
+
+# Settings that do not change the training trajectory: a resumed run may take new values for them.
+RESUME_MAY_CHANGE = ("data", "cache_dir", "eval_batch_size", "checkpoint_every", "device")
+
+
+def _check_resume_changes(saved: TrainConfig, asked: dict) -> dict:
+    """Refuse, in one line naming them, settings that would silently change a resumed run (its
+    optimizer state, step and MLflow params belong to the saved ones). Returns the allowed ones."""
+    changed = {k: v for k, v in asked.items()
+               if k not in RESUME_MAY_CHANGE and load_config(None, {**dataclasses.asdict(saved), k: v}) != saved}
+    if changed:
+        names = ", ".join(f"{k} (saved {getattr(saved, k)!r}, given {v!r})" for k, v in sorted(changed.items()))
+        raise BadInput(f"--resume continues a run with its saved settings; these would change it: {names}; "
+                       "drop them, or start a new run with --out")
+    return {k: v for k, v in asked.items() if k in RESUME_MAY_CHANGE}
 
 
 def _ui_uri(uri: str | None) -> str:
@@ -194,16 +231,20 @@ def _ui_uri(uri: str | None) -> str:
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
 @click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
+@click.option("--trial-timeout", type=click.FloatRange(min=1), default=None,
+              help="seconds one trial may run; a trial past it (hung) is killed and marked FAIL 'timed out' [default: none]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="folder for trial checkpoints [default: outputs/sweeps]")
 def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed,
-          keep_checkpoints, grace_s, out_dir, **kwargs):
+          keep_checkpoints, grace_s, trial_timeout, out_dir, **kwargs):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep import Sweep, load_sweep_config
 
     overrides = _train_overrides(kwargs)
     sweep_overrides = {"trials": trials, "study_name": study_name, "storage": storage, "timeout": timeout, "workers": workers,
-                       "seed": sampler_seed, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir}
+                       "seed": sampler_seed, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir,
+                       "trial_timeout": trial_timeout}
     cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), TrackingConfig(tracking_uri, experiment))
+    handle_sigterm()
     summary = Sweep(cfg, log=click.echo).run()
     best = summary.get("best")
     click.echo(f"study {cfg.study_name}: {summary['done']}/{cfg.trials} trials complete or pruned in {summary['wall_seconds']:.0f} s")
@@ -406,6 +447,45 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
         click.echo(f"  {name:13} " + " ".join(f"{int(x):>7}" for x in m[i]))
 
 
+def _jsonl_pair(path: str, n: int, line: str) -> tuple[str, str]:
+    import json
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); "
+                       'each line must be one object such as {"sentence1": "...", "sentence2": "..."}') from None
+    if not isinstance(row, dict):
+        raise BadInput(f"{path}:{n}: a JSON {type(row).__name__}, not an object with sentence1 and sentence2")
+    for key in ("sentence1", "sentence2"):
+        if not isinstance(row.get(key), str):
+            raise BadInput(f"{path}:{n}: " + (f"no {key!r} field" if key not in row else f"{key!r} is not text")
+                           + "; each line needs sentence1 (premise) and sentence2 (hypothesis)")
+    return row["sentence1"], row["sentence2"]
+
+
+def read_pairs(path: str) -> tuple[list[str], list[str]]:
+    """Pairs from TSV or JSONL; a bad line is one error naming the file and the line."""
+    premises, hypotheses = [], []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give a UTF-8 TSV or JSONL file") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            p, h = _jsonl_pair(path, n, line)
+        else:
+            cells = line.split("\t")
+            if len(cells) < 2:
+                raise BadInput(f"{path}:{n}: expected premise<TAB>hypothesis")
+            p, h = cells[0], cells[1]
+        premises.append(p)
+        hypotheses.append(h)
+    return premises, hypotheses
+
+
 @main.command()
 @click.argument("checkpoint")
 @click.argument("premise", required=False)
@@ -414,26 +494,11 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
 @tracking_uri_option
 def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
     """Label sentence pairs with a checkpoint (a run folder, its best/ folder, or an MLflow run id)."""
-    import json
-
     from bertnli.data import LABEL_NAMES
     from bertnli.engine import predict as run_predict
 
     if pairs_file:
-        premises, hypotheses = [], []
-        for n, line in enumerate(Path(pairs_file).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            if pairs_file.endswith(".jsonl"):
-                row = json.loads(line)
-                premises.append(row["sentence1"])
-                hypotheses.append(row["sentence2"])
-            else:
-                cells = line.split("\t")
-                if len(cells) < 2:
-                    raise BertnliError(f"{pairs_file}:{n}: expected premise<TAB>hypothesis")
-                premises.append(cells[0])
-                hypotheses.append(cells[1])
+        premises, hypotheses = read_pairs(pairs_file)
     elif premise and hypothesis:
         premises, hypotheses = [premise], [hypothesis]
     else:

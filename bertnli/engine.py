@@ -351,7 +351,8 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
     info = {"device": str(device), "world_size": world, "train_examples": len(prep.train), "dev_examples": len(prep.dev),
             "test_examples": len(prep.test) if prep.test is not None else 0, "steps_per_epoch": steps_per_epoch,
             "parameters": sum(p.numel() for p in model.parameters()), "digests": prep.digests, "out_dir": str(out_dir),
-            "resumed": bool(resume and last_path.is_file()), "precision": numeric_precision(device, cfg.amp)}
+            "resumed": bool(resume and last_path.is_file()), "precision": numeric_precision(device, cfg.amp),
+            "history": [asdict(h) for h in history]}  # epochs a resumed checkpoint holds (tracking logs any it lacks)
     for cb in callbacks:
         cb.on_fit_start(info)
 
