@@ -222,4 +222,5 @@ def reap(study, storage, cfg: SweepConfig, log=print) -> None:
     if judged and uses_heartbeat(storage):
         import optuna
 
-        optuna.storages.fail_stale_trials(study)
+        # Optuna's own stale-trial check (database clock, grace_period), on a study over the bare RDBStorage.
+        optuna.storages.fail_stale_trials(optuna.load_study(study_name=study.study_name, storage=storage.inner))

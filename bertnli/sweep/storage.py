@@ -16,7 +16,6 @@ outage stops every heartbeat, not only dead workers').
 
 from __future__ import annotations
 
-import functools
 import random
 import sys
 import time
@@ -33,7 +32,6 @@ IDEMPOTENT = ("get_study_id_from_name", "get_study_name_from_id", "get_study_dir
               "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "get_best_trial",
               "set_trial_user_attr", "set_trial_system_attr", "set_study_user_attr", "set_study_system_attr",
               "set_trial_intermediate_value", "set_trial_param", "record_heartbeat", "check_trial_is_updatable")
-NOT_IDEMPOTENT = ("create_new_trial", "set_trial_state_values", "create_new_study", "delete_study")
 
 
 def default_storage() -> str:
@@ -52,68 +50,49 @@ def is_outage(e: BaseException | None) -> bool:
     return False
 
 
-def _patient(method):
-    """Repeat an idempotent storage call through an outage, for up to the storage's patience."""
+class PatientStorage:
+    """An Optuna RDBStorage behind the outage policy above, through its public methods only.
 
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        deadline, delay = time.time() + self.patience_s, 0.5
-        while True:
-            try:
-                out = method(self, *args, **kwargs)
-                return out
-            except Exception as e:
-                if not is_outage(e):
-                    raise
-                self.mark_unreachable()
-                if time.time() > deadline:
-                    raise
-                print(f"bertnli: Optuna storage unreachable ({type(e).__name__}); retrying in {delay:.1f} s", file=sys.stderr, flush=True)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    Composition, not a subclass: Optuna wraps an RDBStorage in a cache that calls its private
+    methods (`_create_new_trial`, `_get_trials`, ...), which a policy on the public ones would
+    miss. A plain object is used by Optuna as it is. `inner` is the RDBStorage itself, for
+    Optuna's heartbeat machinery (`fail_stale_trials`), which needs a study on a real RDB.
+    """
 
-    return call
+    def __init__(self, inner, patience_s: float = 300.0):
+        self.inner, self.patience_s = inner, patience_s
+        self.connected_since = time.monotonic()
 
+    def mark_unreachable(self) -> None:
+        self.connected_since = time.monotonic()
 
-def _watched(method):
-    """A call that is not repeated: an outage is only noted (it breaks the connected time) and raised."""
+    def connected_for(self) -> float:
+        """Seconds since the last call that found the database unreachable (or since opening)."""
+        return time.monotonic() - self.connected_since
 
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as e:
-            if is_outage(e):
-                self.mark_unreachable()
-            raise
+    def __getattr__(self, name: str):
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+        repeat = name in IDEMPOTENT or name.startswith("get_")
 
-    return call
+        def call(*args, **kwargs):
+            deadline, delay = time.time() + self.patience_s, 0.5
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as e:
+                    if not is_outage(e):
+                        raise
+                    self.mark_unreachable()
+                    if not repeat or time.time() > deadline:
+                        raise
+                    print(f"bertnli: Optuna storage unreachable ({type(e).__name__}); retrying in {delay:.1f} s",
+                          file=sys.stderr, flush=True)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
 
-
-def _rdb_class():
-    from optuna.storages import RDBStorage
-
-    class PatientRDBStorage(RDBStorage):
-        """RDBStorage with the outage policy above (a subclass, so Optuna's heartbeat machinery sees an RDB)."""
-
-        def __init__(self, url: str, patience_s: float = 300.0, **kwargs):
-            self.patience_s = patience_s
-            self.connected_since = time.monotonic()
-            super().__init__(url, **kwargs)
-
-        def mark_unreachable(self) -> None:
-            self.connected_since = time.monotonic()
-
-        def connected_for(self) -> float:
-            """Seconds since the last failed call (or since this process opened the storage)."""
-            return time.monotonic() - self.connected_since
-
-    for name in IDEMPOTENT:
-        if hasattr(RDBStorage, name):
-            setattr(PatientRDBStorage, name, _patient(getattr(RDBStorage, name)))
-    for name in NOT_IDEMPOTENT:
-        setattr(PatientRDBStorage, name, _watched(getattr(RDBStorage, name)))
-    return PatientRDBStorage
+        return call
 
 
 def _journal(url: str):
@@ -145,7 +124,9 @@ def open_storage(url: str | None, grace_s: float = 60.0, stale_callback=None):
     # finds the tables made a moment later.
     for attempt in range(6):
         try:
-            return _rdb_class()(url, engine_kwargs=kwargs, **heartbeat)
+            from optuna.storages import RDBStorage
+
+            return PatientStorage(RDBStorage(url, engine_kwargs=kwargs, **heartbeat))
         except (ArgumentError, NoSuchModuleError, ImportError) as e:
             raise BadInput(f"--storage {url.split('@')[-1]!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
                            "give postgresql://user@host/db, sqlite:///file.db or a journal file path") from None
