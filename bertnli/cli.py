@@ -30,7 +30,11 @@ class Group(click.Group):
             cmd = e.ctx.command_path if e.ctx else "bertnli-exp"
             click.echo(f"{cmd}: error: {e.format_message()} (see {cmd} --help)", err=True)
             sys.exit(2)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as e:  # click turns KeyboardInterrupt (and our SIGTERM) into Abort
+            if isinstance(e.__context__, Terminated):
+                click.echo("bertnli-exp: terminated (SIGTERM); runs are marked KILLED; run the same command "
+                           "(train: with --resume) to continue", err=True)
+                sys.exit(143)
             click.echo("bertnli-exp: interrupted", err=True)
             sys.exit(130)
         except click.ClickException as e:

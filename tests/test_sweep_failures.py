@@ -25,8 +25,9 @@ def wait_for(predicate, timeout=300, what="condition"):
 
 
 def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+    """The trial processes a sweep process started (not, say, its `git rev-parse`)."""
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "bertnli.sweep trial" in line]
 
 
 def test_a_crashed_worker_ends_its_trial_and_the_sweep_exits_non_zero(tmp_path, tiny_snli, monkeypatch):

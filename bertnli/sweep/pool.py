@@ -77,9 +77,17 @@ class Sweep:
         return sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials), sum(t.state == S.RUNNING for t in trials)
 
     def _reap(self, study, force: bool = False) -> None:
-        if force or time.time() >= self.next_reap:
-            self.next_reap = time.time() + max(5.0, self.cfg.grace_s / 4)
+        if not (force or time.time() >= self.next_reap):
+            return
+        self.next_reap = time.time() + max(5.0, self.cfg.grace_s / 4)
+        try:
             reap(study, self.storage, self.cfg, self.log)
+        except Exception as e:
+            from mlflow.exceptions import MlflowException
+
+            if force or not (is_outage(e) or isinstance(e, MlflowException)):
+                raise
+            self.log(f"reaping skipped this time: {type(e).__name__} (a store is unreachable)")
 
     def _step_aside(self, study, trial) -> bool:
         """Exactly N trials, even with workers on many hosts asking at the same moment.
@@ -141,6 +149,7 @@ class Sweep:
         while not self.stop.is_set():
             if self.deadline and time.time() > self.deadline:
                 return
+            asked = False
             with self.lock:
                 done, running = self._counts(study)
                 if done + running >= self.cfg.trials:
@@ -148,15 +157,16 @@ class Sweep:
                         return
                     trial = None
                 else:
+                    asked = True
                     try:
                         trial = self._ask(study)
                     except Exception as e:
                         if not is_outage(e):
                             raise
                         trial = None  # the storage is away: look again (an orphan it left is reaped later)
-                    if trial is None:
-                        time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
-                        continue
+            if asked and trial is None:
+                time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
+                continue
             if trial is None:  # others are still running trials that may fail: wait and look again
                 time.sleep(1.0)
                 with self.lock:
