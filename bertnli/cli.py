@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from bertnli import BadInput, BertnliError
-from bertnli.config import OPTIMIZERS, SCHEDULES, TRUNCATIONS, TrackingConfig, TrainConfig, load_config
+from bertnli.config import OPTIMIZERS, SCHEDULES, TRUNCATIONS, TrackingConfig, TrainConfig, load_config, resume_changes
 
 # ---------------------------------------------------------------- one-line errors
 
@@ -181,7 +181,7 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
         asked = {k: v for k, v in overrides.items() if v is not None}
         if given is not None:
             asked = {**{k: getattr(given, k) for k in dataclasses.asdict(given)}, **asked}
-        cfg = load_config(None, {**dataclasses.asdict(saved_cfg), **_check_resume_changes(saved_cfg, asked)})
+        cfg = load_config(None, {**dataclasses.asdict(saved_cfg), **resume_changes(saved_cfg, asked)})
         out_dir = resume_dir
     else:
         cfg = load_config(config_path, overrides)
@@ -194,22 +194,6 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
                    f"{result.history[-1].examples_per_sec:.1f} train ex/s; {result.wall_seconds:.0f} s")
         click.echo(f"run {run_id}; checkpoint {Path(out_dir) / 'best'}")
         click.echo("see it: mlflow ui --backend-store-uri " + _ui_uri(tracking_uri))
-
-
-# Settings that do not change the training trajectory: a resumed run may take new values for them.
-RESUME_MAY_CHANGE = ("data", "cache_dir", "eval_batch_size", "checkpoint_every", "device")
-
-
-def _check_resume_changes(saved: TrainConfig, asked: dict) -> dict:
-    """Refuse, in one line naming them, settings that would silently change a resumed run (its
-    optimizer state, step and MLflow params belong to the saved ones). Returns the allowed ones."""
-    changed = {k: v for k, v in asked.items()
-               if k not in RESUME_MAY_CHANGE and load_config(None, {**dataclasses.asdict(saved), k: v}) != saved}
-    if changed:
-        names = ", ".join(f"{k} (saved {getattr(saved, k)!r}, given {v!r})" for k, v in sorted(changed.items()))
-        raise BadInput(f"--resume continues a run with its saved settings; these would change it: {names}; "
-                       "drop them, or start a new run with --out")
-    return {k: v for k, v in asked.items() if k in RESUME_MAY_CHANGE}
 
 
 def _ui_uri(uri: str | None) -> str:
@@ -451,45 +435,6 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
         click.echo(f"  {name:13} " + " ".join(f"{int(x):>7}" for x in m[i]))
 
 
-def _jsonl_pair(path: str, n: int, line: str) -> tuple[str, str]:
-    import json
-
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); "
-                       'each line must be one object such as {"sentence1": "...", "sentence2": "..."}') from None
-    if not isinstance(row, dict):
-        raise BadInput(f"{path}:{n}: a JSON {type(row).__name__}, not an object with sentence1 and sentence2")
-    for key in ("sentence1", "sentence2"):
-        if not isinstance(row.get(key), str):
-            raise BadInput(f"{path}:{n}: " + (f"no {key!r} field" if key not in row else f"{key!r} is not text")
-                           + "; each line needs sentence1 (premise) and sentence2 (hypothesis)")
-    return row["sentence1"], row["sentence2"]
-
-
-def read_pairs(path: str) -> tuple[list[str], list[str]]:
-    """Pairs from TSV or JSONL; a bad line is one error naming the file and the line."""
-    premises, hypotheses = [], []
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give a UTF-8 TSV or JSONL file") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.endswith(".jsonl"):
-            p, h = _jsonl_pair(path, n, line)
-        else:
-            cells = line.split("\t")
-            if len(cells) < 2:
-                raise BadInput(f"{path}:{n}: expected premise<TAB>hypothesis")
-            p, h = cells[0], cells[1]
-        premises.append(p)
-        hypotheses.append(h)
-    return premises, hypotheses
-
-
 @main.command()
 @click.argument("checkpoint")
 @click.argument("premise", required=False)
@@ -502,6 +447,8 @@ def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
     from bertnli.engine import predict as run_predict
 
     if pairs_file:
+        from bertnli.data import read_pairs
+
         premises, hypotheses = read_pairs(pairs_file)
     elif premise and hypothesis:
         premises, hypotheses = [premise], [hypothesis]

@@ -129,7 +129,7 @@ def test_resume_refuses_changed_hyperparameters_in_one_line(trained):
     assert "--resume" in line and "epochs (saved 5, given 7)" in line and "lr (saved 0.002, given 0.01)" in line
     import json
 
-    from bertnli.cli import _check_resume_changes
+    from bertnli.config import resume_changes as _check_resume_changes
     from bertnli.config import load_config
 
     saved = load_config(None, json.loads((run / "config.json").read_text()))

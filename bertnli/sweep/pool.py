@@ -125,7 +125,13 @@ class Sweep:
         trial.set_user_attr("heartbeat", time.time())
         return trial
 
-    def _worker(self, parent_run_id: str, bar) -> None:
+    def _worker(self, parent_run_id: str, bar, done: threading.Event) -> None:
+        try:
+            self._work(parent_run_id, bar)
+        finally:
+            done.set()
+
+    def _work(self, parent_run_id: str, bar) -> None:
         import optuna
 
         # A study object (and so a sampler) of its own: the sampler is reseeded per trial, so it is per thread.
@@ -229,17 +235,23 @@ class Sweep:
         tmp.write_text(json.dumps(spec_to_json(self.cfg)))
         tmp.replace(self.spec_path)  # processes starting together never read half a file
 
-    def _interrupt(self, threads) -> None:
+    def _interrupt(self, finished: list[threading.Event]) -> None:
+        """Ctrl-C / SIGTERM: each trial process gets SIGTERM (its run ends KILLED), each worker records it.
+
+        Waits on the workers' own events, not Thread.join: in CPython 3.11 a join that a
+        KeyboardInterrupt cut short can leave the thread looking finished, and the process
+        would exit (killing the trials) before any worker had recorded its trial."""
         self.interrupted.set()
         self.stop.set()
         for run in list(self.runs.values()):
             try:
                 if run.proc is not None and run.proc.poll() is None:
-                    os.kill(run.proc.pid, signal.SIGINT)
+                    os.kill(run.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        for th in threads:
-            th.join(timeout=60)
+        deadline = time.time() + 60
+        for done in finished:
+            done.wait(timeout=max(0.0, deadline - time.time()))
 
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
@@ -253,16 +265,16 @@ class Sweep:
         self.log(f"study {self.cfg.study_name}: {done}/{self.cfg.trials} trials done; "
                  f"storage {self.storage_url}; MLflow parent run {parent}")
         bar = tqdm(total=self.cfg.trials, initial=min(done, self.cfg.trials), desc="trials", unit="trial")
-        threads = [threading.Thread(target=self._worker, args=(parent, bar), daemon=True) for _ in range(self.cfg.workers)]
+        finished = [threading.Event() for _ in range(self.cfg.workers)]
+        threads = [threading.Thread(target=self._worker, args=(parent, bar, done), daemon=True) for done in finished]
         status = "FINISHED"
         try:
             for th in threads:
                 th.start()
-            while any(th.is_alive() for th in threads):
-                for th in threads:
-                    th.join(timeout=0.5)
+            while not all(done.is_set() for done in finished):
+                next(done for done in finished if not done.is_set()).wait(timeout=0.5)
         except KeyboardInterrupt:
-            self._interrupt(threads)
+            self._interrupt(finished)
             status = "KILLED"
             raise
         finally:

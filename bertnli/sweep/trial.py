@@ -137,6 +137,9 @@ def main(argv: list[str]) -> int:
     _die_with_worker()
     if os.getppid() != a.parent_pid:  # the worker died before PDEATHSIG was set
         return 1
+    # Both end the run KILLED (resumable). SIGINT is set explicitly: a process started in the
+    # background of a non-interactive shell inherits SIGINT ignored, and Python keeps it so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         return run_trial(a)
