@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from bertnli import BadInput, BertnliError
-from bertnli.config import OPTIMIZERS, SCHEDULES, TRUNCATIONS, TrackingConfig, TrainConfig, load_config
+from bertnli.config import OPTIMIZERS, SCHEDULES, TRUNCATIONS, TrackingConfig, TrainConfig, load_config, resume_changes
 
 # ---------------------------------------------------------------- one-line errors
 
@@ -30,7 +30,11 @@ class Group(click.Group):
             cmd = e.ctx.command_path if e.ctx else "bertnli-exp"
             click.echo(f"{cmd}: error: {e.format_message()} (see {cmd} --help)", err=True)
             sys.exit(2)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as e:  # click turns KeyboardInterrupt (and our SIGTERM) into Abort
+            if isinstance(e.__context__, Terminated):
+                click.echo("bertnli-exp: terminated (SIGTERM); runs are marked KILLED; run the same command "
+                           "(train: with --resume) to continue", err=True)
+                sys.exit(143)
             click.echo("bertnli-exp: interrupted", err=True)
             sys.exit(130)
         except click.ClickException as e:
@@ -42,9 +46,24 @@ class Group(click.Group):
         except BertnliError as e:
             click.echo(f"bertnli-exp: error: {e}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("bertnli-exp: interrupted; the run is marked KILLED and can be resumed with --resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            click.echo(f"bertnli-exp: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; the run is marked KILLED; "
+                       "run the same command (train: with --resume) to continue", err=True)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `docker stop`): handled like Ctrl-C, so the run ends KILLED and resumable."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 # ---------------------------------------------------------------- options from TrainConfig
@@ -174,6 +193,7 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
     from bertnli.tracking import train_run
 
     overrides = _train_overrides(kwargs)
+    handle_sigterm()
     seed_list = None if resume_dir else seeds_setting(config_path, seeds)
     if seeds is not None and resume_dir:
         raise click.UsageError("--seeds and --resume do not mix; to resume a seed group rerun the same command with the same --out")
@@ -187,7 +207,12 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
             raise BadInput(f"{resume_dir} has no config.json; --resume takes the folder of an earlier run (its --out)")
         import json
 
-        cfg = load_config(None, {**json.loads(saved.read_text()), **{k: v for k, v in overrides.items() if v is not None}})
+        saved_cfg = load_config(None, json.loads(saved.read_text()))
+        given = load_config(config_path, overrides) if config_path else None
+        asked = {k: v for k, v in overrides.items() if v is not None}
+        if given is not None:
+            asked = {**{k: getattr(given, k) for k in dataclasses.asdict(given)}, **asked}
+        cfg = load_config(None, {**dataclasses.asdict(saved_cfg), **resume_changes(saved_cfg, asked)})
         out_dir = resume_dir
     else:
         cfg = load_config(config_path, overrides)
@@ -244,18 +269,22 @@ def _ui_uri(uri: str | None) -> str:
               help="tpe (with median pruning) or random (i.i.d. trials, no pruning: valid for expected validation performance) [default: tpe]")
 @click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
+@click.option("--trial-timeout", type=click.FloatRange(min=1), default=None,
+              help="seconds one trial may run; a trial past it (hung) is killed and marked FAIL 'timed out' [default: none]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="folder for trial checkpoints [default: outputs/sweeps]")
 @click.option("--register", "register_name", default=None, callback=_check_model_name,
               help="register the study's best model in the MLflow Model Registry as NAME, alias champion")
 def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed, sampler,
-          keep_checkpoints, grace_s, out_dir, register_name, **kwargs):
+          keep_checkpoints, grace_s, trial_timeout, out_dir, register_name, **kwargs):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep import Sweep, load_sweep_config
 
     overrides = _train_overrides(kwargs)
     sweep_overrides = {"trials": trials, "study_name": study_name, "storage": storage, "timeout": timeout, "workers": workers,
-                       "seed": sampler_seed, "sampler": sampler, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s, "out_dir": out_dir}
+                       "seed": sampler_seed, "sampler": sampler, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s,
+                       "out_dir": out_dir, "trial_timeout": trial_timeout}
     cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), TrackingConfig(tracking_uri, experiment))
+    handle_sigterm()
     summary = Sweep(cfg, log=click.echo).run()
     best = summary.get("best")
     click.echo(f"study {cfg.study_name}: {summary['done']}/{cfg.trials} trials complete or pruned in {summary['wall_seconds']:.0f} s")
@@ -561,26 +590,13 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
 @tracking_uri_option
 def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
     """Label sentence pairs with a checkpoint (a run folder, its best/ folder, an MLflow run id, or models:/NAME@champion)."""
-    import json
-
     from bertnli.data import LABEL_NAMES
     from bertnli.engine import predict as run_predict
 
     if pairs_file:
-        premises, hypotheses = [], []
-        for n, line in enumerate(Path(pairs_file).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            if pairs_file.endswith(".jsonl"):
-                row = json.loads(line)
-                premises.append(row["sentence1"])
-                hypotheses.append(row["sentence2"])
-            else:
-                cells = line.split("\t")
-                if len(cells) < 2:
-                    raise BertnliError(f"{pairs_file}:{n}: expected premise<TAB>hypothesis")
-                premises.append(cells[0])
-                hypotheses.append(cells[1])
+        from bertnli.data import read_pairs
+
+        premises, hypotheses = read_pairs(pairs_file)
     elif premise and hypothesis:
         premises, hypotheses = [premise], [hypothesis]
     else:

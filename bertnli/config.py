@@ -174,3 +174,19 @@ class TrackingConfig:
     tags: dict[str, str] = field(default_factory=dict)
     system_metrics: bool | None = None  # None: on, unless BERTNLI_SYSTEM_METRICS=0
     system_metrics_interval: float = 10.0  # seconds between MLflow system-metrics samples
+
+
+# Settings that do not change the training trajectory: a resumed run may take new values for them.
+RESUME_MAY_CHANGE = ("data", "cache_dir", "eval_batch_size", "checkpoint_every", "device", "compile")
+
+
+def resume_changes(saved: TrainConfig, asked: dict) -> dict:
+    """Refuse, in one line naming them, settings that would silently change a resumed run (its
+    optimizer state, step and MLflow params belong to the saved ones). Returns the allowed ones."""
+    changed = {k: v for k, v in asked.items()
+               if k not in RESUME_MAY_CHANGE and config_from_dict({k: v}, saved) != saved}
+    if changed:
+        names = ", ".join(f"{k} (saved {getattr(saved, k)!r}, given {v!r})" for k, v in sorted(changed.items()))
+        raise BadInput(f"--resume continues a run with its saved settings; these would change it: {names}; "
+                       "drop them, or start a new run with --out")
+    return {k: v for k, v in asked.items() if k in RESUME_MAY_CHANGE}

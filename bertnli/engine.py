@@ -297,7 +297,8 @@ def run_info(cfg: TrainConfig, prep: Prepared, state: TrainState, device: torch.
             "test_examples": len(prep.test) if prep.test is not None else 0,
             "steps_per_epoch": math.ceil(len(prep.train) / cfg.batch_size),
             "parameters": sum(p.numel() for p in state.model.parameters()), "digests": prep.digests, "out_dir": str(out_dir),
-            "resumed": resumed, "precision": precision, "attention": attention_name(device)}
+            "resumed": resumed, "precision": precision, "attention": attention_name(device),
+            "history": [asdict(h) for h in state.history]}  # epochs a resumed checkpoint holds (tracking logs any MLflow lacks)
 
 
 def training_forward(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, distributed: bool) -> torch.nn.Module:

@@ -47,7 +47,7 @@ def pruners(settings: dict[str, int]) -> dict[str, object]:
     }
 
 
-def replay(curves: list[Curve], pruner, step_of: Callable[[int, int], int] | None = None) -> list[int | None]:
+def replay(curves: list[Curve], pruner, step_of: Callable[[int, int], int] | None = None, warmup_epochs: int = 0) -> list[int | None]:
     """The epoch at which `pruner` stops each trial (None: it runs to its end), over the recorded curves.
 
     `step_of(epoch, epochs)` is the Optuna step the live sweep reported an epoch at (default: the epoch).
@@ -65,7 +65,7 @@ def replay(curves: list[Curve], pruner, step_of: Callable[[int, int], int] | Non
         stopped = None
         for epoch, value in enumerate(c.values, start=1):
             trial.report(value, step_of(epoch, c.epochs) if step_of else epoch)
-            if epoch < c.epochs and trial.should_prune():
+            if warmup_epochs < epoch < c.epochs and trial.should_prune():
                 stopped = epoch
                 break
         if stopped is not None or len(c.values) < c.epochs:
@@ -74,6 +74,17 @@ def replay(curves: list[Curve], pruner, step_of: Callable[[int, int], int] | Non
             study.tell(trial, c.final if c.final is not None else max(c.values))
         decisions.append(stopped)
     return decisions
+
+
+def replay_as_live(curves: list[Curve], name: str, pruner, settings: dict[str, int]) -> list[int | None]:
+    """The sweep's own pruner (MedianPruner) replayed on the sweep's clock: each epoch reported at the
+    fraction of its trial's schedule (sweep.space.report_step), no decision in the warm-up epochs."""
+    if name != "MedianPruner" or "warmup_epochs" not in settings:
+        return replay(curves, pruner)
+    from bertnli.sweep.space import report_step
+
+    ticks = math.lcm(*(c.epochs for c in curves))  # a divisor-compatible clock: same steps compared, same decisions
+    return replay(curves, pruner, lambda e, n: report_step(e, n, ticks), settings["warmup_epochs"])
 
 
 def _seconds(c: Curve, epochs: int) -> float:
@@ -92,7 +103,7 @@ def summarize(curves: list[Curve], settings: dict[str, int]) -> pd.DataFrame:
     full_seconds = sum(_seconds(c, c.epochs) for c in curves)
     live = [len(c.values) if c.live_pruned else None for c in curves]
     rows = []
-    for name, decisions in [("live", live), *((n, replay(curves, p)) for n, p in pruners(settings).items())]:
+    for name, decisions in [("live", live), *((n, replay_as_live(curves, n, p, settings)) for n, p in pruners(settings).items())]:
         run = [d if d is not None else c.epochs for c, d in zip(curves, decisions)]
         unresolved = sum(c.live_pruned and d is None for c, d in zip(curves, decisions))
         seconds = sum(_seconds(c, e) for c, e in zip(curves, run))
@@ -127,8 +138,8 @@ def parse_pruner_tag(tag: str | None) -> dict[str, int]:
     """`MedianPruner(n_startup_trials=4, n_warmup_steps=0)` (the sweep parent's tag) -> its settings."""
     settings = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", tag or "")}
     warmup = re.search(r"warmup (\d+) epochs", tag or "")
-    if warmup:
-        settings.setdefault("n_warmup_steps", int(warmup.group(1)))
+    if warmup:  # the sweep's clock: warm-up counted in epochs, outside the pruner
+        settings["warmup_epochs"] = int(warmup.group(1))
     return settings
 
 

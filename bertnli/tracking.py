@@ -204,7 +204,8 @@ class MLflowRun:
 
     # engine callbacks
     def on_fit_start(self, info: dict[str, Any]) -> None:
-        tags = {f"bertnli.{k}": str(v) for k, v in info.items() if k not in ("digests",)}
+        self._log_missing_epochs(info.get("history", []))
+        tags = {f"bertnli.{k}": str(v) for k, v in info.items() if k not in ("digests", "history")}
         tags |= {f"data.{k}.sha256": v for k, v in info.get("digests", {}).items()}
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
@@ -212,6 +213,16 @@ class MLflowRun:
         examples = {s: info.get(f"{s}_examples", 0) for s in ("train", "dev", "test")}
         log_split_inputs(self.client, self.run_id, self.cfg.data, info.get("digests", {}), examples)
         self.info = info
+
+    def _log_missing_epochs(self, history: list[dict[str, Any]]) -> None:
+        """A resumed run: the checkpoint is written before on_epoch_end logs, so a kill between the
+        two leaves an epoch that the checkpoint holds and MLflow lacks; log it now (each epoch once)."""
+        if not history:
+            return
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "dev_acc")}
+        for h in history:
+            if h["epoch"] not in logged:
+                self.on_epoch_end(EpochMetrics(**h))
 
     def on_epoch_end(self, m: EpochMetrics) -> None:
         from mlflow.entities import Metric

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["ci_servers"]  # under CI=true, PostgreSQL/Chromium tests may not skip
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -77,6 +79,10 @@ def real_snli() -> Path:
 def mlflow_uri(tmp_path_factory) -> str:
     """One SQLite store for the session: MLflow's schema migration costs seconds per new store."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes long (real outages, many processes); still run in CI")
 
 
 @pytest.fixture(autouse=True)

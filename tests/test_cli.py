@@ -117,3 +117,68 @@ def test_predict_from_the_mlflow_run_id(trained, mlflow_uri, tmp_path):
     assert len(lines) == 2 and all(line.split()[0] in ("entailment", "contradiction", "neutral") for line in lines)
     direct = cli("predict", run / "best", "--file", pairs)
     assert direct.stdout == r.stdout  # the MLflow artifact is the same checkpoint as the run folder's
+
+
+def test_resume_refuses_changed_hyperparameters_in_one_line(trained):
+    """Before: `train --resume DIR --lr X` merged X into the saved config and went on from the old
+    optimizer state and step, while MLflow kept the old params."""
+    run, _ = trained
+    r = cli("train", "--resume", run, "--lr", "0.01", "--epochs", "7", "--no-progress")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    line = r.stderr.strip()
+    assert "--resume" in line and "epochs (saved 5, given 7)" in line and "lr (saved 0.002, given 0.01)" in line
+    import json
+
+    from bertnli.config import resume_changes as _check_resume_changes
+    from bertnli.config import load_config
+
+    saved = load_config(None, json.loads((run / "config.json").read_text()))
+    # the same values, and settings that do not change the trajectory, pass (options such as --progress are not settings)
+    assert _check_resume_changes(saved, {"lr": 2e-3, "epochs": 5, "eval_batch_size": 64, "cache_dir": "elsewhere"}) == \
+        {"eval_batch_size": 64, "cache_dir": "elsewhere"}
+
+
+def test_predict_file_errors_are_one_line_naming_the_file_and_line(trained, tmp_path):
+    run, _ = trained
+    broken = tmp_path / "pairs.jsonl"
+    broken.write_text('{"sentence1": "A man sits.", "sentence2": "A man is sitting."}\n{"sentence1": "A dog", \n')
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"sentence1": "A man sits."}\n')
+    for path, expect in ((broken, f"{broken}:2: not valid JSON"), (missing, f"{missing}:1: no 'sentence2' field")):
+        r = cli("predict", run, "--file", path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"bertnli-exp: error: {expect}"), r.stderr[-1500:]
+
+
+def test_sigterm_marks_a_train_run_killed_and_it_resumes(tmp_path):
+    """Before: only Ctrl-C was classified; SIGTERM (schedulers, `timeout`, `docker stop`) left the run RUNNING."""
+    import signal
+    import time
+
+    from mlflow import MlflowClient
+
+    from conftest import make_rows, write_jsonl_gz
+
+    data = tmp_path / "snli"
+    data.mkdir()
+    for split, n, seed in (("train", 1200, 11), ("dev", 100, 12), ("test", 100, 13)):
+        write_jsonl_gz(data / f"snli_1.0_{split}.jsonl.gz", make_rows(n, seed))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "bertnli.cli", "train", "--model", "tiny-d2l-random", "--data", str(data), "--epochs", "3",
+           "--batch-size", "8", "--lr", "2e-3", "--max-len", "32", "--checkpoint-every", "5", "--cache-dir", str(tmp_path / "enc"),
+           "--tracking-uri", uri, "--out", str(tmp_path / "run"), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "run" / "last.pt").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1].startswith("bertnli-exp: terminated"), err[-2000:]
+    c = MlflowClient(uri)
+    (killed,) = c.search_runs([c.get_experiment_by_name("bertnli").experiment_id])
+    assert killed.info.status == "KILLED"
+    r = cli("train", "--resume", tmp_path / "run", "--no-progress", "--tracking-uri", uri)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (done,) = c.search_runs([c.get_experiment_by_name("bertnli").experiment_id])
+    assert done.info.run_id == killed.info.run_id and done.info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(done.info.run_id, "dev_acc")] == [1, 2, 3]

@@ -122,7 +122,7 @@ def test_random_sweep_is_unpruned_and_its_parent_gets_a_verdict(tiny_snli, tmp_p
     runs = c.search_runs([c.get_experiment_by_name("rnd").experiment_id], max_results=100)
     parent = next(x for x in runs if x.data.tags.get("bertnli.role") == "sweep-parent")
     children = [x for x in runs if x.data.tags.get("bertnli.role") == "sweep-trial"]
-    assert parent.data.tags["bertnli.sampler"] == "RandomSampler(seed=0)" and parent.data.tags["bertnli.pruner"] == "NopPruner()"
+    assert parent.data.tags["bertnli.sampler"] == "RandomSampler(seed=0, per trial number)" and parent.data.tags["bertnli.pruner"] == "NopPruner()"
     assert len(children) == 5 and all(x.info.status == "FINISHED" for x in children)  # nothing pruned
     cells = {x.data.params["truncation"] for x in children}
     assert cells == {"longest_first", "ratio"}  # the seeded random draws cover both (3 and 2 trials)

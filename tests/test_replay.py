@@ -67,7 +67,7 @@ def test_rank_agreement_per_epoch():
 def test_pruner_tag_parses():
     assert parse_pruner_tag("MedianPruner(n_startup_trials=4, n_warmup_steps=0)") == {"n_startup_trials": 4, "n_warmup_steps": 0}
     assert parse_pruner_tag("MedianPruner(n_startup_trials=3) at the fraction of each schedule; warmup 1 epochs") == \
-        {"n_startup_trials": 3, "n_warmup_steps": 1}
+        {"n_startup_trials": 3, "warmup_epochs": 1}
 
 
 # ---------------------------------------------------------------- from a real sweep recorded in MLflow

@@ -48,9 +48,17 @@ def state(tmp_path, study="s"):
     return st, parents, children
 
 
+def retry_of(t):
+    from bertnli.sweep.reaping import retry_history
+
+    history = retry_history(t)
+    return history[0] if history else None
+
+
 def ran(trials):
-    """Trials that ran: all but those a worker withdrew right after asking (it saw N already live)."""
-    return [t for t in trials if not t.user_attrs.get("stepped_aside")]
+    """Trials that ran: all but those a worker withdrew right after asking (it saw N already live), and
+    orphans (created by a write whose acknowledgement an outage lost; never owned, never run)."""
+    return [t for t in trials if not t.user_attrs.get("stepped_aside") and not t.user_attrs.get("orphan")]
 
 
 def assert_consistent(st, parents, children, n):
@@ -70,8 +78,8 @@ def assert_consistent(st, parents, children, n):
             assert r.info.status == "FINISHED" and r.data.metrics["best_dev_acc"] == pytest.approx(t.value)
         elif t.state == S.PRUNED:
             assert r.info.status == "KILLED" and r.data.tags["optuna.state"] == "PRUNED"
-        elif t.state == S.FAIL and r is not None:
-            assert r.info.status == "FAILED"
+        elif t.state == S.FAIL and r is not None:  # an interrupted trial's run is KILLED (and the trial is resumed)
+            assert r.info.status == ("KILLED" if t.user_attrs.get("interrupted") else "FAILED")
 
 
 def test_space_parsing_and_cells(tiny_snli):
@@ -134,7 +142,7 @@ def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n(tmp_path, tiny_snli):
     assert_consistent(st, parents, children, 4)
     failed = [t for t in ran(st.get_trials()) if t.state == S.FAIL]
     assert len(failed) == 1
-    retried = [t for t in st.get_trials() if t.user_attrs.get("retry_of") == failed[0].number]
+    retried = [t for t in st.get_trials() if retry_of(t) == failed[0].number]
     assert retried and retried[0].params == failed[0].params  # the lost configuration ran again
     run_sweep(tmp_path, toml)  # a third invocation adds nothing and reuses the parent
     st2, parents2, _ = state(tmp_path)
@@ -156,7 +164,7 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
     assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.WAITING)]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials]  # one run per trial that ran
-    fresh = [t for t in trials if "retry_of" not in t.user_attrs]
+    fresh = [t for t in trials if retry_of(t) is None]
     assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)  # each process draws its own configurations
     cells = {(t.params["truncation"],) for t in trials}
     assert cells == {("longest_first",), ("ratio",)}  # queued cells survive a withdrawal
@@ -171,7 +179,7 @@ def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli):
     st, parents, children = state(tmp_path)
     failed = [t for t in ran(st.get_trials()) if t.state == S.FAIL]
     assert len(failed) >= 2 and all(t.params["model"] == f"hf:{broken}" for t in failed)
-    assert [t.user_attrs.get("retry_of") for t in failed[:2]] == [None, failed[0].number]  # tried, retried once
+    assert [retry_of(t) for t in failed[:2]] == [None, failed[0].number]  # tried, retried once
     assert all("has no config.json" in t.user_attrs["error"] for t in failed)
     assert_consistent(st, parents, children, 3)
 

@@ -113,3 +113,36 @@ def test_system_metrics_are_logged_by_mlflow_and_can_be_turned_off(tiny_snli, tm
     assert r.exit_code == 0, r.output
     (run,) = c.search_runs([c.get_experiment_by_name("t-sys-cli").experiment_id])
     assert not [k for k in run.data.metrics if k.startswith("system/")]
+
+
+class DieBeforeLogging:
+    """Runs before the MLflow callback: the end of epoch 1 is checkpointed, then the process dies
+    before MLflow logs that epoch (the window of a kill between the two)."""
+
+    def on_fit_start(self, info): pass
+    def on_fit_end(self, result): pass
+
+    def on_epoch_end(self, m):
+        if m.epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_logs_the_epoch_its_checkpoint_holds_but_mlflow_lacks(tiny_snli, tmp_path, mlflow_uri):
+    import json
+
+    from bertnli.engine import fit
+    from bertnli.tracking import MLflowRun, recorded
+
+    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=2)
+    tracking = TrackingConfig(mlflow_uri, "t-lost-epoch")
+    run = MLflowRun(cfg, tracking)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mlflow_run.json").write_text(json.dumps({"run_id": run.run_id, "tracking_uri": run.uri}))
+    with pytest.raises(KeyboardInterrupt), recorded(run):
+        fit(cfg, tmp_path / "run", callbacks=[DieBeforeLogging(), run], progress=False)
+    c = MlflowClient(mlflow_uri)
+    assert c.get_metric_history(run.run_id, "dev_acc") == []  # the epoch is in last.pt only
+    result, run_id = train_run(cfg, tmp_path / "run", tracking, resume=True, progress=False)
+    hist = c.get_metric_history(run_id, "dev_acc")
+    assert run_id == run.run_id and [m.step for m in hist] == [1, 2]
+    assert [m.value for m in hist] == pytest.approx([m.dev_acc for m in result.history])

@@ -1,0 +1,217 @@
+"""The study's MLflow parent run: exactly one per study, elected through the Optuna storage.
+
+Election: `optuna.create_study(load_if_exists=False)` succeeds for exactly one process (a
+unique constraint in an RDB, the journal's order in a file); that process creates the parent
+run and stores its id as a study attribute, and every other process waits for the attribute.
+Choosing "the earliest start_time" among MLflow runs, as before, let two processes that
+missed each other's runs (or whose clocks differ) both win.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bertnli.sweep.reaping import states, trial_dir
+from bertnli.sweep.space import SweepConfig
+
+PARENT_ATTR = "mlflow_parent_run_id"
+ELECTOR_ATTR = "mlflow_parent_elector"
+
+
+def with_retries(write: Callable[[], Any], attempts: int = 4) -> Any:
+    """MLflow's SQL store inserts a new tag key after checking it is absent, so two writers can
+    collide (UNIQUE tags.key): the loser writes again."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random() * 0.5)
+
+
+def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
+    from mlflow.entities import Param as MParam
+
+    from bertnli.tracking import client, code_version, default_tracking_uri, get_or_create_experiment
+
+    uri = cfg.tracking.tracking_uri or default_tracking_uri()
+    c = client(uri)
+    exp = get_or_create_experiment(c, cfg.tracking.experiment or cfg.study_name, uri)
+    tags = {"bertnli.role": "sweep-parent", "bertnli.study": cfg.study_name, "bertnli.storage": storage_url,
+            "bertnli.sampler": sampler_tag(cfg), "bertnli.pruner": pruner_tag(cfg),
+            "bertnli.space": "; ".join(p.describe() for p in cfg.space), **code_version()}
+    run = c.create_run(exp, run_name=f"sweep-{cfg.study_name}", tags=tags)
+    fixed = {k: v for k, v in cfg.base.to_flat_dict().items() if k not in {p.name for p in cfg.space}}
+    c.log_batch(run.info.run_id, params=[MParam(f"fixed.{k}", str(v)) for k, v in fixed.items()])
+    return run.info.run_id
+
+
+def _usable(cfg: SweepConfig, run_id: str) -> bool:
+    from bertnli.tracking import client
+
+    try:
+        run = client(cfg.tracking.tracking_uri).get_run(run_id)
+    except Exception:  # noqa: BLE001 - deleted from MLflow, or another store
+        return False
+    if run.info.lifecycle_stage != "active":
+        return False
+    if run.info.status != "RUNNING":
+        client(cfg.tracking.tracking_uri).update_run(run_id, status="RUNNING")
+    return True
+
+
+def parent_run(study, cfg: SweepConfig, storage_url: str, elector: bool, wait_s: float = 10.0, settle_s: float = 5.0,
+               elector_wait_s: float = 300.0) -> str:
+    """The study's parent run id: created by the elector (the process that created the study), else adopted.
+
+    A study that already has a usable parent (a resumed study) keeps it. Where no process
+    created the study in this round (it was created beforehand, or its creator died before
+    writing the attribute), every process creates a candidate, writes it, waits `settle_s`
+    and adopts whatever the attribute then holds (the last write); losers delete theirs. Two
+    parents would need a candidate's creation to take longer than `settle_s`.
+    """
+    start = time.time()
+    while True:
+        attrs = study.user_attrs
+        run_id = attrs.get(PARENT_ATTR)
+        if run_id and _usable(cfg, run_id):
+            return run_id
+        # An elector that announced itself is creating the parent (a fresh MLflow store takes a while).
+        announced = attrs.get(ELECTOR_ATTR, {}).get("at", 0)
+        patience = elector_wait_s if time.time() - announced < elector_wait_s else wait_s
+        if elector or run_id or time.time() - start > patience:
+            break
+        time.sleep(0.5)
+    mine = _create_parent(cfg, storage_url)
+    study.set_user_attr(PARENT_ATTR, mine)
+    if elector:
+        return mine
+    time.sleep(settle_s)
+    winner = study.user_attrs.get(PARENT_ATTR) or mine
+    if winner != mine:
+        from bertnli.tracking import client
+
+        client(cfg.tracking.tracking_uri).delete_run(mine)
+    return winner
+
+
+# ---------------------------------------------------------------- the parent's summary
+
+
+def trials_frame(study):
+    import pandas as pd
+
+    from bertnli.sweep.reaping import retry_history
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        history = retry_history(t)
+        rows.append({"number": t.number, "state": t.state.name, "dev_acc": t.value, "test_acc": t.user_attrs.get("test_acc"),
+                     **{f"param_{k}": v for k, v in t.params.items()},
+                     "epochs_reported": len(t.intermediate_values), "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                     "retry_of": history[0] if history else None, "seconds": t.user_attrs.get("trial_wall_seconds"),
+                     "train_seconds": t.user_attrs.get("train_seconds"), "error": t.user_attrs.get("error")})
+    return pd.DataFrame(rows)
+
+
+def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    plots = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
+             "slice.png": "plot_slice", "parallel_coordinate.png": "plot_parallel_coordinate"}
+    for name, fn in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = getattr(ovm, fn)(study)
+                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                fig.set_size_inches(10, 5)
+                fig.tight_layout()
+                fig.savefig(tmp / name, dpi=100)
+            plt.close(fig)
+            c.log_artifact(parent_run_id, str(tmp / name), "plots")
+        except Exception as e:  # noqa: BLE001 - e.g. importances need >1 complete trial
+            why = str(e)[:200]
+            with_retries(lambda key=f"bertnli.plot_skipped.{name}", why=why: c.set_tag(parent_run_id, key, why))
+
+
+def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done: int) -> dict[str, Any]:
+    """Best trial's params and metrics, the trials table and Optuna's plots onto the parent run."""
+    from bertnli.tracking import client
+
+    c = client(cfg.tracking.tracking_uri)
+    frame = trials_frame(study)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == states().COMPLETE]
+    out: dict[str, Any] = {"parent_run_id": parent_run_id, "done": done, "trials": frame}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        frame.to_csv(tmp / "trials.csv", index=False)
+        c.log_artifact(parent_run_id, str(tmp / "trials.csv"))
+        if complete:
+            best = max(complete, key=lambda t: t.value)
+            out["best"] = best
+            tag = lambda key, value: with_retries(lambda: c.set_tag(parent_run_id, key, str(value)))  # noqa: E731
+            with_retries(lambda: c.log_metric(parent_run_id, "best_dev_acc", best.value))
+            if best.user_attrs.get("test_acc") is not None:
+                with_retries(lambda: c.log_metric(parent_run_id, "best_trial_test_acc", best.user_attrs["test_acc"]))
+            for k, v in best.params.items():
+                tag(f"best.{k}", v)
+            tag("best.trial", best.number)
+            tag("best.mlflow_run_id", best.user_attrs.get("mlflow_run_id"))
+            for key, value in _verdict_tags(cfg, parent_run_id).items():
+                tag(key, value)
+            _log_best_checkpoint(c, cfg, best)
+            _plots(study, c, parent_run_id, tmp)
+    with_retries(lambda: c.log_metric(parent_run_id, "trials_done", done))
+    with_retries(lambda: c.set_terminated(parent_run_id, status))
+    return out
+
+
+def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:
+    run_id = best.user_attrs.get("mlflow_run_id")
+    folder = trial_dir(cfg, best.number) / "best"
+    if not run_id or not folder.is_dir():
+        return
+    if c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":
+        return
+    from bertnli.tracking import log_selected
+
+    log_selected(c, run_id, folder)  # checkpoint/ artifacts + the pyfunc model (runs:/<id>/model), for --register
+    with_retries(lambda: c.set_tag(run_id, "bertnli.checkpoint_logged", "true"))
+
+
+def sampler_tag(cfg: SweepConfig) -> str:
+    return f"{'RandomSampler' if cfg.sampler == 'random' else 'TPESampler'}(seed={cfg.seed}, per trial number)"
+
+
+def pruner_tag(cfg: SweepConfig) -> str:
+    if cfg.sampler == "random":
+        return "NopPruner()"
+    return (f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}) at the fraction of each schedule; "
+            f"warmup {cfg.pruner_warmup_epochs} epochs")
+
+
+def _verdict_tags(cfg: SweepConfig, parent_run_id: str) -> dict[str, str]:
+    """Best cell vs runner-up, paired (bertnli.compare); a sweep never fails for want of a verdict."""
+    from bertnli.compare import sweep_verdict
+    from bertnli.report import load_runs
+
+    try:
+        runs = load_runs(None, cfg.tracking.tracking_uri, parent_run_id=parent_run_id)
+        keys = [p.name for p in cfg.space if p.kind == "categorical"] or ["model", "truncation"]
+        return sweep_verdict(runs, keys, cfg.tracking.tracking_uri)
+    except Exception as e:  # noqa: BLE001 - e.g. trials recorded before per-example predictions
+        return {"bertnli.verdict": f"not computed: {str(e).splitlines()[0][:200]}"}

@@ -1,0 +1,296 @@
+"""The worker pool of one `bertnli-exp sweep` process: ask until the study holds exactly N trials.
+
+Running the same command again continues the study until it holds N complete-or-pruned
+trials; trials whose worker died are adopted or failed and retried (reaping.py). Any number
+of such processes, on any number of hosts, may share one study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+import traceback
+from typing import Any
+
+from bertnli import BertnliError
+from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run
+from bertnli.sweep.reaping import reap, retry_history, stale_callback, states, study_dir
+from bertnli.sweep.space import SweepConfig, cells, check_runnable, schedule_ticks, spec_to_json
+from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
+from bertnli.sweep.workers import Outcome, TrialRun, owner, patiently, set_attr
+
+
+def open_study(cfg: SweepConfig, storage):
+    """(study, created): `created` is True for exactly one process, the one whose create_study won."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = (optuna.pruners.NopPruner() if cfg.sampler == "random" else  # a random design is i.i.d. only unpruned
+              optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials))
+    kw = dict(study_name=cfg.study_name, storage=storage, sampler=sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler),
+              pruner=pruner)
+    try:
+        return optuna.create_study(direction="maximize", **kw), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(**kw), False
+
+
+def done_count(study) -> int:
+    S = states()
+    return sum(t.state in (S.COMPLETE, S.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+class Sweep:
+    def __init__(self, cfg: SweepConfig, log=print):
+        check_runnable(cfg)
+        self.cfg, self.log = cfg, log
+        self.storage_url = cfg.storage or default_storage()
+        self.storage = open_storage(cfg.storage, cfg.grace_s, stale_callback(cfg, log))
+        self.study, self.elector = open_study(cfg, self.storage)
+        if self.elector:
+            self.study.set_user_attr(ELECTOR_ATTR, {**owner(), "at": time.time()})  # the others wait for its parent run
+        self.lock = threading.Lock()
+        self.outcomes: list[Outcome] = []
+        self.stop = threading.Event()
+        self.interrupted = threading.Event()  # Ctrl-C / SIGTERM: running trials end KILLED and are resumed on rerun
+        self.deadline = time.time() + cfg.timeout if cfg.timeout else None
+        self.runs: dict[int, TrialRun] = {}
+        self.failed_in_a_row: list[Outcome] = []
+        self.crashed: list[str] = []
+        self.ticks = schedule_ticks(cfg)
+        self.next_reap = 0.0
+
+    def seed_cells(self) -> None:
+        """Enqueue every model x truncation cell once per study (other params sampled)."""
+        if self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random":  # enqueued trials are no random draws
+            return
+        self.study.set_user_attr("cells_enqueued", True)
+        for cell in cells(self.cfg):
+            self.study.enqueue_trial(cell, skip_if_exists=True)
+
+    def _counts(self, study) -> tuple[int, int]:
+        S = states()
+        trials = study.get_trials(deepcopy=False)
+        return sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials), sum(t.state == S.RUNNING for t in trials)
+
+    def _reap(self, study, force: bool = False) -> None:
+        if not (force or time.time() >= self.next_reap):
+            return
+        self.next_reap = time.time() + max(5.0, self.cfg.grace_s / 4)
+        try:
+            reap(study, self.storage, self.cfg, self.log)
+        except Exception as e:
+            from mlflow.exceptions import MlflowException
+
+            if force or not (is_outage(e) or isinstance(e, MlflowException)):
+                raise
+            self.log(f"reaping skipped this time: {type(e).__name__} (a store is unreachable)")
+
+    def _step_aside(self, study, trial) -> bool:
+        """Exactly N trials, even with workers on many hosts asking at the same moment.
+
+        Checked after `ask()`: a worker that then sees more than N running-or-done trials
+        withdraws its own (FAIL, marked `stepped_aside`, its queued configuration put back).
+        Of two racing workers, the later to check always sees the other, so both never stay;
+        both may step aside, and then the loop simply asks again.
+        """
+        S = states()
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trials) <= self.cfg.trials:
+            return False
+        frozen = trials[trial.number]
+        trial.set_user_attr("stepped_aside", True)
+        patiently(lambda: study.tell(trial, state=S.FAIL, skip_if_finished=True))
+        if "fixed_params" in frozen.system_attrs:  # it came from the queue (a cell or a retry): queue it again
+            if retry_history(frozen):
+                clean = {k: v for k, v in frozen.user_attrs.items() if k != "stepped_aside"}
+                import optuna
+
+                study.add_trial(optuna.trial.create_trial(state=S.WAITING, params=frozen.params, distributions=frozen.distributions,
+                                                          user_attrs=clean, system_attrs=dict(frozen.system_attrs)))
+            else:
+                study.enqueue_trial(frozen.system_attrs["fixed_params"], user_attrs=dict(frozen.user_attrs))
+        return True
+
+    def _ask(self, study):
+        trial = patiently(study.ask)
+        if self._step_aside(study, trial):
+            return None
+        for p in self.cfg.space:
+            p.suggest(trial)
+        trial.set_user_attr("worker", owner())
+        trial.set_user_attr("heartbeat", time.time())
+        return trial
+
+    def _worker(self, parent_run_id: str, bar, done: threading.Event) -> None:
+        try:
+            self._work(parent_run_id, bar)
+        finally:
+            done.set()
+
+    def _work(self, parent_run_id: str, bar) -> None:
+        import optuna
+
+        # A study object (and so a sampler) of its own: the sampler is reseeded per trial, so it is per thread.
+        study = optuna.load_study(study_name=self.cfg.study_name, storage=self.storage,
+                                  sampler=sampler_for(self.cfg.seed, max(4, len(cells(self.cfg))), self.cfg.sampler),
+                                  pruner=self.study.pruner)
+        try:
+            self._loop(study, parent_run_id, bar)
+        except BaseException as e:  # noqa: BLE001 - a worker must never die silently
+            why = f"sweep worker crashed: {type(e).__name__}: {e}"
+            self.crashed.append(why)
+            self.stop.set()
+            run = self.runs.pop(threading.get_ident(), None)
+            if run is not None:
+                try:
+                    run.abandon(why)
+                except Exception:  # noqa: BLE001
+                    traceback.print_exc()
+            traceback.print_exc()
+
+    def _loop(self, study, parent_run_id: str, bar) -> None:
+        while not self.stop.is_set():
+            if self.deadline and time.time() > self.deadline:
+                return
+            asked = False
+            with self.lock:
+                done, running = self._counts(study)
+                if done + running >= self.cfg.trials:
+                    if done >= self.cfg.trials or not running:
+                        return
+                    trial = None
+                else:
+                    asked = True
+                    try:
+                        trial = self._ask(study)
+                    except Exception as e:
+                        if not is_outage(e):
+                            raise
+                        trial = None  # the storage is away: look again (an orphan it left is reaped later)
+            if asked and trial is None:
+                time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
+                continue
+            if trial is None:  # others are still running trials that may fail: wait and look again
+                time.sleep(1.0)
+                with self.lock:
+                    self._reap(study)
+                continue
+            self._record(self._run_one(study, trial, parent_run_id), bar)
+
+    def _run_one(self, study, trial, parent_run_id: str) -> Outcome:
+        run = TrialRun(self.cfg, study, self.storage, trial, self.spec_path, parent_run_id, self.ticks)
+        self.runs[threading.get_ident()] = run
+        t0 = time.time()
+        try:
+            run.start()
+            ended = run.supervise(t0)
+        finally:
+            run.close()
+        outcome = run.finish(ended, time.time() - t0, self.interrupted.is_set(), self.log)
+        self.runs.pop(threading.get_ident(), None)
+        return outcome
+
+    def _record(self, outcome: Outcome, bar) -> None:
+        with self.lock:
+            self.outcomes.append(outcome)
+            if outcome.state == "FAIL" and not self.interrupted.is_set():
+                self.failed_in_a_row.append(outcome)
+            elif outcome.state in ("COMPLETE", "PRUNED"):
+                self.failed_in_a_row = []
+            if len(self.failed_in_a_row) >= self.cfg.fail_limit * (self.cfg.max_retries + 1):
+                self.stop.set()  # every trial fails: the setup is broken, not the configurations
+            bar.update(1 if outcome.state in ("COMPLETE", "PRUNED") else 0)
+            self._keep_checkpoints()
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.params.items())
+        value = f"dev_acc {outcome.value:.4f}" if outcome.value is not None else ""
+        self.log(f"trial {outcome.number:3d} {outcome.state:8} {value:15} {params} ({outcome.seconds:.0f} s)")
+
+    def _keep_checkpoints(self) -> None:
+        """Trials keep no optimizer state once nothing will resume them; only the best complete trial
+        keeps its weights (unless 'all'). A failed trial keeps both until its retry has taken them."""
+        S = states()
+        trials = self.study.get_trials(deepcopy=False)
+        pending = {retry_history(t)[-1] for t in trials if t.state == S.WAITING and retry_history(t)}
+        keep = {t.number for t in trials if t.state == S.RUNNING} | pending
+        number = lambda p: int(p.parent.name.split("-")[1])  # noqa: E731 - trial-NNN/<file>
+        for last in study_dir(self.cfg).glob("trial-*/last.pt"):
+            if number(last) not in keep:
+                last.unlink(missing_ok=True)
+        if self.cfg.keep_checkpoints == "all":
+            return
+        complete = [t for t in trials if t.state == S.COMPLETE]
+        best = max(complete, key=lambda t: t.value).number if complete else None
+        for ck in study_dir(self.cfg).glob("trial-*/best"):
+            if number(ck) != best and number(ck) not in keep:
+                shutil.rmtree(ck, ignore_errors=True)
+
+    def _write_spec(self) -> None:
+        root = study_dir(self.cfg)
+        root.mkdir(parents=True, exist_ok=True)
+        self.spec_path = root / "sweep-spec.json"
+        tmp = root / f".sweep-spec.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(spec_to_json(self.cfg)))
+        tmp.replace(self.spec_path)  # processes starting together never read half a file
+
+    def _interrupt(self, finished: list[threading.Event]) -> None:
+        """Ctrl-C / SIGTERM: each trial process gets SIGTERM (its run ends KILLED), each worker records it.
+
+        Waits on the workers' own events, not Thread.join: in CPython 3.11 a join that a
+        KeyboardInterrupt cut short can leave the thread looking finished, and the process
+        would exit (killing the trials) before any worker had recorded its trial."""
+        self.interrupted.set()
+        self.stop.set()
+        for run in list(self.runs.values()):
+            try:
+                if run.proc is not None and run.proc.poll() is None:
+                    os.kill(run.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 60
+        for done in finished:
+            done.wait(timeout=max(0.0, deadline - time.time()))
+
+    def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        t0 = time.time()
+        self._reap(self.study, force=True)
+        self.seed_cells()
+        parent = parent_run(self.study, self.cfg, self.storage_url, self.elector)
+        self._write_spec()
+        done = done_count(self.study)
+        self.log(f"study {self.cfg.study_name}: {done}/{self.cfg.trials} trials done; "
+                 f"storage {self.storage_url}; MLflow parent run {parent}")
+        bar = tqdm(total=self.cfg.trials, initial=min(done, self.cfg.trials), desc="trials", unit="trial")
+        finished = [threading.Event() for _ in range(self.cfg.workers)]
+        threads = [threading.Thread(target=self._worker, args=(parent, bar, done), daemon=True) for done in finished]
+        status = "FINISHED"
+        try:
+            for th in threads:
+                th.start()
+            while not all(done.is_set() for done in finished):
+                next(done for done in finished if not done.is_set()).wait(timeout=0.5)
+        except KeyboardInterrupt:
+            self._interrupt(finished)
+            status = "KILLED"
+            raise
+        finally:
+            bar.close()
+            broken = self.stop.is_set() and bool(self.failed_in_a_row)
+            if status == "FINISHED" and (self.crashed or done_count(self.study) < self.cfg.trials):
+                status = "FAILED" if self.crashed or broken else "KILLED"
+            summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study))
+        summary["wall_seconds"] = time.time() - t0
+        summary["outcomes"] = self.outcomes
+        if self.crashed:
+            raise BertnliError(f"{self.crashed[0]}; its trial is marked FAIL and the parent run FAILED; rerun the same command to resume")
+        if broken:
+            raise BertnliError(f"stopped: the last {len(self.failed_in_a_row)} trials all failed (a broken setup, not bad luck); "
+                               f"the last said: {self.failed_in_a_row[-1].error}")
+        return summary

@@ -1,0 +1,226 @@
+"""Trials whose worker is gone: adopt a result that was recorded, else fail the trial and retry it.
+
+A worker can die (kill -9, power loss, a host gone) at any point of a trial. What its trial
+left behind decides what happens, so that Optuna and MLflow never disagree and nothing that
+finished is trained again:
+- a summary (`trial.json`) or a FINISHED MLflow run: the result is adopted (COMPLETE);
+- a run KILLED with `optuna.state=PRUNED`: adopted as PRUNED;
+- anything else: FAIL (its MLflow run FAILED) and the configuration is queued again, to resume
+  from the failed attempt's last checkpoint (RetryHeartbeatStaleTrialCallback's attributes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from bertnli.sweep.space import SweepConfig
+from bertnli.sweep.storage import trial_id, uses_heartbeat
+
+ATTEMPT_ATTRS = ("worker", "heartbeat", "mlflow_run_id", "error", "test_acc", "train_seconds", "trial_wall_seconds",
+                 "interrupted", "timed_out", "diverged", "adopted", "orphan")
+
+
+def states():
+    from optuna.trial import TrialState
+
+    return TrialState
+
+
+def study_dir(cfg: SweepConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.study_name
+
+
+def trial_dir(cfg: SweepConfig, number: int) -> Path:
+    """Where trial `number` writes its run folder (and, beside it, `trial-NNN.log`)."""
+    return study_dir(cfg) / f"trial-{number:03d}"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def retry_history(t) -> list[int]:
+    """Earlier attempts of this configuration, oldest first (Optuna's retry attributes)."""
+    import warnings
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental since Optuna 3.0, unchanged through 5.0
+        return RetryHeartbeatStaleTrialCallback.retry_history(t)
+
+
+def trial_run_id(cfg: SweepConfig, t) -> str | None:
+    """A trial's MLflow run: from the run folder's marker, else by its tags in MLflow."""
+    marker = trial_dir(cfg, t.number) / "mlflow_run.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())["run_id"]
+    from bertnli.tracking import client
+
+    c = client(cfg.tracking.tracking_uri)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment or cfg.study_name)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`optuna.trial` = '{t.number}' and tags.`optuna.study` = '{cfg.study_name}'")
+    return runs[0].info.run_id if runs else None
+
+
+def end_orphan_run(cfg: SweepConfig, run_id: str | None, why: str, status: str = "FAILED") -> None:
+    if not run_id:
+        return
+    from bertnli.tracking import client
+
+    c = client(cfg.tracking.tracking_uri)
+    try:
+        if c.get_run(run_id).info.status == "RUNNING":
+            c.set_tag(run_id, "bertnli.error" if status == "FAILED" else "bertnli.end", why)
+            c.set_terminated(run_id, status)
+    except Exception:  # noqa: BLE001 - a run that cannot be found has nothing to end
+        pass
+
+
+def recorded_result(cfg: SweepConfig, t) -> dict[str, Any] | None:
+    """What a gone worker's trial already recorded: {"state", "value", ...}, or None."""
+    summary = trial_dir(cfg, t.number) / "trial.json"
+    if summary.is_file():
+        return {"state": "COMPLETE", **json.loads(summary.read_text())}
+    run_id = trial_run_id(cfg, t)
+    if not run_id:
+        return None
+    from bertnli.tracking import client
+
+    run = client(cfg.tracking.tracking_uri).get_run(run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    if run.info.status == "FINISHED" and "best_dev_acc" in metrics:
+        return {"state": "COMPLETE", "value": metrics["best_dev_acc"], "test_acc": metrics.get("test_acc"), "run_id": run_id}
+    if run.info.status == "KILLED" and tags.get("optuna.state") == "PRUNED":
+        return {"state": "PRUNED", "run_id": run_id, "diverged": tags.get("bertnli.diverged") == "true"}
+    return None
+
+
+def set_attr(study, storage, number: int, key: str, value) -> None:
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        storage.set_trial_user_attr(trial_id(storage, study.study_name, number), key, value)
+    except UpdateFinishedTrialError:
+        pass
+
+
+def adopt(study, storage, t, result: dict[str, Any], log=print) -> None:
+    """Record what the trial already recorded elsewhere, instead of training it again."""
+    S = states()
+    set_attr(study, storage, t.number, "adopted", True)
+    if result.get("run_id"):
+        set_attr(study, storage, t.number, "mlflow_run_id", result["run_id"])
+    if result["state"] == "COMPLETE":
+        if result.get("test_acc") is not None:
+            set_attr(study, storage, t.number, "test_acc", result["test_acc"])
+        if result.get("train_seconds") is not None:
+            set_attr(study, storage, t.number, "train_seconds", result["train_seconds"])
+        study.tell(t.number, result["value"], skip_if_finished=True)
+    else:
+        study.tell(t.number, state=S.PRUNED, skip_if_finished=True)
+    log(f"trial {t.number}: its worker is gone but its result was recorded; adopted as {result['state']}")
+
+
+def retry(study, t, cfg: SweepConfig, log=print, always: bool = False) -> None:
+    """Queue the failed configuration again (at most max_retries times unless `always`), through
+    Optuna's RetryHeartbeatStaleTrialCallback so retried_trial_number/retry_history work."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    if t.user_attrs.get("stepped_aside") or t.user_attrs.get("orphan"):
+        return
+    history = retry_history(t)
+    if not always and len(history) >= cfg.max_retries:
+        log(f"trial {t.number}: configuration failed {len(history) + 1} times; not retried again")
+        return
+    clean = copy.deepcopy(t)
+    clean.user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ATTEMPT_ATTRS}
+    RetryHeartbeatStaleTrialCallback(max_retry=None if always else cfg.max_retries, inherit_intermediate_values=True)(study, clean)
+
+
+def carry_checkpoint(cfg: SweepConfig, t, out: Path) -> bool:
+    """A retry starts from the failed attempt's last checkpoint (its best/ too), not from zero."""
+    history = retry_history(t)
+    if not history:
+        return False
+    src = trial_dir(cfg, history[-1])
+    if not (src / "last.pt").is_file():
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("mlflow_run.json", "trial.json", "result.json", "*.tmp"))
+    return True
+
+
+def fail_and_retry(study, storage, cfg: SweepConfig, t, why: str, log=print) -> None:
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    S = states()
+    set_attr(study, storage, t.number, "error", why)
+    try:
+        study.tell(t.number, state=S.FAIL)
+    except (UpdateFinishedTrialError, ValueError):  # another process got there first
+        return
+    end_orphan_run(cfg, trial_run_id(cfg, t), why)
+    retry(study, study.get_trials(deepcopy=False)[t.number], cfg, log)
+    log(f"trial {t.number}: {why}; marked FAIL")
+
+
+def stale_callback(cfg: SweepConfig, log=print):
+    """For Optuna's heartbeat (RDB): a trial it failed gets its run FAILED and is retried."""
+
+    def callback(study, t) -> None:
+        end_orphan_run(cfg, trial_run_id(cfg, t), "no heartbeat (its worker is gone)")
+        retry(study, t, cfg, log)
+        log(f"trial {t.number}: no heartbeat for {cfg.grace_s:.0f} s; marked FAIL")
+
+    return callback
+
+
+def reap(study, storage, cfg: SweepConfig, log=print) -> None:
+    """Look at every RUNNING trial once: adopt, fail + retry, or leave it to its live owner.
+
+    Staleness (another host's trial) is judged only after this process has seen `grace`
+    seconds of working storage: an outage stops every heartbeat, also those of live workers.
+    """
+    S = states()
+    host, now = socket.gethostname(), time.time()
+    judged = storage.connected_for() >= cfg.grace_s
+    for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+        owner = t.user_attrs.get("worker")
+        if owner is None:  # asked, but its worker never wrote it down (a lost acknowledgement)
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            if judged and now - started > cfg.grace_s:
+                set_attr(study, storage, t.number, "orphan", True)
+                fail_and_retry(study, storage, cfg, t, "orphan: created but never owned")
+                if "fixed_params" in t.system_attrs:
+                    study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=dict(t.user_attrs))
+            continue
+        dead = owner.get("host") == host and not alive(owner.get("pid", -1))
+        stale = judged and not uses_heartbeat(storage) and now - t.user_attrs.get("heartbeat", now) > cfg.grace_s
+        if not (dead or stale or judged):
+            continue
+        result = recorded_result(cfg, t)
+        if result is not None:
+            adopt(study, storage, t, result, log)
+        elif dead or stale:
+            fail_and_retry(study, storage, cfg, t, f"its worker is gone ({'pid dead' if dead else 'no heartbeat'})", log)
+    if judged and uses_heartbeat(storage):
+        import optuna
+
+        # Optuna's own stale-trial check (database clock, grace_period), on a study over the bare RDBStorage.
+        optuna.storages.fail_stale_trials(optuna.load_study(study_name=study.study_name, storage=storage.inner))

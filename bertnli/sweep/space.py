@@ -1,0 +1,200 @@
+"""The search space and the sweep's settings: TOML `[sweep]` + `--space`, the `[train]` table via config.
+
+Also the pruning clock (`report_step`): intermediate values are reported at the fraction of each
+trial's own schedule it has reached, so the median pruner compares like with like (see there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bertnli import BadInput
+from bertnli.config import TrackingConfig, TrainConfig, load_config, read_toml
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # "float", "int", "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial):
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return f"{self.name}=" + "|".join(map(str, self.choices))
+        return f"{self.name}={self.low:g}:{self.high:g}" + (":log" if self.log else "")
+
+    def values(self) -> list:
+        """Every value an int/categorical dimension can take (empty for a float range)."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1))
+        return []
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    base: TrainConfig
+    space: tuple[Param, ...]
+    trials: int = 20
+    study_name: str = "bertnli-sweep"
+    storage: str | None = None  # None: a journal file under mlruns/
+    seed: int = 0
+    workers: int = 1
+    timeout: float | None = None  # seconds for this invocation
+    trial_timeout: float | None = None  # seconds one trial may run before it is killed and FAILED "timed out"
+    pruner_startup_trials: int = 4
+    pruner_warmup_epochs: int = 0
+    keep_checkpoints: str = "best"  # "best" or "all"
+    grace_s: float = 60.0  # heartbeat age after which a RUNNING trial of another host is stale
+    max_retries: int = 2  # a failed configuration is tried again at most this often
+    fail_limit: int = 3  # stop after this many configurations in a row failed every try (a broken setup)
+    out_dir: str = "outputs/sweeps"
+    sampler: str = "tpe"  # "random": i.i.d. trials, no pruning, no enqueued cells (expected validation performance is valid)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SWEEP_KEYS = {f.name for f in fields(SweepConfig)} - {"base", "space", "tracking"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool(name: str, value: Any) -> bool:
+    """`--space bucket=true|false` arrives as text; the string "false" is truthy, so parse it."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _choices(name: str, kind_of: str, spec: list) -> Param:
+    if not spec:
+        raise ValueError("no choices")
+    if "bool" in kind_of:
+        spec = [_bool(name, x) for x in spec]
+    elif "int" in kind_of:
+        spec = [int(x) for x in spec]
+    elif "float" in kind_of:
+        spec = [float(x) for x in spec]
+    return Param(name, "categorical", choices=tuple(spec))
+
+
+def parse_param(name: str, spec: Any) -> Param:
+    """TOML `{low, high, log}` / list of choices, or CLI text `1e-5:1e-3:log`, `1:3`, `a|b`."""
+    known = {f.name: str(f.type) for f in fields(TrainConfig)}
+    if name not in known:
+        raise BadInput(f"bad sweep space: {name!r} is not a train setting; use one of {', '.join(sorted(known))}")
+    kind_of = known[name]
+    try:
+        if isinstance(spec, str):
+            if "|" in spec or "bool" in kind_of:
+                spec = spec.split("|")
+            else:
+                parts = spec.split(":")
+                spec = {"low": float(parts[0]), "high": float(parts[1]), "log": len(parts) > 2 and parts[2] == "log"}
+        if isinstance(spec, list):
+            return _choices(name, kind_of, spec)
+        if "bool" in kind_of:
+            raise ValueError("a true/false setting takes choices, not a range")
+        low, high, log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
+    except (KeyError, ValueError, IndexError, TypeError) as e:
+        raise BadInput(f"bad sweep space for {name}: {spec!r} ({e}); write low:high[:log] or a|b|c") from None
+    if not low < high or (log and low <= 0):
+        raise BadInput(f"bad sweep space for {name}: need low < high (and low > 0 for log)")
+    return Param(name, "int" if "int" in kind_of else "float", low, high, log)
+
+
+def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], sweep_overrides: dict[str, Any],
+                      space_overrides: list[str], tracking: TrackingConfig) -> SweepConfig:
+    doc = read_toml(path) if path else {}
+    base = load_config(path, train_overrides)  # the one place TOML becomes a TrainConfig
+    sweep_doc = dict(doc.get("sweep", {}))
+    space_doc = dict(sweep_doc.pop("space", {}) or {"lr": {"low": 1e-5, "high": 2e-4, "log": True}})
+    for item in space_overrides:
+        if "=" not in item:
+            raise BadInput(f"bad --space {item!r}; write NAME=low:high[:log] or NAME=a|b|c")
+        name, spec = item.split("=", 1)
+        space_doc[name.strip()] = spec.strip()
+    unknown = set(sweep_doc) - SWEEP_KEYS
+    if unknown:
+        raise BadInput(f"bad [sweep] setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SWEEP_KEYS))}")
+    values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
+    space = tuple(parse_param(k, v) for k, v in space_doc.items())
+    cfg = SweepConfig(base=base, space=space, tracking=tracking, **values)
+    if cfg.trials < 1 or cfg.workers < 1 or cfg.fail_limit < 1:
+        raise BadInput("bad sweep: trials, workers and fail_limit must be at least 1")
+    if cfg.keep_checkpoints not in ("best", "all"):
+        raise BadInput("bad sweep: keep_checkpoints is best or all")
+    if cfg.sampler not in ("tpe", "random"):
+        raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
+    return cfg
+
+
+def check_runnable(cfg: SweepConfig) -> None:
+    """Refuse, before a study or run is created, a sweep whose every trial would fail the same way."""
+    from bertnli.engine import resolve_device
+    from bertnli.model import check_model_spec
+
+    resolve_device(cfg.base.device)
+    for spec in next((p.choices for p in cfg.space if p.name == "model"), (cfg.base.model,)):
+        check_model_spec(str(spec))
+    if not Path(cfg.base.data).is_dir():
+        raise BadInput(f"data folder {cfg.base.data} not found; give --data a folder with snli_1.0_*.jsonl[.gz]")
+
+
+def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Every model x truncation combination in the space (each is tried early)."""
+    grid = [p for p in cfg.space if p.kind == "categorical" and p.name in ("model", "truncation")]
+    combos: list[dict[str, Any]] = [{}]
+    for p in grid:
+        combos = [{**c, p.name: v} for c in combos for v in p.choices]
+    return combos if grid else []
+
+
+def schedule_ticks(cfg: SweepConfig) -> int:
+    """Steps of the pruning clock per whole schedule: the lcm of every epochs value the space allows."""
+    epochs = next((p.values() for p in cfg.space if p.name == "epochs"), None) or [cfg.base.epochs]
+    return math.lcm(*(int(e) for e in epochs))
+
+
+def report_step(epoch: int, epochs: int, ticks: int) -> int:
+    """The Optuna step at which a trial reports its dev accuracy after `epoch` of `epochs`.
+
+    Fair pruning: the learning rate decays over each trial's own sampled `epochs`, so after
+    epoch 1 a 1-epoch trial is fully annealed while a 3-epoch trial is still at about 70 % of its
+    rate. Comparing them at "epoch 1" prunes the longer trials for being mid-schedule. We keep the
+    schedule tied to the sampled epochs (a short annealed run is a configuration worth finding,
+    and changing the schedule would change what each configuration means) and instead report at
+    the fraction of the schedule reached: step = epoch / epochs * ticks, ticks the lcm of every
+    epochs value. The median pruner then only compares trials at the same point of their own
+    schedules (in practice, trials of the same length; a step no other trial reached never prunes).
+    """
+    return epoch * (ticks // epochs) if ticks % epochs == 0 else round(epoch / epochs * ticks)
+
+
+def spec_to_json(cfg: SweepConfig) -> dict:
+    d = asdict(cfg)
+    d["space"] = [asdict(p) for p in cfg.space]
+    return d
+
+
+def spec_from_json(d: dict) -> SweepConfig:
+    d = dict(d)
+    d["base"] = TrainConfig(**d["base"])
+    d["space"] = tuple(Param(**{**p, "choices": tuple(p["choices"])}) for p in d["space"])
+    d["tracking"] = TrackingConfig(**d["tracking"])
+    return SweepConfig(**d)

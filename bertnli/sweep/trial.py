@@ -1,0 +1,148 @@
+"""One trial, in its own process: shaped like Optuna's `objective`, but without Optuna.
+
+The worker that asked for the trial keeps the Optuna `Trial` (ask/report/should_prune/tell);
+this process trains with the trial's params and, after each epoch, writes its dev accuracy to
+the `report` pipe and reads the worker's decision ("go" or "prune") from the `decide` pipe.
+So a trial process needs no storage connection and no private Optuna API, and one trial's
+crash, NaN or OOM ends that process only and frees all its memory.
+
+Exit codes: 0 trained (summary in `trial.json`), PRUNED_EXIT pruned, DIVERGED_EXIT the loss
+became NaN/inf (a property of the configuration: told to the sampler, not retried),
+INTERRUPTED_EXIT Ctrl-C/SIGTERM (resumable), anything else failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from bertnli import BertnliError
+from bertnli.config import TrackingConfig
+
+PRUNED_EXIT, DIVERGED_EXIT, INTERRUPTED_EXIT = 3, 4, 5
+
+
+class Pruned(Exception):
+    """The worker's pruner said stop: the run ends KILLED with `optuna.state=PRUNED`."""
+
+
+class Diverged(Exception):
+    """The loss became NaN/inf: the configuration diverges; it is recorded as such, not retried."""
+
+
+class PruneRelay:
+    """Engine callback: each epoch's dev accuracy to the worker, its decision back."""
+
+    def __init__(self, report_fd: int, decide_fd: int, parent_pid: int, epochs: int):
+        self.report = os.fdopen(report_fd, "w", buffering=1)
+        self.decide = os.fdopen(decide_fd, "r")
+        self.parent_pid, self.epochs = parent_pid, epochs
+
+    def on_fit_start(self, info):
+        pass
+
+    def on_step(self, step, loss):
+        if os.getppid() != self.parent_pid:  # our worker is gone: stop
+            os._exit(1)
+
+    def on_epoch_end(self, m):
+        self.report.write(json.dumps({"epoch": m.epoch, "dev_acc": m.dev_acc}) + "\n")
+        if m.epoch >= self.epochs:  # after the last epoch there is nothing left to prune: do not wait
+            return
+        answer = self.decide.readline().strip()
+        if not answer:  # the worker closed its end: it is gone
+            os._exit(1)
+        if answer == "prune":
+            raise Pruned(f"pruned after epoch {m.epoch} (dev_acc {m.dev_acc:.4f})")
+
+    def on_fit_end(self, result):
+        pass
+
+
+def classify(exc: BaseException) -> tuple[str, dict[str, str]]:
+    """A sweep trial's end -> MLflow status and tags that agree with the state the worker tells Optuna."""
+    from bertnli.engine import TrainingDiverged
+    from bertnli.tracking import default_classify
+
+    if isinstance(exc, Pruned):
+        return "KILLED", {"optuna.state": "PRUNED", "bertnli.end": str(exc)}
+    if isinstance(exc, TrainingDiverged):
+        return "KILLED", {"optuna.state": "PRUNED", "bertnli.end": f"diverged: {exc}", "bertnli.diverged": "true"}
+    status, tags = default_classify(exc)
+    return status, {**tags, "optuna.state": "FAIL"}
+
+
+def _die_with_worker() -> None:
+    """Linux: this process gets SIGKILL when the thread that started it ends (set here, after exec:
+    a `preexec_fn` would run between fork and exec in a threaded parent, which Python calls unsafe)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_trial(a: argparse.Namespace) -> int:
+    """Train with the trial's params; the exit code says how it ended (see the module docstring)."""
+    from bertnli.engine import TrainingDiverged
+    from bertnli.sweep.space import spec_from_json
+    from bertnli.tracking import train_run
+
+    cfg = spec_from_json(json.loads(Path(a.spec).read_text()))
+    params = json.loads(a.params)
+    train_cfg = cfg.base.replace(**params)
+    out = Path(a.out)
+    tags = {"optuna.trial": str(a.number), "optuna.study": cfg.study_name, "bertnli.role": "sweep-trial"}
+    if a.retry_of is not None:
+        tags["bertnli.retry_of"] = str(a.retry_of)
+    tracking = TrackingConfig(cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags)
+    relay = PruneRelay(a.report_fd, a.decide_fd, a.parent_pid, train_cfg.epochs)
+    try:
+        result, run_id = train_run(train_cfg, out, tracking, resume=a.resume, parent_run_id=a.parent_run, callbacks=[relay],
+                                   classify=classify, keep_checkpoint=cfg.keep_checkpoints == "all", progress=False)
+    except Pruned:
+        return PRUNED_EXIT
+    except TrainingDiverged as e:
+        print(f"diverged: {e}", flush=True)
+        return DIVERGED_EXIT
+    except KeyboardInterrupt:
+        return INTERRUPTED_EXIT
+    summary = {"value": result.best_dev_acc, "test_acc": result.test.acc if result.test else None,
+               "best_epoch": result.best_epoch, "run_id": run_id, "wall_seconds": result.wall_seconds,
+               "train_seconds": sum(h.train_seconds for h in result.history)}
+    tmp = out / "trial.json.tmp"
+    tmp.write_text(json.dumps(summary))
+    tmp.replace(out / "trial.json")
+    return 0
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bertnli.sweep trial")
+    ap.add_argument("command", choices=["trial"])
+    for name in ("--spec", "--params", "--out", "--parent-run"):
+        ap.add_argument(name, required=True)
+    for name in ("--number", "--parent-pid", "--report-fd", "--decide-fd"):
+        ap.add_argument(name, type=int, required=True)
+    ap.add_argument("--retry-of", type=int, default=None)
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args(argv)
+    _die_with_worker()
+    if os.getppid() != a.parent_pid:  # the worker died before PDEATHSIG was set
+        return 1
+    # Both end the run KILLED (resumable). SIGINT is set explicitly: a process started in the
+    # background of a non-interactive shell inherits SIGINT ignored, and Python keeps it so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return run_trial(a)
+    except BertnliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
