@@ -32,41 +32,25 @@ import math
 import sys
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from d2l_reference import BERTModel  # noqa: E402
+from throughput import D2LClassifier, real_pairs  # noqa: E402 - the same seed model and data as the CPU benchmark
 
 from bertnli.config import TrainConfig  # noqa: E402
-from bertnli.data import read_split  # noqa: E402
-from bertnli.engine import Loop, TrainState, evaluate, make_optimizer, train_epoch  # noqa: E402
+from bertnli.engine import Loop, TrainState, evaluate, fresh_accum, make_optimizer, train_epoch  # noqa: E402
 from bertnli.model import BertConfig, NLIClassifier  # noqa: E402
-from bertnli.pairs import EncodedSplit, batch_width, collate, encode_pairs, eval_batches, train_batches  # noqa: E402
+from bertnli.pairs import EncodedSplit, batch_width, collate, eval_batches, train_batches  # noqa: E402
 from bertnli.runtime import attention_context, attention_name, grad_scaler, numeric_precision  # noqa: E402
-from bertnli.tokenize import D2LTokenizer  # noqa: E402
 
 SHAPES = {"small": (256, 2, 4, 512), "base": (768, 12, 12, 3072)}  # hidden, layers, heads, ffn
 PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16, the datasheet figure the issue used
 SETTINGS = [("small", 512), ("base", 128), ("base", 512)]
-
-
-class D2LClassifier(torch.nn.Module):
-    """The chapter's BERTClassifier over d2l's encoder."""
-
-    def __init__(self, vocab, hidden, layers, heads, ffn):
-        super().__init__()
-        bert = BERTModel(vocab, hidden, ffn, heads, layers, 0.1, max_len=512)
-        self.encoder, self.hidden = bert.encoder, bert.hidden
-        self.output = torch.nn.Linear(hidden, 3)
-
-    def forward(self, ids, seg, lengths):
-        return self.output(self.hidden(self.encoder(ids, seg, lengths)[:, 0, :]))
 
 
 def forward_flops(n: torch.Tensor | float, hidden: int, layers: int, ffn: int) -> torch.Tensor | float:
@@ -83,15 +67,6 @@ def batch_flops(enc: EncodedSplit, batches, shape, width_of) -> tuple[float, flo
         useful += 3 * float(forward_flops(lengths, hidden, layers, ffn).sum())
         hardware += 3 * len(idx) * forward_flops(float(width_of(idx)), hidden, layers, ffn)
     return useful, hardware
-
-
-def real_pairs(data: Path, n: int) -> tuple[EncodedSplit, D2LTokenizer]:
-    split = read_split(data, "train")
-    counts = Counter(w for t in split.premises_parse + split.hypotheses_parse for w in t.lower().split())
-    tok = D2LTokenizer(["<unk>", "<pad>", "<bos>", "<eos>", "<cls>", "<sep>", "<mask>", *[w for w, c in counts.items() if c >= 2]])
-    reps = -(-n // len(split))
-    enc = encode_pairs(split.premises_parse * reps, split.hypotheses_parse * reps, split.labels * reps, tok, 128, "longest_first")
-    return enc.head(n), tok
 
 
 def sync(device):
@@ -136,8 +111,8 @@ def seed_eval(model, enc, batch, device):
 
 
 def engine_pass(state, forward, enc, batches, cfg, loop, attention=True):
-    """One timed pass of the engine's own loop (the first 3 steps are warm-up only when asked for by the caller)."""
-    state.step_in_epoch, state.accum = 0, {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+    """One timed pass of the engine's own loop over `batches`, from a clean epoch state."""
+    state.step_in_epoch, state.accum = 0, fresh_accum()
     sync(loop.device)
     t0 = time.perf_counter()
     with attention_context(loop.device) if attention else contextlib.nullcontext():
@@ -168,7 +143,7 @@ def measure(shape_name, batch, enc, tok, device, args) -> dict:
     res["seed_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     ev = enc.head(args.eval_examples)
     res["eval_seed"] = seed_eval(seed, ev, batch, device)
-    u, h = batch_flops(enc, random_b[3:], shape, lambda idx: 128)
+    u, _ = batch_flops(enc, random_b[3:], shape, lambda idx: 128)
     res["seed_useful_mfu"] = u / (sum(map(len, random_b[3:])) / res["train_seed"]) / PEAK_BF16
     del seed
 
@@ -246,6 +221,32 @@ def compile_candidates(enc, tok, device, args, emit) -> None:
         torch._dynamo.reset()
 
 
+def run_all(enc, tok, device, args, rows, sink) -> bool:
+    """Every setting, then attention and syncs, then the candidates; True if any of them failed."""
+    failed = False
+
+    def emit(obj):
+        nonlocal failed
+        failed = failed or any("error" in k for k in obj)
+        line = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in obj.items()})
+        print(line, flush=True)
+        if sink:
+            sink.write(line + "\n")
+            sink.flush()
+
+    for shape, batch in SETTINGS:
+        try:
+            rows.append(measure(shape, batch if not args.smoke else 8, enc, tok, device, args))
+            emit(rows[-1])
+        except Exception as e:  # noqa: BLE001 - one failed setting must not cost the others' figures
+            emit({"shape": shape, "batch": batch, "error": f"{type(e).__name__}: {e}"[:300]})
+    args.extra = attention_and_syncs(enc, tok, device, args)
+    emit(args.extra)
+    if args.candidates:
+        compile_candidates(enc, tok, device, args, emit)
+    return failed
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None)
@@ -268,34 +269,17 @@ def main():
     if args.smoke:
         SHAPES = {"small": (32, 2, 4, 64), "base": (48, 2, 4, 96)}
     enc, tok = real_pairs(data, n)
-    sink = open(args.out, "a") if args.out else None
     rows, t_start = [], time.perf_counter()
-
-    def emit(obj):
-        line = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in obj.items()})
-        print(line, flush=True)
-        if sink:
-            sink.write(line + "\n")
-            sink.flush()
-
-    for shape, batch in SETTINGS:
-        try:
-            rows.append(measure(shape, batch if not args.smoke else 8, enc, tok, device, args))
-            emit(rows[-1])
-        except Exception as e:  # noqa: BLE001 - one failed setting must not cost the others' figures
-            emit({"shape": shape, "batch": batch, "error": f"{type(e).__name__}: {e}"[:300]})
-    extra = attention_and_syncs(enc, tok, device, args)
-    emit(extra)
-    if args.candidates:
-        compile_candidates(enc, tok, device, args, emit)
+    with open(args.out, "a") if args.out else contextlib.nullcontext() as sink:
+        failed = run_all(enc, tok, device, args, rows, sink)
     print(f"\n{time.perf_counter() - t_start:.0f} s. examples/s, ratio to seed-style; MFU against {PEAK_BF16 / 1e12:.0f} TFLOP/s bf16")
     print("shape  batch | train seed  bertnli (ratio) pass1/pass2 | eval seed  bertnli (ratio) | useful MFU  hw MFU | peak GiB")
     for r in rows:
         print(f"{r['shape']:6} {r['batch']:5} | {r['train_seed']:10.0f} {r['train_bertnli']:8.0f} ({r['train_ratio']:5.2f}x) "
               f"{r['pass1_over_pass2']:6.2f}      | {r['eval_seed']:9.0f} {r['eval_bertnli']:8.0f} ({r['eval_ratio']:5.2f}x) | "
               f"{100 * r['useful_mfu']:8.1f}% {100 * r['hardware_mfu']:6.1f}% | {r['peak_gib']:6.2f}")
-    print("attention (bert.small 512, pass 1) and syncs:", json.dumps({k: round(v, 1) for k, v in extra.items()}))
-    if not math.isfinite(sum(r["train_bertnli"] for r in rows)):
+    print("attention (bert.small 512, pass 1) and syncs:", json.dumps({k: round(v, 1) for k, v in args.extra.items()}))
+    if failed or not rows or not math.isfinite(sum(r["train_bertnli"] for r in rows)):
         sys.exit(1)
 
 

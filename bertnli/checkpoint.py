@@ -39,6 +39,7 @@ def save_selected(model: NLIClassifier, tokenizer: Tokenizer, folder: Path, meta
     tokenizer.save(tmp)
     if folder.exists():
         old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)  # left by a crash between the two renames
         os.replace(folder, old)
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)

@@ -354,6 +354,7 @@ def reproduce(name, tracking_uri, experiment, force, progress):
             group, done = train_seed_group(run_cfg, seeds, out, tracking, progress, click.echo)
             for seed, dev, run_id in done:
                 click.echo(f"{stem} {combo} seed {seed}: " + (f"dev {dev:.4f}" if dev is not None else "adopted") + f" run {run_id}")
+                click.echo(data_check.after(run_id, tracking_uri, stem))
             continue
         result, run_id = train_run(run_cfg, out, tracking, progress=progress)
         results.append((combo, result, run_id))

@@ -338,4 +338,6 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
             p, h = cells[0], cells[1]
         premises.append(p)
         hypotheses.append(h)
+    if not premises:
+        raise BadInput(f"{path}: no sentence pairs in it; give premise<TAB>hypothesis lines or JSONL with sentence1/sentence2")
     return premises, hypotheses

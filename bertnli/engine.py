@@ -4,7 +4,7 @@ Read it like nanoGPT's train.py: `TrainState` is what a checkpoint holds, `train
 optimisation step, `train_epoch` one pass over the batches, `fit` the run around them. Where
 and how tensors run (device, precision, attention backend, batches staged ahead by a thread)
 is decided in runtime.py. No MLflow here: the loop reports to callbacks (`on_fit_start`, `on_epoch_end`,
-`on_fit_end`), which tracking.py and sweep.py implement. Selection is on dev: the best
+`on_fit_end`), which tracking.py and sweep/trial.py implement. Selection is on dev: the best
 dev epoch's weights are kept and test is evaluated once, on them, at the end.
 
 Under `torchrun` (WORLD_SIZE > 1) training is data parallel (DDP; gloo on CPU, nccl on
@@ -14,6 +14,7 @@ same global batch. Every rank evaluates the full dev/test set; rank 0 alone writ
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -214,10 +215,13 @@ def train_epoch(state: TrainState, train_model: torch.nn.Module, enc: EncodedSpl
     def sync() -> None:
         nonlocal t0
         losses = recent[: len(recent_steps)].tolist()
-        for step, value in zip(recent_steps, losses):
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"loss became {value} at epoch {state.epoch} step {step + 1}; "
-                                       "lower the learning rate or check the data")
+        first_bad = next(((step, v) for step, v in zip(recent_steps, losses) if not math.isfinite(v)), None)
+        elsewhere = loop.world > 1 and not all_finite_everywhere(losses, loop.device)  # every rank asks, so all leave together
+        if first_bad:
+            raise TrainingDiverged(f"loss became {first_bad[1]} at epoch {state.epoch} step {first_bad[0] + 1}; "
+                                   "lower the learning rate or check the data")
+        if elsewhere:
+            raise TrainingDiverged(f"loss became non-finite on another process in epoch {state.epoch}; lower the learning rate")
         recent_steps.clear()
         loss_sum, correct, seen = totals.tolist()
         totals.zero_()
@@ -228,29 +232,37 @@ def train_epoch(state: TrainState, train_model: torch.nn.Module, enc: EncodedSpl
         if state.accum["seen"]:
             bar.set_postfix(loss=f"{state.accum['loss'] / state.accum['seen']:.3f}", acc=f"{state.accum['correct'] / state.accum['seen']:.3f}")
 
-    for step, b in enumerate(staged(make, batches[first:last], loop.device), start=first):
-        per_example, logits = train_step(state, train_model, b, lr_at(state.global_step, loop.total_steps, cfg), cfg, loop)
-        w = b["weight"]
-        totals += torch.stack([per_example.sum(), ((logits.argmax(1) == b["labels"]) * w).sum(), w.sum()]).double()
-        recent[len(recent_steps)] = per_example.sum() / w.sum().clamp(min=1)
-        recent_steps.append(step)
-        state.global_step += 1
-        state.step_in_epoch = step + 1
-        bar.update(1)
-        checkpoint_now = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < len(batches)
-        if checkpoint_now or len(recent_steps) == loop.sync_every or step + 1 == last:
-            sync()
-        if checkpoint_now:
-            loop.checkpoint(state)
-        for cb in loop.callbacks:
-            if hasattr(cb, "on_step"):
-                cb.on_step(state.global_step, per_example)
+    with contextlib.closing(staged(make, batches[first:last], loop.device)) as stream:  # the staging thread stops however the loop ends
+        for step, b in enumerate(stream, start=first):
+            per_example, logits = train_step(state, train_model, b, lr_at(state.global_step, loop.total_steps, cfg), cfg, loop)
+            w = b["weight"]
+            totals += torch.stack([per_example.sum(), ((logits.argmax(1) == b["labels"]) * w).sum(), w.sum()]).double()
+            recent[len(recent_steps)] = per_example.sum() / w.sum().clamp(min=1)
+            recent_steps.append(step)
+            state.global_step += 1
+            state.step_in_epoch = step + 1
+            bar.update(1)
+            checkpoint_now = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < len(batches)
+            if checkpoint_now or len(recent_steps) == loop.sync_every or step + 1 == last:
+                sync()
+            if checkpoint_now:
+                loop.checkpoint(state)
+            for cb in loop.callbacks:
+                if hasattr(cb, "on_step"):
+                    cb.on_step(state.global_step, per_example)
     bar.close()
 
 
-def epoch_totals(state: TrainState, distributed: bool) -> tuple[float, float, float, float]:
-    """(mean loss, accuracy, examples, seconds) of the epoch over all ranks."""
-    t = torch.tensor([state.accum["loss"], state.accum["correct"], state.accum["seen"]], dtype=torch.float64)
+def all_finite_everywhere(losses: list[float], device: torch.device) -> bool:
+    """Whether every rank's recent losses are finite: all ranks leave together when one diverges."""
+    bad = torch.tensor([float(not all(map(math.isfinite, losses)))], device=device)
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad.item() == 0
+
+
+def epoch_totals(state: TrainState, distributed: bool, device: torch.device) -> tuple[float, float, float, float]:
+    """(mean loss, accuracy, examples, seconds) of the epoch over all ranks (reduced on the run's device: NCCL takes no CPU tensors)."""
+    t = torch.tensor([state.accum["loss"], state.accum["correct"], state.accum["seen"]], dtype=torch.float64, device=device)
     if distributed:
         dist.all_reduce(t)
     seen = max(1.0, t[2].item())
@@ -375,7 +387,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
 def end_epoch(state: TrainState, dev: EvalResult, distributed: bool, is_main: bool, prep: Prepared, out_dir: Path,
               cfg: TrainConfig) -> None:
     """Record the finished epoch, keep its weights if dev says they are the best so far, move to the next."""
-    loss, acc, seen, seconds = epoch_totals(state, distributed)
+    loss, acc, seen, seconds = epoch_totals(state, distributed, next(state.model.parameters()).device)
     m = EpochMetrics(state.epoch, loss, acc, dev.loss, dev.acc, seen / max(seconds, 1e-9), seconds,
                      lr_at(max(state.global_step - 1, 0), math.ceil(len(prep.train) / cfg.batch_size) * cfg.epochs, cfg))
     state.history.append(m)

@@ -6,6 +6,7 @@ Shared by training (dev after every epoch, test once at the end) and by the `eva
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -65,13 +66,15 @@ def evaluate(model: torch.nn.Module, enc: EncodedSplit, batch_size: int = 256, d
     model.eval()
     batches = eval_batches(enc.lengths, batch_size, bucket)
     pad_to = None if bucket else int(enc.lengths.max())
-    make = functools.partial(collate, enc, pad_to=pad_to, multiple=pad_multiple)
+    cap = getattr(getattr(model, "config", None), "max_position", None)  # rounding never reaches past the position table
+    make = functools.partial(collate, enc, pad_to=pad_to, multiple=pad_multiple, cap=cap)
     logits, labels = [], []
     with attention_context(device):
-        for b in tqdm(staged(make, batches, device), total=len(batches), desc=desc, disable=not progress, leave=False):
-            with autocast(device, precision):
-                logits.append(model(*model_inputs(b)).float())
-            labels.append(b["labels"])
+        with contextlib.closing(staged(make, batches, device)) as stream:  # the staging thread stops however this ends
+            for b in tqdm(stream, total=len(batches), desc=desc, disable=not progress, leave=False):
+                with autocast(device, precision):
+                    logits.append(model(*model_inputs(b)).float())
+                labels.append(b["labels"])
     all_logits = torch.cat(logits)
     loss = F.cross_entropy(all_logits, torch.cat(labels)).item()
     probs = np.zeros((len(enc), 3), dtype=np.float32)

@@ -52,8 +52,12 @@ def resolve_device(name: str, cuda_available: bool | None = None) -> torch.devic
 
 
 def init_distributed(device: torch.device) -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    """Whether this run is data parallel; the process group is joined once per process (a second fit, as
+    `train --seeds` runs them, uses the same group instead of silently training alone)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    if dist.is_initialized():
+        return True
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nccl binds each rank to the device current at init
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -202,21 +206,25 @@ def staged(make: Callable[[np.ndarray], dict[str, torch.Tensor]], batches: Itera
     stop = threading.Event()
     done = object()
 
+    def hand_over(item) -> bool:
+        """Put unless the consumer has gone (a full queue would otherwise block this thread for ever)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for idx in batches:
                 b = {k: (v.pin_memory() if pin and isinstance(v, torch.Tensor) else v) for k, v in make(idx).items()}
-                while not stop.is_set():
-                    try:
-                        q.put(b, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(b):
                     return
-            q.put(done)
+            hand_over(done)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            q.put(e)
+            hand_over(e)
 
     worker = threading.Thread(target=produce, daemon=True, name="bertnli-batches")
     worker.start()

@@ -144,7 +144,10 @@ def test_predict_file_errors_are_one_line_naming_the_file_and_line(trained, tmp_
     broken.write_text('{"sentence1": "A man sits.", "sentence2": "A man is sitting."}\n{"sentence1": "A dog", \n')
     missing = tmp_path / "missing.jsonl"
     missing.write_text('{"sentence1": "A man sits."}\n')
-    for path, expect in ((broken, f"{broken}:2: not valid JSON"), (missing, f"{missing}:1: no 'sentence2' field")):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("\n\n")
+    for path, expect in ((broken, f"{broken}:2: not valid JSON"), (missing, f"{missing}:1: no 'sentence2' field"),
+                         (empty, f"{empty}: no sentence pairs in it")):
         r = cli("predict", run, "--file", path)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"bertnli-exp: error: {expect}"), r.stderr[-1500:]
