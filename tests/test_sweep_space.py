@@ -167,3 +167,14 @@ def test_under_ci_a_skipped_postgresql_or_chromium_test_fails(tmp_path):
     assert run("false").returncode == 0
     ci = run("true")
     assert ci.returncode == 1 and "1 skipped, 1 error" in ci.stdout and "CI must run it with postgresql" in ci.stdout, ci.stdout[-1500:]
+
+
+def test_an_epochs_range_too_wide_for_the_pruning_clock_is_one_line():
+    """lcm(1..50) does not fit the 32-bit step column of Optuna's RDB storage: refused before any trial runs."""
+    from bertnli import BadInput
+    from bertnli.config import TrackingConfig
+    from bertnli.sweep.space import load_sweep_config
+
+    with pytest.raises(BadInput, match="too wide for the pruning clock"):
+        load_sweep_config(None, {}, {}, ["epochs=1:50"], TrackingConfig())
+    assert load_sweep_config(None, {}, {}, ["epochs=1:6"], TrackingConfig()).space

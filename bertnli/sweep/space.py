@@ -141,6 +141,9 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
         raise BadInput("bad sweep: keep_checkpoints is best or all")
     if cfg.sampler not in ("tpe", "random"):
         raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
+    if schedule_ticks(cfg) > 2**31 - 1:  # Optuna's RDB storage keeps steps as 32-bit integers
+        raise BadInput("bad sweep: the epochs range is too wide for the pruning clock (lcm of its values over 2^31); "
+                       "narrow it, e.g. --space epochs=1:6")
     return cfg
 
 
