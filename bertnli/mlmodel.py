@@ -75,7 +75,9 @@ def log_served_model(c, run_id: str, folder: Path, step: int = 0) -> str:
                                 signature=signature(), input_example=pd.DataFrame(EXAMPLE),
                                 pip_requirements=_requirements(), model_id=lm.model_id)
     c.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step)])
-    c.set_tag(run_id, "bertnli.model_id", lm.model_id)
+    from bertnli.tracking import with_retries
+
+    with_retries(lambda: c.set_tag(run_id, "bertnli.model_id", lm.model_id))  # sweep processes finishing together collide here
     return lm.model_id
 
 

@@ -29,6 +29,22 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # ---------------------------------------------------------------- store and experiments
 
 
+def with_retries(write: Callable[[], Any], attempts: int = 4) -> Any:
+    """MLflow's SQL store inserts a new tag key after checking it is absent, so two writers can
+    collide (UNIQUE tags.key): the loser writes again."""
+    import random
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random() * 0.5)
+
+
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else a local SQLite store in ./mlruns (MLflow 3 refuses file stores)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path.cwd() / 'mlruns' / 'mlflow.db').resolve()}"

@@ -9,31 +9,18 @@ missed each other's runs (or whose clocks differ) both win.
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bertnli.sweep.reaping import states, trial_dir
 from bertnli.sweep.space import SweepConfig
 
+from bertnli.tracking import with_retries
+
 PARENT_ATTR = "mlflow_parent_run_id"
 ELECTOR_ATTR = "mlflow_parent_elector"
-
-
-def with_retries(write: Callable[[], Any], attempts: int = 4) -> Any:
-    """MLflow's SQL store inserts a new tag key after checking it is absent, so two writers can
-    collide (UNIQUE tags.key): the loser writes again."""
-    from mlflow.exceptions import MlflowException
-
-    for attempt in range(attempts):
-        try:
-            return write()
-        except MlflowException:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 + random.random() * 0.5)
 
 
 def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
