@@ -143,12 +143,13 @@ def test_four_workers_ride_out_a_90_s_database_outage(tmp_path, tiny_snli, pg, m
     while time.time() < deadline:  # wait for the first finished trial, so the outage hits a study in full flight
         try:
             st = optuna.load_study(study_name="outage", storage=storage)
-            if any(t.state in (S.COMPLETE, S.PRUNED) for t in st.get_trials()):
-                break
+            trials = st.get_trials()
+            if any(t.state in (S.COMPLETE, S.PRUNED) for t in trials) and any(t.state == S.RUNNING for t in trials):
+                break  # in full flight: something finished and something runs (not between two trials)
         except Exception:
             pass
         time.sleep(0.5)
-    running_before = sum(t.state == S.RUNNING for t in st.get_trials())
+    running_before = sum(t.state == S.RUNNING for t in trials)  # as seen when the loop decided
     pg.stop("fast")  # drops every connection
     time.sleep(90)
     pg.start()
