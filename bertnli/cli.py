@@ -76,6 +76,7 @@ _HELP = {
     "data": "folder with snli_1.0_{train,dev,test}.jsonl[.gz] or .txt[.gz]",
     "limit_train": "train on the first N examples only",
     "limit_eval": "evaluate on the first N dev/test examples only",
+    "train_fraction": "train on a nested, label-stratified fraction of the train split (what a multi-fidelity rung sees)",
     "warmup": "fraction of steps for linear warmup (schedule=linear)",
     "bucket": "length-bucketed batches with dynamic padding (--no-bucket pads to max_len)",
     "pad_multiple": "round batch widths up to a multiple of this (1: exact width)",
@@ -267,6 +268,11 @@ def _ui_uri(uri: str | None) -> str:
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
 @click.option("--sampler", type=click.Choice(["tpe", "random"]), default=None,
               help="tpe (with median pruning) or random (i.i.d. trials, no pruning: valid for expected validation performance) [default: tpe]")
+@click.option("--fidelity", type=click.Choice(["none", "data"]), default=None,
+              help="data: successive halving over the training-set fraction (--trials configurations; rungs eta^-k of the data) [default: none]")
+@click.option("--eta", type=click.IntRange(min=2), default=None, help="multi-fidelity: keep the best 1/eta of each rung [default: 3]")
+@click.option("--min-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
+              help="multi-fidelity: the smallest rung's share of the train split [default: 1/9]")
 @click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
 @click.option("--trial-timeout", type=click.FloatRange(min=1), default=None,
@@ -275,14 +281,14 @@ def _ui_uri(uri: str | None) -> str:
 @click.option("--register", "register_name", default=None, callback=_check_model_name,
               help="register the study's best model in the MLflow Model Registry as NAME, alias champion")
 def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, space, timeout, workers, sampler_seed, sampler,
-          keep_checkpoints, grace_s, trial_timeout, out_dir, register_name, **kwargs):
+          fidelity, eta, min_fraction, keep_checkpoints, grace_s, trial_timeout, out_dir, register_name, **kwargs):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep import Sweep, load_sweep_config
 
     overrides = _train_overrides(kwargs)
     sweep_overrides = {"trials": trials, "study_name": study_name, "storage": storage, "timeout": timeout, "workers": workers,
                        "seed": sampler_seed, "sampler": sampler, "keep_checkpoints": keep_checkpoints, "grace_s": grace_s,
-                       "out_dir": out_dir, "trial_timeout": trial_timeout}
+                       "out_dir": out_dir, "trial_timeout": trial_timeout, "fidelity": fidelity, "eta": eta, "min_fraction": min_fraction}
     cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), TrackingConfig(tracking_uri, experiment))
     handle_sigterm()
     summary = Sweep(cfg, log=click.echo).run()
@@ -405,7 +411,8 @@ def _check_cell_by(value: str) -> list[str]:
 def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, formats, tracking_uri):
     """Tables and plots from recorded runs: leaderboard, cells with CIs over seeds, pairwise tests, expected
     validation performance, and (with --replay-pruners) what other pruners would have done."""
-    from bertnli.report import format_table, grouped, leaderboard, load_runs, truncation_effect, write_report
+    from bertnli.report import (audit_note, fidelity_audit, format_table, grouped, leaderboard, load_runs, truncation_effect,
+                                write_report)
 
     tag_filter = {}
     for t in tags:
@@ -433,6 +440,12 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
         if not eff.empty:
             click.echo("\ntruncation effect (ratio - longest_first, dev accuracy):")
             click.echo(format_table(eff).to_string(index=False))
+        audit = fidelity_audit(runs)
+        if not audit.empty:
+            click.echo("\nmulti-fidelity audit (each rung's ranking vs the final one):")
+            click.echo(format_table(audit.drop(columns=["parent_run_id"])).to_string(index=False))
+            if audit_note(audit):
+                click.echo(audit_note(audit).strip())
         for name, table in extra.items():
             click.echo(f"\n{name.replace('_', ' ')} (study {replay}):")
             click.echo(format_table(table).to_string(index=False))

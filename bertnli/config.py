@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     limit_train: int | None = None  # first N training examples (CPU runs)
     limit_eval: int | None = None  # first N dev and test examples
+    train_fraction: float = 1.0  # a nested, label-stratified subset of the (limited) train split: a multi-fidelity rung
     bucket: bool = True  # length-bucketed batches + dynamic padding (False: pad to max_len)
     pad_multiple: int = 8  # batch widths rounded up to a multiple of this (1: exact); fewer shapes for GPU kernels
     compile: bool = False  # torch.compile(dynamic=True) the training forward: pays on long GPU runs (benchmarks/README.md)
@@ -68,6 +69,7 @@ class TrainConfig:
             (self.num_heads is None or self.num_heads >= 1, "num_heads must be at least 1"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train must be at least 1"),
             (self.limit_eval is None or self.limit_eval >= 1, "limit_eval must be at least 1"),
+            (0 < self.train_fraction <= 1, "train_fraction must be in (0, 1]"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.pad_multiple >= 1, "pad_multiple must be at least 1 (1 pads to the longest row exactly)"),
         ]

@@ -79,6 +79,15 @@ class EncodedSplit:
         ids = None if self.example_ids is None else self.example_ids[:n]
         return EncodedSplit(self.ids[: self.offsets[n]], self.offsets[: n + 1], self.seg1[:n], self.labels[:n], self.pad_id, ids)
 
+    def take(self, rows: np.ndarray) -> "EncodedSplit":
+        """The given rows (ascending), e.g. a multi-fidelity subset (fidelity.subset_rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        ids = self.ids[_ragged_positions(self.offsets[rows], lengths)] if len(rows) else self.ids[:0]
+        ex = None if self.example_ids is None else self.example_ids[rows]
+        return EncodedSplit(ids, offsets, self.seg1[rows], self.labels[rows], self.pad_id, ex)
+
     def row(self, i: int) -> tuple[list[int], list[int]]:
         ids = self.ids[self.offsets[i] : self.offsets[i + 1]].tolist()
         return ids, [0] * int(self.seg1[i]) + [1] * (len(ids) - int(self.seg1[i]))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from bertnli import BadInput
 from bertnli.config import TrainConfig
 from bertnli.data import split_path
+from bertnli.fidelity import subset_rows
 from bertnli.model import NLIClassifier, build_model
 from bertnli.pairs import EncodedSplit, encode_file
 from bertnli.tokenize import Tokenizer
@@ -27,7 +28,7 @@ class Prepared:
 
 
 def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:
-    """Model + tokenizer, then each split encoded through the cache (limits applied after)."""
+    """Model + tokenizer, then each split encoded through the cache (limits, then the train fraction, applied after)."""
     model, tok = build_model(cfg.model, cfg.num_layers, cfg.dropout, cfg.seed, num_heads=cfg.num_heads)
     if cfg.max_len > model.config.max_position:
         raise BadInput(f"max_len {cfg.max_len} exceeds the model's {model.config.max_position} positions; lower --max-len")
@@ -42,6 +43,8 @@ def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:
             continue
         e, digests[name] = encode_file(path, name, tok, cfg.max_len, cfg.truncation, cfg.cache_dir)
         enc[name] = e.head(cfg.limit_train if name == "train" else cfg.limit_eval)
+    if "train" in enc and cfg.train_fraction < 1:
+        enc["train"] = enc["train"].take(subset_rows(enc["train"].labels, cfg.train_fraction))
     if paths["test"] is None and cfg.eval_test:
         print(f"note: no test split in {cfg.data}; test accuracy will not be reported")
     return Prepared(model, tok, enc.get("train"), enc["dev"], enc.get("test"), digests)

@@ -16,7 +16,8 @@ import pandas as pd
 
 from bertnli import BadInput
 
-PARAMS = ["model", "truncation", "lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "num_layers", "optimizer"]
+PARAMS = ["model", "truncation", "lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "num_layers", "optimizer",
+          "train_fraction"]
 METRICS = ["best_dev_acc", "test_acc", "best_epoch", "wall_seconds", "examples_per_sec", "dev_acc", "train_loss"]
 
 
@@ -62,7 +63,9 @@ def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = N
     out["trial"] = df.get("tags.optuna.trial")
     out["state"] = df.get("tags.optuna.state")
     out["parent_run_id"] = df.get("tags.mlflow.parentRunId")
-    for col in ["lr", "epochs", "seed", "max_len", "batch_size"]:
+    out["rung"] = pd.to_numeric(df.get("tags.rung"), errors="coerce") if "tags.rung" in df else np.nan  # multi-fidelity sweeps
+    out["config"] = df.get("tags.bertnli.config")
+    for col in ["lr", "epochs", "seed", "max_len", "batch_size", "train_fraction"]:
         out[col] = pd.to_numeric(out[col], errors="coerce")
     return out.reset_index(drop=True)
 
@@ -109,6 +112,40 @@ def truncation_effect(runs: pd.DataFrame) -> pd.DataFrame:
                              "std": np.sqrt(la.var(ddof=1) / len(la) + lb.var(ddof=1) / len(lb)) if min(len(la), len(lb)) > 1 else np.nan,
                              "min": np.nan, "max": np.nan})
     return pd.DataFrame(rows)
+
+
+CHEAP_RANKING_FAILED = "the cheap ranking did not hold"
+
+
+def fidelity_audit(runs: pd.DataFrame, n_boot: int = 2_000) -> pd.DataFrame:
+    """Multi-fidelity sweeps: did a low rung rank configurations as the final rung does?
+
+    Per study (parent run) and lower rung, over the configurations that reached both that rung
+    and the study's final rung (and, where it differs, the next rung up): Kendall's tau and
+    Spearman's rho of their dev accuracies, each with a bootstrap CI over configurations, and a
+    warning when tau < 0.5. Empty when no run carries a rung.
+    """
+    from bertnli.stats import rank_agreement
+
+    cols = ["parent_run_id", "rung", "against_rung", "configurations", "kendall_tau", "tau_ci_low", "tau_ci_high",
+            "spearman_rho", "rho_ci_low", "rho_ci_high", "verdict"]
+    f = finished(runs)
+    if "rung" not in f or f["rung"].isna().all():
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for parent, g in f[f["rung"].notna() & f["config"].notna()].groupby("parent_run_id", dropna=False):
+        acc = g.groupby(["config", "rung"])["best_dev_acc"].max().unstack("rung")
+        top = int(max(acc.columns))
+        for k in sorted(int(r) for r in acc.columns if r < top):
+            for against in sorted({k + 1, top}):
+                both = acc[[k, against]].dropna()
+                a = rank_agreement(both[k], both[against], n_boot=n_boot)
+                verdict = ("too few configurations" if a.n < 2 or np.isnan(a.tau) else
+                           f"{CHEAP_RANKING_FAILED} (tau < 0.5)" if a.tau < 0.5 else "held (tau >= 0.5)")
+                rows.append({"parent_run_id": parent, "rung": k, "against_rung": against, "configurations": a.n,
+                             "kendall_tau": a.tau, "tau_ci_low": a.tau_low, "tau_ci_high": a.tau_high, "spearman_rho": a.rho,
+                             "rho_ci_low": a.rho_low, "rho_ci_high": a.rho_high, "verdict": verdict})
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ---------------------------------------------------------------- plots
@@ -235,6 +272,16 @@ def sampler_note(runs: pd.DataFrame, tracking_uri: str | None = None) -> str:
 # ---------------------------------------------------------------- writing
 
 
+def audit_note(audit: pd.DataFrame) -> str:
+    """The report's warning line when a low rung's ranking did not hold (fidelity_audit)."""
+    bad = audit[audit["verdict"].str.startswith(CHEAP_RANKING_FAILED)] if not audit.empty else audit
+    if bad.empty:
+        return ""
+    where = ", ".join(f"rung {r.rung} vs {r.against_rung} (tau {r.kendall_tau:.2f}, {r.configurations} configurations)"
+                      for r in bad.itertuples())
+    return f" WARNING: {CHEAP_RANKING_FAILED}: {where}; promote more configurations or raise min_fraction."
+
+
 def format_table(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for col in out.columns:
@@ -266,6 +313,9 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
               "cells": cell_table(runs, keys), "pairwise": pairwise_table(runs, keys, tracking_uri),
               "evp": evp_table(runs, keys)}
     tables["evp_overtaking"] = overtaking_table(tables["evp"])
+    audit = fidelity_audit(runs)
+    if not audit.empty:
+        tables["fidelity_audit"] = audit
     tables |= extra_tables or {}
     figures = {}
     if not finished(runs).empty:
@@ -285,7 +335,7 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
             "Figures on snli-resplit are not comparable with published SNLI test results. "
             f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI over "
             "seeds x examples, McNemar exact p (pooled over seed pairs) and Holm-adjusted p per split. "
-            + sampler_note(runs, tracking_uri))
+            + sampler_note(runs, tracking_uri) + audit_note(audit))
     if "csv" in formats:
         for name, t in tables.items():
             t.to_csv(out / f"{name}.csv", index=False)

@@ -135,20 +135,22 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
             with_retries(lambda key=f"bertnli.plot_skipped.{name}", why=why: c.set_tag(parent_run_id, key, why))
 
 
-def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done: int) -> dict[str, Any]:
-    """Best trial's params and metrics, the trials table and Optuna's plots onto the parent run."""
+def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done: int, schedule=None) -> dict[str, Any]:
+    """Best trial's params and metrics, the trials table (and the rung table) and Optuna's plots onto the parent run."""
+    from bertnli.sweep.halving import best_trial
     from bertnli.tracking import client
 
     c = client(cfg.tracking.tracking_uri)
     frame = trials_frame(study)
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == states().COMPLETE]
+    best = best_trial(study.get_trials(deepcopy=False), schedule)
     out: dict[str, Any] = {"parent_run_id": parent_run_id, "done": done, "trials": frame}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         frame.to_csv(tmp / "trials.csv", index=False)
         c.log_artifact(parent_run_id, str(tmp / "trials.csv"))
-        if complete:
-            best = max(complete, key=lambda t: t.value)
+        if schedule is not None:
+            out["rungs"] = _log_rungs(c, study, schedule, parent_run_id, tmp)
+        if best is not None:
             out["best"] = best
             tag = lambda key, value: with_retries(lambda: c.set_tag(parent_run_id, key, str(value)))  # noqa: E731
             with_retries(lambda: c.log_metric(parent_run_id, "best_dev_acc", best.value))
@@ -165,6 +167,21 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
     with_retries(lambda: c.log_metric(parent_run_id, "trials_done", done))
     with_retries(lambda: c.set_terminated(parent_run_id, status))
     return out
+
+
+def _log_rungs(c, study, schedule, parent_run_id: str, tmp: Path):
+    """The rung table: `rungs.csv`, and as the parent run's description (the run page shows it)."""
+    from bertnli.sweep.halving import rung_table
+
+    table = rung_table(study.get_trials(deepcopy=False), schedule)
+    table.to_csv(tmp / "rungs.csv", index=False)
+    c.log_artifact(parent_run_id, str(tmp / "rungs.csv"))
+    shown = table.astype(object).where(table.notna(), "")
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    text = "Multi-fidelity sweep (successive halving over the training-set fraction).\n\n" + "\n".join(lines)
+    with_retries(lambda: c.set_tag(parent_run_id, "mlflow.note.content", text))
+    return table
 
 
 def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:

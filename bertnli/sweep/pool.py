@@ -18,6 +18,7 @@ import traceback
 from typing import Any
 
 from bertnli import BertnliError
+from bertnli.sweep import halving
 from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run
 from bertnli.sweep.reaping import reap, retry_history, stale_callback, states, study_dir
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, schedule_ticks, spec_to_json
@@ -25,15 +26,26 @@ from bertnli.sweep.storage import default_storage, is_outage, open_storage, samp
 from bertnli.sweep.workers import Outcome, TrialRun, owner, patiently, set_attr
 
 
+def study_sampler(cfg: SweepConfig):
+    """The per-trial-seeded sampler; under multi-fidelity every sampled configuration starts at rung 0."""
+    base = sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler)
+    if cfg.fidelity != "data":
+        return base
+    import optuna
+
+    return optuna.samplers.PartialFixedSampler({halving.RUNG: 0}, base)
+
+
 def open_study(cfg: SweepConfig, storage):
     """(study, created): `created` is True for exactly one process, the one whose create_study won."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = (optuna.pruners.NopPruner() if cfg.sampler == "random" else  # a random design is i.i.d. only unpruned
+    # A random design is i.i.d. only unpruned; multi-fidelity prunes by its rungs (median pruning across
+    # rungs would compare dev accuracies reached on different amounts of data).
+    pruner = (optuna.pruners.NopPruner() if cfg.sampler == "random" or cfg.fidelity == "data" else
               optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials))
-    kw = dict(study_name=cfg.study_name, storage=storage, sampler=sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler),
-              pruner=pruner)
+    kw = dict(study_name=cfg.study_name, storage=storage, sampler=study_sampler(cfg), pruner=pruner)
     try:
         return optuna.create_study(direction="maximize", **kw), True
     except optuna.exceptions.DuplicatedStudyError:
@@ -63,6 +75,8 @@ class Sweep:
         self.failed_in_a_row: list[Outcome] = []
         self.crashed: list[str] = []
         self.ticks = schedule_ticks(cfg)
+        self.schedule = halving.schedule(cfg)  # None: one fidelity (every trial on the whole train split)
+        self.target = self.schedule.total if self.schedule else cfg.trials
         self.next_reap = 0.0
 
     def seed_cells(self) -> None:
@@ -70,13 +84,32 @@ class Sweep:
         if self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random":  # enqueued trials are no random draws
             return
         self.study.set_user_attr("cells_enqueued", True)
+        rung0 = {halving.RUNG: 0} if self.schedule else {}
         for cell in cells(self.cfg):
-            self.study.enqueue_trial(cell, skip_if_exists=True)
+            self.study.enqueue_trial({**cell, **rung0}, skip_if_exists=True)
 
     def _counts(self, study) -> tuple[int, int]:
         S = states()
         trials = study.get_trials(deepcopy=False)
         return sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials), sum(t.state == S.RUNNING for t in trials)
+
+    def complete(self, study) -> bool:
+        """The study holds every trial it should: N configurations done (or every rung ended)."""
+        if self.schedule:
+            return halving.plan(study.get_trials(deepcopy=False), self.schedule, self.cfg.max_retries).action == "done"
+        return done_count(study) >= self.cfg.trials
+
+    def _next(self, study) -> str:
+        """"ask", "wait" (others run trials that may still fail, or a rung is not finished) or "done"."""
+        if self.schedule:
+            decision = halving.plan(study.get_trials(deepcopy=False), self.schedule, self.cfg.max_retries)
+            for params in decision.enqueue:  # a promotion; two processes may both queue it: `excess` keeps one
+                study.enqueue_trial(params)
+            return decision.action
+        done, running = self._counts(study)
+        if done + running < self.cfg.trials:
+            return "ask"
+        return "done" if done >= self.cfg.trials or not running else "wait"
 
     def _reap(self, study, force: bool = False) -> None:
         if not (force or time.time() >= self.next_reap):
@@ -101,11 +134,16 @@ class Sweep:
         """
         S = states()
         trials = study.get_trials(deepcopy=False)
-        if sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trials) <= self.cfg.trials:
+        if self.schedule:
+            if not halving.excess(trials, trial.number, self.schedule):
+                return False
+        elif sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trials) <= self.cfg.trials:
             return False
         frozen = trials[trial.number]
         trial.set_user_attr("stepped_aside", True)
         patiently(lambda: study.tell(trial, state=S.FAIL, skip_if_finished=True))
+        if self.schedule and halving.rung_of(frozen) > 0:
+            return True  # a promotion: the plan queues it again if it is still missing
         if "fixed_params" in frozen.system_attrs:  # it came from the queue (a cell or a retry): queue it again
             if retry_history(frozen):
                 clean = {k: v for k, v in frozen.user_attrs.items() if k != "stepped_aside"}
@@ -123,6 +161,8 @@ class Sweep:
             return None
         for p in self.cfg.space:
             p.suggest(trial)
+        if self.schedule:
+            trial.suggest_int(halving.RUNG, 0, self.schedule.top)  # 0 from the sampler, the promoted rung from the queue
         trial.set_user_attr("worker", owner())
         trial.set_user_attr("heartbeat", time.time())
         return trial
@@ -137,8 +177,7 @@ class Sweep:
         import optuna
 
         # A study object (and so a sampler) of its own: the sampler is reseeded per trial, so it is per thread.
-        study = optuna.load_study(study_name=self.cfg.study_name, storage=self.storage,
-                                  sampler=sampler_for(self.cfg.seed, max(4, len(cells(self.cfg))), self.cfg.sampler),
+        study = optuna.load_study(study_name=self.cfg.study_name, storage=self.storage, sampler=study_sampler(self.cfg),
                                   pruner=self.study.pruner)
         try:
             self._loop(study, parent_run_id, bar)
@@ -160,19 +199,16 @@ class Sweep:
                 return
             asked = False
             with self.lock:
-                done, running = self._counts(study)
-                if done + running >= self.cfg.trials:
-                    if done >= self.cfg.trials or not running:
+                try:
+                    decision = self._next(study)
+                    if decision == "done":
                         return
-                    trial = None
-                else:
-                    asked = True
-                    try:
-                        trial = self._ask(study)
-                    except Exception as e:
-                        if not is_outage(e):
-                            raise
-                        trial = None  # the storage is away: look again (an orphan it left is reaped later)
+                    asked = decision == "ask"
+                    trial = self._ask(study) if asked else None
+                except Exception as e:
+                    if not is_outage(e):
+                        raise
+                    trial = None  # the storage is away: look again (an orphan it left is reaped later)
             if asked and trial is None:
                 time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
                 continue
@@ -224,8 +260,8 @@ class Sweep:
                 last.unlink(missing_ok=True)
         if self.cfg.keep_checkpoints == "all":
             return
-        complete = [t for t in trials if t.state == S.COMPLETE]
-        best = max(complete, key=lambda t: t.value).number if complete else None
+        winner = halving.best_trial(trials, self.schedule)
+        best = winner.number if winner else None
         for ck in study_dir(self.cfg).glob("trial-*/best"):
             if number(ck) != best and number(ck) not in keep:
                 shutil.rmtree(ck, ignore_errors=True)
@@ -265,9 +301,12 @@ class Sweep:
         parent = parent_run(self.study, self.cfg, self.storage_url, self.elector)
         self._write_spec()
         done = done_count(self.study)
-        self.log(f"study {self.cfg.study_name}: {done}/{self.cfg.trials} trials done; "
+        self.log(f"study {self.cfg.study_name}: {done}/{self.target} trials done; "
                  f"storage {self.storage_url}; MLflow parent run {parent}")
-        bar = tqdm(total=self.cfg.trials, initial=min(done, self.cfg.trials), desc="trials", unit="trial")
+        if self.schedule:
+            self.log(f"multi-fidelity: rungs at {', '.join(f'{f:.3g}' for f in self.schedule.fractions)} of the train split, "
+                     f"{' -> '.join(map(str, self.schedule.sizes))} configurations (eta {self.cfg.eta}), {self.target} trials")
+        bar = tqdm(total=self.target, initial=min(done, self.target), desc="trials", unit="trial")
         finished = [threading.Event() for _ in range(self.cfg.workers)]
         threads = [threading.Thread(target=self._worker, args=(parent, bar, done), daemon=True) for done in finished]
         status = "FINISHED"
@@ -283,9 +322,9 @@ class Sweep:
         finally:
             bar.close()
             broken = self.stop.is_set() and bool(self.failed_in_a_row)
-            if status == "FINISHED" and (self.crashed or done_count(self.study) < self.cfg.trials):
+            if status == "FINISHED" and (self.crashed or not self.complete(self.study)):
                 status = "FAILED" if self.crashed or broken else "KILLED"
-            summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study))
+            summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study), self.schedule)
         summary["wall_seconds"] = time.time() - t0
         summary["outcomes"] = self.outcomes
         if self.crashed:

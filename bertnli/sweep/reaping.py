@@ -24,7 +24,7 @@ from bertnli.sweep.space import SweepConfig
 from bertnli.sweep.storage import trial_id, uses_heartbeat
 
 ATTEMPT_ATTRS = ("worker", "heartbeat", "mlflow_run_id", "error", "test_acc", "train_seconds", "trial_wall_seconds",
-                 "interrupted", "timed_out", "diverged", "adopted", "orphan")
+                 "interrupted", "timed_out", "diverged", "adopted", "orphan", "train_examples", "examples_seen")
 
 
 def states():

@@ -64,6 +64,9 @@ class SweepConfig:
     fail_limit: int = 3  # stop after this many configurations in a row failed every try (a broken setup)
     out_dir: str = "outputs/sweeps"
     sampler: str = "tpe"  # "random": i.i.d. trials, no pruning, no enqueued cells (expected validation performance is valid)
+    fidelity: str = "none"  # "data": successive halving over the training-set fraction (sweep/halving.py); `trials` configurations
+    eta: int = 3  # multi-fidelity: the best 1/eta of a rung is promoted, on eta times the data
+    min_fraction: float = 1 / 9  # multi-fidelity: the smallest rung's share of the train split (rungs eta^-k >= this)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -124,6 +127,13 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
     base = load_config(path, train_overrides)  # the one place TOML becomes a TrainConfig
     sweep_doc = dict(doc.get("sweep", {}))
     space_doc = dict(sweep_doc.pop("space", {}) or {"lr": {"low": 1e-5, "high": 2e-4, "log": True}})
+    if isinstance(sweep_doc.get("fidelity"), dict):  # [sweep.fidelity] eta, min_fraction (its presence means "data")
+        table = dict(sweep_doc.pop("fidelity"))
+        sweep_doc["fidelity"] = table.pop("resource", "data")
+        unknown = set(table) - {"eta", "min_fraction"}
+        if unknown:
+            raise BadInput(f"bad [sweep.fidelity] setting(s) {', '.join(sorted(unknown))}; known: eta, min_fraction, resource")
+        sweep_doc |= table
     for item in space_overrides:
         if "=" not in item:
             raise BadInput(f"bad --space {item!r}; write NAME=low:high[:log] or NAME=a|b|c")
@@ -141,6 +151,14 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
         raise BadInput("bad sweep: keep_checkpoints is best or all")
     if cfg.sampler not in ("tpe", "random"):
         raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
+    if cfg.fidelity not in ("none", "data"):
+        raise BadInput(f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set fraction) or none")
+    if cfg.fidelity == "data":
+        if cfg.eta < 2 or not 0 < cfg.min_fraction < 1 / cfg.eta + 1e-12:
+            raise BadInput(f"bad sweep: multi-fidelity needs eta >= 2 and 0 < min_fraction <= 1/eta (got eta {cfg.eta}, "
+                           f"min_fraction {cfg.min_fraction:g}); e.g. eta = 3, min_fraction = 0.111")
+        if any(p.name in ("train_fraction", "rung") for p in cfg.space):
+            raise BadInput("bad sweep: with --fidelity data the sweep sets train_fraction itself; drop it from the space")
     if schedule_ticks(cfg) > 2**31 - 1:  # Optuna's RDB storage keeps steps as 32-bit integers
         raise BadInput("bad sweep: the epochs range is too wide for the pruning clock (lcm of its values over 2^31); "
                        "narrow it, e.g. --space epochs=1:6")

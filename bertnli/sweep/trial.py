@@ -94,9 +94,16 @@ def run_trial(a: argparse.Namespace) -> int:
 
     cfg = spec_from_json(json.loads(Path(a.spec).read_text()))
     params = json.loads(a.params)
+    rung = params.pop("rung", None)
     train_cfg = cfg.base.replace(**params)
     out = Path(a.out)
     tags = {"optuna.trial": str(a.number), "optuna.study": cfg.study_name, "bertnli.role": "sweep-trial"}
+    if rung is not None:  # multi-fidelity: the rung's share of the train split; test only where the winner is chosen
+        from bertnli.sweep.halving import config_key, schedule
+
+        sched = schedule(cfg)
+        train_cfg = train_cfg.replace(train_fraction=sched.fractions[rung], eval_test=cfg.base.eval_test and rung == sched.top)
+        tags |= {"rung": str(rung), "bertnli.config": config_key(params)}
     if a.retry_of is not None:
         tags["bertnli.retry_of"] = str(a.retry_of)
     tracking = TrackingConfig(cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags)
@@ -113,7 +120,8 @@ def run_trial(a: argparse.Namespace) -> int:
         return INTERRUPTED_EXIT
     summary = {"value": result.best_dev_acc, "test_acc": result.test.acc if result.test else None,
                "best_epoch": result.best_epoch, "run_id": run_id, "wall_seconds": result.wall_seconds,
-               "train_seconds": sum(h.train_seconds for h in result.history)}
+               "train_seconds": sum(h.train_seconds for h in result.history),
+               "train_examples": result.info.get("train_examples"), "epochs_trained": len(result.history)}
     tmp = out / "trial.json.tmp"
     tmp.write_text(json.dumps(summary))
     tmp.replace(out / "trial.json")

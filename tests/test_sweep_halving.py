@@ -1,0 +1,150 @@
+"""Multi-fidelity sweeps (sweep --fidelity data): the plan that promotes, the guarantees under kills, MLflow records."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState as S
+from optuna.trial import create_trial
+
+from bertnli.sweep.halving import Schedule, best_trial, config_key, excess, plan, rung_of
+from conftest import ROOT, run_env
+from test_sweep import run_sweep, state, sweep_cmd, write_toml
+
+SCHED = Schedule((1 / 9, 1 / 3, 1.0), (9, 3, 1))
+DIST = {"lr": FloatDistribution(1e-5, 1e-2, log=True), "rung": IntDistribution(0, 2)}
+
+
+def study_with(rows):
+    """An in-memory study holding trials (lr, rung, state, value)."""
+    st = optuna.create_study(direction="maximize")
+    for lr, rung, state_, value in rows:
+        st.add_trial(create_trial(state=state_, value=value if state_ == S.COMPLETE else None,
+                                  params={"lr": lr, "rung": rung}, distributions=DIST))
+    return st
+
+
+def test_promotions_follow_eta():
+    lrs = [1e-4 * (i + 1) for i in range(9)]
+    scores = [0.50, 0.61, 0.55, 0.70, 0.40, 0.66, 0.52, 0.58, 0.45]
+    st = study_with([(lr, 0, S.COMPLETE, v) for lr, v in zip(lrs, scores)])
+    p = plan(st.get_trials(), SCHED, max_retries=2)
+    assert p.action == "ask" and sorted(x["lr"] for x in p.enqueue) == sorted([lrs[3], lrs[5], lrs[1]])  # best 9/3
+    assert all(x["rung"] == 1 for x in p.enqueue)
+    rung1 = {lrs[3]: 0.72, lrs[5]: 0.75, lrs[1]: 0.64}
+    for lr, v in rung1.items():
+        st.add_trial(create_trial(state=S.COMPLETE, value=v, params={"lr": lr, "rung": 1}, distributions=DIST))
+    p = plan(st.get_trials(), SCHED, max_retries=2)
+    assert [x["lr"] for x in p.enqueue] == [lrs[5]] and p.enqueue[0]["rung"] == 2  # best 3/3, by its rung-1 score
+    st.add_trial(create_trial(state=S.COMPLETE, value=0.8, params={"lr": lrs[5], "rung": 2}, distributions=DIST))
+    assert plan(st.get_trials(), SCHED, max_retries=2).action == "done"
+    assert best_trial(st.get_trials(), SCHED).params == {"lr": lrs[5], "rung": 2}  # the winner is chosen at full data
+
+
+def test_a_rung_waits_for_every_member_and_queued_promotions_are_not_queued_twice():
+    rows = [(1e-4 * (i + 1), 0, S.COMPLETE, 0.5 + i / 100) for i in range(8)] + [(9e-3, 0, S.RUNNING, None)]
+    st = study_with(rows)
+    assert plan(st.get_trials(), SCHED, 2).action == "wait"  # synchronous: promotion needs the whole rung
+    st = study_with(rows[:8] + [(9e-3, 0, S.COMPLETE, 0.1)])
+    first = plan(st.get_trials(), SCHED, 2)
+    for params in first.enqueue:
+        st.enqueue_trial(params)
+    again = plan(st.get_trials(), SCHED, 2)
+    assert again.action == "ask" and again.enqueue == []  # queued already: ask pops them
+
+
+def test_a_duplicate_promotion_steps_aside_and_a_full_rung_takes_no_more():
+    rows = [(1e-4 * (i + 1), 0, S.COMPLETE, 0.5 + i / 100) for i in range(9)]
+    st = study_with(rows + [(9e-4, 1, S.RUNNING, None), (9e-4, 1, S.RUNNING, None)])
+    trials = st.get_trials()
+    # Two copies of one configuration at rung 1 (two processes queued the same promotion): each, checking
+    # after the other exists, steps aside; the plan then queues the configuration once more.
+    assert excess(trials, 9, SCHED) and excess(trials, 10, SCHED)
+    st = study_with(rows + [(9e-4, 1, S.COMPLETE, 0.8), (9e-4, 1, S.RUNNING, None)])
+    assert excess(st.get_trials(), 10, SCHED)  # a configuration that finished its rung is not trained there again
+    st = study_with(rows + [(2e-3, 0, S.RUNNING, None)])
+    assert excess(st.get_trials(), 9, SCHED)  # a tenth configuration at rung 0
+
+
+def test_bad_fidelity_settings_are_one_line(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=4)
+    r = subprocess.run(sweep_cmd(tmp_path, toml, "--fidelity", "data", "--eta", "3", "--min-fraction", "0.5"), cwd=ROOT,
+                       env=run_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "min_fraction <= 1/eta" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+MF = 'fidelity = "data"\neta = 2\nmin_fraction = 0.25'  # rungs 1/4, 1/2, 1: 4 -> 2 -> 1 configurations, 7 trials
+SPACE = 'lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [2]'
+
+
+def by_rung(st):
+    trials = [t for t in st.get_trials() if not t.user_attrs.get("stepped_aside")]
+    out = {}
+    for t in trials:
+        out.setdefault((rung_of(t), config_key(t.params)), []).append(t)
+    return out
+
+
+def test_a_multi_fidelity_sweep_records_rungs_in_mlflow(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=4, space=SPACE, extra=MF)
+    r = run_sweep(tmp_path, toml, "--sampler", "random")
+    assert "rungs at 0.25, 0.5, 1 of the train split, 4 -> 2 -> 1 configurations" in r.stdout
+    st, parents, children = state(tmp_path)
+    groups = by_rung(st)
+    assert sorted(k for k, _ in groups) == [0, 0, 0, 0, 1, 1, 2]
+    assert all(len(ts) == 1 and ts[0].state == S.COMPLETE for ts in groups.values())
+    sizes = {k: {t.user_attrs["train_examples"] for (kk, _), ts in groups.items() if kk == k for t in ts} for k in range(3)}
+    full = sizes[2].pop()
+    assert sizes[0] == {round(full / 4)} and sizes[1] == {round(full / 2)}  # the rung's share of the train split
+    rung0 = sorted((t.value, -t.number, config_key(t.params)) for (k, _), ts in groups.items() if k == 0 for t in ts)
+    promoted = {c for (k, c) in groups if k == 1}
+    assert promoted == {c for _, _, c in rung0[-2:]}  # the best half went up
+    runs = {r.data.tags["optuna.trial"]: r for r in children}
+    for t in st.get_trials():
+        run = runs[str(t.number)]
+        assert run.data.tags["rung"] == str(rung_of(t))
+        assert float(run.data.params["train_fraction"]) == pytest.approx([0.25, 0.5, 1.0][rung_of(t)])
+        assert ("test_acc" in run.data.metrics) == (rung_of(t) == 2)  # test once, for the winner's rung only
+    parent = parents[0]
+    assert "| rung | train_fraction |" in parent.data.tags["mlflow.note.content"]
+    top = next(t for (k, _), ts in groups.items() if k == 2 for t in ts)
+    assert parent.data.tags["best.trial"] == str(top.number)
+
+
+def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=4, space='lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [4]', extra=MF)
+    with open(tmp_path / "first.log", "w") as log:
+        p = subprocess.Popen(sweep_cmd(tmp_path, toml, "--sampler", "random"), cwd=ROOT, env=run_env(), stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    deadline, hit = time.time() + 300, None
+    while time.time() < deadline and p.poll() is None and hit is None:
+        time.sleep(0.3)
+        try:  # the journal only: opening the MLflow store here would race the sweep's own schema migration
+            st = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
+        except Exception:  # noqa: BLE001 - the study is not there yet
+            continue
+        hit = next((t for t in st.get_trials() if t.state == S.RUNNING and rung_of(t) == 1 and t.intermediate_values), None)
+    assert hit is not None, "never saw a rung-1 trial with an epoch done: " + (tmp_path / "first.log").read_text()[-2000:]
+    os.killpg(p.pid, signal.SIGKILL)  # the sweep, its worker and its trial process, mid-rung, with no warning
+    p.wait()
+    run_sweep(tmp_path, toml, "--sampler", "random")
+    st, parents, children = state(tmp_path)
+    groups = by_rung(st)
+    assert sorted(k for k, _ in groups) == [0, 0, 0, 0, 1, 1, 2]
+    for (k, c), ts in groups.items():
+        done = [t for t in ts if t.state == S.COMPLETE]
+        assert len(done) == 1, (k, c, [(t.number, t.state) for t in ts])  # once per rung, whatever the kill hit
+    killed = [t for t in groups[(1, config_key(hit.params))] if t.state == S.FAIL]
+    assert killed and killed[0].number == hit.number
+    retry = next(t for t in groups[(1, config_key(hit.params))] if t.state == S.COMPLETE)
+    log = (tmp_path / "out" / "s" / f"trial-{retry.number:03d}.log").read_text()
+    assert "resuming from" in log  # it went on from the killed attempt's checkpoint, not from zero
+    assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.WAITING)]
+    assert parents[0].info.status == "FINISHED"
