@@ -293,7 +293,7 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    d = format_table(df).astype(str)
+    d = format_table(df).map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
     if d.empty:
         return "_no runs_\n"
     head = "| " + " | ".join(d.columns) + " |\n|" + "---|" * len(d.columns) + "\n"

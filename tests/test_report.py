@@ -136,3 +136,40 @@ def test_overtaking_is_found_on_both_axes():
     # per second a leads longer: at 10 s a has run 2 trials, b one; b passes a only at 20 s
     assert (secs["overtaker"], secs["at"]) == ("b", 20)
     assert t[t["estimator"] == "dodge"].empty  # Dodge's b never passes a
+
+
+def _synthetic_mf_study(uri: str, name: str, reversed_low: bool) -> str:
+    """A recorded multi-fidelity study (runs written to a real MLflow store, as a sweep's trials are):
+    9 configurations at rung 0 and at rung 1, rung 0's ranking either the final one or its reverse."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.create_experiment(name)
+    parent = c.create_run(exp, tags={"bertnli.role": "sweep-parent"}).info.run_id
+    for i in range(9):
+        final = 0.60 + 0.02 * i
+        low = 0.50 + 0.02 * (8 - i if reversed_low else i)
+        for rung, acc in ((0, low), (1, final)):
+            run = c.create_run(exp, tags={"mlflow.parentRunId": parent, "rung": str(rung), "bertnli.config": f'{{"lr": {i}}}',
+                                          "bertnli.role": "sweep-trial"}).info.run_id
+            c.log_param(run, "train_fraction", [1 / 3, 1.0][rung])
+            c.log_metric(run, "best_dev_acc", acc)
+            c.set_terminated(run, "FINISHED")
+    return name
+
+
+@pytest.mark.parametrize("reversed_low", [True, False])
+def test_the_audit_flags_a_cheap_ranking_that_did_not_hold(tmp_path, reversed_low):
+    from bertnli.report import CHEAP_RANKING_FAILED, fidelity_audit
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = load_runs([_synthetic_mf_study(uri, "mf", reversed_low)], uri)
+    audit = fidelity_audit(runs, n_boot=500)
+    assert len(audit) == 1 and audit.loc[0, "configurations"] == 9 and (audit.loc[0, "rung"], audit.loc[0, "against_rung"]) == (0, 1)
+    assert audit.loc[0, "kendall_tau"] == pytest.approx(-1.0 if reversed_low else 1.0)
+    assert audit.loc[0, "tau_ci_low"] <= audit.loc[0, "kendall_tau"] <= audit.loc[0, "tau_ci_high"]
+    assert audit.loc[0, "verdict"].startswith(CHEAP_RANKING_FAILED) == reversed_low
+    write_report(runs, tmp_path / "r", ("md", "csv"), uri)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## fidelity audit" in md and (f"WARNING: {CHEAP_RANKING_FAILED}" in md) == reversed_low
+    assert (tmp_path / "r" / "fidelity_audit.csv").is_file()

@@ -132,3 +132,17 @@ def test_rank_correlations():
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert spearman_rho([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
     assert math.isnan(kendall_tau([1], [1]))
+
+
+def test_rank_agreement_has_cis_that_shrink_with_more_configurations():
+    from bertnli.stats import rank_agreement
+
+    rng = np.random.default_rng(0)
+    final = rng.random(30)
+    cheap = final + rng.normal(0, 0.05, 30)
+    a = rank_agreement(cheap, final)
+    assert 0.7 < a.tau <= 1 and a.tau_low <= a.tau <= a.tau_high and a.rho_low <= a.rho <= a.rho_high
+    few = rank_agreement(cheap[:5], final[:5])
+    assert few.tau_high - few.tau_low > a.tau_high - a.tau_low  # five configurations say less than thirty
+    assert rank_agreement(-final, final).tau == pytest.approx(-1)
+    assert np.isnan(rank_agreement([0.5, 0.6], [0.6, 0.5]).tau_low)  # two points: no interval

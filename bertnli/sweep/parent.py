@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bertnli.sweep.reaping import states, trial_dir
+from bertnli.sweep.reaping import trial_dir
 from bertnli.sweep.space import SweepConfig
 
 from bertnli.tracking import with_retries

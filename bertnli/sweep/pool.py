@@ -23,7 +23,7 @@ from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run
 from bertnli.sweep.reaping import reap, retry_history, stale_callback, states, study_dir
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, schedule_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
-from bertnli.sweep.workers import Outcome, TrialRun, owner, patiently, set_attr
+from bertnli.sweep.workers import Outcome, TrialRun, owner, patiently
 
 
 def study_sampler(cfg: SweepConfig):
