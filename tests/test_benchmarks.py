@@ -31,3 +31,17 @@ def test_gpu_benchmark_smoke_on_cpu(tiny_snli, tmp_path):
     for row in settings:
         assert row["train_seed"] > 0 and row["train_bertnli"] > 0 and row["eval_bertnli"] > 0
         assert row["train_ratio"] == pytest.approx(row["train_bertnli"] / row["train_seed"], rel=1e-3)
+
+
+def test_multi_fidelity_benchmark_runs_both_studies_on_the_same_configurations(tiny_snli, tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "benchmarks/multi_fidelity.py", "--configs", "3", "--data", str(tiny_snli), "--eta", "3",
+           "--min-fraction", "0.333", "--out-dir", str(out), "--", "--space", "model=tiny-d2l-random", "--space", "epochs=1|2",
+           "--cache-dir", str(tmp_path / "enc"), "--max-len", "32"]
+    r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["same_configurations"] and s["rung_sizes"] == [3, 1]
+    assert s["mf"]["trials"] == 4 and s["full"]["trials"] == 3
+    assert 0 < s["examples_ratio"] < 1 and 0 <= s["mf"]["test_acc_of_winner"] <= 1
+    assert s["audit"][0]["configurations"] == 3

@@ -104,7 +104,7 @@ def parse_param(name: str, spec: Any) -> Param:
     kind_of = known[name]
     try:
         if isinstance(spec, str):
-            if "|" in spec or "bool" in kind_of:
+            if "|" in spec or "bool" in kind_of or kind_of == "str":  # model=minilm-l3 alone is one choice, not a range
                 spec = spec.split("|")
             else:
                 parts = spec.split(":")
