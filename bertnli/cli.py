@@ -293,7 +293,9 @@ def sweep(config_path, tracking_uri, experiment, trials, study_name, storage, sp
     handle_sigterm()
     summary = Sweep(cfg, log=click.echo).run()
     best = summary.get("best")
-    click.echo(f"study {cfg.study_name}: {summary['done']}/{cfg.trials} trials complete or pruned in {summary['wall_seconds']:.0f} s")
+    click.echo(f"study {cfg.study_name}: {summary['done']}/{summary['target']} trials complete or pruned in {summary['wall_seconds']:.0f} s")
+    if summary.get("rungs") is not None:
+        click.echo(summary["rungs"].to_string(index=False))
     if best is not None:
         test = best.user_attrs.get("test_acc")
         click.echo(f"best trial {best.number}: dev_acc {best.value:.4f}" + (f", test_acc {test:.4f}" if test is not None else "")

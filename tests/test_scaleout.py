@@ -138,17 +138,24 @@ def test_four_workers_ride_out_a_90_s_database_outage(tmp_path, tiny_snli, pg, m
     cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--storage", storage, "--workers", "2",
            "--tracking-uri", mlflow_server, "--out", str(tmp_path / "out")]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    deadline = time.time() + 600
-    st = None
-    while time.time() < deadline:  # wait for the first finished trial, so the outage hits a study in full flight
+    # One storage object for every poll: a fresh `load_study(storage=URL)` per poll opens a new engine and
+    # connection pool each time; on a slow machine they piled up until PostgreSQL refused connections, the
+    # polls all failed and the outage never hit a running trial (CI: `assert running_before > 0`).
+    poll = optuna.storages.RDBStorage(storage)
+    deadline, trials, last_error = time.time() + 600, [], None
+    while time.time() < deadline and all(p.poll() is None for p in procs):
         try:
-            st = optuna.load_study(study_name="outage", storage=storage)
-            trials = st.get_trials()
-            if any(t.state in (S.COMPLETE, S.PRUNED) for t in trials) and any(t.state == S.RUNNING for t in trials):
-                break  # in full flight: something finished and something runs (not between two trials)
-        except Exception:
-            pass
+            trials = optuna.load_study(study_name="outage", storage=poll).get_trials()
+        except Exception as e:  # noqa: BLE001 - the study is not created yet
+            last_error = e
+        # In full flight: a trial has finished an epoch and has epochs to go (seconds of training left).
+        if any(t.state == S.RUNNING and 0 < len(t.intermediate_values) < 3 for t in trials):
+            break
         time.sleep(0.5)
+    else:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"never saw a trial mid-training before the outage (last poll error: {last_error!r})")
     running_before = sum(t.state == S.RUNNING for t in trials)  # as seen when the loop decided
     pg.stop("fast")  # drops every connection
     time.sleep(90)

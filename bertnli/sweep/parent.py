@@ -215,6 +215,8 @@ def _verdict_tags(cfg: SweepConfig, parent_run_id: str) -> dict[str, str]:
 
     try:
         runs = load_runs(None, cfg.tracking.tracking_uri, parent_run_id=parent_run_id)
+        if "rung" in runs and runs["rung"].notna().any():  # multi-fidelity: compare what was trained on the same data (the top rung reached)
+            runs = runs[runs["rung"] == runs["rung"].max()]
         keys = [p.name for p in cfg.space if p.kind == "categorical"] or ["model", "truncation"]
         return sweep_verdict(runs, keys, cfg.tracking.tracking_uri)
     except Exception as e:  # noqa: BLE001 - e.g. trials recorded before per-example predictions

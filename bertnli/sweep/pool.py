@@ -326,6 +326,7 @@ class Sweep:
                 status = "FAILED" if self.crashed or broken else "KILLED"
             summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study), self.schedule)
         summary["wall_seconds"] = time.time() - t0
+        summary["target"] = self.target
         summary["outcomes"] = self.outcomes
         if self.crashed:
             raise BertnliError(f"{self.crashed[0]}; its trial is marked FAIL and the parent run FAILED; rerun the same command to resume")
