@@ -272,7 +272,8 @@ def _ui_uri(uri: str | None) -> str:
               help="data: successive halving over the training-set fraction (--trials configurations; rungs eta^-k of the data) [default: none]")
 @click.option("--eta", type=click.IntRange(min=2), default=None, help="multi-fidelity: keep the best 1/eta of each rung [default: 3]")
 @click.option("--min-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=None,
-              help="multi-fidelity: the smallest rung's share of the train split [default: 1/9]")
+              help="multi-fidelity: a floor for the smallest rung's share of the train split; rungs are the powers of 1/eta "
+                   "above it (0.12 with eta 3: 1/3 and 1) [default: 1/9]")
 @click.option("--keep-checkpoints", type=click.Choice(["best", "all"]), default=None, help="keep only the best trial's checkpoint, or all")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=1), default=None, help="seconds without heartbeat before another host's RUNNING trial is failed [default: 60]")
 @click.option("--trial-timeout", type=click.FloatRange(min=1), default=None,

@@ -117,6 +117,14 @@ def truncation_effect(runs: pd.DataFrame) -> pd.DataFrame:
 CHEAP_RANKING_FAILED = "the cheap ranking did not hold"
 
 
+def top_rung(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs comparable with each other: a multi-fidelity study's top rung reached (the same data), every other run."""
+    if "rung" not in runs or runs["rung"].isna().all():
+        return runs
+    top = runs.groupby("parent_run_id", dropna=False)["rung"].transform("max")
+    return runs[runs["rung"].isna() | (runs["rung"] == top)]
+
+
 def fidelity_audit(runs: pd.DataFrame, n_boot: int = 2_000) -> pd.DataFrame:
     """Multi-fidelity sweeps: did a low rung rank configurations as the final rung does?
 
@@ -140,7 +148,7 @@ def fidelity_audit(runs: pd.DataFrame, n_boot: int = 2_000) -> pd.DataFrame:
             for against in sorted({k + 1, top}):
                 both = acc[[k, against]].dropna()
                 a = rank_agreement(both[k], both[against], n_boot=n_boot)
-                verdict = ("too few configurations" if a.n < 2 or np.isnan(a.tau) else
+                verdict = ("too few configurations to judge (fewer than 3)" if a.n < 3 or np.isnan(a.tau) else
                            f"{CHEAP_RANKING_FAILED} (tau < 0.5)" if a.tau < 0.5 else "held (tau >= 0.5)")
                 rows.append({"parent_run_id": parent, "rung": k, "against_rung": against, "configurations": a.n,
                              "kendall_tau": a.tau, "tau_ci_low": a.tau_low, "tau_ci_high": a.tau_high, "spearman_rho": a.rho,
@@ -309,11 +317,12 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = list(cell_by)
+    audit = fidelity_audit(runs)
+    everything, runs = runs, top_rung(runs)  # lower rungs trained on less data: audited, never pooled with the rest
     tables = {"leaderboard": leaderboard(runs), "by_model_truncation": grouped(runs), "truncation_effect": truncation_effect(runs),
               "cells": cell_table(runs, keys), "pairwise": pairwise_table(runs, keys, tracking_uri),
               "evp": evp_table(runs, keys)}
     tables["evp_overtaking"] = overtaking_table(tables["evp"])
-    audit = fidelity_audit(runs)
     if not audit.empty:
         tables["fidelity_audit"] = audit
     tables |= extra_tables or {}
@@ -335,12 +344,14 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
             "Figures on snli-resplit are not comparable with published SNLI test results. "
             f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI over "
             "seeds x examples, McNemar exact p (pooled over seed pairs) and Holm-adjusted p per split. "
-            + sampler_note(runs, tracking_uri) + audit_note(audit))
+            + sampler_note(runs, tracking_uri) + audit_note(audit)
+            + (f" Multi-fidelity: the tables and plots hold each study's top rung only ({len(everything) - len(runs)} "
+               "lower-rung runs are in the fidelity audit and runs.csv)." if len(everything) > len(runs) else ""))
     if "csv" in formats:
         for name, t in tables.items():
             t.to_csv(out / f"{name}.csv", index=False)
             written.append(out / f"{name}.csv")
-        runs.to_csv(out / "runs.csv", index=False)
+        everything.to_csv(out / "runs.csv", index=False)
         written.append(out / "runs.csv")
     if "md" in formats:
         md = [f"# bertnli report\n\n{len(runs)} runs ({len(finished(runs))} finished). {note}\n"]

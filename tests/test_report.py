@@ -173,3 +173,5 @@ def test_the_audit_flags_a_cheap_ranking_that_did_not_hold(tmp_path, reversed_lo
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## fidelity audit" in md and (f"WARNING: {CHEAP_RANKING_FAILED}" in md) == reversed_low
     assert (tmp_path / "r" / "fidelity_audit.csv").is_file()
+    two = fidelity_audit(runs[runs["config"].isin(['{"lr": 0}', '{"lr": 1}'])], n_boot=100)
+    assert two.loc[0, "verdict"].startswith("too few configurations")  # tau of two points is always +-1: no verdict

@@ -141,10 +141,11 @@ def test_four_workers_ride_out_a_90_s_database_outage(tmp_path, tiny_snli, pg, m
     # One storage object for every poll: a fresh `load_study(storage=URL)` per poll opens a new engine and
     # connection pool each time; on a slow machine they piled up until PostgreSQL refused connections, the
     # polls all failed and the outage never hit a running trial (CI: `assert running_before > 0`).
-    poll = optuna.storages.RDBStorage(storage)
+    poll = None
     deadline, trials, last_error = time.time() + 600, [], None
     while time.time() < deadline and all(p.poll() is None for p in procs):
         try:
+            poll = poll or optuna.storages.RDBStorage(storage)  # made once the sweeps have created the schema
             trials = optuna.load_study(study_name="outage", storage=poll).get_trials()
         except Exception as e:  # noqa: BLE001 - the study is not created yet
             last_error = e

@@ -60,15 +60,58 @@ def test_a_rung_waits_for_every_member_and_queued_promotions_are_not_queued_twic
 
 def test_a_duplicate_promotion_steps_aside_and_a_full_rung_takes_no_more():
     rows = [(1e-4 * (i + 1), 0, S.COMPLETE, 0.5 + i / 100) for i in range(9)]
-    st = study_with(rows + [(9e-4, 1, S.RUNNING, None), (9e-4, 1, S.RUNNING, None)])
+    st = study_with(rows + [(1e-4 * 9, 1, S.RUNNING, None), (1e-4 * 9, 1, S.RUNNING, None)])
     trials = st.get_trials()
     # Two copies of one configuration at rung 1 (two processes queued the same promotion): each, checking
     # after the other exists, steps aside; the plan then queues the configuration once more.
-    assert excess(trials, 9, SCHED) and excess(trials, 10, SCHED)
-    st = study_with(rows + [(9e-4, 1, S.COMPLETE, 0.8), (9e-4, 1, S.RUNNING, None)])
-    assert excess(st.get_trials(), 10, SCHED)  # a configuration that finished its rung is not trained there again
+    assert excess(trials, 9, SCHED, 2) and excess(trials, 10, SCHED, 2)
+    st = study_with(rows + [(1e-4 * 9, 1, S.COMPLETE, 0.8), (1e-4 * 9, 1, S.RUNNING, None)])
+    assert excess(st.get_trials(), 10, SCHED, 2)  # a configuration that finished its rung is not trained there again
     st = study_with(rows + [(2e-3, 0, S.RUNNING, None)])
-    assert excess(st.get_trials(), 9, SCHED)  # a tenth configuration at rung 0
+    assert excess(st.get_trials(), 9, SCHED, 2)  # a tenth configuration at rung 0
+
+
+def test_only_what_the_plan_chose_runs_at_a_rung_and_an_ended_rung_takes_nothing():
+    lr = [1e-4 * (i + 1) for i in range(9)]
+    rows = [(lr[i], 0, S.COMPLETE, 0.5 + i / 100) for i in range(9)]
+    st = study_with(rows + [(lr[0], 1, S.RUNNING, None)])  # the worst of rung 0 at rung 1 (a stray queued trial)
+    assert excess(st.get_trials(), 9, SCHED, 2)
+    st = study_with(rows + [(lr[8], 1, S.COMPLETE, 0.7), (lr[7], 1, S.COMPLETE, 0.6), (lr[6], 1, S.COMPLETE, 0.65),
+                            (lr[8], 2, S.RUNNING, None), (2e-3, 0, S.RUNNING, None)])
+    assert excess(st.get_trials(), 13, SCHED, 2)  # rung 0 ended when rung 1 began: a leftover retry does not train
+
+
+def test_a_promoted_configuration_that_fails_is_resumed_by_the_plan_then_replaced_when_it_fails_every_try():
+    from bertnli.sweep.reaping import retry
+    from bertnli.sweep.space import SweepConfig
+    from bertnli.config import TrainConfig
+
+    lr = [1e-4 * (i + 1) for i in range(9)]
+    rows = [(lr[i], 0, S.COMPLETE, 0.5 + i / 100) for i in range(9)]
+    st = study_with(rows + [(lr[8], 1, S.COMPLETE, 0.7), (lr[7], 1, S.COMPLETE, 0.6), (lr[6], 1, S.FAIL, None)])
+    cfg = SweepConfig(base=TrainConfig(), space=(), max_retries=1)
+    retry(st, st.get_trials()[11], cfg)  # what a worker does after a failure: above rung 0 it leaves it to the plan
+    assert not [t for t in st.get_trials() if t.state == S.WAITING]
+    p = plan(st.get_trials(), SCHED, max_retries=1)
+    assert p.enqueue == [] and p.retries == [11]  # queued again as a retry of the failed attempt (it resumes)
+    retry(st, st.get_trials()[11], cfg, always=True, by_plan=True)
+    waiting = [t for t in st.get_trials() if t.state == S.WAITING]
+    assert len(waiting) == 1 and waiting[0].params == {"lr": lr[6], "rung": 1} and waiting[0].system_attrs["failed_trial"] == 11
+    assert plan(st.get_trials(), SCHED, max_retries=1).enqueue == []  # queued once, not twice
+    st = study_with(rows + [(lr[8], 1, S.COMPLETE, 0.7), (lr[7], 1, S.COMPLETE, 0.6), (lr[6], 1, S.FAIL, None), (lr[6], 1, S.FAIL, None)])
+    p = plan(st.get_trials(), SCHED, max_retries=1)
+    assert [x["lr"] for x in p.enqueue] == [lr[5]]  # lr[6] failed every try: the next best of rung 0 takes its place
+
+
+def test_a_study_keeps_its_fidelity_settings(tmp_path, tiny_snli):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    toml = write_toml(tmp_path, tiny_snli, trials=4, space=SPACE, extra=MF)
+    st = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
+    st.set_user_attr("bertnli.fidelity", {"fidelity": "data", "eta": 2, "min_fraction": 0.25, "trials": 4})
+    r = subprocess.run(sweep_cmd(tmp_path, toml, "--trials", "8"), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "was created with fidelity=data eta=2 min_fraction=0.25 trials=4, not" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_bad_fidelity_settings_are_one_line(tmp_path, tiny_snli):
@@ -77,6 +120,9 @@ def test_bad_fidelity_settings_are_one_line(tmp_path, tiny_snli):
                        env=run_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "min_fraction <= 1/eta" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    for args, says in ((["--eta", "3"], "add --fidelity data"), (["--fidelity", "data", "--trials", "2"], "need at least 9 configurations")):
+        r = subprocess.run(sweep_cmd(tmp_path, toml, *args), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 MF = 'fidelity = "data"\neta = 2\nmin_fraction = 0.25'  # rungs 1/4, 1/2, 1: 4 -> 2 -> 1 configurations, 7 trials
@@ -118,7 +164,7 @@ def test_a_multi_fidelity_sweep_records_rungs_in_mlflow(tmp_path, tiny_snli):
 
 
 def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung(tmp_path, tiny_snli):
-    toml = write_toml(tmp_path, tiny_snli, trials=4, space='lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [4]', extra=MF)
+    toml = write_toml(tmp_path, tiny_snli, trials=4, space='lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [8]', extra=MF)
     with open(tmp_path / "first.log", "w") as log:
         p = subprocess.Popen(sweep_cmd(tmp_path, toml, "--sampler", "random"), cwd=ROOT, env=run_env(), stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)
@@ -129,7 +175,8 @@ def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung(
             st = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
         except Exception:  # noqa: BLE001 - the study is not there yet
             continue
-        hit = next((t for t in st.get_trials() if t.state == S.RUNNING and rung_of(t) == 1 and t.intermediate_values), None)
+        # Mid-trial: an epoch done (a checkpoint to resume from) and most of its 8 still to go (seconds of training).
+        hit = next((t for t in st.get_trials() if t.state == S.RUNNING and rung_of(t) == 1 and 0 < len(t.intermediate_values) < 5), None)
     assert hit is not None, "never saw a rung-1 trial with an epoch done: " + (tmp_path / "first.log").read_text()[-2000:]
     os.killpg(p.pid, signal.SIGKILL)  # the sweep, its worker and its trial process, mid-rung, with no warning
     p.wait()

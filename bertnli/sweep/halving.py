@@ -40,6 +40,16 @@ class Schedule:
         return len(self.sizes) - 1
 
 
+SETTINGS_ATTR = "bertnli.fidelity"
+
+
+def settings(cfg: SweepConfig) -> dict[str, Any]:
+    """What a study's trials mean, fixed when it is created: a rerun with other settings would mix schedules."""
+    if cfg.fidelity != "data":
+        return {"fidelity": "none"}
+    return {"fidelity": "data", "eta": cfg.eta, "min_fraction": cfg.min_fraction, "trials": cfg.trials}
+
+
 def schedule(cfg: SweepConfig) -> Schedule | None:
     if cfg.fidelity != "data":
         return None
@@ -65,44 +75,75 @@ def config_key(params: dict[str, Any]) -> str:
 class Plan:
     action: str  # "ask" (a trial can start), "wait" (a rung is still running), "done"
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # promoted configurations to queue before asking
+    retries: list[int] = field(default_factory=list)  # failed attempts at a rung > 0 to queue again (resuming them)
+
+
+def _failed_try(t) -> bool:
+    """A failed trial that trained (not withdrawn right after `ask`, not an orphan that never ran): it may be resumed."""
+    return t.state == states().FAIL and not (t.user_attrs.get("stepped_aside") or t.user_attrs.get("orphan"))
+
+
+def _is_attempt(t) -> bool:
+    """A failed try that counts against its configuration's retries (an interruption does not)."""
+    return _failed_try(t) and not t.user_attrs.get("interrupted")
 
 
 def _exhausted(trials, k: int, max_retries: int) -> set[str]:
-    """Configurations that failed every try at rung k (not counting step-asides and interruptions)."""
-    S = states()
+    """Configurations that failed every try at rung k."""
     fails: dict[str, int] = {}
     for t in trials:
-        if rung_of(t) == k and t.state == S.FAIL and not (t.user_attrs.get("stepped_aside") or t.user_attrs.get("interrupted")):
+        if rung_of(t) == k and _is_attempt(t):
             key = config_key(params_of(t))
             fails[key] = fails.get(key, 0) + 1
     return {key for key, n in fails.items() if n > max_retries}
 
 
+def chosen(trials, k: int, sched: Schedule, max_retries: int) -> list[str]:
+    """Rung k's configurations: the best sizes[k] of rung k - 1 by dev accuracy, passing over any that failed every
+    try at rung k (the next best takes its place). Rung k - 1 has ended before rung k starts, so this is fixed."""
+    gone = _exhausted(trials, k, max_retries)
+    below = [t for t in trials if rung_of(t) == k - 1 and t.state == states().COMPLETE and config_key(params_of(t)) not in gone]
+    return promoted([(config_key(params_of(t)), t.value, t.number) for t in below], sched.sizes[k])
+
+
 def plan(trials, sched: Schedule, max_retries: int) -> Plan:
-    """What the study needs next, from its trials alone (any process, any time, after any kill)."""
+    """What the study needs next, from its trials alone (any process, any time, after any kill).
+
+    At rung 0 the queue (cells, retries) and then the sampler fill N slots. At a higher rung the
+    plan alone queues work: a chosen configuration not yet trained there is queued fresh, or, if
+    it failed there, as a retry of its last attempt (Optuna's retry attributes: it resumes from
+    that attempt's checkpoint). `reaping.retry` leaves those to the plan, so nothing is queued twice.
+    """
     S = states()
     live = (S.COMPLETE, S.PRUNED, S.RUNNING)
     for k, size in enumerate(sched.sizes):
         members = [t for t in trials if rung_of(t) == k and t.state in live]
         if k == 0:
             if len(members) < size:
-                return Plan("ask")  # the queue first (cells, retries), else the sampler draws a configuration
+                return Plan("ask")
         else:
-            below = [t for t in trials if rung_of(t) == k - 1 and t.state == S.COMPLETE]
-            chosen = promoted([(config_key(params_of(t)), t.value, t.number) for t in below], size)
             have = {config_key(params_of(t)) for t in members}
-            queued = {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state == S.WAITING}
-            gone = _exhausted(trials, k, max_retries)
-            todo = [c for c in chosen if c not in have and c not in gone]
+            todo = [c for c in chosen(trials, k, sched, max_retries) if c not in have]
             if todo:
-                return Plan("ask", [{**json.loads(c), RUNG: k} for c in todo if c not in queued])
+                queued = {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state == S.WAITING}
+                decision = Plan("ask")
+                for c in todo:
+                    if c in queued:
+                        continue
+                    tries = [t for t in trials if rung_of(t) == k and _failed_try(t) and config_key(params_of(t)) == c]
+                    if tries:
+                        decision.retries.append(max(t.number for t in tries))
+                    else:
+                        decision.enqueue.append({**json.loads(c), RUNG: k})
+                return decision
         if any(t.state == S.RUNNING for t in members):
             return Plan("wait")  # synchronous halving: the next rung is chosen from this whole rung
     return Plan("done")
 
 
-def excess(trials, number: int, sched: Schedule) -> bool:
-    """After `ask()`: is trial `number` one too many at its rung (a racing worker, a duplicate promotion)?
+def excess(trials, number: int, sched: Schedule, max_retries: int) -> bool:
+    """After `ask()`: should trial `number` not run? One too many at its rung (racing workers), a second copy
+    of a configuration, a configuration the plan did not choose, or a rung that is closed (the next has begun).
 
     Counted like the plain sweep's exactly-N check: of two racing trials the later to check
     always sees the other, so both never stay.
@@ -112,11 +153,32 @@ def excess(trials, number: int, sched: Schedule) -> bool:
     k = rung_of(me)
     if k > sched.top:
         return True
+    if not is_open(trials, k):
+        return True  # a leftover of a rung that has ended (e.g. a queued retry nobody needed)
     members = [t for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED, S.RUNNING)]
     if len(members) > sched.sizes[k]:
         return True
+    if k == 0:
+        return False
     mine = config_key(params_of(me))
-    return k > 0 and sum(config_key(params_of(t)) == mine for t in members) > 1
+    return mine not in chosen(trials, k, sched, max_retries) or sum(config_key(params_of(t)) == mine for t in members) > 1
+
+
+def awaiting_retry(trials, sched: Schedule, max_retries: int) -> set[int]:
+    """Failed attempts above rung 0 that the plan will queue again (their checkpoints must stay)."""
+    S = states()
+    out = set()
+    for k in range(1, sched.top + 1):
+        done = {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED)}
+        wanted = set(chosen(trials, k, sched, max_retries)) - done
+        out |= {t.number for t in trials if rung_of(t) == k and _failed_try(t) and config_key(params_of(t)) in wanted}
+    return out
+
+
+def is_open(trials, k: int) -> bool:
+    """Rung k still takes trials: no trial of a higher rung exists yet."""
+    S = states()
+    return not any(rung_of(t) > k and (t.state != S.FAIL or _failed_try(t)) for t in trials)
 
 
 def best_trial(trials, sched: Schedule | None):
@@ -130,7 +192,7 @@ def best_trial(trials, sched: Schedule | None):
 
 
 def rung_table(trials, sched: Schedule):
-    """One row per rung: its fraction and examples, configurations, how they ended, the best dev accuracy, the promoted."""
+    """One row per rung: its fraction and examples, configurations planned and trained, how they ended, the best dev accuracy."""
     import pandas as pd
 
     S = states()
@@ -138,10 +200,9 @@ def rung_table(trials, sched: Schedule):
     for k, (fraction, size) in enumerate(zip(sched.fractions, sched.sizes)):
         at = [t for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED, S.RUNNING)]
         values = [t.value for t in at if t.state == S.COMPLETE]
-        examples = next((t.user_attrs["train_examples"] for t in at if t.user_attrs.get("train_examples")), None)
-        rows.append({"rung": k, "train_fraction": fraction, "train_examples": examples,
-                     "configurations": size, "complete": len(values), "pruned": sum(t.state == S.PRUNED for t in at),
+        examples = next((int(t.user_attrs["train_examples"]) for t in at if t.user_attrs.get("train_examples")), "")
+        rows.append({"rung": k, "train_fraction": round(fraction, 4), "train_examples": examples, "planned": size,
+                     "configurations": len(at), "complete": len(values), "pruned": sum(t.state == S.PRUNED for t in at),
                      "running": sum(t.state == S.RUNNING for t in at),
-                     "best_dev_acc": max(values) if values else None,
-                     "promoted": sched.sizes[k + 1] if k < sched.top else None})
+                     "best_dev_acc": round(max(values), 4) if values else ""})
     return pd.DataFrame(rows)

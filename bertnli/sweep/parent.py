@@ -202,6 +202,12 @@ def sampler_tag(cfg: SweepConfig) -> str:
 
 
 def pruner_tag(cfg: SweepConfig) -> str:
+    if cfg.fidelity == "data":
+        from bertnli.sweep.halving import schedule
+
+        sched = schedule(cfg)
+        return (f"NopPruner(); successive halving over the training-set fraction, eta {cfg.eta}: rungs "
+                f"{', '.join(f'{f:.3g}' for f in sched.fractions)} with {' -> '.join(map(str, sched.sizes))} configurations")
     if cfg.sampler == "random":
         return "NopPruner()"
     return (f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}) at the fraction of each schedule; "

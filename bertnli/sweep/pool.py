@@ -17,10 +17,10 @@ import time
 import traceback
 from typing import Any
 
-from bertnli import BertnliError
+from bertnli import BadInput, BertnliError
 from bertnli.sweep import halving
 from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run
-from bertnli.sweep.reaping import reap, retry_history, stale_callback, states, study_dir
+from bertnli.sweep.reaping import reap, retry, retry_history, stale_callback, states, study_dir
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, schedule_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
 from bertnli.sweep.workers import Outcome, TrialRun, owner, patiently
@@ -31,9 +31,13 @@ def study_sampler(cfg: SweepConfig):
     base = sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler)
     if cfg.fidelity != "data":
         return base
+    import warnings
+
     import optuna
 
-    return optuna.samplers.PartialFixedSampler({halving.RUNG: 0}, base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental since Optuna 2.4, unchanged through 5.0
+        return optuna.samplers.PartialFixedSampler({halving.RUNG: 0}, base)
 
 
 def open_study(cfg: SweepConfig, storage):
@@ -66,6 +70,7 @@ class Sweep:
         self.study, self.elector = open_study(cfg, self.storage)
         if self.elector:
             self.study.set_user_attr(ELECTOR_ATTR, {**owner(), "at": time.time()})  # the others wait for its parent run
+        self._check_settings()
         self.lock = threading.Lock()
         self.outcomes: list[Outcome] = []
         self.stop = threading.Event()
@@ -78,6 +83,22 @@ class Sweep:
         self.schedule = halving.schedule(cfg)  # None: one fidelity (every trial on the whole train split)
         self.target = self.schedule.total if self.schedule else cfg.trials
         self.next_reap = 0.0
+
+    def _check_settings(self) -> None:
+        """A study keeps the fidelity settings it was created with (a plain study made before they were
+        recorded counts as plain); a rerun with others is refused in one line."""
+        mine = halving.settings(self.cfg)
+        stored = self.study.user_attrs.get(halving.SETTINGS_ATTR)
+        if stored is None:
+            if self.study.get_trials(deepcopy=False):
+                stored = {"fidelity": "none"}
+            else:
+                self.study.set_user_attr(halving.SETTINGS_ATTR, mine)
+                return
+        if stored != mine:
+            said = lambda d: " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())  # noqa: E731
+            raise BadInput(f"study {self.cfg.study_name} was created with {said(stored)}, not {said(mine)}; rerun it with "
+                           f"the same settings, or start another with --study-name")
 
     def seed_cells(self) -> None:
         """Enqueue every model x truncation cell once per study (other params sampled)."""
@@ -102,9 +123,12 @@ class Sweep:
     def _next(self, study) -> str:
         """"ask", "wait" (others run trials that may still fail, or a rung is not finished) or "done"."""
         if self.schedule:
-            decision = halving.plan(study.get_trials(deepcopy=False), self.schedule, self.cfg.max_retries)
+            trials = study.get_trials(deepcopy=False)
+            decision = halving.plan(trials, self.schedule, self.cfg.max_retries)
             for params in decision.enqueue:  # a promotion; two processes may both queue it: `excess` keeps one
                 study.enqueue_trial(params)
+            for number in decision.retries:  # a promoted configuration that failed there: resume its last attempt
+                retry(study, trials[number], self.cfg, self.log, always=True, by_plan=True)
             return decision.action
         done, running = self._counts(study)
         if done + running < self.cfg.trials:
@@ -135,15 +159,15 @@ class Sweep:
         S = states()
         trials = study.get_trials(deepcopy=False)
         if self.schedule:
-            if not halving.excess(trials, trial.number, self.schedule):
+            if not halving.excess(trials, trial.number, self.schedule, self.cfg.max_retries):
                 return False
         elif sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trials) <= self.cfg.trials:
             return False
         frozen = trials[trial.number]
         trial.set_user_attr("stepped_aside", True)
         patiently(lambda: study.tell(trial, state=S.FAIL, skip_if_finished=True))
-        if self.schedule and halving.rung_of(frozen) > 0:
-            return True  # a promotion: the plan queues it again if it is still missing
+        if self.schedule and (halving.rung_of(frozen) > 0 or not halving.is_open(trials, 0)):
+            return True  # the plan queues a promotion again if it is still missing; a closed rung takes nothing more
         if "fixed_params" in frozen.system_attrs:  # it came from the queue (a cell or a retry): queue it again
             if retry_history(frozen):
                 clean = {k: v for k, v in frozen.user_attrs.items() if k != "stepped_aside"}
@@ -254,6 +278,8 @@ class Sweep:
         trials = self.study.get_trials(deepcopy=False)
         pending = {retry_history(t)[-1] for t in trials if t.state == S.WAITING and retry_history(t)}
         keep = {t.number for t in trials if t.state == S.RUNNING} | pending
+        if self.schedule:  # a promoted configuration's failed attempt, until the plan queues its retry
+            keep |= halving.awaiting_retry(trials, self.schedule, self.cfg.max_retries)
         number = lambda p: int(p.parent.name.split("-")[1])  # noqa: E731 - trial-NNN/<file>
         for last in study_dir(self.cfg).glob("trial-*/last.pt"):
             if number(last) not in keep:
@@ -326,6 +352,10 @@ class Sweep:
                 status = "FAILED" if self.crashed or broken else "KILLED"
             summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study), self.schedule)
         summary["wall_seconds"] = time.time() - t0
+        best = summary.get("best")
+        if self.schedule and best is not None and status == "FINISHED" and halving.rung_of(best) < self.schedule.top:
+            self.log(f"warning: no configuration completed the top rung; the best is from rung {halving.rung_of(best)} "
+                     f"({self.schedule.fractions[halving.rung_of(best)]:.3g} of the train split, no test figure)")
         summary["target"] = self.target
         summary["outcomes"] = self.outcomes
         if self.crashed:

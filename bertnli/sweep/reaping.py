@@ -137,12 +137,17 @@ def adopt(study, storage, t, result: dict[str, Any], log=print) -> None:
     log(f"trial {t.number}: its worker is gone but its result was recorded; adopted as {result['state']}")
 
 
-def retry(study, t, cfg: SweepConfig, log=print, always: bool = False) -> None:
+def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: bool = False) -> None:
     """Queue the failed configuration again (at most max_retries times unless `always`), through
-    Optuna's RetryHeartbeatStaleTrialCallback so retried_trial_number/retry_history work."""
+    Optuna's RetryHeartbeatStaleTrialCallback so retried_trial_number/retry_history work.
+
+    A multi-fidelity trial above rung 0 is queued again by the halving plan only (`by_plan`), which
+    also decides when its configuration has failed every try: two queuers would train it twice."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     if t.user_attrs.get("stepped_aside") or t.user_attrs.get("orphan"):
+        return
+    if int(t.params.get("rung", 0)) > 0 and not by_plan:  # halving.RUNG (not imported: halving imports this module)
         return
     history = retry_history(t)
     if not always and len(history) >= cfg.max_retries:

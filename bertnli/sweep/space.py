@@ -153,10 +153,19 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
         raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
     if cfg.fidelity not in ("none", "data"):
         raise BadInput(f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set fraction) or none")
+    if cfg.fidelity != "data" and ({"eta", "min_fraction"} & set(values)):
+        raise BadInput("bad sweep: eta and min_fraction set a multi-fidelity schedule; add --fidelity data "
+                       "(or a [sweep.fidelity] table), or drop them")
     if cfg.fidelity == "data":
         if cfg.eta < 2 or not 0 < cfg.min_fraction < 1 / cfg.eta + 1e-12:
             raise BadInput(f"bad sweep: multi-fidelity needs eta >= 2 and 0 < min_fraction <= 1/eta (got eta {cfg.eta}, "
                            f"min_fraction {cfg.min_fraction:g}); e.g. eta = 3, min_fraction = 0.111")
+        from bertnli.fidelity import rung_fractions
+
+        rungs = len(rung_fractions(cfg.eta, cfg.min_fraction))
+        if cfg.trials < cfg.eta ** (rungs - 1):
+            raise BadInput(f"bad sweep: {rungs} rungs with eta {cfg.eta} need at least {cfg.eta ** (rungs - 1)} configurations "
+                           f"(--trials {cfg.trials} would train the last one twice); raise --trials or --min-fraction")
         if any(p.name in ("train_fraction", "rung") for p in cfg.space):
             raise BadInput("bad sweep: with --fidelity data the sweep sets train_fraction itself; drop it from the space")
     if schedule_ticks(cfg) > 2**31 - 1:  # Optuna's RDB storage keeps steps as 32-bit integers
