@@ -414,8 +414,8 @@ def _check_cell_by(value: str) -> list[str]:
 def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, formats, tracking_uri):
     """Tables and plots from recorded runs: leaderboard, cells with CIs over seeds, pairwise tests, expected
     validation performance, and (with --replay-pruners) what other pruners would have done."""
-    from bertnli.report import (audit_note, fidelity_audit, format_table, grouped, leaderboard, load_runs, truncation_effect,
-                                write_report)
+    from bertnli.report import (audit_note, fidelity_audit, format_table, grouped, leaderboard, load_runs, top_rung,
+                                truncation_effect, write_report)
 
     tag_filter = {}
     for t in tags:
@@ -435,11 +435,12 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
     import pandas as pd
 
     with pd.option_context("display.width", 250, "display.max_columns", 20):
+        comparable = top_rung(runs)  # a multi-fidelity study's lower rungs trained on less data: audited below
         click.echo("leaderboard (by dev accuracy):")
-        click.echo(format_table(leaderboard(runs, 10).drop(columns=["run_id"])).to_string(index=False))
+        click.echo(format_table(leaderboard(comparable, 10).drop(columns=["run_id"])).to_string(index=False))
         click.echo("\nby model x truncation:")
-        click.echo(format_table(grouped(runs)).to_string(index=False))
-        eff = truncation_effect(runs)
+        click.echo(format_table(grouped(comparable)).to_string(index=False))
+        eff = truncation_effect(comparable)
         if not eff.empty:
             click.echo("\ntruncation effect (ratio - longest_first, dev accuracy):")
             click.echo(format_table(eff).to_string(index=False))
