@@ -104,7 +104,7 @@ def parse_param(name: str, spec: Any) -> Param:
     kind_of = known[name]
     try:
         if isinstance(spec, str):
-            if "|" in spec or "bool" in kind_of or kind_of == "str":  # model=minilm-l3 alone is one choice, not a range
+            if "|" in spec or ":" not in spec or "bool" in kind_of or kind_of == "str":  # epochs=1 alone is one choice
                 spec = spec.split("|")
             else:
                 parts = spec.split(":")
@@ -127,6 +127,7 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
     base = load_config(path, train_overrides)  # the one place TOML becomes a TrainConfig
     sweep_doc = dict(doc.get("sweep", {}))
     space_doc = dict(sweep_doc.pop("space", {}) or {"lr": {"low": 1e-5, "high": 2e-4, "log": True}})
+    table: dict = {}
     if isinstance(sweep_doc.get("fidelity"), dict):  # [sweep.fidelity] eta, min_fraction (its presence means "data")
         table = dict(sweep_doc.pop("fidelity"))
         sweep_doc["fidelity"] = table.pop("resource", "data")
@@ -153,7 +154,8 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
         raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
     if cfg.fidelity not in ("none", "data"):
         raise BadInput(f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set fraction) or none")
-    if cfg.fidelity != "data" and ({"eta", "min_fraction"} & set(values)):
+    outside_table = {k for k in ("eta", "min_fraction") if sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table)}
+    if cfg.fidelity != "data" and outside_table:  # (`--fidelity none` over a [sweep.fidelity] table is a full-data run)
         raise BadInput("bad sweep: eta and min_fraction set a multi-fidelity schedule; add --fidelity data "
                        "(or a [sweep.fidelity] table), or drop them")
     if cfg.fidelity == "data":
