@@ -13,6 +13,7 @@ rung's dev ranking with the full-data study's over the same configurations.
 
     python benchmarks/multi_fidelity.py --configs 9                # about an hour on the 2-core CPU
     python benchmarks/multi_fidelity.py --configs 9 --out-dir X    # rerun: finished studies are reused
+    python benchmarks/multi_fidelity.py --configs 9 --rerun mf     # run the multi-fidelity study again from scratch
 
 Prints a JSON summary and writes it to <out-dir>/summary.json.
 """
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="[default: the config's]")
     ap.add_argument("--eta", type=int, default=None, help="[default: the config's]")
     ap.add_argument("--min-fraction", type=float, default=None, help="[default: the config's]")
+    ap.add_argument("--rerun", choices=["mf", "full"], default=None,
+                    help="delete that study (storage, checkpoints, recorded wall time) and run it again; the other is reused")
     ap.add_argument("extra", nargs="*", help="more sweep options after --, e.g. -- --space model=minilm-l3")
     a = ap.parse_args()
 
@@ -81,6 +84,18 @@ def main() -> None:
     out = Path(a.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     mf_name, full_name = f"mf-{a.configs}-s{a.seed}", f"full-{a.configs}-s{a.seed}"
+    if a.rerun:
+        import shutil
+
+        name = mf_name if a.rerun == "mf" else full_name
+        walls = out / "walls.json"
+        if walls.is_file():
+            walls.write_text(json.dumps({k: v for k, v in json.loads(walls.read_text()).items() if k != name}))
+        try:
+            optuna.delete_study(study_name=name, storage=open_storage(str(out / "journal.log")))
+        except KeyError:
+            pass
+        shutil.rmtree(out / "sweeps" / name, ignore_errors=True)
     walls = {"mf": sweep(a, mf_name, "data", out), "full": sweep(a, full_name, "none", out)}
     storage = open_storage(str(out / "journal.log"))
     given = {"trials": a.configs, "fidelity": "data", "eta": a.eta, "min_fraction": a.min_fraction}

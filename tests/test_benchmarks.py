@@ -45,3 +45,12 @@ def test_multi_fidelity_benchmark_runs_both_studies_on_the_same_configurations(t
     assert s["mf"]["trials"] == 4 and s["full"]["trials"] == 3
     assert 0 < s["examples_ratio"] < 1 and 0 <= s["mf"]["test_acc_of_winner"] <= 1
     assert s["audit"][0]["configurations"] == 3
+    r = subprocess.run(cmd + [], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)  # both reused
+    assert r.returncode == 0 and "+ " not in r.stdout
+    cmd.insert(cmd.index("--"), "--rerun")
+    cmd.insert(cmd.index("--"), "mf")
+    r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "--study-name mf-3-s0" in r.stdout and "--study-name full-3-s0" not in r.stdout  # only the one asked for ran again
+    again = json.loads((out / "summary.json").read_text())
+    assert again["mf"]["trials"] == 4 and again["mf"]["best_params"] == s["mf"]["best_params"]
