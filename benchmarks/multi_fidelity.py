@@ -60,6 +60,37 @@ def test_once(a, out: Path, name: str, trial_number: int, cfg) -> float:
     return float(re.search(r"test: accuracy ([0-9.]+)", r.stdout).group(1))
 
 
+def forget(out: Path, storage, name: str) -> None:
+    """--rerun: the study, its checkpoints and its recorded wall time go; the next `sweep` starts it afresh."""
+    import shutil
+
+    import optuna
+
+    walls = out / "walls.json"
+    if walls.is_file():
+        walls.write_text(json.dumps({k: v for k, v in json.loads(walls.read_text()).items() if k != name}))
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+    shutil.rmtree(out / "sweeps" / name, ignore_errors=True)
+
+
+def audit(mf_trials, full_by_config: dict, sched) -> list[dict]:
+    """Each rung's dev ranking against the full-data study's, over the configurations both trained."""
+    from bertnli.stats import rank_agreement
+    from bertnli.sweep.halving import config_key, rung_of
+
+    rows = []
+    for k in range(sched.top + 1):
+        at = {config_key(t.params): t.value for t in mf_trials if rung_of(t) == k and config_key(t.params) in full_by_config}
+        keys = sorted(at)
+        ra = rank_agreement([at[c] for c in keys], [full_by_config[c] for c in keys])
+        rows.append({"rung": k, "against": "full-data study", "configurations": ra.n, "kendall_tau": ra.tau,
+                     "tau_ci": [ra.tau_low, ra.tau_high], "spearman_rho": ra.rho, "rho_ci": [ra.rho_low, ra.rho_high]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="experiments/sweep_cpu_mf.toml")
@@ -77,27 +108,16 @@ def main() -> None:
     import optuna
 
     from bertnli.config import TrackingConfig
-    from bertnli.stats import rank_agreement
     from bertnli.sweep import load_sweep_config, open_storage
     from bertnli.sweep.halving import best_trial, config_key, rung_of, schedule
 
     out = Path(a.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     mf_name, full_name = f"mf-{a.configs}-s{a.seed}", f"full-{a.configs}-s{a.seed}"
-    if a.rerun:
-        import shutil
-
-        name = mf_name if a.rerun == "mf" else full_name
-        walls = out / "walls.json"
-        if walls.is_file():
-            walls.write_text(json.dumps({k: v for k, v in json.loads(walls.read_text()).items() if k != name}))
-        try:
-            optuna.delete_study(study_name=name, storage=open_storage(str(out / "journal.log")))
-        except KeyError:
-            pass
-        shutil.rmtree(out / "sweeps" / name, ignore_errors=True)
-    walls = {"mf": sweep(a, mf_name, "data", out), "full": sweep(a, full_name, "none", out)}
     storage = open_storage(str(out / "journal.log"))
+    if a.rerun:
+        forget(out, storage, mf_name if a.rerun == "mf" else full_name)
+    walls = {"mf": sweep(a, mf_name, "data", out), "full": sweep(a, full_name, "none", out)}
     given = {"trials": a.configs, "fidelity": "data", "eta": a.eta, "min_fraction": a.min_fraction}
     cfg = load_sweep_config(a.config, {"data": a.data} if a.data else {}, given, [], TrackingConfig())
     sched = schedule(cfg)
@@ -121,14 +141,7 @@ def main() -> None:
     full_by_config = {config_key(t.params): t.value for t in trials["full"]}
     rung0 = {config_key(t.params) for t in trials["mf"] if rung_of(t) == 0}
     result["same_configurations"] = rung0 == set(full_by_config)
-    audit = []
-    for k in range(sched.top + 1):
-        at = {config_key(t.params): t.value for t in trials["mf"] if rung_of(t) == k and config_key(t.params) in full_by_config}
-        keys = sorted(at)
-        ra = rank_agreement([at[c] for c in keys], [full_by_config[c] for c in keys])
-        audit.append({"rung": k, "against": "full-data study", "configurations": ra.n, "kendall_tau": ra.tau,
-                      "tau_ci": [ra.tau_low, ra.tau_high], "spearman_rho": ra.rho, "rho_ci": [ra.rho_low, ra.rho_high]})
-    result["audit"] = audit
+    result["audit"] = audit(trials["mf"], full_by_config, sched)
     text = json.dumps(result, indent=1, default=float)
     (out / "summary.json").write_text(text)
     print(text)

@@ -453,7 +453,7 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
         for name, table in extra.items():
             click.echo(f"\n{name.replace('_', ' ')} (study {replay}):")
             click.echo(format_table(table).to_string(index=False))
-    files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra)
+    files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra, audit)
     click.echo(f"\nwrote {len(files)} files to {Path(out_dir)} (open {Path(out_dir) / 'report.html'})")
 
 

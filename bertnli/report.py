@@ -280,6 +280,17 @@ def sampler_note(runs: pd.DataFrame, tracking_uri: str | None = None) -> str:
 # ---------------------------------------------------------------- writing
 
 
+def _note(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None, audit: pd.DataFrame, lower_rungs: int) -> str:
+    """The report's preamble: how to read it, and what it left out."""
+    return ("Selection is on dev; test accuracy is of the dev-selected run and was never used to choose. "
+            "Figures on snli-resplit are not comparable with published SNLI test results. "
+            f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI over "
+            "seeds x examples, McNemar exact p (pooled over seed pairs) and Holm-adjusted p per split. "
+            + sampler_note(runs, tracking_uri) + audit_note(audit)
+            + (f" Multi-fidelity: the tables and plots hold each study's top rung only ({lower_rungs} "
+               "lower-rung runs are in the fidelity audit and runs.csv)." if lower_rungs else ""))
+
+
 def audit_note(audit: pd.DataFrame) -> str:
     """The report's warning line when a low rung's ranking did not hold (fidelity_audit)."""
     bad = audit[audit["verdict"].str.startswith(CHEAP_RANKING_FAILED)] if not audit.empty else audit
@@ -310,14 +321,15 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] = ("md", "csv", "html"),
                  tracking_uri: str | None = None, cell_by: tuple[str, ...] = ("model", "truncation"),
-                 extra_tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
-    """Tables (md/csv) and a self-contained HTML page with the plots embedded as PNG data URIs."""
+                 extra_tables: dict[str, pd.DataFrame] | None = None, audit: pd.DataFrame | None = None) -> list[Path]:
+    """Tables (md/csv) and a self-contained HTML page with the plots embedded as PNG data URIs.
+    `audit`: `fidelity_audit(runs)` when the caller has it already (it bootstraps)."""
     from bertnli.compare import cell_table, evp_table, overtaking_table, pairwise_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keys = list(cell_by)
-    audit = fidelity_audit(runs)
+    audit = fidelity_audit(runs) if audit is None else audit
     everything, runs = runs, top_rung(runs)  # lower rungs trained on less data: audited, never pooled with the rest
     tables = {"leaderboard": leaderboard(runs), "by_model_truncation": grouped(runs), "truncation_effect": truncation_effect(runs),
               "cells": cell_table(runs, keys), "pairwise": pairwise_table(runs, keys, tracking_uri),
@@ -340,13 +352,7 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
         (out / f"{name}.png").write_bytes(pngs[name])
         written.append(out / f"{name}.png")
         _plt().close(fig)
-    note = ("Selection is on dev; test accuracy is of the dev-selected run and was never used to choose. "
-            "Figures on snli-resplit are not comparable with published SNLI test results. "
-            f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI over "
-            "seeds x examples, McNemar exact p (pooled over seed pairs) and Holm-adjusted p per split. "
-            + sampler_note(runs, tracking_uri) + audit_note(audit)
-            + (f" Multi-fidelity: the tables and plots hold each study's top rung only ({len(everything) - len(runs)} "
-               "lower-rung runs are in the fidelity audit and runs.csv)." if len(everything) > len(runs) else ""))
+    note = _note(runs, keys, tracking_uri, audit, len(everything) - len(runs))
     if "csv" in formats:
         for name, t in tables.items():
             t.to_csv(out / f"{name}.csv", index=False)

@@ -176,10 +176,9 @@ def _log_rungs(c, study, schedule, parent_run_id: str, tmp: Path):
     table = rung_table(study.get_trials(deepcopy=False), schedule)
     table.to_csv(tmp / "rungs.csv", index=False)
     c.log_artifact(parent_run_id, str(tmp / "rungs.csv"))
-    shown = table.astype(object).where(table.notna(), "")
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    text = "Multi-fidelity sweep (successive halving over the training-set fraction).\n\n" + "\n".join(lines)
+    from bertnli.report import to_markdown
+
+    text = "Multi-fidelity sweep (successive halving over the training-set fraction).\n\n" + to_markdown(table)
     with_retries(lambda: c.set_tag(parent_run_id, "mlflow.note.content", text))
     return table
 
