@@ -123,6 +123,7 @@ class TrainState:
     best_dev_acc: float = -1.0
     best_epoch: int = 0
     accum: dict[str, float] = field(default_factory=fresh_accum)  # this epoch's totals so far, on the host
+    best_dev: EvalResult | None = None  # the best epoch's dev pass, kept so the end need not run it again (not checkpointed)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
@@ -292,13 +293,19 @@ def start_state(cfg: TrainConfig, prep: Prepared, device: torch.device, precisio
 
 
 def score_selected(cfg: TrainConfig, prep: Prepared, out_dir: Path, evaluate_on: Callable, distributed: bool,
-                  progress: bool) -> tuple[EvalResult, EvalResult | None]:
-    """The weights selected on dev, scored on dev and, once, on test."""
+                  progress: bool, best_dev: EvalResult | None = None) -> tuple[EvalResult, EvalResult | None]:
+    """The weights selected on dev, scored on dev and, once, on test (read back from `best/`, as a user would load them).
+
+    `best_dev`, the selected epoch's own dev pass, saves a second pass over dev: a fixed cost per run
+    that weighs most on short runs such as a multi-fidelity sweep's low rungs."""
     if distributed:
         dist.barrier()  # rank 0 has written best/ before anyone reads it
+    wants_test = cfg.eval_test and prep.test is not None
+    if best_dev is not None and not wants_test:  # the best epoch's own dev pass scored these very weights
+        return best_dev, None
     selected = load_selected(out_dir / "best")[0].to(evaluate_on.keywords["device"])
-    dev = evaluate_on(selected, prep.dev)
-    test = evaluate_on(selected, prep.test, progress=progress, desc="test") if cfg.eval_test and prep.test is not None else None
+    dev = best_dev if best_dev is not None else evaluate_on(selected, prep.dev)  # None after a resume past the best epoch
+    test = evaluate_on(selected, prep.test, progress=progress, desc="test") if wants_test else None
     return dev, test
 
 
@@ -373,7 +380,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
             for cb in loop.callbacks:
                 cb.on_epoch_end(state.history[-1])  # may raise (a sweep's pruner): the checkpoint above is already safe
 
-    dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, progress and is_main)  # test once
+    dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, progress and is_main, state.best_dev)  # test once
     result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, time.perf_counter() - t_start, info)
     if is_main:
         (out_dir / "result.json").write_text(json.dumps({
@@ -395,7 +402,7 @@ def end_epoch(state: TrainState, dev: EvalResult, distributed: bool, is_main: bo
         print(f"epoch {m.epoch}: train_loss {m.train_loss:.4f} train_acc {m.train_acc:.4f} dev_loss {m.dev_loss:.4f} "
               f"dev_acc {m.dev_acc:.4f} ({m.examples_per_sec:.1f} ex/s)", flush=True)
     if dev.acc > state.best_dev_acc:
-        state.best_dev_acc, state.best_epoch = dev.acc, state.epoch
+        state.best_dev_acc, state.best_epoch, state.best_dev = dev.acc, state.epoch, dev
         if is_main:
             save_selected(state.model, prep.tokenizer, out_dir / "best", {"epoch": state.epoch, "dev_acc": dev.acc, "config": asdict(cfg)})
     state.epoch, state.step_in_epoch, state.accum = state.epoch + 1, 0, fresh_accum()

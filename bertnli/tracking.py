@@ -201,11 +201,12 @@ class MLflowRun:
         self.cfg, self.tracking, self.keep_checkpoint = cfg, tracking, keep_checkpoint
         self.uri = tracking.tracking_uri or default_tracking_uri()
         self.client = client(self.uri)
+        self.provenance = code_version()  # once per run: it hashes the source and every installed package's metadata
         self.resumed = run_id is not None
         self.info: dict[str, Any] = {}
         if run_id is None:
             exp_id = get_or_create_experiment(self.client, tracking.experiment, self.uri)
-            tags = {**source_tags(), **code_version(), **tracking.tags}
+            tags = {**source_tags(), **self.provenance, **tracking.tags}
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
             name = tracking.run_name or f"{cfg.model}-{cfg.truncation}-lr{cfg.lr:g}-s{cfg.seed}"
@@ -225,7 +226,7 @@ class MLflowRun:
         tags |= {f"data.{k}.sha256": v for k, v in info.get("digests", {}).items()}
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
-        self._log_json({"data_sha256": info.get("digests", {}), **code_version()}, "digests.json")
+        self._log_json({"data_sha256": info.get("digests", {}), **self.provenance}, "digests.json")
         examples = {s: info.get(f"{s}_examples", 0) for s in ("train", "dev", "test")}
         log_split_inputs(self.client, self.run_id, self.cfg.data, info.get("digests", {}), examples)
         self.info = info
@@ -289,7 +290,7 @@ class MLflowRun:
 
         folder = result.out_dir / "best"
         model_config = json.loads((folder / "model_config.json").read_text())
-        card = render_card(self.cfg.to_flat_dict(), model_config, result, self.info or result.info, code_version(), self.run_id)
+        card = render_card(self.cfg.to_flat_dict(), model_config, result, self.info or result.info, self.provenance, self.run_id)
         (folder / "README.md").write_text(card)
 
     def log_checkpoint(self, folder: Path, step: int = 0) -> None:
