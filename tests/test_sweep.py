@@ -118,6 +118,9 @@ def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli
     assert "trials.csv" in files and "plots/optimization_history.png" in files
     best = st.best_trial
     assert parents[0].data.metrics["best_dev_acc"] == pytest.approx(best.value)
+    assert parents[0].data.tags["mlflow.source.name"] == "cli.py sweep"  # the runs table's Source column
+    assert parents[0].data.metrics["system/cpu_utilization_percentage"] >= 0  # the parent's own system metrics
+    assert parents[0].data.metrics["system/system_memory_usage_megabytes"] > 0
     assert [a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")]  # best keeps its checkpoint
     kept = [p for p in (tmp_path / "out" / "s").glob("trial-*/best")]
     assert len(kept) == 1  # and only the best
@@ -189,11 +192,13 @@ def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli
     broken.mkdir()
     toml = write_toml(tmp_path, tiny_snli, trials=20, space=f'model = ["hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
                       extra="max_retries = 0\nfail_limit = 3")
-    r = subprocess.run(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(sweep_cmd(tmp_path, toml, "--no-system-metrics"), cwd=ROOT, env=run_env(), capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 1
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith("bertnli-exp: error: stopped: the last 3 trials all failed") and "has no config.json" in err, r.stderr[-2000:]
     st, parents, children = state(tmp_path)
     assert [t.state for t in st.get_trials()] == [S.FAIL] * 3  # stopped, not looping forever
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert not [k for k in parents[0].data.metrics if k.startswith("system/")]  # --no-system-metrics: the parent too
     assert all(r.info.status == "FAILED" for r in children)

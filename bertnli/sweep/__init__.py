@@ -5,7 +5,7 @@
 - `trial`: the trial process, shaped like Optuna's objective (no storage access);
 - `workers`: one trial from the worker's side (start, relay report/should_prune, heartbeat, tell);
 - `reaping`: trials whose worker is gone (adopt a recorded result, or fail and retry);
-- `parent`: the MLflow parent run (its election and its summary);
+- `parent`: the MLflow parent run (its election, its system metrics and its summary);
 - `halving`: multi-fidelity (successive halving over the training-set fraction): what to run next;
 - `pool`: the worker threads of one `bertnli-exp sweep` process.
 

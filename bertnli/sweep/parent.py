@@ -26,12 +26,13 @@ ELECTOR_ATTR = "mlflow_parent_elector"
 def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
     from mlflow.entities import Param as MParam
 
+    from bertnli.lineage import source_tags
     from bertnli.tracking import client, code_version, default_tracking_uri, get_or_create_experiment
 
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
     c = client(uri)
     exp = get_or_create_experiment(c, cfg.tracking.experiment or cfg.study_name, uri)
-    tags = {"bertnli.role": "sweep-parent", "bertnli.study": cfg.study_name, "bertnli.storage": storage_url,
+    tags = {**source_tags(), "bertnli.role": "sweep-parent", "bertnli.study": cfg.study_name, "bertnli.storage": storage_url,
             "bertnli.sampler": sampler_tag(cfg), "bertnli.pruner": pruner_tag(cfg),
             "bertnli.space": "; ".join(p.describe() for p in cfg.space), **code_version()}
     run = c.create_run(exp, run_name=f"sweep-{cfg.study_name}", tags=tags)
@@ -87,6 +88,26 @@ def parent_run(study, cfg: SweepConfig, storage_url: str, elector: bool, wait_s:
 
         client(cfg.tracking.tracking_uri).delete_run(mine)
     return winner
+
+
+def start_parent_metrics(cfg: SweepConfig, parent_run_id: str):
+    """MLflow's system-metrics monitor on the parent run, for a process that runs workers under it.
+
+    The parent spans the whole sweep (trial start-up, waits, reaping), which no child run covers,
+    so its own system/* series shows the load between and across trials. It is started on the
+    parent the election settled on (never on a candidate that lost and was deleted), by each
+    process that runs workers; processes sharing a study sample into the one series, their steps
+    interleaving. `resume` starts after the steps already logged (a resumed study's earlier
+    invocations, another process) instead of at step 0. MLflow's monitor stops by itself once
+    the parent is no longer RUNNING. Off under --no-system-metrics / BERTNLI_SYSTEM_METRICS=0,
+    the same switch as the trials'.
+    """
+    from bertnli.tracking import default_tracking_uri, start_system_metrics, system_metrics_on
+
+    if not system_metrics_on(cfg.tracking):
+        return None
+    uri = cfg.tracking.tracking_uri or default_tracking_uri()
+    return start_system_metrics(parent_run_id, uri, cfg.tracking.system_metrics_interval, resume=True)
 
 
 # ---------------------------------------------------------------- the parent's summary

@@ -19,11 +19,12 @@ from typing import Any
 
 from bertnli import BadInput, BertnliError
 from bertnli.sweep import halving
-from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run
+from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_parent_metrics
 from bertnli.sweep.reaping import reap, retry, retry_history, stale_callback, states, study_dir
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, schedule_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
 from bertnli.sweep.workers import Outcome, TrialRun, owner, patiently
+from bertnli.tracking import stop_system_metrics
 
 
 def study_sampler(cfg: SweepConfig):
@@ -336,6 +337,7 @@ class Sweep:
         finished = [threading.Event() for _ in range(self.cfg.workers)]
         threads = [threading.Thread(target=self._worker, args=(parent, bar, done), daemon=True) for done in finished]
         status = "FINISHED"
+        monitor = start_parent_metrics(self.cfg, parent)
         try:
             for th in threads:
                 th.start()
@@ -347,6 +349,7 @@ class Sweep:
             raise
         finally:
             bar.close()
+            stop_system_metrics(monitor)  # before the parent's status is final; also on Ctrl-C / SIGTERM
             broken = self.stop.is_set() and bool(self.failed_in_a_row)
             if status == "FINISHED" and (self.crashed or not self.complete(self.study)):
                 status = "FAILED" if self.crashed or broken else "KILLED"
