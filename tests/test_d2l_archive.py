@@ -78,6 +78,34 @@ def test_cli_has_num_heads():
     assert "--num-heads" in out
 
 
+def test_train_cli_takes_num_heads_and_warns_only_when_it_guesses(tmp_path, tiny_snli, mlflow_uri):
+    """`bertnli-exp train` as a user runs it (a process of its own, so the once-per-process warning starts fresh)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, run_env
+
+    folder, _, _, _ = _archive(tmp_path)
+    guessed = "does not store its attention head count"
+
+    def train(out, *extra):
+        cmd = [sys.executable, "-m", "bertnli.cli", "train", "--model", f"d2l:{folder}", *extra, "--epochs", "1",
+               "--data", str(tiny_snli), "--limit-train", "64", "--max-len", "32", "--batch-size", "16",
+               "--cache-dir", str(tmp_path / "enc"), "--out", str(tmp_path / out), "--tracking-uri", mlflow_uri,
+               "--experiment", "t-heads-cli", "--no-progress", "--no-system-metrics"]
+        r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads((tmp_path / out / "best" / "model_config.json").read_text()), r.stderr
+
+    config, err = train("given", "--num-heads", "3")
+    assert config["num_heads"] == 3 and config["hidden_size"] == 96 and config["num_layers"] == 3
+    assert guessed not in err
+    config, err = train("guessed")
+    assert config["num_heads"] == 1
+    warnings = [line for line in err.splitlines() if guessed in line]
+    assert len(warnings) == 1 and "guessing 1" in warnings[0] and "--num-heads" in warnings[0], err[-2000:]
+
+
 @pytest.mark.parametrize("form", ["zip", "outer", "inner"])
 def test_every_archive_form_loads_the_same_weights(tmp_path, form):
     folder, zpath, ref, vocab = _archive(tmp_path)
