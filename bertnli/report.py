@@ -1,7 +1,7 @@
 """Recorded runs -> pandas: leaderboards, grouped tables, the truncation effect, plots, pages.
 
-Functions return DataFrames or figures; writing Markdown / CSV / HTML is separate
-(`write_report`). Nothing here trains.
+Functions return DataFrames; `bertnli.plots` draws the figures from them; writing Markdown / CSV /
+HTML is separate (`write_report`). Nothing here trains.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bertnli import BadInput
+from bertnli import BadInput, plots
 
 PARAMS = ["model", "truncation", "lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "num_layers", "optimizer",
           "train_fraction"]
@@ -156,103 +156,7 @@ def fidelity_audit(runs: pd.DataFrame, n_boot: int = 2_000) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-# ---------------------------------------------------------------- plots
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_dev_vs_lr(runs: pd.DataFrame):
-    plt = _plt()
-    f = finished(runs)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (trunc, model), g in f.groupby(["truncation", "model"]):
-        ax.scatter(g["lr"], g["best_dev_acc"], label=f"{model} / {trunc}", marker="o" if trunc == "longest_first" else "^", alpha=0.8)
-    ax.set_xscale("log")
-    ax.set(xlabel="learning rate (log)", ylabel="best dev accuracy", title="dev accuracy vs learning rate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_by_cell(runs: pd.DataFrame):
-    plt = _plt()
-    g = grouped(runs)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [f"{m}\n{t}" for m, t in zip(g["model"], g["truncation"])]
-    ax.bar(labels, g["dev_mean"], yerr=g["dev_std"].fillna(0), capsize=4, alpha=0.7, label="dev mean ± std")
-    ax.scatter(labels, g["dev_best"], color="black", zorder=3, label="dev best")
-    ax.set(ylabel="dev accuracy", title="accuracy by model × truncation")
-    lo = np.nanmin(g["dev_mean"] - g["dev_std"].fillna(0)) if len(g) else 0
-    ax.set_ylim(max(0, lo - 0.05), 1)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_learning_curves(runs: pd.DataFrame, tracking_uri: str | None = None, top: int = 5):
-    from bertnli.tracking import client
-
-    plt = _plt()
-    c = client(tracking_uri)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for _, r in leaderboard(runs, top).iterrows():
-        hist = c.get_metric_history(r["run_id"], "dev_acc")
-        ax.plot([m.step for m in hist], [m.value for m in hist], "o-", label=f"{r['run_name']} ({r['best_dev_acc']:.3f})")
-    ax.set(xlabel="epoch", ylabel="dev accuracy", title=f"learning curves of the top {top} runs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_cells(cells: pd.DataFrame):
-    """Per cell: mean dev and test accuracy with the 95 % CI over its seeds."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(cells) + 1.5))
-    y = np.arange(len(cells))
-    for offset, name, color in ((-0.15, "dev", "C0"), (0.15, "test", "C1")):
-        m = cells[f"{name}_mean"].to_numpy(float)
-        err = np.vstack([m - cells[f"{name}_ci_low"].to_numpy(float), cells[f"{name}_ci_high"].to_numpy(float) - m])
-        ax.errorbar(m, y + offset, xerr=np.nan_to_num(err), fmt="o", color=color, capsize=4, label=f"{name} mean, 95 % CI over seeds")
-    ax.set_yticks(y, [f"{c} ({n} runs)" for c, n in zip(cells["cell"], cells["runs"])], fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlabel="accuracy", title="cells: mean and 95 % CI over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_evp(evp: pd.DataFrame, overtakes: pd.DataFrame):
-    """Expected best dev accuracy vs trials and vs seconds; solid: unbiased (Tang), dashed: Dodge.
-
-    A dotted vertical line marks the budget at which one cell overtakes another (unbiased estimator).
-    """
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (cell, g) in enumerate(evp.groupby("cell", sort=False)):
-        for ax, x in zip(axes, ("n", "budget_seconds")):
-            ax.plot(g[x], g["evp_unbiased"], "o-", color=f"C{i}", label=f"{cell} (unbiased)", markersize=3)
-            ax.plot(g[x], g["evp_dodge"], "--", color=f"C{i}", alpha=0.7, label=f"{cell} (Dodge)")
-    for _, o in overtakes[overtakes["estimator"] == "unbiased"].iterrows():
-        ax = axes[0 if o["axis"] == "trials" else 1]
-        ax.axvline(o["at"], color="grey", linestyle=":")
-        ax.annotate(f"{o['overtaker']}\novertakes", (o["at"], ax.get_ylim()[0]), fontsize=6, rotation=90, va="bottom")
-    axes[0].set(xlabel="trials n", ylabel="expected best dev accuracy", title="expected validation performance")
-    axes[1].set(xlabel="budget (seconds: n x mean run time)", title="same, by compute")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+# ---------------------------------------------------------------- notes
 
 
 def sampler_note(runs: pd.DataFrame, tracking_uri: str | None = None) -> str:
@@ -319,6 +223,20 @@ def to_markdown(df: pd.DataFrame) -> str:
     return head + "".join("| " + " | ".join(row) + " |\n" for row in d.values.tolist())
 
 
+def _figures(runs: pd.DataFrame, tables: dict[str, pd.DataFrame], tracking_uri: str | None) -> dict:
+    """The report's plots by file stem; none without a finished run. The pairwise forest plot needs
+    at least one pair of cells that could be compared (one cell alone has no pair)."""
+    if finished(runs).empty:
+        return {}
+    figures = {"dev_vs_lr": plots.plot_dev_vs_lr(finished(runs)), "by_model_truncation": plots.plot_by_cell(grouped(runs)),
+               "learning_curves": plots.plot_learning_curves(leaderboard(runs, 5), tracking_uri),
+               "cells": plots.plot_cells(tables["cells"])}
+    if tables["pairwise"]["delta"].notna().any():
+        figures["pairwise"] = plots.plot_pairwise(tables["pairwise"])
+    figures["evp"] = plots.plot_evp(tables["evp"], tables["evp_overtaking"])
+    return figures
+
+
 def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] = ("md", "csv", "html"),
                  tracking_uri: str | None = None, cell_by: tuple[str, ...] = ("model", "truncation"),
                  extra_tables: dict[str, pd.DataFrame] | None = None, audit: pd.DataFrame | None = None) -> list[Path]:
@@ -338,20 +256,15 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
     if not audit.empty:
         tables["fidelity_audit"] = audit
     tables |= extra_tables or {}
-    figures = {}
-    if not finished(runs).empty:
-        figures = {"dev_vs_lr": plot_dev_vs_lr(runs), "by_model_truncation": plot_by_cell(runs),
-                   "learning_curves": plot_learning_curves(runs, tracking_uri), "cells": plot_cells(tables["cells"]),
-                   "evp": plot_evp(tables["evp"], tables["evp_overtaking"])}
     written: list[Path] = []
     pngs = {}
-    for name, fig in figures.items():
+    for name, fig in _figures(runs, tables, tracking_uri).items():
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
         pngs[name] = buf.getvalue()
         (out / f"{name}.png").write_bytes(pngs[name])
         written.append(out / f"{name}.png")
-        _plt().close(fig)
+        plots.close(fig)
     note = _note(runs, keys, tracking_uri, audit, len(everything) - len(runs))
     if "csv" in formats:
         for name, t in tables.items():

@@ -8,8 +8,8 @@ import pytest
 from conftest import ROOT, run_env
 
 
-def cli(*args, timeout=300, **env):
-    return subprocess.run([sys.executable, "-m", "bertnli.cli", *map(str, args)], cwd=ROOT, env=run_env(**env),
+def cli(*args, timeout=300, cwd=ROOT, **env):
+    return subprocess.run([sys.executable, "-m", "bertnli.cli", *map(str, args)], cwd=cwd, env=run_env(**env),
                           capture_output=True, text=True, timeout=timeout)
 
 

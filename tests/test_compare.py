@@ -61,6 +61,36 @@ def test_truncation_ablation_uses_the_seeds_axis():
     assert seeds_setting(ROOT / "experiments" / "quick_cpu.toml", None) is None
 
 
+def test_reproduce_runs_the_grid_times_the_seeds(tiny_snli, tmp_path):
+    """`reproduce FILE.toml` with seeds in [train] and a two-value [grid]: 2 x 2 runs, one seed group per grid value.
+
+    It runs in tmp_path because reproduce writes outputs/<stem>/ under the working directory, and a
+    seed group there from an earlier session would be resumed (its runs adopted) instead of trained.
+    """
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    toml = tmp_path / "seedgrid.toml"
+    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 1\nlr = 2e-3\noptimizer = "adam"\n'
+                    f'schedule = "constant"\nmax_len = 12\nbatch_size = 16\ncache_dir = "{tmp_path / "enc"}"\nseeds = [0, 1]\n\n'
+                    '[grid]\ntruncation = ["longest_first", "ratio"]\n')
+    r = cli("reproduce", toml, "--tracking-uri", uri, "--no-progress", cwd=tmp_path, PYTHONPATH=str(ROOT))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "seedgrid: 4 runs; compare them with: bertnli-exp report --experiment seedgrid" in r.stdout
+    assert "compare --cell truncation=longest_first --cell truncation=ratio --experiment seedgrid" in r.stdout
+    runs = load_runs(["seedgrid"], uri)  # the experiment is named after the file
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    assert sorted(zip(runs["truncation"], runs["seed"])) == [("longest_first", 0), ("longest_first", 1), ("ratio", 0), ("ratio", 1)]
+    assert set(runs["model"]) == {"tiny-d2l-random"} and set(runs["max_len"]) == {12} and set(runs["epochs"]) == {1}
+    assert set(runs["lr"]) == {2e-3}
+    c = MlflowClient(uri)
+    for trunc in ("longest_first", "ratio"):
+        group = json.loads((tmp_path / "outputs" / "seedgrid" / f"truncation={trunc}" / "seed_group.json").read_text())["group"]
+        mine = load_runs(["seedgrid"], uri, tags={"bertnli.seed_group": group})
+        assert sorted(mine["seed"]) == [0, 1] and set(mine["truncation"]) == {trunc}
+        for run_id in mine["run_id"]:
+            tags = c.get_run(run_id).data.tags
+            assert tags["bertnli.seeds"] == "0,1" and tags["bertnli.experiment_file"] == "seedgrid"
+
+
 def _delta(stdout: str, split: str) -> float:
     return float(re.search(rf"^{split}: .*delta ([+-][0-9.]+) pp", stdout, re.M).group(1))
 

@@ -57,10 +57,39 @@ def test_written_report_has_tables_and_embedded_plots(store, tmp_path):
     files = write_report(load_runs(["grid"], uri), tmp_path / "rep", tracking_uri=uri)
     names = {f.name for f in files}
     assert {"report.md", "report.html", "by_model_truncation.csv", "leaderboard.csv", "dev_vs_lr.png", "learning_curves.png",
-            "cells.csv", "pairwise.csv", "evp.csv", "evp_overtaking.csv", "cells.png", "evp.png"} <= names
+            "cells.csv", "pairwise.csv", "pairwise.png", "evp.csv", "evp_overtaking.csv", "cells.png", "evp.png"} <= names
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 5
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 6
+    assert '<img alt="pairwise" src="data:image/png;base64,' in page
     assert "| model | truncation | runs |" in (tmp_path / "rep" / "report.md").read_text()
+    assert "![pairwise](pairwise.png)" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_pairwise_forest_plot_shows_every_pair_with_its_ci_and_holm_p(store, tmp_path):
+    import matplotlib.image
+    import numpy as np
+    import pandas as pd
+
+    from bertnli.plots import plot_pairwise
+
+    uri, _ = store
+    write_report(load_runs(["grid"], uri), tmp_path / "rep", formats=("csv",), tracking_uri=uri)
+    pairs = pd.read_csv(tmp_path / "rep" / "pairwise.csv")
+    assert len(pairs) == 12 and pairs["delta"].notna().all()  # 6 pairs of 4 cells, dev and test
+    height = matplotlib.image.imread(tmp_path / "rep" / "pairwise.png").shape[0]
+    assert height == round(100 * (0.55 * len(pairs) + 1.6))  # one row per pair and split, at dpi 100
+    refused = {"cell_a": "x", "cell_b": "y", "split": "dev", "note": "different data"}  # no delta: table only
+    ax = plot_pairwise(pd.concat([pairs, pd.DataFrame([refused])], ignore_index=True)).axes[0]
+    assert [t.get_text() for t in ax.texts] == [f"Holm p = {p:.3g}" for p in pairs["p_holm"]]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{a}\n− {b} ({s})" for a, b, s in
+                                                             zip(pairs["cell_a"], pairs["cell_b"], pairs["split"])]
+    for bars in ax.containers:  # one errorbar series per split: the point is delta, the bar spans the CI, in pp
+        split = bars.get_label().split(":")[0]
+        rows = pairs[pairs["split"] == split]
+        assert list(bars.lines[0].get_xdata()) == pytest.approx(list(100 * rows["delta"]))
+        segments = np.array([seg[:, 0] for seg in bars.lines[2][0].get_segments()])
+        assert segments == pytest.approx(100 * rows[["ci_low", "ci_high"]].to_numpy())
+    assert any(list(line.get_xdata()) == [0, 0] for line in ax.lines)  # the no-difference line
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -78,7 +107,7 @@ def test_html_report_images_load_in_headless_chromium(store, tmp_path):
              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", f"file://{tmp_path / 'probe.html'}"],
                          capture_output=True, text=True, timeout=120).stdout
-    assert 'data-loaded="5/5"' in dom
+    assert 'data-loaded="6/6"' in dom
     subprocess.run([CHROMIUM, *flags, "--window-size=1200,2400", f"--screenshot={tmp_path / 'report.png'}",
                     f"file://{tmp_path / 'rep' / 'report.html'}"], capture_output=True, timeout=120)
     assert (tmp_path / "report.png").stat().st_size > 10_000
