@@ -1,0 +1,94 @@
+"""Races between sweep processes, and between their clocks, on real storages: a real Optuna journal,
+a real SQLite MLflow store, real (stand-in) trial processes. No sweep is run: each test drives the
+one piece of the sweep that decides the race."""
+
+import json
+import os
+import select
+import subprocess
+import threading
+import time
+
+import optuna
+
+from bertnli.config import TrackingConfig
+from bertnli.sweep import load_sweep_config, open_storage
+
+S = optuna.trial.TrialState
+
+
+def sweep_cfg(tmp_path, **sweep):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return load_sweep_config(None, {"data": str(tmp_path)}, {"study_name": "s", "out_dir": str(tmp_path / "out"), **sweep}, [],
+                             TrackingConfig(uri, None))
+
+
+class StandIn:
+    """A trial process that trains nothing: it lives until killed, as a trial mid-epoch does."""
+
+    def __init__(self, run):
+        report_r, self.report_w = os.pipe()
+        self.decide_r, decide_w = os.pipe()
+        run.proc = subprocess.Popen(["sleep", "120"])
+        run.reports, run.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)
+
+    def report(self, epoch: int, dev_acc: float) -> None:
+        os.write(self.report_w, (json.dumps({"epoch": epoch, "dev_acc": dev_acc}) + "\n").encode())
+
+    def told(self) -> bytes:
+        """What the worker answered on the decide pipe (nothing, for a trial it has lost)."""
+        ready, _, _ = select.select([self.decide_r], [], [], 0)
+        return os.read(self.decide_r, 100) if ready else b""
+
+
+def test_a_trial_failed_by_another_process_is_lost_at_its_next_epoch_report_not_a_crashed_worker(tmp_path):
+    """An outage longer than `grace` lets another worker fail a live trial. Before: the owner's next
+    `trial.report` raised UpdateFinishedTrialError, which ended the worker thread (a crashed sweep)."""
+    from bertnli.sweep.space import schedule_ticks
+    from bertnli.sweep.workers import TrialRun
+
+    cfg = sweep_cfg(tmp_path, pruner_warmup_epochs=0)
+    journal = str(tmp_path / "journal.log")
+    storage = open_storage(journal)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    other = optuna.load_study(study_name="s", storage=open_storage(journal))  # the worker that failed it
+
+    # The report itself: no exception, the trial is lost, and nothing is told to it.
+    asked = study.ask()
+    run = TrialRun(cfg, study, storage, asked, tmp_path / "spec.json", "parent", schedule_ticks(cfg))
+    other.tell(asked.number, state=S.FAIL)
+    assert run.decide_epoch({"epoch": 1, "dev_acc": 0.5}) == "lost"
+
+    # In the worker's loop: the trial process is ended, the loop returns "lost" instead of raising.
+    asked = study.ask()
+    run = TrialRun(cfg, study, storage, asked, tmp_path / "spec.json", "parent", schedule_ticks(cfg))
+    stand_in = StandIn(run)
+    ended: dict = {}
+
+    def supervise():
+        try:
+            ended["why"] = run.supervise(time.time())
+        except BaseException as e:  # noqa: BLE001 - what used to end the worker thread
+            ended["raised"] = e
+
+    worker = threading.Thread(target=supervise)
+    worker.start()
+    deadline = time.time() + 30  # the first heartbeat found the trial RUNNING; the next is HEARTBEAT_S away
+    while "heartbeat" not in other.get_trials()[asked.number].user_attrs and time.time() < deadline:
+        time.sleep(0.05)
+    other.tell(asked.number, state=S.FAIL)
+    stand_in.report(1, 0.5)
+    worker.join(timeout=60)
+    try:
+        assert not worker.is_alive() and "raised" not in ended, ended.get("raised")
+        assert ended["why"] == "lost"
+        assert run.proc.poll() is not None  # the trial process was stopped
+        assert stand_in.told() == b""
+        outcome = run.finish(ended["why"], 1.0, interrupted=False, log=lambda *_: None)
+        assert outcome.state == "LOST"
+        frozen = other.get_trials()[asked.number]
+        assert frozen.state == S.FAIL and frozen.intermediate_values == {}  # not told again, nothing reported into it
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+        run.close()
