@@ -8,6 +8,7 @@ import select
 import subprocess
 import threading
 import time
+import types
 
 import optuna
 
@@ -92,3 +93,38 @@ def test_a_trial_failed_by_another_process_is_lost_at_its_next_epoch_report_not_
         if run.proc.poll() is None:
             run.proc.kill()
         run.close()
+
+
+def test_a_live_trial_on_a_host_whose_clock_differs_by_90_s_is_not_reaped(tmp_path, monkeypatch):
+    """Another host's heartbeat (and a trial's datetime_start) are written on that host's clock. Before:
+    the reaper compared them with its own clock, so a host 90 s ahead failed every live trial of the
+    others (grace 60 s) and they ran twice. A dead worker's trial must still be reaped."""
+    from bertnli.sweep import reaping
+
+    grace = 1.0
+    cfg = sweep_cfg(tmp_path, grace_s=grace)
+    storage = open_storage(str(tmp_path / "journal.log"))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    live, dead, young = study.ask(), study.ask(), study.ask()
+    for t in (live, dead):
+        t.set_user_attr("worker", {"host": "another-host", "pid": 12345})
+        t.set_user_attr("heartbeat", time.time())  # on the other host's clock
+    # `young` was just asked: its worker has not written itself down yet.
+    real = time.time
+    monkeypatch.setattr(reaping, "time", types.SimpleNamespace(time=lambda: real() + 90, monotonic=time.monotonic))
+    time.sleep(grace + 0.1)  # the reaper judges staleness only after `grace` of working storage
+
+    state = lambda t: study.get_trials()[t.number].state  # noqa: E731
+    reaping.reap(study, storage, cfg, log=lambda *_: None)
+    assert state(live) == S.RUNNING, "a fresh heartbeat judged by a clock 90 s ahead"
+    assert state(young) == S.RUNNING, "a trial asked a moment ago failed as an orphan by a clock 90 s ahead"
+    young.set_user_attr("worker", {"host": "another-host", "pid": 12345})  # its worker writes itself down
+    young.set_user_attr("heartbeat", real())
+    deadline = real() + 4 * grace
+    while real() < deadline:
+        for t in (live, young):
+            t.set_user_attr("heartbeat", real())  # their workers beat on
+        reaping.reap(study, storage, cfg, log=lambda *_: None)
+        time.sleep(0.2)
+    assert state(live) == S.RUNNING and state(young) == S.RUNNING
+    assert state(dead) == S.FAIL  # a heartbeat that stopped changing for `grace` (our clock) is stale
