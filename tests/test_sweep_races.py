@@ -9,8 +9,11 @@ import subprocess
 import threading
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import optuna
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
 from bertnli.config import TrackingConfig
 from bertnli.sweep import load_sweep_config, open_storage
@@ -22,6 +25,42 @@ def sweep_cfg(tmp_path, **sweep):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return load_sweep_config(None, {"data": str(tmp_path)}, {"study_name": "s", "out_dir": str(tmp_path / "out"), **sweep}, [],
                              TrackingConfig(uri, None))
+
+
+def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every_process_uses(tmp_path):
+    """Nobody's create_study wins on a study made beforehand (queued trials, `optuna create-study`), so
+    every starter runs the fallback election. Before: six starters wrote candidates one after another,
+    and a seventh, arriving at the first write, adopted that candidate, which its writer deleted on
+    losing to a later write: the seventh's children would sit under a deleted run."""
+    from bertnli.sweep.parent import parent_run
+    from bertnli.tracking import client, get_or_create_experiment
+
+    cfg = sweep_cfg(tmp_path)
+    uri = cfg.tracking.tracking_uri
+    get_or_create_experiment(client(uri), "s", uri)  # the store exists (its creation is not the race under test)
+    journal = str(tmp_path / "journal.log")
+    optuna.create_study(study_name="s", storage=open_storage(journal), direction="maximize")
+
+    def starter(_=None) -> str:
+        study = optuna.load_study(study_name="s", storage=open_storage(journal))  # a process's own handle
+        return parent_run(study, cfg, "journal", elector=False, wait_s=0, settle_s=1.5)
+
+    def latecomer() -> str:
+        """Starts the moment the study's attributes first change (the first write of the election)."""
+        watch = optuna.load_study(study_name="s", storage=open_storage(journal))
+        deadline = time.time() + 60
+        while not watch.user_attrs and time.time() < deadline:
+            time.sleep(0.002)
+        return starter()
+
+    with ThreadPoolExecutor(7) as pool:
+        late = pool.submit(latecomer)
+        chosen = list(pool.map(starter, range(6))) + [late.result()]
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("s").experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    live = [r.info.run_id for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent" and r.info.lifecycle_stage == "active"]
+    assert len(live) == 1, f"{len(live)} parents survived"
+    assert set(chosen) == set(live), f"starters use {len(set(chosen))} parents: {chosen}"  # every child goes under it
 
 
 class StandIn:
