@@ -48,6 +48,14 @@ def state(tmp_path, study="s"):
     return st, parents, children
 
 
+def all_runs(tmp_path, study="s"):
+    """Every run of the study's experiment, deleted ones too (a parent that lost the election is deleted)."""
+    from mlflow.entities import ViewType
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return c.search_runs([c.get_experiment_by_name(study).experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+
+
 def retry_of(t):
     from bertnli.sweep.reaping import retry_history
 
@@ -167,6 +175,12 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
     assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.WAITING)]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials]  # one run per trial that ran
+    # the election: of every parent ever made (deleted losers too), one survives, and every child is under it
+    every = all_runs(tmp_path)
+    survivors = [r for r in every if r.data.tags.get("bertnli.role") == "sweep-parent" and r.info.lifecycle_stage == "active"]
+    assert [r.info.run_id for r in survivors] == [parents[0].info.run_id]
+    kids = [r for r in every if r.data.tags.get("bertnli.role") == "sweep-trial"]
+    assert len(kids) == len(children) and {r.data.tags["mlflow.parentRunId"] for r in kids} == {parents[0].info.run_id}
     fresh = [t for t in trials if retry_of(t) is None]
     assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)  # each process draws its own configurations
     cells = {(t.params["truncation"],) for t in trials}

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import optuna
+import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
@@ -54,9 +55,12 @@ def test_a_crashed_worker_ends_its_trial_and_the_sweep_exits_non_zero(tmp_path, 
     assert not [t for t in st.get_trials() if t.state == S.RUNNING]
 
 
-def test_a_kill_after_the_result_was_recorded_adopts_it_on_rerun(tmp_path, tiny_snli):
+@pytest.mark.parametrize("left", ["summary", "finished-run-only"])
+def test_a_kill_after_the_result_was_recorded_adopts_it_on_rerun(tmp_path, tiny_snli, left):
     """kill -9 after trial 1's MLflow run ended FINISHED but before the sweep told Optuna. Before:
-    the rerun failed trial 1 and trained its configuration again (5 FINISHED runs, 4 trials)."""
+    the rerun failed trial 1 and trained its configuration again (5 FINISHED runs, 4 trials).
+    `finished-run-only`: the kill also came before the trial wrote its summary (`trial.json`), so
+    only the FINISHED MLflow run holds the result."""
     toml = write_toml(tmp_path, tiny_snli, trials=3, space='lr = {low = 1e-3, high = 3e-3}\nepochs = [1]', extra="grace_s = 3600")
     proc = subprocess.Popen(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t1 = tmp_path / "out" / "s" / "trial-001"
@@ -73,11 +77,14 @@ def test_a_kill_after_the_result_was_recorded_adopts_it_on_rerun(tmp_path, tiny_
         proc.wait()
     st, _, _ = state(tmp_path)
     assert st.get_trials()[1].state == S.RUNNING  # the kill really came between the result and the tell
+    if left == "finished-run-only":
+        (t1 / "trial.json").unlink()
     run_sweep(tmp_path, toml)
     st, parents, children = state(tmp_path)
     assert_consistent(st, parents, children, 3)
     one = st.get_trials()[1]
     assert one.state == S.COMPLETE and one.user_attrs["adopted"] is True
+    assert one.user_attrs["mlflow_run_id"] == run_id
     assert one.value == c.get_run(run_id).data.metrics["best_dev_acc"]
     assert [t for t in st.get_trials() if retry_of(t) == 1] == []  # trained once
     finished = [r for r in children if r.info.status == "FINISHED"]

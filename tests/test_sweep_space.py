@@ -122,8 +122,10 @@ def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkey
 
     cfg = load_sweep_config(None, {"data": str(tmp_path)}, {"grace_s": 0.2, "out_dir": str(tmp_path / "out")}, [],
                             TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    reap(study, storage, cfg, log=lambda *_: None)  # the reaper starts watching the ownerless trial ...
+    assert study.get_trials()[0].state == S.RUNNING
     time.sleep(0.5)
-    reap(study, storage, cfg, log=lambda *_: None)
+    reap(study, storage, cfg, log=lambda *_: None)  # ... and fails it once it has stayed ownerless for `grace`
     orphan = study.get_trials()[0]
     assert orphan.state == S.FAIL and orphan.user_attrs["orphan"] is True
     assert [t for t in study.get_trials() if t.state == S.WAITING] == []  # nothing to retry: it never had a configuration

@@ -3,6 +3,7 @@
 Election: `optuna.create_study(load_if_exists=False)` succeeds for exactly one process (a
 unique constraint in an RDB, the journal's order in a file); that process creates the parent
 run and stores its id as a study attribute, and every other process waits for the attribute.
+A study nobody created in this round elects through a settled last-write (`_settle`).
 Choosing "the earliest start_time" among MLflow runs, as before, let two processes that
 missed each other's runs (or whose clocks differ) both win.
 """
@@ -21,6 +22,7 @@ from bertnli.tracking import with_retries
 
 PARENT_ATTR = "mlflow_parent_run_id"
 ELECTOR_ATTR = "mlflow_parent_elector"
+CANDIDATE_ATTR = "mlflow_parent_candidate"
 
 
 def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
@@ -61,9 +63,8 @@ def parent_run(study, cfg: SweepConfig, storage_url: str, elector: bool, wait_s:
 
     A study that already has a usable parent (a resumed study) keeps it. Where no process
     created the study in this round (it was created beforehand, or its creator died before
-    writing the attribute), every process creates a candidate, writes it, waits `settle_s`
-    and adopts whatever the attribute then holds (the last write); losers delete theirs. Two
-    parents would need a candidate's creation to take longer than `settle_s`.
+    writing the attribute), the processes that waited in vain hold a fallback election (_settle).
+    Only a settled parent is ever adopted.
     """
     start = time.time()
     while True:
@@ -78,15 +79,46 @@ def parent_run(study, cfg: SweepConfig, storage_url: str, elector: bool, wait_s:
             break
         time.sleep(0.5)
     mine = _create_parent(cfg, storage_url)
+    if not elector:
+        return _settle(study, cfg, mine, settle_s)
+    settled = study.user_attrs.get(PARENT_ATTR)
+    if settled and _usable(cfg, settled):  # a fallback election (_settle) ended while we were creating ours
+        return _lose(cfg, mine, settled)
     study.set_user_attr(PARENT_ATTR, mine)
-    if elector:
-        return mine
-    time.sleep(settle_s)
-    winner = study.user_attrs.get(PARENT_ATTR) or mine
-    if winner != mine:
-        from bertnli.tracking import client
+    return mine
 
-        client(cfg.tracking.tracking_uri).delete_run(mine)
+
+def _settle(study, cfg: SweepConfig, mine: str, settle_s: float) -> str:
+    """The fallback election: last candidate written wins, and only its writer makes it the parent.
+
+    Every candidate is written to CANDIDATE_ATTR; after `settle_s` the writer whose candidate is
+    still there (the last write) makes it the parent, unless a parent appeared meanwhile; the
+    others delete theirs and adopt it. Were candidates adopted directly, a starter arriving between
+    two candidate writes would adopt the first, which its writer then deletes (children under a
+    deleted run). Two parents would need the winner's parent write to lag its read by `settle_s`.
+    """
+    while True:
+        study.set_user_attr(CANDIDATE_ATTR, mine)
+        time.sleep(settle_s)
+        if study.user_attrs.get(CANDIDATE_ATTR) == mine:
+            parent = study.user_attrs.get(PARENT_ATTR)
+            if parent and parent != mine and _usable(cfg, parent):
+                return _lose(cfg, mine, parent)
+            study.set_user_attr(PARENT_ATTR, mine)
+            return mine
+        deadline = time.time() + settle_s + 30  # the later candidate's writer settles after us
+        while time.time() < deadline:
+            parent = study.user_attrs.get(PARENT_ATTR)
+            if parent and _usable(cfg, parent):
+                return parent if parent == mine else _lose(cfg, mine, parent)
+            time.sleep(0.5)
+        # that writer died before making its candidate the parent: stand again
+
+
+def _lose(cfg: SweepConfig, mine: str, winner: str) -> str:
+    from bertnli.tracking import client
+
+    client(cfg.tracking.tracking_uri).delete_run(mine)
     return winner
 
 

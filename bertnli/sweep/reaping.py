@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -196,27 +197,58 @@ def stale_callback(cfg: SweepConfig, log=print):
     return callback
 
 
+class Sightings:
+    """What this process has seen of each RUNNING trial's heartbeat, timed on its own monotonic clock.
+
+    A heartbeat time (and a trial's datetime_start) is written on its worker's host clock; hosts
+    whose clocks differ by more than `grace` would fail each other's live trials if the reaper
+    compared that time with its own clock. So staleness is a heartbeat that has not *changed* for
+    `grace` seconds of this process's clock, whatever the clocks say. (On RDB storage Optuna's own
+    heartbeat is used instead, compared on the database's clock.)
+    """
+
+    def __init__(self):
+        self.seen: dict[tuple[str, int], tuple[Any, float]] = {}
+
+    def unchanged_for(self, study_name: str, number: int, value) -> float:
+        """Seconds since this process first saw trial `number` holding `value` (0 for a new value)."""
+        now, key = time.monotonic(), (study_name, number)
+        if key not in self.seen or self.seen[key][0] != value:
+            self.seen[key] = (value, now)
+        return now - self.seen[key][1]
+
+
+_sightings: "weakref.WeakKeyDictionary[Any, Sightings]" = weakref.WeakKeyDictionary()
+
+
+def sightings_of(storage) -> Sightings:
+    """One memory per storage handle, so every reap of a sweep (any worker thread) shares it."""
+    return _sightings.setdefault(storage, Sightings())
+
+
 def reap(study, storage, cfg: SweepConfig, log=print) -> None:
     """Look at every RUNNING trial once: adopt, fail + retry, or leave it to its live owner.
 
     Staleness (another host's trial) is judged only after this process has seen `grace`
     seconds of working storage: an outage stops every heartbeat, also those of live workers.
+    Another host's clock is never compared with ours (Sightings).
     """
     S = states()
-    host, now = socket.gethostname(), time.time()
+    host, seen = socket.gethostname(), sightings_of(storage)
     judged = storage.connected_for() >= cfg.grace_s
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         owner = t.user_attrs.get("worker")
         if owner is None:  # asked, but its worker never wrote it down (a lost acknowledgement)
-            started = t.datetime_start.timestamp() if t.datetime_start else now
-            if judged and now - started > cfg.grace_s:
+            ownerless_for = seen.unchanged_for(study.study_name, t.number, "ownerless")
+            if judged and ownerless_for > cfg.grace_s:
                 set_attr(study, storage, t.number, "orphan", True)
                 fail_and_retry(study, storage, cfg, t, "orphan: created but never owned")
                 if "fixed_params" in t.system_attrs:
                     study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=dict(t.user_attrs))
             continue
         dead = owner.get("host") == host and not alive(owner.get("pid", -1))
-        stale = judged and not uses_heartbeat(storage) and now - t.user_attrs.get("heartbeat", now) > cfg.grace_s
+        quiet_for = seen.unchanged_for(study.study_name, t.number, t.user_attrs.get("heartbeat"))
+        stale = judged and not uses_heartbeat(storage) and quiet_for > cfg.grace_s
         if not (dead or stale or judged):
             continue
         result = recorded_result(cfg, t)

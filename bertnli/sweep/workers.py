@@ -102,9 +102,18 @@ class TrialRun:
         self.reports, self.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)
 
     def decide_epoch(self, msg: dict) -> str:
-        """Report at the fraction of this trial's own schedule (space.report_step), then ask the pruner."""
+        """Report at the fraction of this trial's own schedule (space.report_step), then ask the pruner.
+
+        "lost" when another process finished the trial since the last heartbeat (it reaped it after
+        an outage longer than `grace`): its retry owns the configuration now, so this attempt ends
+        here rather than the error ending the worker thread."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
         epochs = int(self.trial.params.get("epochs", self.cfg.base.epochs))
-        self.trial.report(msg["dev_acc"], report_step(msg["epoch"], epochs, self.ticks))
+        try:
+            self.trial.report(msg["dev_acc"], report_step(msg["epoch"], epochs, self.ticks))
+        except UpdateFinishedTrialError:
+            return "lost"
         if msg["epoch"] <= self.cfg.pruner_warmup_epochs:
             return "go"
         return "prune" if self.trial.should_prune() else "go"
@@ -129,26 +138,30 @@ class TrialRun:
         while True:
             if time.time() >= next_beat:
                 if not self.beat():
-                    self.proc.kill()
-                    self.proc.wait()
-                    return "lost"
+                    return self._end("lost")
                 next_beat = time.time() + HEARTBEAT_S
             if self.cfg.trial_timeout and time.time() - t0 > self.cfg.trial_timeout:
-                self.proc.kill()  # a hung process may ignore SIGTERM (or be stopped): no grace
-                self.proc.wait()
-                return "timeout"
+                return self._end("timeout")  # a hung process may ignore SIGTERM (or be stopped): no grace
             ready, _, _ = select.select([self.reports], [], [], 1.0)
             if ready:
                 line = self.reports.readline()
                 if not line:  # the trial process closed its end: it has ended
                     self.proc.wait()
                     return None
+                decision = self.decide_epoch(json.loads(line))
+                if decision == "lost":
+                    return self._end("lost")
                 try:
-                    self.decide.write(self.decide_epoch(json.loads(line)) + "\n")
+                    self.decide.write(decision + "\n")
                 except BrokenPipeError:
                     pass
             elif self.proc.poll() is not None:
                 return None
+
+    def _end(self, why: str) -> str:
+        self.proc.kill()
+        self.proc.wait()
+        return why
 
     def close(self) -> None:
         for f in (getattr(self, "reports", None), getattr(self, "decide", None)):

@@ -1,0 +1,169 @@
+"""Races between sweep processes, and between their clocks, on real storages: a real Optuna journal,
+a real SQLite MLflow store, real (stand-in) trial processes. No sweep is run: each test drives the
+one piece of the sweep that decides the race."""
+
+import json
+import os
+import select
+import subprocess
+import threading
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+import optuna
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from bertnli.config import TrackingConfig
+from bertnli.sweep import load_sweep_config, open_storage
+
+S = optuna.trial.TrialState
+
+
+def sweep_cfg(tmp_path, **sweep):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return load_sweep_config(None, {"data": str(tmp_path)}, {"study_name": "s", "out_dir": str(tmp_path / "out"), **sweep}, [],
+                             TrackingConfig(uri, None))
+
+
+def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every_process_uses(tmp_path):
+    """Nobody's create_study wins on a study made beforehand (queued trials, `optuna create-study`), so
+    every starter runs the fallback election. Before: six starters wrote candidates one after another,
+    and a seventh, arriving at the first write, adopted that candidate, which its writer deleted on
+    losing to a later write: the seventh's children would sit under a deleted run."""
+    from bertnli.sweep.parent import parent_run
+    from bertnli.tracking import client, get_or_create_experiment
+
+    cfg = sweep_cfg(tmp_path)
+    uri = cfg.tracking.tracking_uri
+    get_or_create_experiment(client(uri), "s", uri)  # the store exists (its creation is not the race under test)
+    journal = str(tmp_path / "journal.log")
+    optuna.create_study(study_name="s", storage=open_storage(journal), direction="maximize")
+
+    def starter(_=None) -> str:
+        study = optuna.load_study(study_name="s", storage=open_storage(journal))  # a process's own handle
+        return parent_run(study, cfg, "journal", elector=False, wait_s=0, settle_s=1.5)
+
+    def latecomer() -> str:
+        """Starts the moment the study's attributes first change (the first write of the election)."""
+        watch = optuna.load_study(study_name="s", storage=open_storage(journal))
+        deadline = time.time() + 60
+        while not watch.user_attrs and time.time() < deadline:
+            time.sleep(0.002)
+        return starter()
+
+    with ThreadPoolExecutor(7) as pool:
+        late = pool.submit(latecomer)
+        chosen = list(pool.map(starter, range(6))) + [late.result()]
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("s").experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    live = [r.info.run_id for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent" and r.info.lifecycle_stage == "active"]
+    assert len(live) == 1, f"{len(live)} parents survived"
+    assert set(chosen) == set(live), f"starters use {len(set(chosen))} parents: {chosen}"  # every child goes under it
+
+
+class StandIn:
+    """A trial process that trains nothing: it lives until killed, as a trial mid-epoch does."""
+
+    def __init__(self, run):
+        report_r, self.report_w = os.pipe()
+        self.decide_r, decide_w = os.pipe()
+        run.proc = subprocess.Popen(["sleep", "120"])
+        run.reports, run.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)
+
+    def report(self, epoch: int, dev_acc: float) -> None:
+        os.write(self.report_w, (json.dumps({"epoch": epoch, "dev_acc": dev_acc}) + "\n").encode())
+
+    def told(self) -> bytes:
+        """What the worker answered on the decide pipe (nothing, for a trial it has lost)."""
+        ready, _, _ = select.select([self.decide_r], [], [], 0)
+        return os.read(self.decide_r, 100) if ready else b""
+
+
+def test_a_trial_failed_by_another_process_is_lost_at_its_next_epoch_report_not_a_crashed_worker(tmp_path):
+    """An outage longer than `grace` lets another worker fail a live trial. Before: the owner's next
+    `trial.report` raised UpdateFinishedTrialError, which ended the worker thread (a crashed sweep)."""
+    from bertnli.sweep.space import schedule_ticks
+    from bertnli.sweep.workers import TrialRun
+
+    cfg = sweep_cfg(tmp_path, pruner_warmup_epochs=0)
+    journal = str(tmp_path / "journal.log")
+    storage = open_storage(journal)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    other = optuna.load_study(study_name="s", storage=open_storage(journal))  # the worker that failed it
+
+    # The report itself: no exception, the trial is lost, and nothing is told to it.
+    asked = study.ask()
+    run = TrialRun(cfg, study, storage, asked, tmp_path / "spec.json", "parent", schedule_ticks(cfg))
+    other.tell(asked.number, state=S.FAIL)
+    assert run.decide_epoch({"epoch": 1, "dev_acc": 0.5}) == "lost"
+
+    # In the worker's loop: the trial process is ended, the loop returns "lost" instead of raising.
+    asked = study.ask()
+    run = TrialRun(cfg, study, storage, asked, tmp_path / "spec.json", "parent", schedule_ticks(cfg))
+    stand_in = StandIn(run)
+    ended: dict = {}
+
+    def supervise():
+        try:
+            ended["why"] = run.supervise(time.time())
+        except BaseException as e:  # noqa: BLE001 - what used to end the worker thread
+            ended["raised"] = e
+
+    worker = threading.Thread(target=supervise)
+    worker.start()
+    deadline = time.time() + 30  # the first heartbeat found the trial RUNNING; the next is HEARTBEAT_S away
+    while "heartbeat" not in other.get_trials()[asked.number].user_attrs and time.time() < deadline:
+        time.sleep(0.05)
+    other.tell(asked.number, state=S.FAIL)
+    stand_in.report(1, 0.5)
+    worker.join(timeout=60)
+    try:
+        assert not worker.is_alive() and "raised" not in ended, ended.get("raised")
+        assert ended["why"] == "lost"
+        assert run.proc.poll() is not None  # the trial process was stopped
+        assert stand_in.told() == b""
+        outcome = run.finish(ended["why"], 1.0, interrupted=False, log=lambda *_: None)
+        assert outcome.state == "LOST"
+        frozen = other.get_trials()[asked.number]
+        assert frozen.state == S.FAIL and frozen.intermediate_values == {}  # not told again, nothing reported into it
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+        run.close()
+
+
+def test_a_live_trial_on_a_host_whose_clock_differs_by_90_s_is_not_reaped(tmp_path, monkeypatch):
+    """Another host's heartbeat (and a trial's datetime_start) are written on that host's clock. Before:
+    the reaper compared them with its own clock, so a host 90 s ahead failed every live trial of the
+    others (grace 60 s) and they ran twice. A dead worker's trial must still be reaped."""
+    from bertnli.sweep import reaping
+
+    grace = 1.0
+    cfg = sweep_cfg(tmp_path, grace_s=grace)
+    storage = open_storage(str(tmp_path / "journal.log"))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    live, dead, young = study.ask(), study.ask(), study.ask()
+    for t in (live, dead):
+        t.set_user_attr("worker", {"host": "another-host", "pid": 12345})
+        t.set_user_attr("heartbeat", time.time())  # on the other host's clock
+    # `young` was just asked: its worker has not written itself down yet.
+    real = time.time
+    monkeypatch.setattr(reaping, "time", types.SimpleNamespace(time=lambda: real() + 90, monotonic=time.monotonic))
+    time.sleep(grace + 0.1)  # the reaper judges staleness only after `grace` of working storage
+
+    state = lambda t: study.get_trials()[t.number].state  # noqa: E731
+    reaping.reap(study, storage, cfg, log=lambda *_: None)
+    assert state(live) == S.RUNNING, "a fresh heartbeat judged by a clock 90 s ahead"
+    assert state(young) == S.RUNNING, "a trial asked a moment ago failed as an orphan by a clock 90 s ahead"
+    young.set_user_attr("worker", {"host": "another-host", "pid": 12345})  # its worker writes itself down
+    young.set_user_attr("heartbeat", real())
+    deadline = real() + 4 * grace
+    while real() < deadline:
+        for t in (live, young):
+            t.set_user_attr("heartbeat", real())  # their workers beat on
+        reaping.reap(study, storage, cfg, log=lambda *_: None)
+        time.sleep(0.2)
+    assert state(live) == S.RUNNING and state(young) == S.RUNNING
+    assert state(dead) == S.FAIL  # a heartbeat that stopped changing for `grace` (our clock) is stale
