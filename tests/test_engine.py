@@ -64,15 +64,21 @@ def test_resume_mid_epoch_equals_uninterrupted(tiny_snli, tmp_path):
 
 
 @pytest.mark.parametrize("resumed", [False, True])
-def test_the_selected_dev_scores_are_those_of_the_weights_in_best(tiny_snli, tmp_path, resumed):
+def test_the_selected_dev_scores_are_those_of_the_weights_in_best(tiny_snli, tmp_path, resumed, monkeypatch):
     """The end reuses the best epoch's own dev pass instead of a second one; after a resume that pass is
     not in memory (it is not checkpointed) and dev is scored again. Either way: the weights in best/."""
+    import bertnli.engine
+
     cfg = tiny_cfg(tiny_snli, tmp_path, epochs=4, eval_test=False, checkpoint_every=3, limit_train=160)  # 10 steps/epoch
     if resumed:
         with pytest.raises(KeyboardInterrupt):
             fit(cfg, tmp_path / "run", callbacks=[StopAt(35)], progress=False)  # in epoch 4: epochs 1-3 only in the checkpoint
+    passes = []
+    monkeypatch.setattr(bertnli.engine, "evaluate", lambda *a, **k: passes.append(1) or evaluate(*a, **k))  # counts the real passes
     r = fit(cfg, tmp_path / "run", resume=resumed, progress=False)
     assert r.test is None and r.dev.acc == r.best_dev_acc
+    epochs_run = 1 if resumed else 4
+    assert len(passes) == epochs_run + (resumed and r.best_epoch < 4)  # a second pass only where the best one was lost
     fresh = evaluate(load_selected(tmp_path / "run" / "best")[0], prepare(cfg).dev)
     assert (fresh.preds == r.dev.preds).all() and fresh.probs == pytest.approx(r.dev.probs, abs=1e-5)
     assert fresh.loss == pytest.approx(r.dev.loss, abs=1e-5)

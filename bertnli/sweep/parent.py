@@ -10,6 +10,7 @@ missed each other's runs (or whose clocks differ) both win.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -79,13 +80,19 @@ def parent_run(study, cfg: SweepConfig, storage_url: str, elector: bool, wait_s:
             break
         time.sleep(0.5)
     mine = _create_parent(cfg, storage_url)
-    if not elector:
-        return _settle(study, cfg, mine, settle_s)
-    settled = study.user_attrs.get(PARENT_ATTR)
-    if settled and _usable(cfg, settled):  # a fallback election (_settle) ended while we were creating ours
-        return _lose(cfg, mine, settled)
-    study.set_user_attr(PARENT_ATTR, mine)
-    return mine
+    try:
+        if not elector:
+            return _settle(study, cfg, mine, settle_s)
+        settled = study.user_attrs.get(PARENT_ATTR)
+        if settled and _usable(cfg, settled):  # a fallback election (_settle) ended while we were creating ours
+            return _lose(cfg, mine, settled)
+        study.set_user_attr(PARENT_ATTR, mine)
+        return mine
+    except BaseException:  # Ctrl-C, SIGTERM or a storage error mid-election: no RUNNING candidate is left behind
+        with contextlib.suppress(Exception):  # the storage may be what failed; the candidate is then left as it is
+            if study.user_attrs.get(PARENT_ATTR) != mine:
+                _lose(cfg, mine, "")
+        raise
 
 
 def _settle(study, cfg: SweepConfig, mine: str, settle_s: float) -> str:
@@ -128,10 +135,11 @@ def start_parent_metrics(cfg: SweepConfig, parent_run_id: str):
     The parent spans the whole sweep (trial start-up, waits, reaping), which no child run covers,
     so its own system/* series shows the load between and across trials. It is started on the
     parent the election settled on (never on a candidate that lost and was deleted), by each
-    process that runs workers; processes sharing a study sample into the one series, their steps
-    interleaving. `resume` starts after the steps already logged (a resumed study's earlier
-    invocations, another process) instead of at step 0. MLflow's monitor stops by itself once
-    the parent is no longer RUNNING. Off under --no-system-metrics / BERTNLI_SYSTEM_METRICS=0,
+    process that runs workers; processes sharing a study sample into the one series (processes
+    that start together may log the same steps). `resume` starts after the steps already logged
+    (a resumed study's earlier invocations) instead of at step 0. MLflow's monitor stops by itself
+    once the parent is no longer RUNNING, so the first process to finish the parent ends every
+    process's sampling. Off under --no-system-metrics / BERTNLI_SYSTEM_METRICS=0,
     the same switch as the trials'.
     """
     from bertnli.tracking import default_tracking_uri, start_system_metrics, system_metrics_on
