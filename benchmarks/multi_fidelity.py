@@ -61,10 +61,18 @@ def test_once(a, out: Path, name: str, trial_number: int, cfg) -> float:
 
 
 def forget(out: Path, storage, name: str) -> None:
-    """--rerun: the study, its checkpoints and its recorded wall time go; the next `sweep` starts it afresh."""
+    """--rerun: the study, its MLflow runs, its checkpoints and its recorded wall time go; the next `sweep`
+    starts it afresh (a left-over parent run would sit beside the new one in the study's experiment)."""
     import shutil
 
     import optuna
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        for run in c.search_runs([exp.experiment_id], max_results=10000):
+            c.delete_run(run.info.run_id)
 
     walls = out / "walls.json"
     if walls.is_file():

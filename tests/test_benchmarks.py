@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from conftest import ROOT, run_env
 
@@ -54,3 +55,6 @@ def test_multi_fidelity_benchmark_runs_both_studies_on_the_same_configurations(t
     assert "--study-name mf-3-s0" in r.stdout and "--study-name full-3-s0" not in r.stdout  # only the one asked for ran again
     again = json.loads((out / "summary.json").read_text())
     assert again["mf"]["trials"] == 4 and again["mf"]["best_params"] == s["mf"]["best_params"]
+    c = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("mf-3-s0").experiment_id], max_results=1000)
+    assert sum(r.data.tags.get("bertnli.role") == "sweep-parent" for r in runs) == 1 and len(runs) == 1 + 4  # the first run's are gone
