@@ -69,15 +69,18 @@ def real_pairs(data: Path, n: int):
     return enc.head(n), tok
 
 
-def time_engine(model, enc, batches, steps, precision, compiled=False, batch_size=128):
-    """The engine's own loop over `steps` batches after 2 (compiled: 5) warm-up steps, Adam as the seed side."""
+def time_engine(model, enc, batches, steps, precision, compiled=False, batch_size=128, fused=True):
+    """The engine's own loop over `steps` batches after 2 (compiled: 5) warm-up steps, Adam as the seed side.
+
+    fused=False: PyTorch's default (foreach) Adam, the engine's optimizer on the CPU before session 6."""
     from bertnli.config import TrainConfig
-    from bertnli.engine import Loop, TrainState, train_epoch
+    from bertnli.engine import Loop, TrainState, make_optimizer, train_epoch
     from bertnli.runtime import grad_scaler
 
     device = torch.device("cpu")
-    cfg = TrainConfig(batch_size=batch_size, optimizer="adam", schedule="constant", grad_clip=0.0, max_len=128)
-    state = TrainState(model, torch.optim.Adam(model.parameters(), lr=1e-4), grad_scaler(device, precision))
+    cfg = TrainConfig(batch_size=batch_size, optimizer="adam", lr=1e-4, schedule="constant", grad_clip=0.0, max_len=128)
+    opt = make_optimizer(model, cfg, device) if fused else torch.optim.Adam(model.parameters(), lr=1e-4)
+    state = TrainState(model, opt, grad_scaler(device, precision))
     model.train()
     forward = torch.compile(model, dynamic=True) if compiled else model
     warmup = 5 if compiled else 2
@@ -136,6 +139,8 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[128])
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per setting")
     ap.add_argument("--compile", action="store_true", help="also time bertnli fp32 under torch.compile(dynamic=True)")
+    ap.add_argument("--optimizers", action="store_true",
+                    help="also time bertnli's default with PyTorch's default (foreach, unfused) Adam")
     args = ap.parse_args()
     if not Path(args.data).is_dir():
         print(f"skip: no SNLI data at {args.data}")
@@ -163,6 +168,9 @@ def main():
             res["train_bertnli_fp32"] = time_engine(ours, enc, bucket_b, args.steps, "fp32", batch_size=batch)
             ours.load_state_dict(state)
             res["train_bertnli_default"] = time_engine(ours, enc, bucket_b, args.steps, default_precision, batch_size=batch)
+            if args.optimizers:
+                ours.load_state_dict(state)
+                res["train_bertnli_default_foreach"] = time_engine(ours, enc, bucket_b, args.steps, default_precision, batch_size=batch, fused=False)
             if args.compile:
                 ours.load_state_dict(state)
                 res["train_bertnli_fp32_compiled"] = time_engine(ours, enc, bucket_b, args.steps, "fp32", compiled=True, batch_size=batch)
@@ -171,7 +179,7 @@ def main():
             res["eval_bertnli_fp32"] = time_evaluate(ours, sub, ev, amp=False)
             res["eval_bertnli_default"] = time_evaluate(ours, sub, ev, amp=True)
             for kind in ("train", "eval"):
-                for setting in ("bertnli_fp32", "bertnli_default", "bertnli_fp32_compiled"):
+                for setting in ("bertnli_fp32", "bertnli_default", "bertnli_fp32_compiled", "bertnli_default_foreach"):
                     if f"{kind}_{setting}" in res:
                         res[f"{kind}_ratio_{setting}"] = res[f"{kind}_{setting}"] / res[f"{kind}_seed_style"]
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}), flush=True)
@@ -186,6 +194,10 @@ def main():
             if f"{kind}_bertnli_fp32_compiled" in r:
                 line += f"  {r[f'{kind}_bertnli_fp32_compiled']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32_compiled']:5.2f}x)"
             print(line)
+        if "train_bertnli_default_foreach" in r:
+            print(f"{r['shape']:7} {r['batch']:5}  train, default with foreach Adam: {r['train_bertnli_default_foreach']:8.1f} "
+                  f"({r['train_ratio_bertnli_default_foreach']:5.2f}x); fused / foreach = "
+                  f"{r['train_bertnli_default'] / r['train_bertnli_default_foreach']:.2f}x")
 
 
 if __name__ == "__main__":

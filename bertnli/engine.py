@@ -95,8 +95,13 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Fused kernels on CUDA (one launch for all parameters instead of several per tensor)."""
-    fused = {"fused": True} if device.type == "cuda" else {}
+    """Fused kernels on CUDA and on the CPU: one pass over all parameters instead of several per tensor.
+
+    On the CPU the fused AdamW step over MiniLM-L6 takes about a sixth of the foreach one
+    (`python benchmarks/throughput.py --shape minilm --batch 32 --optimizers`). Same update up to
+    float rounding (tests/test_engine.py).
+    """
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]

@@ -302,3 +302,31 @@ def test_compiled_forward_trains_like_eager(tiny_snli, tmp_path):
                 progress=False) for c in (False, True)]
     assert runs[1].history[0].train_loss == pytest.approx(runs[0].history[0].train_loss, abs=1e-4)
     assert runs[1].history[0].dev_loss == pytest.approx(runs[0].history[0].dev_loss, abs=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_fused_cpu_optimizer_takes_the_same_steps_as_pytorchs_default(optimizer):
+    """make_optimizer fuses on the CPU too (about 6x faster a step); the update must stay the one the
+    unfused (foreach) optimizer makes, weight-decay groups included, up to float rounding."""
+    from bertnli.engine import make_optimizer
+    from bertnli.model import BertConfig, NLIClassifier
+
+    torch.manual_seed(0)
+    model = NLIClassifier(BertConfig(50, 32, 2, 4, 64, 64, 2, 0.0))
+    twin = NLIClassifier(BertConfig(50, 32, 2, 4, 64, 64, 2, 0.0))
+    twin.load_state_dict(model.state_dict())
+    cfg = TrainConfig(optimizer=optimizer, lr=1e-2, weight_decay=0.1)
+    fused = make_optimizer(model, cfg, torch.device("cpu"))
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = make_optimizer(twin, cfg, torch.device("meta"))  # a device it does not fuse on: PyTorch's default
+    start = [p.detach().clone() for p in model.parameters()]
+    assert not any(g["fused"] for g in plain.param_groups)
+    for _ in range(5):
+        for m in (model, twin):
+            for p in m.parameters():
+                p.grad = torch.sin(p.detach() * 7 + 1)  # the same, deterministic "gradient" for both
+        fused.step()
+        plain.step()
+    assert all(not torch.equal(p, s) for p, s in zip(model.parameters(), start))  # every tensor was stepped
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
