@@ -182,13 +182,14 @@ class TrackingConfig:
 RESUME_MAY_CHANGE = ("data", "cache_dir", "eval_batch_size", "checkpoint_every", "device", "compile")
 
 
-def resume_changes(saved: TrainConfig, asked: dict) -> dict:
+def resume_changes(saved: TrainConfig, asked: dict,
+                   what: str = "--resume continues a run with its saved settings",
+                   fix: str = "drop them, or start a new run with --out") -> dict:
     """Refuse, in one line naming them, settings that would silently change a resumed run (its
     optimizer state, step and MLflow params belong to the saved ones). Returns the allowed ones."""
     changed = {k: v for k, v in asked.items()
                if k not in RESUME_MAY_CHANGE and config_from_dict({k: v}, saved) != saved}
     if changed:
         names = ", ".join(f"{k} (saved {getattr(saved, k)!r}, given {v!r})" for k, v in sorted(changed.items()))
-        raise BadInput(f"--resume continues a run with its saved settings; these would change it: {names}; "
-                       "drop them, or start a new run with --out")
+        raise BadInput(f"{what}; these would change it: {names}; {fix}")
     return {k: v for k, v in asked.items() if k in RESUME_MAY_CHANGE}

@@ -9,6 +9,7 @@ or a pruned sweep trial, which the caller classifies).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bertnli import BadInput
-from bertnli.config import TrackingConfig, TrainConfig
+from bertnli.config import TrackingConfig, TrainConfig, config_from_dict, resume_changes
 from bertnli.data import LABEL_NAMES
 from bertnli.engine import EpochMetrics, EvalResult, FitResult, dist_info, fit
 from bertnli.lineage import EXPERIMENT_KIND, log_split_inputs, provenance, source_tags
@@ -421,8 +422,14 @@ def train_seed_group(cfg: TrainConfig, seeds: list[int], out_dir: str | Path, tr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / "seed_group.json"
-    group = json.loads(marker.read_text())["group"] if marker.is_file() else f"{out_dir.name}-{uuid.uuid4().hex[:8]}"
-    marker.write_text(json.dumps({"group": group, "seeds": seeds}))
+    before = json.loads(marker.read_text()) if marker.is_file() else {}
+    group = before.get("group") or f"{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}
+    if "config" in before:  # a group is one configuration over seeds: a rerun resumes it, never changes it
+        resume_changes(config_from_dict(before["config"]), settings,
+                       what=f"{out_dir} holds seed group {group} with other settings",
+                       fix="drop them to resume the group, or give another --out for a new one")
+    marker.write_text(json.dumps({"group": group, "seeds": seeds, "config": settings}))
     tags = {**tracking.tags, "bertnli.seed_group": group, "bertnli.seeds": ",".join(map(str, seeds))}
     done = []
     for seed in seeds:

@@ -49,6 +49,17 @@ def test_rerunning_a_seed_group_adopts_finished_seeds(seeded):
     assert r.stdout.count("adopted") >= 2 and len(load_runs(["cmp"], uri)) == 4
 
 
+def test_rerunning_a_seed_group_with_changed_settings_is_refused_in_one_line(seeded):
+    """A seed group is one configuration over seeds. Before: a rerun with another lr adopted the finished
+    seeds (at the old lr) and would have resumed an interrupted one at the new lr, under one group tag."""
+    uri, tmp, toml, _ = seeded
+    r = cli("train", "--config", toml, "--truncation", "ratio", "--lr", "1e-3", "--out", tmp / "ratio",
+            "--experiment", "cmp", "--tracking-uri", uri, "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "lr (saved 0.002, given 0.001)" in r.stderr and "another --out" in r.stderr
+    assert len(load_runs(["cmp"], uri)) == 4
+
+
 def test_seed_and_seeds_do_not_mix(seeded):
     uri, tmp, toml, _ = seeded
     r = cli("train", "--config", toml, "--seed", "3", "--out", tmp / "x", "--tracking-uri", uri)

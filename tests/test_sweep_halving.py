@@ -103,6 +103,17 @@ def test_a_promoted_configuration_that_fails_is_resumed_by_the_plan_then_replace
     assert [x["lr"] for x in p.enqueue] == [lr[5]]  # lr[6] failed every try: the next best of rung 0 takes its place
 
 
+def test_the_rung_is_not_plotted_as_a_searched_hyperparameter():
+    from bertnli.sweep.parent import searched_params
+
+    study = optuna.create_study(direction="maximize")
+    dists = {"lr": FloatDistribution(1e-5, 1e-3, log=True), "epochs": IntDistribution(1, 3), "rung": IntDistribution(0, 3)}
+    for i in range(4):
+        study.add_trial(create_trial(params={"lr": 1e-4 * (i + 1), "epochs": 1 + i % 3, "rung": i % 2}, distributions=dists,
+                                     value=0.5 + 0.1 * (i % 2)))
+    assert searched_params(study) == ["epochs", "lr"]
+
+
 def test_a_study_keeps_its_fidelity_settings(tmp_path, tiny_snli):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 

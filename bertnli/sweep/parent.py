@@ -169,6 +169,14 @@ def trials_frame(study):
     return pd.DataFrame(rows)
 
 
+def searched_params(study) -> list[str]:
+    """The hyperparameters a study searched: a multi-fidelity study's rung is a trial param too, but it
+    is the budget, not a choice; plotted as one, it would top the importances (higher rungs score higher)."""
+    from bertnli.sweep.halving import RUNG
+
+    return sorted({k for t in study.get_trials(deepcopy=False) for k in t.params} - {RUNG})
+
+
 def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
     import warnings
 
@@ -184,7 +192,8 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax = getattr(ovm, fn)(study)
+                by_param = {} if fn == "plot_optimization_history" else {"params": searched_params(study)}
+                ax = getattr(ovm, fn)(study, **by_param)
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
                 fig.set_size_inches(10, 5)
                 fig.tight_layout()
