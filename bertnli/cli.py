@@ -360,7 +360,8 @@ def reproduce(name, tracking_uri, experiment, force, progress):
         if seeds is not None:
             from bertnli.tracking import train_seed_group
 
-            group, done = train_seed_group(run_cfg, seeds, out, tracking, progress, click.echo)
+            group, done = train_seed_group(run_cfg, seeds, out, tracking, progress, click.echo,
+                                           fix=f"undo the change to resume, or delete {out} to run the experiment afresh")
             for seed, dev, run_id in done:
                 click.echo(f"{stem} {combo} seed {seed}: " + (f"dev {dev:.4f}" if dev is not None else "adopted") + f" run {run_id}")
                 click.echo(data_check.after(run_id, tracking_uri, stem))

@@ -94,20 +94,27 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - warm))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Fused kernels on CUDA and on the CPU: one pass over all parameters instead of several per tensor.
-
-    On the CPU the fused AdamW step over MiniLM-L6 takes about a sixth of the foreach one
-    (`python benchmarks/throughput.py --shape minilm --batch 32 --optimizers`). Same update up to
-    float rounding (tests/test_engine.py).
-    """
-    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused)
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """BERT's recipe: weight decay on the weight matrices only, not on biases, LayerNorms or embeddings."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, **fused)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None) -> torch.optim.Optimizer:
+    """Fused kernels on CUDA and on the CPU (fused=None): one pass over all parameters.
+
+    On the CPU, PyTorch's default is a Python loop over the tensors; the fused step over minilm-l6
+    is several times faster and training at batch 32 about 1.1x (`benchmarks/optimizer.py`); the
+    update is the same up to float rounding (tests/test_engine.py). A run resumed from a checkpoint
+    written before session 6 keeps that checkpoint's unfused setting (load_state_dict restores it).
+    """
+    if fused is None:
+        fused = device.type in ("cuda", "cpu")
+    kw = {"fused": True} if fused else {}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, **kw)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, **kw)
 
 
 def fresh_accum() -> dict[str, float]:

@@ -409,8 +409,22 @@ def train_run(cfg: TrainConfig, out_dir: str | Path, tracking: TrackingConfig, r
     return result, run.run_id
 
 
+def seed_group_settings(out_dir: Path, marker: dict) -> TrainConfig | None:
+    """The configuration a seed group was started with: its marker's, or (a marker written before
+    session 6 has none) the config.json of any seed it started. None for a new group."""
+    saved = marker.get("config")
+    if saved is None:
+        started = sorted(out_dir.glob("seed-*/config.json"))
+        saved = json.loads(started[0].read_text()) if started else None
+    if saved is None:
+        return None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return config_from_dict({k: v for k, v in saved.items() if k in known and k != "seed"})
+
+
 def train_seed_group(cfg: TrainConfig, seeds: list[int], out_dir: str | Path, tracking: TrackingConfig,
-                     progress: bool = True, log: Callable[[str], None] = print) -> tuple[str, list[tuple[int, float | None, str]]]:
+                     progress: bool = True, log: Callable[[str], None] = print,
+                     fix: str = "drop them to resume the group, or give another --out for a new one") -> tuple[str, list[tuple[int, float | None, str]]]:
     """One run per seed, all tagged `bertnli.seed_group=<group>`: a cell's score is a distribution over seeds.
 
     Rerunning the same command with the same --out resumes: finished seeds are adopted (never
@@ -425,11 +439,12 @@ def train_seed_group(cfg: TrainConfig, seeds: list[int], out_dir: str | Path, tr
     before = json.loads(marker.read_text()) if marker.is_file() else {}
     group = before.get("group") or f"{out_dir.name}-{uuid.uuid4().hex[:8]}"
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}
-    if "config" in before:  # a group is one configuration over seeds: a rerun resumes it, never changes it
-        resume_changes(config_from_dict(before["config"]), settings,
-                       what=f"{out_dir} holds seed group {group} with other settings",
-                       fix="drop them to resume the group, or give another --out for a new one")
-    marker.write_text(json.dumps({"group": group, "seeds": seeds, "config": settings}))
+    started_with = seed_group_settings(out_dir, before)
+    if started_with is not None:  # a group is one configuration over seeds: a rerun resumes it, never changes it
+        resume_changes(started_with, settings, what=f"{out_dir} holds seed group {group} with other settings", fix=fix)
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps({"group": group, "seeds": seeds, "config": settings}))
+    tmp.replace(marker)
     tags = {**tracking.tags, "bertnli.seed_group": group, "bertnli.seeds": ",".join(map(str, seeds))}
     done = []
     for seed in seeds:

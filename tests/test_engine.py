@@ -306,8 +306,8 @@ def test_compiled_forward_trains_like_eager(tiny_snli, tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_the_fused_cpu_optimizer_takes_the_same_steps_as_pytorchs_default(optimizer):
-    """make_optimizer fuses on the CPU too (about 6x faster a step); the update must stay the one the
-    unfused (foreach) optimizer makes, weight-decay groups included, up to float rounding."""
+    """make_optimizer fuses on the CPU too (several times faster a step); the update must stay the one
+    PyTorch's default (unfused, a loop over tensors on the CPU) makes, weight-decay groups included."""
     from bertnli.engine import make_optimizer
     from bertnli.model import BertConfig, NLIClassifier
 
@@ -318,9 +318,9 @@ def test_the_fused_cpu_optimizer_takes_the_same_steps_as_pytorchs_default(optimi
     cfg = TrainConfig(optimizer=optimizer, lr=1e-2, weight_decay=0.1)
     fused = make_optimizer(model, cfg, torch.device("cpu"))
     assert all(g["fused"] for g in fused.param_groups)
-    plain = make_optimizer(twin, cfg, torch.device("meta"))  # a device it does not fuse on: PyTorch's default
-    start = [p.detach().clone() for p in model.parameters()]
+    plain = make_optimizer(twin, cfg, torch.device("cpu"), fused=False)
     assert not any(g["fused"] for g in plain.param_groups)
+    start = [p.detach().clone() for p in model.parameters()]
     for _ in range(5):
         for m in (model, twin):
             for p in m.parameters():

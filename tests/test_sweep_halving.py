@@ -103,15 +103,24 @@ def test_a_promoted_configuration_that_fails_is_resumed_by_the_plan_then_replace
     assert [x["lr"] for x in p.enqueue] == [lr[5]]  # lr[6] failed every try: the next best of rung 0 takes its place
 
 
-def test_the_rung_is_not_plotted_as_a_searched_hyperparameter():
-    from bertnli.sweep.parent import searched_params
+def test_per_parameter_plots_read_the_first_rung_without_the_rung_as_a_hyperparameter():
+    """Higher rungs score higher and hold only promoted configurations: plotted together with rung 0,
+    the budget would pass for the hyperparameters' effect (and the rung would top the importances)."""
+    from bertnli.sweep.parent import first_rung, searched_params
 
     study = optuna.create_study(direction="maximize")
     dists = {"lr": FloatDistribution(1e-5, 1e-3, log=True), "epochs": IntDistribution(1, 3), "rung": IntDistribution(0, 3)}
-    for i in range(4):
+    for i in range(6):
         study.add_trial(create_trial(params={"lr": 1e-4 * (i + 1), "epochs": 1 + i % 3, "rung": i % 2}, distributions=dists,
                                      value=0.5 + 0.1 * (i % 2)))
-    assert searched_params(study) == ["epochs", "lr"]
+    study.add_trial(create_trial(params={"lr": 1e-4, "dropout": 0.1, "rung": 0}, state=S.FAIL,
+                                 distributions={"lr": dists["lr"], "rung": dists["rung"], "dropout": FloatDistribution(0, 0.5)}))
+    view = first_rung(study)
+    assert [t.params["rung"] for t in view.trials] == [0, 0, 0] and {t.value for t in view.trials} == {0.5}
+    assert searched_params(view) == ["epochs", "lr"]  # not the rung, not a FAIL trial's own param
+    plain = optuna.create_study(direction="maximize")
+    plain.add_trial(create_trial(params={"lr": 1e-4}, distributions={"lr": dists["lr"]}, value=0.5))
+    assert first_rung(plain) is plain
 
 
 def test_a_study_keeps_its_fidelity_settings(tmp_path, tiny_snli):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bertnli.sweep.reaping import trial_dir
+from bertnli.sweep.reaping import states, trial_dir
 from bertnli.sweep.space import SweepConfig
 
 from bertnli.tracking import with_retries
@@ -170,11 +170,27 @@ def trials_frame(study):
 
 
 def searched_params(study) -> list[str]:
-    """The hyperparameters a study searched: a multi-fidelity study's rung is a trial param too, but it
-    is the budget, not a choice; plotted as one, it would top the importances (higher rungs score higher)."""
+    """The hyperparameters of a study's complete trials; a multi-fidelity study's rung is a trial param
+    too, but it is the budget, not a choice (a name no complete trial has would make Optuna's plot raise)."""
     from bertnli.sweep.halving import RUNG
 
-    return sorted({k for t in study.get_trials(deepcopy=False) for k in t.params} - {RUNG})
+    return sorted({k for t in study.get_trials(deepcopy=False, states=(states().COMPLETE,)) for k in t.params} - {RUNG})
+
+
+def first_rung(study):
+    """The trials the per-parameter plots read. In a multi-fidelity study scores rise with the rung and
+    only promoted configurations reach the higher rungs, so plotted together the budget would pass for
+    the hyperparameters' effect: its rung-0 trials only (every sampled configuration, at one budget)."""
+    import optuna
+
+    from bertnli.sweep.halving import RUNG
+
+    done = study.get_trials(deepcopy=False, states=(states().COMPLETE,))
+    if not any(RUNG in t.params for t in done):
+        return study
+    view = optuna.create_study(directions=study.directions)  # in memory, never stored
+    view.add_trials([t for t in done if t.params.get(RUNG) == 0])
+    return view
 
 
 def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
@@ -188,12 +204,15 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
 
     plots = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
              "slice.png": "plot_slice", "parallel_coordinate.png": "plot_parallel_coordinate"}
+    per_param = first_rung(study)
     for name, fn in plots.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                by_param = {} if fn == "plot_optimization_history" else {"params": searched_params(study)}
-                ax = getattr(ovm, fn)(study, **by_param)
+                if fn == "plot_optimization_history":
+                    ax = ovm.plot_optimization_history(study)
+                else:
+                    ax = getattr(ovm, fn)(per_param, params=searched_params(per_param))
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
                 fig.set_size_inches(10, 5)
                 fig.tight_layout()
