@@ -106,5 +106,6 @@ def main():
     print(f"training: unfused {med['train_ex_s_unfused']:.1f} ex/s, fused {med['train_ex_s_fused']:.1f} ex/s "
           f"({med['train_ex_s_fused'] / med['train_ex_s_unfused']:.2f}x)")
 
+
 if __name__ == "__main__":
     main()

@@ -79,8 +79,7 @@ def time_engine(model, enc, batches, steps, precision, compiled=False, batch_siz
 
     device = torch.device("cpu")
     cfg = TrainConfig(batch_size=batch_size, optimizer="adam", lr=1e-4, schedule="constant", grad_clip=0.0, max_len=128)
-    opt = make_optimizer(model, cfg, device) if fused else torch.optim.Adam(model.parameters(), lr=1e-4)
-    state = TrainState(model, opt, grad_scaler(device, precision))
+    state = TrainState(model, make_optimizer(model, cfg, device, fused=fused), grad_scaler(device, precision))
     model.train()
     forward = torch.compile(model, dynamic=True) if compiled else model
     warmup = 5 if compiled else 2
@@ -130,6 +129,24 @@ def time_evaluate(model, enc, batch, amp):
     t0 = time.perf_counter()
     evaluate(model, enc, batch, amp=amp)
     return len(enc) / (time.perf_counter() - t0)
+
+
+def print_table(rows: list[dict], default_precision: str, compiled: bool) -> None:
+    """Examples/s of every setting, with its ratio to the seed-style one."""
+    print(f"\nexamples/s, ratio to the seed-style setting in brackets; bertnli default = {default_precision} on this CPU")
+    print("shape   batch  phase   seed-style   bertnli fp32       bertnli default" + ("    fp32 + torch.compile" if compiled else ""))
+    for r in rows:
+        for kind in ("train", "eval"):
+            line = (f"{r['shape']:7} {r['batch']:5}  {kind:5} {r[f'{kind}_seed_style']:10.1f}  "
+                    f"{r[f'{kind}_bertnli_fp32']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32']:5.2f}x)  "
+                    f"{r[f'{kind}_bertnli_default']:8.1f} ({r[f'{kind}_ratio_bertnli_default']:5.2f}x)")
+            if f"{kind}_bertnli_fp32_compiled" in r:
+                line += f"  {r[f'{kind}_bertnli_fp32_compiled']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32_compiled']:5.2f}x)"
+            print(line)
+        if "train_bertnli_default_unfused" in r:
+            print(f"{r['shape']:7} {r['batch']:5}  train, default with unfused Adam: {r['train_bertnli_default_unfused']:8.1f} "
+                  f"({r['train_ratio_bertnli_default_unfused']:5.2f}x); fused / unfused = "
+                  f"{r['train_bertnli_default'] / r['train_bertnli_default_unfused']:.2f}x")
 
 
 def main():
@@ -184,21 +201,7 @@ def main():
                         res[f"{kind}_ratio_{setting}"] = res[f"{kind}_{setting}"] / res[f"{kind}_seed_style"]
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}), flush=True)
             rows.append(res)
-    print(f"\nexamples/s, ratio to the seed-style setting in brackets; bertnli default = {default_precision} on this CPU")
-    print("shape   batch  phase   seed-style   bertnli fp32       bertnli default" + ("    fp32 + torch.compile" if args.compile else ""))
-    for r in rows:
-        for kind in ("train", "eval"):
-            line = (f"{r['shape']:7} {r['batch']:5}  {kind:5} {r[f'{kind}_seed_style']:10.1f}  "
-                    f"{r[f'{kind}_bertnli_fp32']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32']:5.2f}x)  "
-                    f"{r[f'{kind}_bertnli_default']:8.1f} ({r[f'{kind}_ratio_bertnli_default']:5.2f}x)")
-            if f"{kind}_bertnli_fp32_compiled" in r:
-                line += f"  {r[f'{kind}_bertnli_fp32_compiled']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32_compiled']:5.2f}x)"
-            print(line)
-        if "train_bertnli_default_unfused" in r:
-            print(f"{r['shape']:7} {r['batch']:5}  train, default with unfused Adam: {r['train_bertnli_default_unfused']:8.1f} "
-                  f"({r['train_ratio_bertnli_default_unfused']:5.2f}x); fused / unfused = "
-                  f"{r['train_bertnli_default'] / r['train_bertnli_default_unfused']:.2f}x")
-
+    print_table(rows, default_precision, args.compile)
 
 if __name__ == "__main__":
     main()

@@ -205,6 +205,7 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
     plots = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
              "slice.png": "plot_slice", "parallel_coordinate.png": "plot_parallel_coordinate"}
     per_param = first_rung(study)
+    params = searched_params(per_param)
     for name, fn in plots.items():
         try:
             with warnings.catch_warnings():
@@ -212,7 +213,7 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
                 if fn == "plot_optimization_history":
                     ax = ovm.plot_optimization_history(study)
                 else:
-                    ax = getattr(ovm, fn)(per_param, params=searched_params(per_param))
+                    ax = getattr(ovm, fn)(per_param, params=params)
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
                 fig.set_size_inches(10, 5)
                 fig.tight_layout()
