@@ -43,10 +43,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from throughput import D2LClassifier, real_pairs  # noqa: E402 - the same seed model and data as the CPU benchmark
 
 from bertnli.config import TrainConfig  # noqa: E402
-from bertnli.engine import Loop, TrainState, evaluate, fresh_accum, make_optimizer, train_epoch  # noqa: E402
-from bertnli.model import BertConfig, NLIClassifier  # noqa: E402
-from bertnli.pairs import EncodedSplit, batch_width, collate, eval_batches, train_batches  # noqa: E402
-from bertnli.runtime import attention_context, attention_name, grad_scaler, numeric_precision  # noqa: E402
+from bertnli.train.evaluation import evaluate  # noqa: E402
+from bertnli.train.loop import Loop, train_epoch  # noqa: E402
+from bertnli.train.optimizer import make_optimizer  # noqa: E402
+from bertnli.train.state import TrainState, fresh_accum  # noqa: E402
+from bertnli.model.bert import BertConfig, NLIClassifier  # noqa: E402
+from bertnli.data.batches import batch_width, collate, eval_batches, train_batches  # noqa: E402
+from bertnli.data.encode import EncodedSplit  # noqa: E402
+from bertnli.train.runtime import attention_context, attention_name, grad_scaler, numeric_precision  # noqa: E402
 
 SHAPES = {"small": (256, 2, 4, 512), "base": (768, 12, 12, 3072)}  # hidden, layers, heads, ffn
 PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16, the datasheet figure the issue used

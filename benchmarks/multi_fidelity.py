@@ -86,7 +86,7 @@ def forget(out: Path, storage, name: str) -> None:
 
 def audit(mf_trials, full_by_config: dict, sched) -> list[dict]:
     """Each rung's dev ranking against the full-data study's, over the configurations both trained."""
-    from bertnli.stats import rank_agreement
+    from bertnli.analysis.stats import rank_agreement
     from bertnli.sweep.halving import config_key, rung_of
 
     rows = []
@@ -116,8 +116,9 @@ def main() -> None:
     import optuna
 
     from bertnli.config import TrackingConfig
-    from bertnli.sweep import load_sweep_config, open_storage
-    from bertnli.sweep.halving import best_trial, config_key, rung_of, schedule
+    from bertnli.sweep.space import load_sweep_config
+    from bertnli.sweep.storage import open_storage
+    from bertnli.sweep.halving import best_trial, config_key, rung_of, rungs_of as schedule
 
     out = Path(a.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def adamw(model, fused: bool, lr: float = 1e-4):
     """The engine's optimizer (its parameter groups), fused or PyTorch's default."""
     from bertnli.config import TrainConfig
-    from bertnli.engine import make_optimizer
+    from bertnli.train.optimizer import make_optimizer
 
     return make_optimizer(model, TrainConfig(lr=lr), torch.device("cpu"), fused=fused)
 
@@ -51,9 +51,10 @@ def time_step(model, fused: bool, steps: int) -> float:
 
 def time_train(prep, state_dict, fused: bool, steps: int, batch: int) -> float:
     from bertnli.config import TrainConfig
-    from bertnli.engine import Loop, TrainState, train_epoch
-    from bertnli.pairs import train_batches
-    from bertnli.runtime import grad_scaler, numeric_precision
+    from bertnli.train.loop import Loop, train_epoch
+    from bertnli.train.state import TrainState
+    from bertnli.data.batches import train_batches
+    from bertnli.train.runtime import grad_scaler, numeric_precision
 
     device = torch.device("cpu")
     model = prep.model
@@ -82,7 +83,7 @@ def main():
         print(f"skip: no SNLI data at {args.data}")
         return
     from bertnli.config import TrainConfig
-    from bertnli.prepare import prepare
+    from bertnli.train.prepare import prepare
 
     prep = prepare(TrainConfig(data=args.data, limit_train=args.batch * (args.steps + 2) * 4, limit_eval=8, eval_test=False))
     state_dict = {k: v.clone() for k, v in prep.model.state_dict().items()}

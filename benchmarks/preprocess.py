@@ -83,9 +83,9 @@ def child(args) -> None:
         print(json.dumps({"pipeline": "d2l (Pool(4), pad to 128)", "tokenizer": "d2l-vocab", "pairs": len(ds), "seconds": round(seconds, 2),
                           "read_s": round(read_s, 2), "peak_rss_mib": own, "pool_worker_peak_rss_mib": children}))
         return
-    from bertnli.model import minilm_folder
-    from bertnli.pairs import encode_file
-    from bertnli.tokenize import D2LTokenizer, WordPieceTokenizer
+    from bertnli.model.presets import minilm_folder
+    from bertnli.data.cache import encode_file
+    from bertnli.data.tokenize import D2LTokenizer, WordPieceTokenizer
 
     tok = D2LTokenizer.from_file(args.vocab) if args.tokenizer == "d2l-vocab" else WordPieceTokenizer(minilm_folder())
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def main():
     if not src.is_file():
         print(f"skip: no {src}")
         return
-    from bertnli.model import minilm_folder
+    from bertnli.model.presets import minilm_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="bertnli-bench-"))
     try:

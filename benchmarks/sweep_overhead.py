@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 
-from bertnli.sweep import open_storage
+from bertnli.sweep.storage import open_storage
 
 
 def main():

@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from d2l_reference import BERTModel  # noqa: E402
 
-from bertnli.data import read_split  # noqa: E402
-from bertnli.model import BertConfig, NLIClassifier  # noqa: E402
-from bertnli.pairs import collate, encode_pairs, eval_batches, train_batches  # noqa: E402
-from bertnli.tokenize import D2LTokenizer  # noqa: E402
+from bertnli.data.snli import read_split  # noqa: E402
+from bertnli.model.bert import BertConfig, NLIClassifier  # noqa: E402
+from bertnli.data.batches import collate, eval_batches, train_batches  # noqa: E402
+from bertnli.data.encode import encode_pairs  # noqa: E402
+from bertnli.data.tokenize import D2LTokenizer  # noqa: E402
 
 SHAPES = {  # hidden, layers, heads, ffn
     "small": (256, 2, 4, 512),
@@ -72,10 +73,12 @@ def real_pairs(data: Path, n: int):
 def time_engine(model, enc, batches, steps, precision, compiled=False, batch_size=128, fused=True):
     """The engine's own loop over `steps` batches after 2 (compiled: 5) warm-up steps, Adam as the seed side.
 
-    fused=False: PyTorch's default Adam (unfused: a loop over tensors on the CPU), the engine's before session 6."""
+    fused=False: PyTorch's default Adam (unfused: a loop over tensors on the CPU)."""
     from bertnli.config import TrainConfig
-    from bertnli.engine import Loop, TrainState, make_optimizer, train_epoch
-    from bertnli.runtime import grad_scaler
+    from bertnli.train.loop import Loop, train_epoch
+    from bertnli.train.optimizer import make_optimizer
+    from bertnli.train.state import TrainState
+    from bertnli.train.runtime import grad_scaler
 
     device = torch.device("cpu")
     cfg = TrainConfig(batch_size=batch_size, optimizer="adam", lr=1e-4, schedule="constant", grad_clip=0.0, max_len=128)
@@ -123,7 +126,7 @@ def time_eval(model, enc, batches, pad_to, steps):
 
 def time_evaluate(model, enc, batch, amp):
     """The engine's `evaluate` over `enc` (its first batch once beforehand, as a warm-up)."""
-    from bertnli.engine import evaluate
+    from bertnli.train.evaluation import evaluate
 
     evaluate(model, enc.head(batch), batch, amp=amp)
     t0 = time.perf_counter()
@@ -162,7 +165,7 @@ def main():
     if not Path(args.data).is_dir():
         print(f"skip: no SNLI data at {args.data}")
         return
-    from bertnli.engine import cpu_has_native_bf16, numeric_precision
+    from bertnli.train.runtime import cpu_has_native_bf16, numeric_precision
 
     default_precision = numeric_precision(torch.device("cpu"), True)
     torch.manual_seed(0)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bertnli.data import read_split
-from bertnli.model import build_model
-from bertnli.pairs import split_texts
+from bertnli.data.snli import read_split
+from bertnli.model.presets import build_model
+from bertnli.data.encode import split_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ SCHEDULES = ("constant", "linear")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One fine-tuning run. Field names are the MLflow param names (DESIGN.md)."""
+    """One fine-tuning run. Field names are the MLflow param names (docs/architecture.md)."""
 
     model: str = "minilm-l6"
     num_layers: int | None = None  # keep only the first N encoder layers (model size on CPU)
@@ -85,6 +85,19 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(value: Any) -> bool:
+    """A true/false setting from TOML, the command line or the environment ("false" is a truthy string)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in TRUE_WORDS + FALSE_WORDS:
+        raise ValueError(f"{value!r} is not true or false")
+    return text in TRUE_WORDS
+
+
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """TOML and CLI values into the field's type, with a one-line error naming the key."""
     text = str(kind)
@@ -92,13 +105,7 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         if value is None:
             return None
         if "bool" in text:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
+            return parse_bool(value)
         if "int" in text:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError

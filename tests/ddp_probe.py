@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from bertnli.config import TrainConfig
-from bertnli.engine import fit, prepare
+from bertnli.train.fit import fit
+from bertnli.train.prepare import prepare
 
 out, data = Path(os.environ["PROBE_OUT"]), sys.argv[1]
 cfg = TrainConfig(model="tiny-d2l-random", data=data, epochs=1, batch_size=8, lr=1e-3, max_len=32, dropout=0.5, limit_train=16,

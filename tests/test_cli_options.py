@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from bertnli.cli import main
+from bertnli.cli.main import main
 
 # What an impossible value is for options whose type the parser cannot check (command, param name).
 IMPOSSIBLE_TEXT = {
@@ -112,7 +112,7 @@ def test_every_text_option_is_classified():
 def checkpoint(tiny_snli, tmp_path_factory):
     """A real (tiny) trained run folder, so evaluate/predict get past CHECKPOINT to their options."""
     from bertnli.config import TrainConfig
-    from bertnli.engine import fit
+    from bertnli.train.fit import fit
 
     out = tmp_path_factory.mktemp("ckpt") / "run"
     fit(TrainConfig(model="tiny-d2l-random", data=str(tiny_snli), epochs=1, max_len=32, batch_size=32, eval_test=False,

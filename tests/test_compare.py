@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from bertnli.config import seeds_setting
-from bertnli.report import load_runs
+from bertnli.tracking.query import load_runs
 from conftest import ROOT, make_rows, write_jsonl_gz
 from test_cli import cli
 

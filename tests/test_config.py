@@ -6,7 +6,7 @@ import pytest
 
 from bertnli import BertnliError
 from bertnli.config import TrainConfig, load_config
-from bertnli.sweep import load_sweep_config
+from bertnli.sweep.space import load_sweep_config
 from bertnli.config import TrackingConfig
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from bertnli import BadInput
 from bertnli.config import TrainConfig
-from bertnli.model import build_model
+from bertnli.model.presets import build_model
 from d2l_reference import BERTModel
 
 WORDS = "a man woman is sitting running on the street . two dogs not".split()
@@ -60,7 +60,7 @@ def test_three_head_archive_matches_d2l_only_with_num_heads_given(tmp_path, caps
 
 
 def test_num_heads_flows_from_config_through_prepare(tmp_path, tiny_snli):
-    from bertnli.engine import prepare
+    from bertnli.train.prepare import prepare
 
     folder, _, ref, vocab = _archive(tmp_path)
     cfg = TrainConfig(model=f"d2l:{folder}", num_heads=3, data=str(tiny_snli), dropout=0.0, max_len=32,
@@ -72,7 +72,7 @@ def test_num_heads_flows_from_config_through_prepare(tmp_path, tiny_snli):
 
 
 def test_cli_has_num_heads():
-    from bertnli.cli import main
+    from bertnli.cli.main import main
 
     out = CliRunner().invoke(main, ["train", "--help"]).output
     assert "--num-heads" in out

@@ -7,7 +7,8 @@ import zipfile
 import pytest
 
 from bertnli import BertnliError
-from bertnli.data import download, fetch_snli, parse_to_text, read_file, read_split, safe_extract, sha1_of
+from bertnli.data.snli import fetch_snli, parse_to_text, read_file, read_split
+from bertnli.files import download, file_digest, safe_extract
 from conftest import make_rows, write_jsonl_gz
 
 TXT_HEADER = "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tcaptionID\tpairID\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5"
@@ -169,7 +170,7 @@ def test_fetch_snli_from_a_mirror(file_server, tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         for split in ("train", "dev", "test"):
             zf.writestr(f"snli_1.0/snli_1.0_{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    folder = fetch_snli(tmp_path / "data", url=f"{file_server.url}/snli_1.0.zip", sha1=sha1_of(z))
+    folder = fetch_snli(tmp_path / "data", url=f"{file_server.url}/snli_1.0.zip", sha1=file_digest(z, "sha1"))
     assert len(read_split(folder, "dev")) == len([r for r in rows if r["gold_label"] != "-"])
     with pytest.raises(BertnliError, match="sha1"):
         fetch_snli(tmp_path / "data2", url=f"{file_server.url}/snli_1.0.zip", sha1="1" * 40)

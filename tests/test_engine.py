@@ -9,7 +9,12 @@ import torch
 
 from bertnli import BertnliError
 from bertnli.config import TrainConfig
-from bertnli.engine import TrainingDiverged, evaluate, fit, load_selected, lr_at, prepare
+from bertnli.train.checkpoint import load_selected
+from bertnli.train.evaluation import evaluate
+from bertnli.train.fit import fit
+from bertnli.train.optimizer import lr_at
+from bertnli.train.prepare import prepare
+from bertnli.train.state import TrainingDiverged
 from conftest import ROOT, run_env
 
 
@@ -67,14 +72,14 @@ def test_resume_mid_epoch_equals_uninterrupted(tiny_snli, tmp_path):
 def test_the_selected_dev_scores_are_those_of_the_weights_in_best(tiny_snli, tmp_path, resumed, monkeypatch):
     """The end reuses the best epoch's own dev pass instead of a second one; after a resume that pass is
     not in memory (it is not checkpointed) and dev is scored again. Either way: the weights in best/."""
-    import bertnli.engine
+    import bertnli.train.fit
 
     cfg = tiny_cfg(tiny_snli, tmp_path, epochs=4, eval_test=False, checkpoint_every=3, limit_train=160)  # 10 steps/epoch
     if resumed:
         with pytest.raises(KeyboardInterrupt):
             fit(cfg, tmp_path / "run", callbacks=[StopAt(35)], progress=False)  # in epoch 4: epochs 1-3 only in the checkpoint
     passes = []
-    monkeypatch.setattr(bertnli.engine, "evaluate", lambda *a, **k: passes.append(1) or evaluate(*a, **k))  # counts the real passes
+    monkeypatch.setattr(bertnli.train.fit, "evaluate", lambda *a, **k: passes.append(1) or evaluate(*a, **k))  # counts the real passes
     r = fit(cfg, tmp_path / "run", resume=resumed, progress=False)
     assert r.test is None and r.dev.acc == r.best_dev_acc
     epochs_run = 1 if resumed else 4
@@ -235,7 +240,7 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
 
 @pytest.mark.parametrize("amp", [True, False])
 def test_matmuls_run_in_bf16_exactly_where_the_cpu_does_bf16_natively(tiny_snli, tmp_path, amp):
-    from bertnli.engine import cpu_has_native_bf16, numeric_precision
+    from bertnli.train.runtime import cpu_has_native_bf16, numeric_precision
 
     cfg = tiny_cfg(tiny_snli, tmp_path, epochs=1, amp=amp, limit_train=32)
     prep = prepare(cfg)
@@ -249,7 +254,7 @@ def test_matmuls_run_in_bf16_exactly_where_the_cpu_does_bf16_natively(tiny_snli,
 
 def test_padding_to_a_multiple_of_8_changes_no_result(tiny_snli, tmp_path):
     """Rounded widths only add masked padding: the same probabilities as exact widths, and training the same."""
-    from bertnli.pairs import collate, eval_batches
+    from bertnli.data.batches import collate, eval_batches
 
     cfg = tiny_cfg(tiny_snli, tmp_path, amp=False, dropout=0.0)
     prep = prepare(cfg)
@@ -265,9 +270,11 @@ def test_fp16_with_a_loss_scaler_trains_and_resumes_exactly(tiny_snli, tmp_path)
     """The fallback for GPUs without native bf16, run on the CPU: the scaler's state is part of the checkpoint."""
     import math
 
-    from bertnli.engine import Loop, TrainState, make_optimizer, train_epoch
-    from bertnli.pairs import train_batches
-    from bertnli.runtime import grad_scaler
+    from bertnli.train.loop import Loop, train_epoch
+    from bertnli.train.optimizer import make_optimizer
+    from bertnli.train.state import TrainState
+    from bertnli.data.batches import train_batches
+    from bertnli.train.runtime import grad_scaler
 
     cfg = tiny_cfg(tiny_snli, tmp_path, limit_train=96, batch_size=8)
     device = torch.device("cpu")
@@ -308,8 +315,8 @@ def test_compiled_forward_trains_like_eager(tiny_snli, tmp_path):
 def test_the_fused_cpu_optimizer_takes_the_same_steps_as_pytorchs_default(optimizer):
     """make_optimizer fuses on the CPU too (several times faster a step); the update must stay the one
     PyTorch's default (unfused, a loop over tensors on the CPU) makes, weight-decay groups included."""
-    from bertnli.engine import make_optimizer
-    from bertnli.model import BertConfig, NLIClassifier
+    from bertnli.train.optimizer import make_optimizer
+    from bertnli.model.bert import BertConfig, NLIClassifier
 
     torch.manual_seed(0)
     model = NLIClassifier(BertConfig(50, 32, 2, 4, 64, 64, 2, 0.0))

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from bertnli.config import TrainConfig
-from bertnli.fidelity import nested_order, promoted, rung_fractions, rung_sizes, subset_rows
-from bertnli.pairs import EncodedSplit
-from bertnli.prepare import prepare
+from bertnli.data.subsets import nested_order, subset_rows
+from bertnli.sweep.rungs import promoted, rung_fractions, rung_sizes
+from bertnli.data.encode import EncodedSplit
+from bertnli.train.prepare import prepare
 
 
 @pytest.mark.parametrize("counts", [(50, 30, 20), (4570, 4571, 4572), (7, 1, 3)])

@@ -10,9 +10,11 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from bertnli.config import TrackingConfig
-from bertnli.data import SNLI_URL, file_digest
-from bertnli.lineage import PACKAGE_DIR, data_source_uri, installed_packages, log_split_inputs
-from bertnli.tracking import train_run
+from bertnli.data.snli import SNLI_URL
+from bertnli.files import file_digest
+from bertnli import PACKAGE_DIR
+from bertnli.tracking.lineage import data_source_uri, installed_packages, log_split_inputs
+from bertnli.tracking.run import train_run
 from conftest import make_rows, write_jsonl_gz
 from test_engine import tiny_cfg
 
@@ -66,7 +68,7 @@ def test_experiment_opens_on_model_training_not_genai(recorded, mlflow_uri):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     # an experiment made before bertnli set the kind gets it on its next run
     old = c.create_experiment("t-old-kind")
-    from bertnli.tracking import get_or_create_experiment
+    from bertnli.tracking.store import get_or_create_experiment
 
     assert get_or_create_experiment(c, "t-old-kind", mlflow_uri) == old
     assert c.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
@@ -86,7 +88,7 @@ def _sums(data, **wrong):
 
 
 def test_reproduce_checks_data_digests(tmp_path, tiny_snli, mlflow_uri, monkeypatch):
-    from bertnli.cli import main
+    from bertnli.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from bertnli import BertnliError
-from bertnli.model import (D2L_IGNORED, BertConfig, NLIClassifier, build_model, d2l_key_map, load_encoder_weights,
-                           map_state, minilm_folder, read_state_file)
+from bertnli.model.bert import BertConfig, NLIClassifier
+from bertnli.model.presets import build_model, minilm_folder
+from bertnli.model.weights import D2L_IGNORED, d2l_key_map, load_encoder_weights, map_state, read_state_file
 from d2l_reference import BERTModel, d2l_state_shapes
 
 
@@ -91,20 +92,20 @@ def test_d2l_checkpoint_gives_d2l_outputs(tmp_path, monkeypatch):
 
 def test_d2l_archive_from_localhost_is_downloaded_checked_loaded_and_fine_tuned(tmp_path, file_server, monkeypatch, tiny_snli):
     """The d2l-bert-small preset path end to end, against an archive the test builds and serves."""
-    import bertnli.model as m
+    import bertnli.model.d2l_archive as m
     from bertnli.config import TrainConfig
-    from bertnli.data import sha1_of
-    from bertnli.engine import fit
+    from bertnli.files import cache_root, file_digest
+    from bertnli.train.fit import fit
 
     folder, _, _ = _d2l_folder(tmp_path, heads=4, hidden=32)
     archive = file_server.root / "bert.small.torch.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for f in folder.iterdir():
             zf.write(f, f"bert.small.torch/{f.name}")
-    monkeypatch.setitem(m.D2L_ARCHIVES, "d2l-bert-small", ("bert.small.torch.zip", sha1_of(archive), 4))
+    monkeypatch.setitem(m.D2L_ARCHIVES, "d2l-bert-small", ("bert.small.torch.zip", file_digest(archive, "sha1"), 4))
     monkeypatch.setenv("BERTNLI_D2L_HUB", file_server.url)
     model, tok = build_model("d2l-bert-small")
-    assert (m.cache_root() / "d2l-bert-small" / "pretrained.params").is_file()
+    assert (cache_root() / "d2l-bert-small" / "pretrained.params").is_file()
     assert model.config.num_heads == 4 and model.config.hidden_size == 32
     cfg = TrainConfig(model="d2l-bert-small", data=str(tiny_snli), epochs=1, batch_size=16, lr=1e-3, max_len=32,
                       limit_train=64, limit_eval=32, cache_dir=str(tmp_path / "enc"))

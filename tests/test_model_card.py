@@ -7,8 +7,8 @@ from mlflow import MlflowClient
 
 import bertnli
 from bertnli.config import TrackingConfig
-from bertnli.lineage import PACKAGE_DIR
-from bertnli.tracking import train_run
+from bertnli import PACKAGE_DIR
+from bertnli.tracking.run import train_run
 from test_engine import tiny_cfg
 
 

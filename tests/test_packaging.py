@@ -24,4 +24,4 @@ def test_the_wheel_holds_every_module_of_the_source_tree(tmp_path):
     assert "bertnli/sweep/pool.py" in expected and "bertnli/sweep/pool.py" in shipped
     assert not expected - shipped, f"missing from the wheel: {sorted(expected - shipped)}"
     entry = next(n for n in shipped if n.endswith(".dist-info/entry_points.txt"))
-    assert "bertnli-exp = bertnli.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "bertnli-exp = bertnli.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()

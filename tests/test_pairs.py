@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from bertnli.data import file_digest, read_split
-from bertnli.pairs import (collate, encode_file, encode_pairs, encode_split, eval_batches, pack, train_batches,
-                           truncate_longest_first, truncate_ratio, truncated_lengths)
-from bertnli.tokenize import D2LTokenizer
+from bertnli.data.snli import read_split
+from bertnli.files import file_digest
+from bertnli.data.batches import collate, eval_batches, train_batches
+from bertnli.data.cache import encode_file, encode_split
+from bertnli.data.encode import encode_pairs, pack, truncate_longest_first, truncate_ratio, truncated_lengths
+from bertnli.data.tokenize import D2LTokenizer
 from conftest import make_rows, write_jsonl_gz
 
 
@@ -101,8 +103,8 @@ def test_every_packed_row_equals_pack_of_the_reference_truncation(truncation):
 
 def test_word_cache_gives_the_ids_of_text_by_text_wordpiece(real_snli):
     """The fast path (each distinct word tokenized once) against the library on whole texts, real SNLI."""
-    from bertnli.model import minilm_folder
-    from bertnli.tokenize import WordPieceTokenizer
+    from bertnli.model.presets import minilm_folder
+    from bertnli.data.tokenize import WordPieceTokenizer
 
     if minilm_folder() is None:
         pytest.skip("MiniLM package not installed")
@@ -150,7 +152,7 @@ def test_cache_round_trip_and_keying(tiny_snli, tmp_path):
 def test_a_cache_hit_does_not_parse_the_file_and_an_edit_misses(tiny_snli, tmp_path, monkeypatch):
     import shutil
 
-    import bertnli.pairs
+    import bertnli.data.cache
 
     tok = _tok()
     data = tmp_path / "data"
@@ -163,7 +165,7 @@ def test_a_cache_hit_does_not_parse_the_file_and_an_edit_misses(tiny_snli, tmp_p
         raise AssertionError("a cache hit parsed the JSON")
 
     with monkeypatch.context() as m:
-        m.setattr(bertnli.pairs, "read_file", no_parsing)
+        m.setattr(bertnli.data.cache, "read_file", no_parsing)
         warm, _ = encode_file(path, "dev", tok, 16, "ratio", tmp_path / "cache")
     assert all(np.array_equal(getattr(cold, k), getattr(warm, k)) for k in ("ids", "offsets", "seg1", "labels"))
     write_jsonl_gz(path, make_rows(40, 9))  # the file changed: its digest changes, the old entry is not used

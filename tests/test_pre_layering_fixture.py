@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertnli.checkpoint import load_selected
-from bertnli.evaluation import predict
-from bertnli.model import build_model
-from bertnli.pairs import encode_file
+from bertnli.train.checkpoint import load_selected
+from bertnli.train.evaluation import predict
+from bertnli.model.presets import build_model
+from bertnli.data.cache import encode_file
 
 CLI = [sys.executable, "-m", "bertnli.cli"]  # the `bertnli-exp` command
 

@@ -4,7 +4,7 @@ import numpy as np
 import optuna
 import pytest
 
-from bertnli.replay import Curve, parse_pruner_tag, rank_agreement, replay, summarize
+from bertnli.sweep.replay import Curve, parse_pruner_tag, rank_by_epoch as rank_agreement, replay, summarize
 
 
 def live_study(curves_full, epochs, n_startup, n_warmup):
@@ -77,7 +77,7 @@ def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path)
     """A real one-worker sweep (journal storage, MLflow store, trial processes); the replay reads MLflow only."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from bertnli.replay import replay_study
+    from bertnli.sweep.replay import replay_study
     from test_cli import cli
 
     toml = tmp_path / "sweep.toml"

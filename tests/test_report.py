@@ -7,8 +7,9 @@ import subprocess
 import pytest
 
 from bertnli.config import TrackingConfig
-from bertnli.report import grouped, leaderboard, load_runs, truncation_effect, write_report
-from bertnli.tracking import train_run
+from bertnli.analysis.report import grouped, leaderboard, truncation_effect, write_report
+from bertnli.tracking.query import load_runs
+from bertnli.tracking.run import train_run
 from test_engine import tiny_cfg
 
 
@@ -70,7 +71,7 @@ def test_pairwise_forest_plot_shows_every_pair_with_its_ci_and_holm_p(store, tmp
     import numpy as np
     import pandas as pd
 
-    from bertnli.plots import plot_pairwise
+    from bertnli.analysis.plots import plot_pairwise
 
     uri, _ = store
     write_report(load_runs(["grid"], uri), tmp_path / "rep", formats=("csv",), tracking_uri=uri)
@@ -118,8 +119,8 @@ def test_cells_pairwise_and_expected_validation_performance(store):
 
     import numpy as np
 
-    from bertnli.compare import cell_table, evp_table, overtaking_table, pairwise_table
-    from bertnli.stats import evp_without_replacement, mean_ci
+    from bertnli.analysis.compare import cell_table, evp_table, overtaking_table, pairwise_table
+    from bertnli.analysis.stats import evp_without_replacement, mean_ci
 
     uri, _ = store
     runs = load_runs(["grid"], uri)
@@ -152,7 +153,7 @@ def test_cells_pairwise_and_expected_validation_performance(store):
 def test_overtaking_is_found_on_both_axes():
     import pandas as pd
 
-    from bertnli.compare import overtaking_table
+    from bertnli.analysis.compare import overtaking_table
 
     evp = pd.DataFrame({"cell": ["a"] * 5 + ["b"] * 3, "n": [1, 2, 3, 4, 5, 1, 2, 3],
                         "evp_unbiased": [0.70, 0.72, 0.73, 0.735, 0.74, 0.69, 0.75, 0.78],
@@ -189,7 +190,7 @@ def _synthetic_mf_study(uri: str, name: str, reversed_low: bool) -> str:
 
 @pytest.mark.parametrize("reversed_low", [True, False])
 def test_the_audit_flags_a_cheap_ranking_that_did_not_hold(tmp_path, reversed_low):
-    from bertnli.report import CHEAP_RANKING_FAILED, fidelity_audit
+    from bertnli.analysis.report import CHEAP_RANKING_FAILED, fidelity_audit
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = load_runs([_synthetic_mf_study(uri, "mf", reversed_low)], uri)

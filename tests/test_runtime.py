@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bertnli import BadInput
-from bertnli.runtime import attention_name, autocast, grad_scaler, numeric_precision, rank_seed, resolve_device, staged
+from bertnli.train.runtime import attention_name, autocast, grad_scaler, numeric_precision, rank_seed, resolve_device, staged
 
 
 def test_staged_batches_keep_order_and_content_in_a_thread():

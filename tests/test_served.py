@@ -14,8 +14,10 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from bertnli.config import TrackingConfig
-from bertnli.engine import load_selected, predict
-from bertnli.tracking import register_champion, train_run
+from bertnli.train.checkpoint import load_selected
+from bertnli.train.evaluation import predict
+from bertnli.tracking.models import register_champion
+from bertnli.tracking.run import train_run
 from conftest import ROOT, run_env
 from test_engine import tiny_cfg
 
@@ -95,7 +97,7 @@ def test_pyfunc_loads_by_run_uri_and_returns_label_and_three_probabilities(serve
     local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
     from pathlib import Path
 
-    assert (Path(local) / "code" / "bertnli" / "engine.py").is_file()  # the loader needs no bertnli installation
+    assert (Path(local) / "code" / "bertnli" / "train" / "fit.py").is_file()  # the loader needs no bertnli installation
 
 
 def test_models_serve_answers_invocations(served_run, server):
@@ -118,7 +120,7 @@ def test_models_serve_answers_invocations(served_run, server):
 
 
 def test_champion_is_registered_and_usable_by_name(served_run, server, tiny_snli):
-    from bertnli.cli import main
+    from bertnli.cli.main import main
 
     run_id, _, best = served_run
     assert register_champion(run_id, "bertnli-nli", server) == "1"

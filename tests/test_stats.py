@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bertnli.stats import (bootstrap_delta, compare_correct, discordant, evp_with_replacement, evp_without_replacement,
-                           holm, kendall_tau, mcnemar_exact, mean_ci, overtaking, spearman_rho)
+from bertnli.analysis.stats import bootstrap_delta, compare_correct, discordant, evp_with_replacement, evp_without_replacement, holm, kendall_tau, mcnemar_exact, mean_ci, overtaking, spearman_rho
 
 
 def test_identical_predictions_give_zero_delta_and_p_one():
@@ -135,7 +134,7 @@ def test_rank_correlations():
 
 
 def test_rank_agreement_has_cis_that_shrink_with_more_configurations():
-    from bertnli.stats import rank_agreement
+    from bertnli.analysis.stats import rank_agreement
 
     rng = np.random.default_rng(0)
     final = rng.random(30)

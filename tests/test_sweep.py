@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from bertnli.config import TrackingConfig
-from bertnli.sweep import cells, load_sweep_config, parse_param
+from bertnli.sweep.space import cells, load_sweep_config, parse_param
 from conftest import ROOT, run_env
 
 S = optuna.trial.TrialState
@@ -126,7 +126,7 @@ def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli
     assert "trials.csv" in files and "plots/optimization_history.png" in files
     best = st.best_trial
     assert parents[0].data.metrics["best_dev_acc"] == pytest.approx(best.value)
-    assert parents[0].data.tags["mlflow.source.name"] == "cli.py sweep"  # the runs table's Source column
+    assert parents[0].data.tags["mlflow.source.name"] == "bertnli-exp sweep"  # the runs table's Source column
     assert parents[0].data.metrics["system/cpu_utilization_percentage"] >= 0  # the parent's own system metrics
     assert parents[0].data.metrics["system/system_memory_usage_megabytes"] > 0
     assert [a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")]  # best keeps its checkpoint

@@ -34,8 +34,8 @@ def children_of(pid: int) -> list[int]:
 def test_a_crashed_worker_ends_its_trial_and_the_sweep_exits_non_zero(tmp_path, tiny_snli, monkeypatch):
     """Before: the worker thread died silently, its trial process died with it (PDEATHSIG), and
     `bertnli-exp sweep` exited 0."""
-    from bertnli.cli import main
-    from bertnli.sweep.workers import TrialRun
+    from bertnli.cli.main import main
+    from bertnli.sweep.supervisor import TrialRun
 
     def injected(self, msg):
         raise RuntimeError("injected worker fault")

@@ -12,7 +12,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState as S
 from optuna.trial import create_trial
 
-from bertnli.sweep.halving import Schedule, best_trial, config_key, excess, plan, rung_of
+from bertnli.sweep.halving import Rungs as Schedule, best_trial, config_key, excess, plan, rung_of
 from conftest import ROOT, run_env
 from test_sweep import run_sweep, state, sweep_cmd, write_toml
 

@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 from bertnli.config import TrackingConfig
-from bertnli.sweep import load_sweep_config, open_storage
+from bertnli.sweep.space import load_sweep_config
+from bertnli.sweep.storage import open_storage
 
 S = optuna.trial.TrialState
 
@@ -33,7 +34,7 @@ def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every
     and a seventh, arriving at the first write, adopted that candidate, which its writer deleted on
     losing to a later write: the seventh's children would sit under a deleted run."""
     from bertnli.sweep.parent import parent_run
-    from bertnli.tracking import client, get_or_create_experiment
+    from bertnli.tracking.store import client, get_or_create_experiment
 
     cfg = sweep_cfg(tmp_path)
     uri = cfg.tracking.tracking_uri
@@ -84,8 +85,8 @@ class StandIn:
 def test_a_trial_failed_by_another_process_is_lost_at_its_next_epoch_report_not_a_crashed_worker(tmp_path):
     """An outage longer than `grace` lets another worker fail a live trial. Before: the owner's next
     `trial.report` raised UpdateFinishedTrialError, which ended the worker thread (a crashed sweep)."""
-    from bertnli.sweep.space import schedule_ticks
-    from bertnli.sweep.workers import TrialRun
+    from bertnli.sweep.space import pruning_ticks as schedule_ticks
+    from bertnli.sweep.supervisor import TrialRun
 
     cfg = sweep_cfg(tmp_path, pruner_warmup_epochs=0)
     journal = str(tmp_path / "journal.log")

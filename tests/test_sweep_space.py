@@ -9,9 +9,9 @@ import optuna
 import pytest
 from sqlalchemy.exc import OperationalError
 
-import bertnli.sweep
+import bertnli.sweep.pool
 from bertnli.config import TrackingConfig
-from bertnli.sweep import load_sweep_config, parse_param
+from bertnli.sweep.space import load_sweep_config, parse_param
 
 S = optuna.trial.TrialState
 
@@ -30,7 +30,7 @@ def test_booleans_in_the_space_are_booleans(tiny_snli):
 
 
 def _package_sources() -> list[Path]:
-    root = Path(bertnli.sweep.__file__)
+    root = Path(bertnli.sweep.pool.__file__).parent / "__init__.py"
     return sorted(root.parent.glob("*.py")) if root.name == "__init__.py" else [root]
 
 
@@ -58,8 +58,8 @@ def test_pruning_compares_trials_at_the_same_fraction_of_their_schedules(tiny_sn
     """Synthetic curves: 1-epoch trials end at 0.50; 3-epoch trials pass 0.40, 0.55 and end at 0.70
     (higher). At epoch 1 a 3-epoch trial is behind the 1-epoch ones only because its schedule is
     a third done. It must not be pruned then; a hopeless 3-epoch trial still is, by its peers."""
-    from bertnli.sweep.space import report_step, schedule_ticks
-    from bertnli.sweep.workers import TrialRun
+    from bertnli.sweep.space import pruning_ticks as schedule_ticks, report_step
+    from bertnli.sweep.supervisor import TrialRun
 
     cfg = load_sweep_config(None, {"data": str(tiny_snli)}, {"pruner_startup_trials": 2}, ["epochs=1:3"], TrackingConfig())
     ticks = schedule_ticks(cfg)
@@ -100,7 +100,7 @@ def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkey
     call would make a second RUNNING trial. The storage raises instead; the reaper fails the orphan."""
     from optuna.storages import RDBStorage
 
-    from bertnli.sweep import open_storage
+    from bertnli.sweep.storage import open_storage
 
     real, calls = RDBStorage.create_new_trial, []
 
@@ -136,7 +136,7 @@ def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monk
     Before: the earliest start_time won, so a starter whose clock runs 60 s behind took over."""
     from mlflow import MlflowClient
 
-    from bertnli.sweep import open_storage
+    from bertnli.sweep.storage import open_storage
     from bertnli.sweep.parent import parent_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -5,8 +5,9 @@ import torch
 from mlflow import MlflowClient
 
 from bertnli.config import TrackingConfig
-from bertnli.engine import TrainingDiverged, prepare
-from bertnli.tracking import train_run
+from bertnli.train.prepare import prepare
+from bertnli.train.state import TrainingDiverged
+from bertnli.tracking.run import train_run
 from test_engine import StopAt, tiny_cfg
 
 
@@ -38,8 +39,8 @@ def test_finished_run_has_params_metrics_and_artifacts(tiny_snli, tmp_path, mlfl
 
 
 def test_runs_record_per_example_predictions_on_dev_and_test(tiny_snli, tmp_path, mlflow_uri):
-    from bertnli.data import read_split
-    from bertnli.tracking import PREDICTION_COLUMNS, load_predictions
+    from bertnli.data.snli import read_split
+    from bertnli.tracking.predictions import PREDICTION_COLUMNS, load_predictions
 
     cfg = tiny_cfg(tiny_snli, tmp_path, epochs=2, limit_eval=50)
     result, run_id = train_run(cfg, tmp_path / "run", TrackingConfig(mlflow_uri, "t-preds"), progress=False)
@@ -61,7 +62,7 @@ def test_nan_run_is_failed_with_the_reason(tiny_snli, tmp_path, mlflow_uri):
     prep = prepare(cfg)
     with torch.no_grad():
         prep.model.classifier.bias.fill_(float("inf"))
-    import bertnli.tracking as tr
+    import bertnli.tracking.run as tr
 
     real_fit = tr.fit
     tr_fit = lambda *a, **k: real_fit(*a, **{**k, "prepared": prep})  # noqa: E731 - inject the broken model
@@ -103,7 +104,7 @@ def test_system_metrics_are_logged_by_mlflow_and_can_be_turned_off(tiny_snli, tm
 
     from click.testing import CliRunner
 
-    from bertnli.cli import main
+    from bertnli.cli.main import main
 
     monkeypatch.setenv("BERTNLI_SYSTEM_METRICS", "1")  # restored after the test; the flag sets it for trial processes
     args = ["train", "--model", "tiny-d2l-random", "--data", str(tiny_snli), "--epochs", "1", "--limit-train", "32",
@@ -130,8 +131,8 @@ class DieBeforeLogging:
 def test_a_resumed_run_logs_the_epoch_its_checkpoint_holds_but_mlflow_lacks(tiny_snli, tmp_path, mlflow_uri):
     import json
 
-    from bertnli.engine import fit
-    from bertnli.tracking import MLflowRun, recorded
+    from bertnli.train.fit import fit
+    from bertnli.tracking.run import MLflowRun, recorded
 
     cfg = tiny_cfg(tiny_snli, tmp_path, epochs=2)
     tracking = TrackingConfig(mlflow_uri, "t-lost-epoch")

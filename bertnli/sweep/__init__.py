@@ -3,19 +3,14 @@
 - `space`: the search space and settings (TOML `[sweep]`, `--space`), the pruning clock;
 - `storage`: journal file or RDB, heartbeats, the outage policy, the per-trial-seeded sampler;
 - `trial`: the trial process, shaped like Optuna's objective (no storage access);
-- `workers`: one trial from the worker's side (start, relay report/should_prune, heartbeat, tell);
+- `supervisor`: one trial from its worker's side (start, relay report/should_prune, heartbeat, tell);
 - `reaping`: trials whose worker is gone (adopt a recorded result, or fail and retry);
 - `parent`: the MLflow parent run (its election, its system metrics and its summary);
-- `halving`: multi-fidelity (successive halving over the training-set fraction): what to run next;
-- `pool`: the worker threads of one `bertnli-exp sweep` process.
+- `rungs`, `halving`: multi-fidelity (successive halving over the training-set fraction): what to run next;
+- `pool`: the worker threads of one `bertnli-exp sweep` process;
+- `replay`: what other pruners would have done to a finished study.
 
 MLflow: one parent run per study, reused on resume; one child run per trial with
 `mlflow.parentRunId`, statuses FINISHED / KILLED + `optuna.state=PRUNED` / FAILED.
 """
 
-from bertnli.sweep.pool import Sweep, done_count, open_study
-from bertnli.sweep.space import Param, SweepConfig, cells, load_sweep_config, parse_param
-from bertnli.sweep.storage import default_storage, open_storage
-
-__all__ = ["Sweep", "SweepConfig", "Param", "cells", "default_storage", "done_count", "load_sweep_config", "open_storage",
-           "open_study", "parse_param"]

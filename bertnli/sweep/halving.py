@@ -6,7 +6,7 @@ queued with `enqueue_trial` (its params plus its new rung). So the sampler, the 
 reaping and the exactly-N guarantees work as in every sweep, through public API only.
 
 Synchronous halving: rung k + 1 starts once every trial of rung k has ended, with the best
-1/eta of rung k by dev accuracy (fidelity.promoted). What the study holds decides what comes
+1/eta of rung k by dev accuracy (rungs.promoted). What the study holds decides what comes
 next (`plan`), so a killed sweep, rerun, continues the rung it was in: a configuration that
 completed a rung is never trained at that rung again, and one killed mid-rung resumes from its
 checkpoint (a retry, reaping.py).
@@ -18,15 +18,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from bertnli.fidelity import promoted, rung_fractions, rung_sizes
 from bertnli.sweep.reaping import states
+from bertnli.sweep.rungs import RUNG, promoted, rung_fractions, rung_sizes
 from bertnli.sweep.space import SweepConfig
-
-RUNG = "rung"
 
 
 @dataclass(frozen=True)
-class Schedule:
+class Rungs:
     fractions: tuple[float, ...]  # training-set fraction per rung, the last 1
     sizes: tuple[int, ...]  # configurations per rung
 
@@ -50,11 +48,12 @@ def settings(cfg: SweepConfig) -> dict[str, Any]:
     return {"fidelity": "data", "eta": cfg.eta, "min_fraction": cfg.min_fraction, "trials": cfg.trials}
 
 
-def schedule(cfg: SweepConfig) -> Schedule | None:
+def rungs_of(cfg: SweepConfig) -> Rungs | None:
+    """The study's rungs; None for a one-fidelity sweep (every trial on the whole train split)."""
     if cfg.fidelity != "data":
         return None
     fractions = rung_fractions(cfg.eta, cfg.min_fraction)
-    return Schedule(tuple(fractions), tuple(rung_sizes(cfg.trials, cfg.eta, len(fractions))))
+    return Rungs(tuple(fractions), tuple(rung_sizes(cfg.trials, cfg.eta, len(fractions))))
 
 
 def params_of(t) -> dict[str, Any]:
@@ -98,15 +97,15 @@ def _exhausted(trials, k: int, max_retries: int) -> set[str]:
     return {key for key, n in fails.items() if n > max_retries}
 
 
-def chosen(trials, k: int, sched: Schedule, max_retries: int) -> list[str]:
+def chosen(trials, k: int, rungs: Rungs, max_retries: int) -> list[str]:
     """Rung k's configurations: the best sizes[k] of rung k - 1 by dev accuracy, passing over any that failed every
     try at rung k (the next best takes its place). Rung k - 1 has ended before rung k starts, so this is fixed."""
     gone = _exhausted(trials, k, max_retries)
     below = [t for t in trials if rung_of(t) == k - 1 and t.state == states().COMPLETE and config_key(params_of(t)) not in gone]
-    return promoted([(config_key(params_of(t)), t.value, t.number) for t in below], sched.sizes[k])
+    return promoted([(config_key(params_of(t)), t.value, t.number) for t in below], rungs.sizes[k])
 
 
-def plan(trials, sched: Schedule, max_retries: int) -> Plan:
+def plan(trials, rungs: Rungs, max_retries: int) -> Plan:
     """What the study needs next, from its trials alone (any process, any time, after any kill).
 
     At rung 0 the queue (cells, retries) and then the sampler fill N slots. At a higher rung the
@@ -116,14 +115,14 @@ def plan(trials, sched: Schedule, max_retries: int) -> Plan:
     """
     S = states()
     live = (S.COMPLETE, S.PRUNED, S.RUNNING)
-    for k, size in enumerate(sched.sizes):
+    for k, size in enumerate(rungs.sizes):
         members = [t for t in trials if rung_of(t) == k and t.state in live]
         if k == 0:
             if len(members) < size:
                 return Plan("ask")
         else:
             have = {config_key(params_of(t)) for t in members}
-            todo = [c for c in chosen(trials, k, sched, max_retries) if c not in have]
+            todo = [c for c in chosen(trials, k, rungs, max_retries) if c not in have]
             if todo:
                 queued = {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state == S.WAITING}
                 decision = Plan("ask")
@@ -141,7 +140,7 @@ def plan(trials, sched: Schedule, max_retries: int) -> Plan:
     return Plan("done")
 
 
-def excess(trials, number: int, sched: Schedule, max_retries: int) -> bool:
+def excess(trials, number: int, rungs: Rungs, max_retries: int) -> bool:
     """After `ask()`: should trial `number` not run? One too many at its rung (racing workers), a second copy
     of a configuration, a configuration the plan did not choose, or a rung that is closed (the next has begun).
 
@@ -151,26 +150,26 @@ def excess(trials, number: int, sched: Schedule, max_retries: int) -> bool:
     S = states()
     me = trials[number]
     k = rung_of(me)
-    if k > sched.top:
+    if k > rungs.top:
         return True
     if not is_open(trials, k):
         return True  # a leftover of a rung that has ended (e.g. a queued retry nobody needed)
     members = [t for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED, S.RUNNING)]
-    if len(members) > sched.sizes[k]:
+    if len(members) > rungs.sizes[k]:
         return True
     if k == 0:
         return False
     mine = config_key(params_of(me))
-    return mine not in chosen(trials, k, sched, max_retries) or sum(config_key(params_of(t)) == mine for t in members) > 1
+    return mine not in chosen(trials, k, rungs, max_retries) or sum(config_key(params_of(t)) == mine for t in members) > 1
 
 
-def awaiting_retry(trials, sched: Schedule, max_retries: int) -> set[int]:
+def awaiting_retry(trials, rungs: Rungs, max_retries: int) -> set[int]:
     """Failed attempts above rung 0 that the plan will queue again (their checkpoints must stay)."""
     S = states()
     out = set()
-    for k in range(1, sched.top + 1):
+    for k in range(1, rungs.top + 1):
         done = {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED)}
-        wanted = set(chosen(trials, k, sched, max_retries)) - done
+        wanted = set(chosen(trials, k, rungs, max_retries)) - done
         out |= {t.number for t in trials if rung_of(t) == k and _failed_try(t) and config_key(params_of(t)) in wanted}
     return out
 
@@ -181,23 +180,23 @@ def is_open(trials, k: int) -> bool:
     return not any(rung_of(t) > k and (t.state != S.FAIL or _failed_try(t)) for t in trials)
 
 
-def best_trial(trials, sched: Schedule | None):
+def best_trial(trials, rungs: Rungs | None):
     """The study's winner: the best complete trial at the highest rung any reached (full data when the study ended)."""
     S = states()
     complete = [t for t in trials if t.state == S.COMPLETE]
-    if sched is not None and complete:
+    if rungs is not None and complete:
         top = max(rung_of(t) for t in complete)
         complete = [t for t in complete if rung_of(t) == top]
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
 
 
-def rung_table(trials, sched: Schedule):
+def rung_table(trials, rungs: Rungs):
     """One row per rung: its fraction and examples, configurations planned and trained, how they ended, the best dev accuracy."""
     import pandas as pd
 
     S = states()
     rows = []
-    for k, (fraction, size) in enumerate(zip(sched.fractions, sched.sizes)):
+    for k, (fraction, size) in enumerate(zip(rungs.fractions, rungs.sizes)):
         at = [t for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED, S.RUNNING)]
         values = [t.value for t in at if t.state == S.COMPLETE]
         examples = next((int(t.user_attrs["train_examples"]) for t in at if t.user_attrs.get("train_examples")), "")

@@ -4,8 +4,8 @@ Election: `optuna.create_study(load_if_exists=False)` succeeds for exactly one p
 unique constraint in an RDB, the journal's order in a file); that process creates the parent
 run and stores its id as a study attribute, and every other process waits for the attribute.
 A study nobody created in this round elects through a settled last-write (`_settle`).
-Choosing "the earliest start_time" among MLflow runs, as before, let two processes that
-missed each other's runs (or whose clocks differ) both win.
+Not "the earliest start_time among MLflow runs": two processes that missed each other's runs
+(or whose clocks differ) would both win.
 """
 
 from __future__ import annotations
@@ -16,10 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bertnli.sweep.reaping import states, trial_dir
+from bertnli.analysis.compare import sweep_verdict
+from bertnli.analysis.report import to_markdown
+from bertnli.sweep.halving import best_trial, rung_table, rungs_of
+from bertnli.sweep.reaping import retry_history, states, trial_dir
+from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
-
-from bertnli.tracking import with_retries
+from bertnli.tracking.figures import pyplot
+from bertnli.tracking.lineage import provenance, source_tags
+from bertnli.tracking.models import log_selected
+from bertnli.tracking.query import load_runs
+from bertnli.tracking.store import client, default_tracking_uri, get_or_create_experiment, with_retries
+from bertnli.tracking.system_metrics import start_system_metrics, system_metrics_on
 
 PARENT_ATTR = "mlflow_parent_run_id"
 ELECTOR_ATTR = "mlflow_parent_elector"
@@ -29,15 +37,12 @@ CANDIDATE_ATTR = "mlflow_parent_candidate"
 def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
     from mlflow.entities import Param as MParam
 
-    from bertnli.lineage import source_tags
-    from bertnli.tracking import client, code_version, default_tracking_uri, get_or_create_experiment
-
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
     c = client(uri)
     exp = get_or_create_experiment(c, cfg.tracking.experiment or cfg.study_name, uri)
     tags = {**source_tags(), "bertnli.role": "sweep-parent", "bertnli.study": cfg.study_name, "bertnli.storage": storage_url,
             "bertnli.sampler": sampler_tag(cfg), "bertnli.pruner": pruner_tag(cfg),
-            "bertnli.space": "; ".join(p.describe() for p in cfg.space), **code_version()}
+            "bertnli.space": "; ".join(p.describe() for p in cfg.space), **provenance()}
     run = c.create_run(exp, run_name=f"sweep-{cfg.study_name}", tags=tags)
     fixed = {k: v for k, v in cfg.base.to_flat_dict().items() if k not in {p.name for p in cfg.space}}
     c.log_batch(run.info.run_id, params=[MParam(f"fixed.{k}", str(v)) for k, v in fixed.items()])
@@ -45,8 +50,6 @@ def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
 
 
 def _usable(cfg: SweepConfig, run_id: str) -> bool:
-    from bertnli.tracking import client
-
     try:
         run = client(cfg.tracking.tracking_uri).get_run(run_id)
     except Exception:  # noqa: BLE001 - deleted from MLflow, or another store
@@ -123,8 +126,6 @@ def _settle(study, cfg: SweepConfig, mine: str, settle_s: float) -> str:
 
 
 def _lose(cfg: SweepConfig, mine: str, winner: str) -> str:
-    from bertnli.tracking import client
-
     client(cfg.tracking.tracking_uri).delete_run(mine)
     return winner
 
@@ -142,8 +143,6 @@ def start_parent_metrics(cfg: SweepConfig, parent_run_id: str):
     process's sampling. Off under --no-system-metrics / BERTNLI_SYSTEM_METRICS=0,
     the same switch as the trials'.
     """
-    from bertnli.tracking import default_tracking_uri, start_system_metrics, system_metrics_on
-
     if not system_metrics_on(cfg.tracking):
         return None
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
@@ -155,8 +154,6 @@ def start_parent_metrics(cfg: SweepConfig, parent_run_id: str):
 
 def trials_frame(study):
     import pandas as pd
-
-    from bertnli.sweep.reaping import retry_history
 
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -172,8 +169,6 @@ def trials_frame(study):
 def searched_params(study) -> list[str]:
     """The hyperparameters of a study's complete trials; a multi-fidelity study's rung is a trial param
     too, but it is the budget, not a choice (a name no complete trial has would make Optuna's plot raise)."""
-    from bertnli.sweep.halving import RUNG
-
     return sorted({k for t in study.get_trials(deepcopy=False, states=(states().COMPLETE,)) for k in t.params} - {RUNG})
 
 
@@ -182,8 +177,6 @@ def first_rung(study):
     only promoted configurations reach the higher rungs, so plotted together the budget would pass for
     the hyperparameters' effect: its rung-0 trials only (every sampled configuration, at one budget)."""
     import optuna
-
-    from bertnli.sweep.halving import RUNG
 
     done = study.get_trials(deepcopy=False, states=(states().COMPLETE,))
     if not any(RUNG in t.params for t in done):
@@ -196,11 +189,9 @@ def first_rung(study):
 def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
     import warnings
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
+
+    plt = pyplot()
 
     plots = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
              "slice.png": "plot_slice", "parallel_coordinate.png": "plot_parallel_coordinate"}
@@ -225,21 +216,18 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
             with_retries(lambda key=f"bertnli.plot_skipped.{name}", why=why: c.set_tag(parent_run_id, key, why))
 
 
-def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done: int, schedule=None) -> dict[str, Any]:
+def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done: int, rungs=None) -> dict[str, Any]:
     """Best trial's params and metrics, the trials table (and the rung table) and Optuna's plots onto the parent run."""
-    from bertnli.sweep.halving import best_trial
-    from bertnli.tracking import client
-
     c = client(cfg.tracking.tracking_uri)
     frame = trials_frame(study)
-    best = best_trial(study.get_trials(deepcopy=False), schedule)
+    best = best_trial(study.get_trials(deepcopy=False), rungs)
     out: dict[str, Any] = {"parent_run_id": parent_run_id, "done": done, "trials": frame}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         frame.to_csv(tmp / "trials.csv", index=False)
         c.log_artifact(parent_run_id, str(tmp / "trials.csv"))
-        if schedule is not None:
-            out["rungs"] = _log_rungs(c, study, schedule, parent_run_id, tmp)
+        if rungs is not None:
+            out["rungs"] = _log_rungs(c, study, rungs, parent_run_id, tmp)
         if best is not None:
             out["best"] = best
             tag = lambda key, value: with_retries(lambda: c.set_tag(parent_run_id, key, str(value)))  # noqa: E731
@@ -259,15 +247,11 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
     return out
 
 
-def _log_rungs(c, study, schedule, parent_run_id: str, tmp: Path):
+def _log_rungs(c, study, rungs, parent_run_id: str, tmp: Path):
     """The rung table: `rungs.csv`, and as the parent run's description (the run page shows it)."""
-    from bertnli.sweep.halving import rung_table
-
-    table = rung_table(study.get_trials(deepcopy=False), schedule)
+    table = rung_table(study.get_trials(deepcopy=False), rungs)
     table.to_csv(tmp / "rungs.csv", index=False)
     c.log_artifact(parent_run_id, str(tmp / "rungs.csv"))
-    from bertnli.report import to_markdown
-
     text = "Multi-fidelity sweep (successive halving over the training-set fraction).\n\n" + to_markdown(table)
     with_retries(lambda: c.set_tag(parent_run_id, "mlflow.note.content", text))
     return table
@@ -280,8 +264,6 @@ def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:
         return
     if c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":
         return
-    from bertnli.tracking import log_selected
-
     log_selected(c, run_id, folder)  # checkpoint/ artifacts + the pyfunc model (runs:/<id>/model), for --register
     with_retries(lambda: c.set_tag(run_id, "bertnli.checkpoint_logged", "true"))
 
@@ -292,11 +274,9 @@ def sampler_tag(cfg: SweepConfig) -> str:
 
 def pruner_tag(cfg: SweepConfig) -> str:
     if cfg.fidelity == "data":
-        from bertnli.sweep.halving import schedule
-
-        sched = schedule(cfg)
+        rungs = rungs_of(cfg)
         return (f"NopPruner(); successive halving over the training-set fraction, eta {cfg.eta}: rungs "
-                f"{', '.join(f'{f:.3g}' for f in sched.fractions)} with {' -> '.join(map(str, sched.sizes))} configurations")
+                f"{', '.join(f'{f:.3g}' for f in rungs.fractions)} with {' -> '.join(map(str, rungs.sizes))} configurations")
     if cfg.sampler == "random":
         return "NopPruner()"
     return (f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}) at the fraction of each schedule; "
@@ -304,14 +284,11 @@ def pruner_tag(cfg: SweepConfig) -> str:
 
 
 def _verdict_tags(cfg: SweepConfig, parent_run_id: str) -> dict[str, str]:
-    """Best cell vs runner-up, paired (bertnli.compare); a sweep never fails for want of a verdict."""
-    from bertnli.compare import sweep_verdict
-    from bertnli.report import load_runs
-
+    """Best cell vs runner-up, paired (analysis.compare); a sweep never fails for want of a verdict."""
     try:
         runs = load_runs(None, cfg.tracking.tracking_uri, parent_run_id=parent_run_id)
-        if "rung" in runs and runs["rung"].notna().any():  # multi-fidelity: compare what was trained on the same data (the top rung reached)
-            runs = runs[runs["rung"] == runs["rung"].max()]
+        if RUNG in runs and runs[RUNG].notna().any():  # multi-fidelity: compare what was trained on the same data (the top rung reached)
+            runs = runs[runs[RUNG] == runs[RUNG].max()]
         keys = [p.name for p in cfg.space if p.kind == "categorical"] or ["model", "truncation"]
         return sweep_verdict(runs, keys, cfg.tracking.tracking_uri)
     except Exception as e:  # noqa: BLE001 - e.g. trials recorded before per-example predictions

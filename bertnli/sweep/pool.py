@@ -18,13 +18,15 @@ import traceback
 from typing import Any
 
 from bertnli import BadInput, BertnliError
+from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_parent_metrics
+from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.reaping import reap, retry, retry_history, stale_callback, states, study_dir
-from bertnli.sweep.space import SweepConfig, cells, check_runnable, schedule_ticks, spec_to_json
+from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
-from bertnli.sweep.workers import Outcome, TrialRun, owner, patiently
-from bertnli.tracking import stop_system_metrics
+from bertnli.sweep.supervisor import Outcome, TrialRun, owner, patiently
+from bertnli.tracking.system_metrics import stop_system_metrics
 
 
 def study_sampler(cfg: SweepConfig):
@@ -38,7 +40,7 @@ def study_sampler(cfg: SweepConfig):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental since Optuna 2.4, unchanged through 5.0
-        return optuna.samplers.PartialFixedSampler({halving.RUNG: 0}, base)
+        return optuna.samplers.PartialFixedSampler({RUNG: 0}, base)
 
 
 def open_study(cfg: SweepConfig, storage):
@@ -80,9 +82,9 @@ class Sweep:
         self.runs: dict[int, TrialRun] = {}
         self.failed_in_a_row: list[Outcome] = []
         self.crashed: list[str] = []
-        self.ticks = schedule_ticks(cfg)
-        self.schedule = halving.schedule(cfg)  # None: one fidelity (every trial on the whole train split)
-        self.target = self.schedule.total if self.schedule else cfg.trials
+        self.ticks = pruning_ticks(cfg)
+        self.rungs = halving.rungs_of(cfg)  # None: one fidelity (every trial on the whole train split)
+        self.target = self.rungs.total if self.rungs else cfg.trials
         self.next_reap = 0.0
 
     def _check_settings(self) -> None:
@@ -106,7 +108,7 @@ class Sweep:
         if self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random":  # enqueued trials are no random draws
             return
         self.study.set_user_attr("cells_enqueued", True)
-        rung0 = {halving.RUNG: 0} if self.schedule else {}
+        rung0 = {RUNG: 0} if self.rungs else {}
         for cell in cells(self.cfg):
             self.study.enqueue_trial({**cell, **rung0}, skip_if_exists=True)
 
@@ -117,15 +119,15 @@ class Sweep:
 
     def complete(self, study) -> bool:
         """The study holds every trial it should: N configurations done (or every rung ended)."""
-        if self.schedule:
-            return halving.plan(study.get_trials(deepcopy=False), self.schedule, self.cfg.max_retries).action == "done"
+        if self.rungs:
+            return halving.plan(study.get_trials(deepcopy=False), self.rungs, self.cfg.max_retries).action == "done"
         return done_count(study) >= self.cfg.trials
 
     def _next(self, study) -> str:
         """"ask", "wait" (others run trials that may still fail, or a rung is not finished) or "done"."""
-        if self.schedule:
+        if self.rungs:
             trials = study.get_trials(deepcopy=False)
-            decision = halving.plan(trials, self.schedule, self.cfg.max_retries)
+            decision = halving.plan(trials, self.rungs, self.cfg.max_retries)
             for params in decision.enqueue:  # a promotion; two processes may both queue it: `excess` keeps one
                 study.enqueue_trial(params)
             for number in decision.retries:  # a promoted configuration that failed there: resume its last attempt
@@ -159,15 +161,15 @@ class Sweep:
         """
         S = states()
         trials = study.get_trials(deepcopy=False)
-        if self.schedule:
-            if not halving.excess(trials, trial.number, self.schedule, self.cfg.max_retries):
+        if self.rungs:
+            if not halving.excess(trials, trial.number, self.rungs, self.cfg.max_retries):
                 return False
         elif sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trials) <= self.cfg.trials:
             return False
         frozen = trials[trial.number]
         trial.set_user_attr("stepped_aside", True)
         patiently(lambda: study.tell(trial, state=S.FAIL, skip_if_finished=True))
-        if self.schedule and (halving.rung_of(frozen) > 0 or not halving.is_open(trials, 0)):
+        if self.rungs and (halving.rung_of(frozen) > 0 or not halving.is_open(trials, 0)):
             return True  # the plan queues a promotion again if it is still missing; a closed rung takes nothing more
         if "fixed_params" in frozen.system_attrs:  # it came from the queue (a cell or a retry): queue it again
             if retry_history(frozen):
@@ -186,8 +188,8 @@ class Sweep:
             return None
         for p in self.cfg.space:
             p.suggest(trial)
-        if self.schedule:
-            trial.suggest_int(halving.RUNG, 0, self.schedule.top)  # 0 from the sampler, the promoted rung from the queue
+        if self.rungs:
+            trial.suggest_int(RUNG, 0, self.rungs.top)  # 0 from the sampler, the promoted rung from the queue
         trial.set_user_attr("worker", owner())
         trial.set_user_attr("heartbeat", time.time())
         return trial
@@ -279,15 +281,15 @@ class Sweep:
         trials = self.study.get_trials(deepcopy=False)
         pending = {retry_history(t)[-1] for t in trials if t.state == S.WAITING and retry_history(t)}
         keep = {t.number for t in trials if t.state == S.RUNNING} | pending
-        if self.schedule:  # a promoted configuration's failed attempt, until the plan queues its retry
-            keep |= halving.awaiting_retry(trials, self.schedule, self.cfg.max_retries)
+        if self.rungs:  # a promoted configuration's failed attempt, until the plan queues its retry
+            keep |= halving.awaiting_retry(trials, self.rungs, self.cfg.max_retries)
         number = lambda p: int(p.parent.name.split("-")[1])  # noqa: E731 - trial-NNN/<file>
         for last in study_dir(self.cfg).glob("trial-*/last.pt"):
             if number(last) not in keep:
                 last.unlink(missing_ok=True)
         if self.cfg.keep_checkpoints == "all":
             return
-        winner = halving.best_trial(trials, self.schedule)
+        winner = halving.best_trial(trials, self.rungs)
         best = winner.number if winner else None
         for ck in study_dir(self.cfg).glob("trial-*/best"):
             if number(ck) != best and number(ck) not in keep:
@@ -297,9 +299,7 @@ class Sweep:
         root = study_dir(self.cfg)
         root.mkdir(parents=True, exist_ok=True)
         self.spec_path = root / "sweep-spec.json"
-        tmp = root / f".sweep-spec.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(spec_to_json(self.cfg)))
-        tmp.replace(self.spec_path)  # processes starting together never read half a file
+        atomic_write(self.spec_path, json.dumps(spec_to_json(self.cfg)))  # processes starting together never read half a file
 
     def _interrupt(self, finished: list[threading.Event]) -> None:
         """Ctrl-C / SIGTERM: each trial process gets SIGTERM (its run ends KILLED), each worker records it.
@@ -330,9 +330,9 @@ class Sweep:
         done = done_count(self.study)
         self.log(f"study {self.cfg.study_name}: {done}/{self.target} trials done; "
                  f"storage {self.storage_url}; MLflow parent run {parent}")
-        if self.schedule:
-            self.log(f"multi-fidelity: rungs at {', '.join(f'{f:.3g}' for f in self.schedule.fractions)} of the train split, "
-                     f"{' -> '.join(map(str, self.schedule.sizes))} configurations (eta {self.cfg.eta}), {self.target} trials")
+        if self.rungs:
+            self.log(f"multi-fidelity: rungs at {', '.join(f'{f:.3g}' for f in self.rungs.fractions)} of the train split, "
+                     f"{' -> '.join(map(str, self.rungs.sizes))} configurations (eta {self.cfg.eta}), {self.target} trials")
         bar = tqdm(total=self.target, initial=min(done, self.target), desc="trials", unit="trial")
         finished = [threading.Event() for _ in range(self.cfg.workers)]
         threads = [threading.Thread(target=self._worker, args=(parent, bar, done), daemon=True) for done in finished]
@@ -353,12 +353,12 @@ class Sweep:
             broken = self.stop.is_set() and bool(self.failed_in_a_row)
             if status == "FINISHED" and (self.crashed or not self.complete(self.study)):
                 status = "FAILED" if self.crashed or broken else "KILLED"
-            summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study), self.schedule)
+            summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study), self.rungs)
         summary["wall_seconds"] = time.time() - t0
         best = summary.get("best")
-        if self.schedule and best is not None and status == "FINISHED" and halving.rung_of(best) < self.schedule.top:
+        if self.rungs and best is not None and status == "FINISHED" and halving.rung_of(best) < self.rungs.top:
             self.log(f"warning: no configuration completed the top rung; the best is from rung {halving.rung_of(best)} "
-                     f"({self.schedule.fractions[halving.rung_of(best)]:.3g} of the train split, no test figure)")
+                     f"({self.rungs.fractions[halving.rung_of(best)]:.3g} of the train split, no test figure)")
         summary["target"] = self.target
         summary["outcomes"] = self.outcomes
         if self.crashed:

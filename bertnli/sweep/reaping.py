@@ -21,8 +21,10 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
 from bertnli.sweep.storage import trial_id, uses_heartbeat
+from bertnli.tracking.store import client
 
 ATTEMPT_ATTRS = ("worker", "heartbeat", "mlflow_run_id", "error", "test_acc", "train_seconds", "trial_wall_seconds",
                  "interrupted", "timed_out", "diverged", "adopted", "orphan", "train_examples", "examples_seen")
@@ -69,8 +71,6 @@ def trial_run_id(cfg: SweepConfig, t) -> str | None:
     marker = trial_dir(cfg, t.number) / "mlflow_run.json"
     if marker.is_file():
         return json.loads(marker.read_text())["run_id"]
-    from bertnli.tracking import client
-
     c = client(cfg.tracking.tracking_uri)
     exp = c.get_experiment_by_name(cfg.tracking.experiment or cfg.study_name)
     if exp is None:
@@ -82,8 +82,6 @@ def trial_run_id(cfg: SweepConfig, t) -> str | None:
 def end_orphan_run(cfg: SweepConfig, run_id: str | None, why: str, status: str = "FAILED") -> None:
     if not run_id:
         return
-    from bertnli.tracking import client
-
     c = client(cfg.tracking.tracking_uri)
     try:
         if c.get_run(run_id).info.status == "RUNNING":
@@ -101,8 +99,6 @@ def recorded_result(cfg: SweepConfig, t) -> dict[str, Any] | None:
     run_id = trial_run_id(cfg, t)
     if not run_id:
         return None
-    from bertnli.tracking import client
-
     run = client(cfg.tracking.tracking_uri).get_run(run_id)
     metrics, tags = run.data.metrics, run.data.tags
     if run.info.status == "FINISHED" and "best_dev_acc" in metrics:
@@ -112,7 +108,8 @@ def recorded_result(cfg: SweepConfig, t) -> dict[str, Any] | None:
     return None
 
 
-def set_attr(study, storage, number: int, key: str, value) -> None:
+def set_trial_attr(study, storage, number: int, key: str, value) -> None:
+    """A user attribute on trial `number` of a study this process may not own; a finished trial keeps its own."""
     from optuna.exceptions import UpdateFinishedTrialError
 
     try:
@@ -124,14 +121,14 @@ def set_attr(study, storage, number: int, key: str, value) -> None:
 def adopt(study, storage, t, result: dict[str, Any], log=print) -> None:
     """Record what the trial already recorded elsewhere, instead of training it again."""
     S = states()
-    set_attr(study, storage, t.number, "adopted", True)
+    set_trial_attr(study, storage, t.number, "adopted", True)
     if result.get("run_id"):
-        set_attr(study, storage, t.number, "mlflow_run_id", result["run_id"])
+        set_trial_attr(study, storage, t.number, "mlflow_run_id", result["run_id"])
     if result["state"] == "COMPLETE":
         if result.get("test_acc") is not None:
-            set_attr(study, storage, t.number, "test_acc", result["test_acc"])
+            set_trial_attr(study, storage, t.number, "test_acc", result["test_acc"])
         if result.get("train_seconds") is not None:
-            set_attr(study, storage, t.number, "train_seconds", result["train_seconds"])
+            set_trial_attr(study, storage, t.number, "train_seconds", result["train_seconds"])
         study.tell(t.number, result["value"], skip_if_finished=True)
     else:
         study.tell(t.number, state=S.PRUNED, skip_if_finished=True)
@@ -148,7 +145,7 @@ def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: 
 
     if t.user_attrs.get("stepped_aside") or t.user_attrs.get("orphan"):
         return
-    if int(t.params.get("rung", 0)) > 0 and not by_plan:  # halving.RUNG (not imported: halving imports this module)
+    if int(t.params.get(RUNG, 0)) > 0 and not by_plan:
         return
     history = retry_history(t)
     if not always and len(history) >= cfg.max_retries:
@@ -168,7 +165,7 @@ def carry_checkpoint(cfg: SweepConfig, t, out: Path) -> bool:
     if not (src / "last.pt").is_file():
         return False
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(src, out, ignore=shutil.ignore_patterns("mlflow_run.json", "trial.json", "result.json", "*.tmp"))
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("mlflow_run.json", "trial.json", "result.json", "*.tmp", "*.tmp.*"))
     return True
 
 
@@ -176,7 +173,7 @@ def fail_and_retry(study, storage, cfg: SweepConfig, t, why: str, log=print) -> 
     from optuna.exceptions import UpdateFinishedTrialError
 
     S = states()
-    set_attr(study, storage, t.number, "error", why)
+    set_trial_attr(study, storage, t.number, "error", why)
     try:
         study.tell(t.number, state=S.FAIL)
     except (UpdateFinishedTrialError, ValueError):  # another process got there first
@@ -241,7 +238,7 @@ def reap(study, storage, cfg: SweepConfig, log=print) -> None:
         if owner is None:  # asked, but its worker never wrote it down (a lost acknowledgement)
             ownerless_for = seen.unchanged_for(study.study_name, t.number, "ownerless")
             if judged and ownerless_for > cfg.grace_s:
-                set_attr(study, storage, t.number, "orphan", True)
+                set_trial_attr(study, storage, t.number, "orphan", True)
                 fail_and_retry(study, storage, cfg, t, "orphan: created but never owned")
                 if "fixed_params" in t.system_attrs:
                     study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=dict(t.user_attrs))

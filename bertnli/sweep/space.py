@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from bertnli import BadInput
-from bertnli.config import TrackingConfig, TrainConfig, load_config, read_toml
+from bertnli.config import TrackingConfig, TrainConfig, load_config, parse_bool, read_toml
+from bertnli.model.presets import check_model_spec
+from bertnli.sweep.rungs import RUNG, rung_fractions
+from bertnli.train.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -71,24 +74,13 @@ class SweepConfig:
 
 
 SWEEP_KEYS = {f.name for f in fields(SweepConfig)} - {"base", "space", "tracking"}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _bool(name: str, value: Any) -> bool:
-    """`--space bucket=true|false` arrives as text; the string "false" is truthy, so parse it."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise ValueError(f"{value!r} is not true or false")
 
 
 def _choices(name: str, kind_of: str, spec: list) -> Param:
     if not spec:
         raise ValueError("no choices")
     if "bool" in kind_of:
-        spec = [_bool(name, x) for x in spec]
+        spec = [parse_bool(x) for x in spec]
     elif "int" in kind_of:
         spec = [int(x) for x in spec]
     elif "float" in kind_of:
@@ -162,15 +154,13 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
         if cfg.eta < 2 or not 0 < cfg.min_fraction < 1 / cfg.eta + 1e-12:
             raise BadInput(f"bad sweep: multi-fidelity needs eta >= 2 and 0 < min_fraction <= 1/eta (got eta {cfg.eta}, "
                            f"min_fraction {cfg.min_fraction:g}); e.g. eta = 3, min_fraction = 0.111")
-        from bertnli.fidelity import rung_fractions
-
         rungs = len(rung_fractions(cfg.eta, cfg.min_fraction))
         if cfg.trials < cfg.eta ** (rungs - 1):
             raise BadInput(f"bad sweep: {rungs} rungs with eta {cfg.eta} need at least {cfg.eta ** (rungs - 1)} configurations "
                            f"(--trials {cfg.trials} would train the last one twice); raise --trials or --min-fraction")
-        if any(p.name in ("train_fraction", "rung") for p in cfg.space):
+        if any(p.name in ("train_fraction", RUNG) for p in cfg.space):
             raise BadInput("bad sweep: with --fidelity data the sweep sets train_fraction itself; drop it from the space")
-    if schedule_ticks(cfg) > 2**31 - 1:  # Optuna's RDB storage keeps steps as 32-bit integers
+    if pruning_ticks(cfg) > 2**31 - 1:  # Optuna's RDB storage keeps steps as 32-bit integers
         raise BadInput("bad sweep: the epochs range is too wide for the pruning clock (lcm of its values over 2^31); "
                        "narrow it, e.g. --space epochs=1:6")
     return cfg
@@ -178,9 +168,6 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
 
 def check_runnable(cfg: SweepConfig) -> None:
     """Refuse, before a study or run is created, a sweep whose every trial would fail the same way."""
-    from bertnli.engine import resolve_device
-    from bertnli.model import check_model_spec
-
     resolve_device(cfg.base.device)
     for spec in next((p.choices for p in cfg.space if p.name == "model"), (cfg.base.model,)):
         check_model_spec(str(spec))
@@ -197,7 +184,7 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
     return combos if grid else []
 
 
-def schedule_ticks(cfg: SweepConfig) -> int:
+def pruning_ticks(cfg: SweepConfig) -> int:
     """Steps of the pruning clock per whole schedule: the lcm of every epochs value the space allows."""
     epochs = next((p.values() for p in cfg.space if p.name == "epochs"), None) or [cfg.base.epochs]
     return math.lcm(*(int(e) for e in epochs))

@@ -16,12 +16,12 @@ outage stops every heartbeat, not only dead workers').
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from pathlib import Path
 
 from bertnli import BadInput, BertnliError
+from bertnli.retry import policy
 
 HEARTBEAT_S = 5.0
 
@@ -76,23 +76,22 @@ class PatientStorage:
             return attr
         repeat = name in IDEMPOTENT or name.startswith("get_")
 
-        def call(*args, **kwargs):
-            deadline, delay = time.time() + self.patience_s, 0.5
-            while True:
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as e:
-                    if not is_outage(e):
-                        raise
+        def once(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except Exception as e:
+                if is_outage(e):
                     self.mark_unreachable()
-                    if not repeat or time.time() > deadline:
-                        raise
-                    print(f"bertnli: Optuna storage unreachable ({type(e).__name__}); retrying in {delay:.1f} s",
-                          file=sys.stderr, flush=True)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+                raise
 
-        return call
+        if not repeat:
+            return once
+
+        def say(e: BaseException, seconds: float) -> None:
+            print(f"bertnli: Optuna storage unreachable ({type(e).__name__}); retrying in {seconds:.1f} s",
+                  file=sys.stderr, flush=True)
+
+        return lambda *args, **kwargs: policy(is_outage, patience_s=self.patience_s, on_wait=say)(once, *args, **kwargs)
 
 
 def _journal(url: str):
@@ -120,20 +119,20 @@ def open_storage(url: str | None, grace_s: float = 60.0, stale_callback=None):
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
     heartbeat = {"heartbeat_interval": int(HEARTBEAT_S), "grace_period": int(grace_s), "heartbeat_stale_trial_callback": stale_callback}
+    from optuna.storages import RDBStorage
+
     # Workers started together on a fresh database race in Optuna's table creation; the loser
     # finds the tables made a moment later.
-    for attempt in range(6):
-        try:
-            from optuna.storages import RDBStorage
-
-            return PatientStorage(RDBStorage(url, engine_kwargs=kwargs, **heartbeat))
-        except (ArgumentError, NoSuchModuleError, ImportError) as e:
-            raise BadInput(f"--storage {url.split('@')[-1]!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
-                           "give postgresql://user@host/db, sqlite:///file.db or a journal file path") from None
-        except SQLAlchemyError as e:
-            if attempt == 5:
-                raise BertnliError(f"cannot open Optuna storage {url.split('@')[-1]}: {str(e).splitlines()[0][:200]}") from None
-            time.sleep(0.5 + random.random() * 2 ** attempt)
+    unusable = (ArgumentError, NoSuchModuleError, ImportError)
+    race = lambda e: isinstance(e, SQLAlchemyError) and not isinstance(e, unusable)  # noqa: E731
+    try:
+        return policy(race, attempts=6, first=0.5, cap=16.0, jitter=1.0)(
+            lambda: PatientStorage(RDBStorage(url, engine_kwargs=kwargs, **heartbeat)))
+    except unusable as e:
+        raise BadInput(f"--storage {url.split('@')[-1]!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
+                       "give postgresql://user@host/db, sqlite:///file.db or a journal file path") from None
+    except SQLAlchemyError as e:
+        raise BertnliError(f"cannot open Optuna storage {url.split('@')[-1]}: {str(e).splitlines()[0][:200]}") from None
 
 
 def uses_heartbeat(storage) -> bool:

@@ -23,6 +23,12 @@ from pathlib import Path
 
 from bertnli import BertnliError
 from bertnli.config import TrackingConfig
+from bertnli.files import atomic_write
+from bertnli.sweep.halving import config_key, rungs_of
+from bertnli.sweep.rungs import RUNG
+from bertnli.sweep.space import spec_from_json
+from bertnli.tracking.run import default_classify, train_run
+from bertnli.train.state import TrainingDiverged
 
 PRUNED_EXIT, DIVERGED_EXIT, INTERRUPTED_EXIT = 3, 4, 5
 
@@ -66,9 +72,6 @@ class PruneRelay:
 
 def classify(exc: BaseException) -> tuple[str, dict[str, str]]:
     """A sweep trial's end -> MLflow status and tags that agree with the state the worker tells Optuna."""
-    from bertnli.engine import TrainingDiverged
-    from bertnli.tracking import default_classify
-
     if isinstance(exc, Pruned):
         return "KILLED", {"optuna.state": "PRUNED", "bertnli.end": str(exc)}
     if isinstance(exc, TrainingDiverged):
@@ -88,22 +91,16 @@ def _die_with_worker() -> None:
 
 def run_trial(a: argparse.Namespace) -> int:
     """Train with the trial's params; the exit code says how it ended (see the module docstring)."""
-    from bertnli.engine import TrainingDiverged
-    from bertnli.sweep.space import spec_from_json
-    from bertnli.tracking import train_run
-
     cfg = spec_from_json(json.loads(Path(a.spec).read_text()))
     params = json.loads(a.params)
-    rung = params.pop("rung", None)
+    rung = params.pop(RUNG, None)
     train_cfg = cfg.base.replace(**params)
     out = Path(a.out)
     tags = {"optuna.trial": str(a.number), "optuna.study": cfg.study_name, "bertnli.role": "sweep-trial"}
     if rung is not None:  # multi-fidelity: the rung's share of the train split; test only where the winner is chosen
-        from bertnli.sweep.halving import config_key, schedule
-
-        sched = schedule(cfg)
-        train_cfg = train_cfg.replace(train_fraction=sched.fractions[rung], eval_test=cfg.base.eval_test and rung == sched.top)
-        tags |= {"rung": str(rung), "bertnli.config": config_key(params)}
+        rungs = rungs_of(cfg)
+        train_cfg = train_cfg.replace(train_fraction=rungs.fractions[rung], eval_test=cfg.base.eval_test and rung == rungs.top)
+        tags |= {RUNG: str(rung), "bertnli.config": config_key(params)}
     if a.retry_of is not None:
         tags["bertnli.retry_of"] = str(a.retry_of)
     tracking = TrackingConfig(cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags)
@@ -122,9 +119,7 @@ def run_trial(a: argparse.Namespace) -> int:
                "best_epoch": result.best_epoch, "run_id": run_id, "wall_seconds": result.wall_seconds,
                "train_seconds": sum(h.train_seconds for h in result.history),
                "train_examples": result.info.get("train_examples"), "epochs_trained": len(result.history)}
-    tmp = out / "trial.json.tmp"
-    tmp.write_text(json.dumps(summary))
-    tmp.replace(out / "trial.json")
+    atomic_write(out / "trial.json", json.dumps(summary))
     return 0
 
 

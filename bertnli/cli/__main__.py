@@ -1,0 +1,6 @@
+"""`python -m bertnli.cli` (also what torchrun runs: `torchrun -m bertnli.cli train ...`)."""
+
+from bertnli.cli.main import main
+
+
+main()

@@ -1,0 +1,220 @@
+"""One trial from the worker's side: start its process, relay report/should_prune, heartbeat, tell.
+
+The worker thread owns the Optuna `Trial` it got from `ask()`; the trial process (trial.py)
+never opens the storage. Every way a trial can end maps to one Optuna state and one MLflow
+status that agree (README, guarantees).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bertnli.retry import policy
+from bertnli.sweep.reaping import carry_checkpoint, end_orphan_run, retry, retry_history, states, trial_dir, trial_run_id
+from bertnli.sweep.space import SweepConfig, report_step
+from bertnli.sweep.storage import HEARTBEAT_S, is_outage, trial_id, uses_heartbeat
+from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, PRUNED_EXIT
+
+
+@dataclass
+class Outcome:
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, or LOST (another process failed it meanwhile)
+    value: float | None
+    params: dict[str, Any]
+    seconds: float
+    test_acc: float | None = None
+    train_seconds: float = 0.0
+    error: str = ""
+
+
+def patiently(call, patience_s: float = 300.0):
+    """Repeat `call` through a storage outage; for calls that are safe to repeat (tell with skip_if_finished, ask)."""
+    return policy(is_outage, patience_s=patience_s)(call)
+
+
+def set_own_attr(trial, key: str, value) -> None:
+    """A user attribute on our own trial; a trial that another process finished meanwhile keeps its own."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        trial.set_user_attr(key, value)
+    except UpdateFinishedTrialError:
+        pass
+
+
+class TrialRun:
+    """Runs one asked trial to its end; `current` lets the pool end it if this worker crashes."""
+
+    def __init__(self, cfg: SweepConfig, study, storage, trial, spec_path: Path, parent_run_id: str, ticks: int):
+        self.cfg, self.study, self.storage, self.trial = cfg, study, storage, trial
+        self.spec_path, self.parent_run_id, self.ticks = spec_path, parent_run_id, ticks
+        self.out = trial_dir(cfg, trial.number)
+        self.logf = self.out.with_name(self.out.name + ".log")
+        self.proc: subprocess.Popen | None = None
+        self.run_id_recorded = False
+
+    def _frozen(self):
+        return self.study.get_trials(deepcopy=False)[self.trial.number]
+
+    def start(self) -> None:
+        frozen = self._frozen()
+        resume = carry_checkpoint(self.cfg, frozen, self.out)
+        if not resume:
+            import shutil
+
+            shutil.rmtree(self.out, ignore_errors=True)  # a stale folder of this number is junk
+        history = retry_history(frozen)
+        report_r, report_w = os.pipe()
+        decide_r, decide_w = os.pipe()
+        # The trial runs this very bertnli, wherever it was imported from (a checkout, a worktree).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                                         os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", "bertnli.sweep", "trial", "--spec", str(self.spec_path), "--number", str(self.trial.number),
+               "--params", json.dumps(self.trial.params), "--out", str(self.out), "--parent-run", self.parent_run_id,
+               "--parent-pid", str(os.getpid()), "--report-fd", str(report_w), "--decide-fd", str(decide_r)]
+        if history:
+            cmd += ["--retry-of", str(history[0])]
+        if resume:
+            cmd += ["--resume"]
+        self.logf.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.logf, "a" if resume else "w") as log_handle:
+            # No preexec_fn: forking from a threaded process may only exec; the trial sets its own PDEATHSIG.
+            self.proc = subprocess.Popen(cmd, stdout=log_handle, stderr=subprocess.STDOUT, env=env, pass_fds=(report_w, decide_r))
+        os.close(report_w)
+        os.close(decide_r)
+        self.reports, self.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)
+
+    def decide_epoch(self, msg: dict) -> str:
+        """Report at the fraction of this trial's own schedule (space.report_step), then ask the pruner.
+
+        "lost" when another process finished the trial since the last heartbeat (it reaped it after
+        an outage longer than `grace`): its retry owns the configuration now, so this attempt ends
+        here rather than the error ending the worker thread."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        epochs = int(self.trial.params.get("epochs", self.cfg.base.epochs))
+        try:
+            self.trial.report(msg["dev_acc"], report_step(msg["epoch"], epochs, self.ticks))
+        except UpdateFinishedTrialError:
+            return "lost"
+        if msg["epoch"] <= self.cfg.pruner_warmup_epochs:
+            return "go"
+        return "prune" if self.trial.should_prune() else "go"
+
+    def beat(self) -> bool:
+        """One heartbeat; False when another process has finished this trial meanwhile (we lost it)."""
+        tid = trial_id(self.storage, self.study.study_name, self.trial.number)
+        if self.storage.get_trial(tid).state != states().RUNNING:
+            return False
+        if uses_heartbeat(self.storage):
+            self.storage.record_heartbeat(tid)
+        else:
+            set_own_attr(self.trial, "heartbeat", time.time())
+        if not self.run_id_recorded and (self.out / "mlflow_run.json").is_file():
+            set_own_attr(self.trial, "mlflow_run_id", json.loads((self.out / "mlflow_run.json").read_text())["run_id"])
+            self.run_id_recorded = True
+        return True
+
+    def supervise(self, t0: float) -> str | None:
+        """Until the process ends: relay epochs, beat, enforce the trial timeout. Returns why it was ended, if it was."""
+        next_beat = 0.0
+        while True:
+            if time.time() >= next_beat:
+                if not self.beat():
+                    return self._end("lost")
+                next_beat = time.time() + HEARTBEAT_S
+            if self.cfg.trial_timeout and time.time() - t0 > self.cfg.trial_timeout:
+                return self._end("timeout")  # a hung process may ignore SIGTERM (or be stopped): no grace
+            ready, _, _ = select.select([self.reports], [], [], 1.0)
+            if ready:
+                line = self.reports.readline()
+                if not line:  # the trial process closed its end: it has ended
+                    self.proc.wait()
+                    return None
+                decision = self.decide_epoch(json.loads(line))
+                if decision == "lost":
+                    return self._end("lost")
+                try:
+                    self.decide.write(decision + "\n")
+                except BrokenPipeError:
+                    pass
+            elif self.proc.poll() is not None:
+                return None
+
+    def _end(self, why: str) -> str:
+        self.proc.kill()
+        self.proc.wait()
+        return why
+
+    def close(self) -> None:
+        for f in (getattr(self, "reports", None), getattr(self, "decide", None)):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+
+    def finish(self, ended: str | None, seconds: float, interrupted: bool, log=print) -> Outcome:
+        """Tell Optuna how the trial ended, and make its MLflow run agree."""
+        S = states()
+        rc, frozen = self.proc.returncode, self._frozen()
+        params, n = dict(frozen.params), self.trial.number
+        tell = lambda **kw: patiently(lambda: self.study.tell(self.trial, skip_if_finished=True, **kw))  # noqa: E731
+        set_own_attr(self.trial, "trial_wall_seconds", seconds)
+        if ended == "lost":
+            end_orphan_run(self.cfg, trial_run_id(self.cfg, frozen), "superseded: another process failed this trial", "KILLED")
+            return Outcome(n, "LOST", None, params, seconds, error="another process failed this trial meanwhile")
+        summary = self.out / "trial.json"
+        if rc == 0 and summary.is_file():
+            s = json.loads(summary.read_text())
+            set_own_attr(self.trial, "test_acc", s["test_acc"])
+            set_own_attr(self.trial, "train_seconds", s["train_seconds"])
+            if s.get("train_examples") is not None:  # what the trial cost: examples x epochs (multi-fidelity compute)
+                set_own_attr(self.trial, "train_examples", s["train_examples"])
+                set_own_attr(self.trial, "examples_seen", s["train_examples"] * s.get("epochs_trained", 1))
+            set_own_attr(self.trial, "mlflow_run_id", s["run_id"])
+            tell(values=s["value"])
+            return Outcome(n, "COMPLETE", s["value"], params, seconds, s["test_acc"], s["train_seconds"])
+        last = max(frozen.intermediate_values.items(), default=(0, None))[1]
+        if rc in (PRUNED_EXIT, DIVERGED_EXIT):
+            if rc == DIVERGED_EXIT:  # the configuration diverges: told to the sampler (PRUNED), never retried
+                set_own_attr(self.trial, "diverged", True)
+            tell(state=S.PRUNED)
+            return Outcome(n, "PRUNED", last, params, seconds, error="diverged" if rc == DIVERGED_EXIT else "")
+        if ended == "timeout":
+            error = f"timed out after {self.cfg.trial_timeout:g} s (--trial-timeout)"
+            set_own_attr(self.trial, "timed_out", True)
+        elif interrupted or rc == INTERRUPTED_EXIT:
+            error = "interrupted"
+            set_own_attr(self.trial, "interrupted", True)
+        else:
+            tail = self.logf.read_text()[-400:].strip().splitlines()[-1:] if self.logf.is_file() else []
+            error = tail[0] if tail else f"exit {rc}"
+        set_own_attr(self.trial, "error", error)
+        tell(state=S.FAIL)
+        end_orphan_run(self.cfg, trial_run_id(self.cfg, frozen), error, "KILLED" if error == "interrupted" else "FAILED")
+        retry(self.study, self._frozen(), self.cfg, log, always=error == "interrupted")
+        return Outcome(n, "FAIL", None, params, seconds, error=f"{error} ({self.logf})")
+
+    def abandon(self, why: str) -> None:
+        """This worker crashed: end the trial process and mark the trial and its run FAILED."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        set_own_attr(self.trial, "error", why)
+        patiently(lambda: self.study.tell(self.trial, state=states().FAIL, skip_if_finished=True))
+        end_orphan_run(self.cfg, trial_run_id(self.cfg, self._frozen()), why)
+
+
+def owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}

@@ -1,0 +1,49 @@
+"""A run's figures (learning curves, confusion matrix) and the one headless matplotlib set-up every
+figure of bertnli is drawn with."""
+
+from __future__ import annotations
+
+from bertnli.data.snli import LABEL_NAMES
+from bertnli.train.state import EpochMetrics
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures are written on servers, in CI and by sweep workers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves_figure(history: list[EpochMetrics]):
+    plt = pyplot()
+    epochs = [m.epoch for m in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [m.train_loss for m in history], "o-", label="train")
+    ax1.plot(epochs, [m.dev_loss for m in history], "s-", label="dev")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.plot(epochs, [m.train_acc for m in history], "o-", label="train")
+    ax2.plot(epochs, [m.dev_acc for m in history], "s-", label="dev")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+        ax.set_xticks(epochs)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix, title: str):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(3), LABEL_NAMES, rotation=30)
+    ax.set_yticks(range(3), LABEL_NAMES)
+    ax.set(xlabel="predicted", ylabel="gold", title=title)
+    for i in range(3):
+        for j in range(3):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,145 @@
+"""The selected checkpoint as an MLflow model: logged beside its run, registered, found again by URI.
+
+`runs:/<run_id>/model` and `models:/NAME@champion` both resolve to a pyfunc (tracking/served.py)
+whose `checkpoint` artifact is the selected checkpoint folder; predict/evaluate load that
+folder directly, with bertnli's own loader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from bertnli import PACKAGE_DIR, BadInput
+from bertnli.data.snli import LABEL_NAMES
+from bertnli.tracking.store import client, default_tracking_uri, with_retries
+
+MODEL_NAME = "model"  # runs:/<run_id>/model
+
+
+EXAMPLE = {"premise": ["A man is playing a guitar on stage."], "hypothesis": ["A man is performing music."]}
+
+
+def _requirements() -> list[str]:
+    """Pinned where it matters; given explicitly so MLflow does not load the model in a subprocess to infer them."""
+    from importlib.metadata import version
+
+    names = ("torch", "mlflow", "pandas", "numpy", "tokenizers", "safetensors", "tqdm", "requests", "click")
+    return [f"{n}=={version(n).split('+')[0]}" for n in names]
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", "premise"), ColSpec("string", "hypothesis")])
+    outputs = Schema([ColSpec("string", "label"), *(ColSpec("double", n) for n in LABEL_NAMES)])
+    return ModelSignature(inputs, outputs)
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """MLflow's notes while logging ("inferring signature", "add type hints", a download progress bar) are noise here."""
+    loggers = [logging.getLogger(n) for n in ("mlflow.pyfunc", "mlflow.models.model")]
+    levels = [q.level for q in loggers]
+    old_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        for q in loggers:
+            q.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        for q, level in zip(loggers, levels):
+            q.setLevel(level)
+        if old_bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old_bar
+
+
+def log_served_model(c, run_id: str, folder: Path, step: int = 0) -> str:
+    """Log `folder` as the run's pyfunc model (signature, input example, bertnli code); returns the model id."""
+    import mlflow
+    import pandas as pd
+    from mlflow.entities import LoggedModelOutput
+
+    exp_id = c.get_run(run_id).info.experiment_id
+    lm = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id, experiment_id=exp_id)
+    with _quiet_logging():
+        mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(PACKAGE_DIR / "tracking" / "served.py"),
+                                artifacts={"checkpoint": str(folder)}, code_paths=[str(PACKAGE_DIR)],
+                                signature=signature(), input_example=pd.DataFrame(EXAMPLE),
+                                pip_requirements=_requirements(), model_id=lm.model_id)
+    c.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step)])
+    with_retries(lambda: c.set_tag(run_id, "bertnli.model_id", lm.model_id))  # sweep processes finishing together collide here
+    return lm.model_id
+
+
+def register(c, run_id: str, name: str, alias: str = "champion") -> str:
+    """Register the run's model under `name` and point `alias` at the new version; returns the version."""
+    import mlflow
+
+    model_id = c.get_run(run_id).data.tags.get("bertnli.model_id")
+    if not model_id:
+        raise BadInput(f"run {run_id} has no logged model to register (its checkpoint was not kept)")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        current = c.get_model_version_by_alias(name, alias)
+        if model_id in (current.model_id, (current.source or "").removeprefix("models:/")):  # a server fills only source
+            return str(current.version)  # a resumed sweep registers its winner once
+    except MlflowException:
+        pass  # no such model or alias yet
+    with _quiet_logging():
+        mv = mlflow.register_model(f"models:/{model_id}", name)
+    c.set_registered_model_alias(name, alias, mv.version)
+    return str(mv.version)
+
+
+def download_model_checkpoint(uri: str, tracking_uri: str) -> Path:
+    """`models:/NAME@alias` (or `models:/NAME/version`, `runs:/<id>/model`) -> the checkpoint folder inside it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with _quiet_logging():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as e:
+        raise BadInput(f"{uri} is not a model at {tracking_uri} ({str(e).splitlines()[0][:160]}); "
+                       "check the name and alias (bertnli-exp sweep --register NAME sets @champion)") from None
+    found = sorted(p.parent for p in local.rglob("model.safetensors"))
+    if not found:
+        raise BadInput(f"{uri} holds no bertnli checkpoint (no model.safetensors); it was not logged by bertnli")
+    return found[0]
+
+
+def log_selected(c, run_id: str, folder: Path, step: int = 0) -> None:
+    """The selected checkpoint as artifacts (`checkpoint/`) and as the run's pyfunc model (`runs:/<id>/model`)."""
+    c.log_artifacts(run_id, str(folder), "checkpoint")
+    log_served_model(c, run_id, Path(folder), step)
+
+
+def register_champion(run_id: str, name: str, tracking_uri: str | None = None) -> str:
+    """A study's winner into the Model Registry as `name`, alias `champion`; returns the version (sweep --register)."""
+    return register(client(tracking_uri), run_id, name, "champion")
+
+
+def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path:
+    """Download (or locate) a run's `checkpoint/` artifact folder for predict/evaluate; also `models:/NAME@alias`."""
+    c = client(tracking_uri)
+    if run_id.startswith(("models:/", "runs:/")):
+        return download_model_checkpoint(run_id, tracking_uri or default_tracking_uri())
+    try:
+        c.get_run(run_id)
+    except Exception:  # noqa: BLE001
+        raise BadInput(f"no MLflow run {run_id} at {tracking_uri or default_tracking_uri()}; check the id or --tracking-uri") from None
+    try:
+        return Path(c.download_artifacts(run_id, "checkpoint"))
+    except Exception:  # noqa: BLE001
+        raise BadInput(f"run {run_id} has no checkpoint artifact (pruned sweep trials keep none); pick another run") from None

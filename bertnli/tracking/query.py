@@ -1,0 +1,69 @@
+"""Recorded runs as a pandas DataFrame (`mlflow.search_runs`, short column names): what reports,
+comparisons and verdicts read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bertnli import BadInput
+from bertnli.tracking.store import client
+
+
+PARAMS = ["model", "truncation", "lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "num_layers", "optimizer",
+          "train_fraction"]
+
+
+METRICS = ["best_dev_acc", "test_acc", "best_epoch", "wall_seconds", "examples_per_sec", "dev_acc", "train_loss"]
+
+
+def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = None, study: str | None = None,
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None, include_parents: bool = False) -> pd.DataFrame:
+    """One row per training run, from `mlflow.search_runs`, with short column names.
+
+    Columns: run_id, experiment, run_name, status, model, truncation, lr, epochs, seed, max_len, batch_size,
+    limit_train, best_dev_acc, test_acc, best_epoch, wall_seconds, examples_per_sec, trial, parent_run_id, state.
+    """
+    import mlflow
+
+    c = client(tracking_uri)
+    names = {x.experiment_id: x.name for x in c.search_experiments()}
+    if experiments:
+        missing = [e for e in experiments if e not in names.values()]
+        if missing:
+            raise BadInput(f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment")
+        ids = [i for i, n in names.items() if n in experiments]
+    else:
+        ids = list(names)
+    filters = []
+    if study:
+        filters.append(f"tags.`optuna.study` = '{study}'")
+    if parent_run_id:
+        filters.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    for k, v in (tags or {}).items():
+        filters.append(f"tags.`{k}` = '{v}'")
+    df = mlflow.search_runs(experiment_ids=ids, filter_string=" and ".join(filters), max_results=50_000)
+    if df.empty:
+        return pd.DataFrame(columns=["run_id", "experiment", "model", "truncation", "lr", "best_dev_acc", "test_acc"])
+    if not include_parents and "tags.bertnli.role" in df:
+        df = df[df["tags.bertnli.role"] != "sweep-parent"]
+    out = pd.DataFrame({"run_id": df["run_id"], "experiment": df["experiment_id"].map(names),
+                        "run_name": df.get("tags.mlflow.runName"), "status": df["status"],
+                        "start_time": df["start_time"]})
+    for p in PARAMS:
+        out[p] = df.get(f"params.{p}")
+    for m in METRICS:
+        out[m] = df.get(f"metrics.{m}")
+    out["trial"] = df.get("tags.optuna.trial")
+    out["state"] = df.get("tags.optuna.state")
+    out["parent_run_id"] = df.get("tags.mlflow.parentRunId")
+    out["rung"] = pd.to_numeric(df.get("tags.rung"), errors="coerce") if "tags.rung" in df else np.nan  # multi-fidelity sweeps
+    out["config"] = df.get("tags.bertnli.config")
+    for col in ["lr", "epochs", "seed", "max_len", "batch_size", "train_fraction"]:
+        out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out.reset_index(drop=True)
+
+
+def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that ended FINISHED with a dev score: the only ones a table or a comparison may use."""
+    return runs[(runs["status"] == "FINISHED") & runs["best_dev_acc"].notna()]

@@ -1,0 +1,67 @@
+"""Checkpoint files: the selected weights as a self-contained folder, and the resumable `last.pt`.
+
+Both are read as untrusted files: safetensors for weights, `torch.load(weights_only=True)` for
+the training state, so a crafted file cannot run code. Both are written atomically: a crash
+mid-write leaves the previous checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bertnli import BadInput, BertnliError
+from bertnli.data.tokenize import Tokenizer, load_tokenizer
+from bertnli.files import atomic_path, replace_folder
+from bertnli.model.bert import NLIClassifier, model_config_dict, model_from_config_dict
+from bertnli.model.weights import read_state_file
+
+
+def save_last(state: dict[str, Any], path: Path) -> None:
+    """The train state a resume continues from (`load_last` reads it back)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def save_selected(model: NLIClassifier, tokenizer: Tokenizer, folder: Path, meta: dict[str, Any]) -> None:
+    """The selected weights as a self-contained folder: safetensors + model config + tokenizer."""
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    (tmp / "model_config.json").write_text(json.dumps(model_config_dict(model.config), indent=2))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    tokenizer.save(tmp)
+    replace_folder(tmp, folder)
+
+
+def load_selected(folder: str | Path) -> tuple[NLIClassifier, Tokenizer, dict[str, Any]]:
+    """Load a folder written by save_selected (a run's `best/`, or its MLflow artifact copy)."""
+    folder = Path(folder)
+    cfg_path = folder / "model_config.json"
+    if not cfg_path.is_file() or not (folder / "model.safetensors").is_file():
+        raise BadInput(f"{folder} is not a bertnli checkpoint (needs model.safetensors and model_config.json)")
+    try:
+        model = model_from_config_dict(json.loads(cfg_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise BertnliError(f"{cfg_path} is damaged: {e}") from None
+    state = read_state_file(folder / "model.safetensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise BertnliError(f"{folder}: weights do not fit the model config ({str(e).splitlines()[1].strip()[:160]})") from None
+    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
+    model.eval()
+    return model, load_tokenizer(folder), meta
+
+
+def load_last(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise BertnliError(f"cannot resume from {path}: {str(e).splitlines()[0][:200]}; the checkpoint is damaged, delete it to start over") from None
