@@ -43,14 +43,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from throughput import D2LClassifier, real_pairs  # noqa: E402 - the same seed model and data as the CPU benchmark
 
 from bertnli.config import TrainConfig  # noqa: E402
+from bertnli.data.batches import batch_width, collate, eval_batches, train_batches  # noqa: E402
+from bertnli.data.encode import EncodedSplit  # noqa: E402
+from bertnli.model.bert import BertConfig, NLIClassifier  # noqa: E402
 from bertnli.train.evaluation import evaluate  # noqa: E402
 from bertnli.train.loop import Loop, train_epoch  # noqa: E402
 from bertnli.train.optimizer import make_optimizer  # noqa: E402
-from bertnli.train.state import TrainState, fresh_accum  # noqa: E402
-from bertnli.model.bert import BertConfig, NLIClassifier  # noqa: E402
-from bertnli.data.batches import batch_width, collate, eval_batches, train_batches  # noqa: E402
-from bertnli.data.encode import EncodedSplit  # noqa: E402
 from bertnli.train.runtime import attention_context, attention_name, grad_scaler, numeric_precision  # noqa: E402
+from bertnli.train.state import TrainState, fresh_accum  # noqa: E402
 
 SHAPES = {"small": (256, 2, 4, 512), "base": (768, 12, 12, 3072)}  # hidden, layers, heads, ffn
 PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16, the datasheet figure the issue used
@@ -59,7 +59,9 @@ SETTINGS = [("small", 512), ("base", 128), ("base", 512)]
 
 def forward_flops(n: torch.Tensor | float, hidden: int, layers: int, ffn: int) -> torch.Tensor | float:
     """Matmul FLOPs of one forward pass over a sequence of n tokens (attention scores included)."""
-    return layers * (2 * n * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * n * n * hidden) + 2 * (hidden * hidden + 3 * hidden)
+    return layers * (2 * n * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * n * n * hidden) + 2 * (
+        hidden * hidden + 3 * hidden
+    )
 
 
 def batch_flops(enc: EncodedSplit, batches, shape, width_of) -> tuple[float, float]:
@@ -135,8 +137,13 @@ def measure(shape_name, batch, enc, tok, device, args) -> dict:
     shape = SHAPES[shape_name]
     hidden, layers, heads, ffn = shape
     cfg = TrainConfig(batch_size=batch, lr=1e-4, max_len=128, pad_multiple=8, schedule="constant", device=str(device))
-    res = {"shape": shape_name, "batch": batch, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "precision": numeric_precision(device, True), "attention": attention_name(device)}
+    res = {
+        "shape": shape_name,
+        "batch": batch,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": numeric_precision(device, True),
+        "attention": attention_name(device),
+    }
     seed_steps = args.seed_steps if shape_name == "base" else args.seed_steps * 4
     random_b = train_batches(enc.lengths, batch, 0, 1, bucket=False)[: seed_steps + 3]
     torch.manual_seed(0)
@@ -183,8 +190,9 @@ def attention_and_syncs(enc, tok, device, args) -> dict:
     batches = train_batches(enc.lengths, 512, 0, 2, bucket=True)[: args.max_batches]
     for name, attention in (("engine_backends", True), ("pytorch_default_backend", False)):
         state = new_state(SHAPES["small"], tok.vocab_size, device, cfg)
-        out[f"pass1_{name}"] = engine_pass(state, state.model, enc, batches, cfg, Loop(device, numeric_precision(device, True), 10**9),
-                                           attention)
+        out[f"pass1_{name}"] = engine_pass(
+            state, state.model, enc, batches, cfg, Loop(device, numeric_precision(device, True), 10**9), attention
+        )
     if device.type == "cuda":
         state = new_state(SHAPES["small"], tok.vocab_size, device, cfg)
         loop = Loop(device, numeric_precision(device, True), 10**9, sync_every=1000)
@@ -217,7 +225,9 @@ def compile_candidates(enc, tok, device, args, emit) -> None:
             out["pass1"] = engine_pass(state, compiled, enc, batches, cfg, loop)
             out["pass1_s_incl_compile"] = time.perf_counter() - t0
             out["pass2"] = engine_pass(state, compiled, enc, batches, cfg, loop)
-            u, _ = batch_flops(enc, batches, SHAPES[shape], lambda idx: batch_width(int(enc.lengths[idx].max()), 8, 128))
+            u, _ = batch_flops(
+                enc, batches, SHAPES[shape], lambda idx: batch_width(int(enc.lengths[idx].max()), 8, 128)
+            )
             out["useful_mfu"] = u / (sum(map(len, batches)) / out["pass2"]) / PEAK_BF16
         except Exception as e:  # noqa: BLE001
             out["error"] = f"{type(e).__name__}: {e}"[:300]
@@ -261,14 +271,24 @@ def main():
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA GPU here: nothing measured (run it on a GPU machine, or --device cpu --smoke to check the code paths)")
+        print(
+            "no CUDA GPU here: nothing measured (run it on a GPU machine, or --device cpu --smoke to check the code "
+            "paths)"
+        )
         return
-    data = Path(args.data) if args.data else next((p for p in (ROOT / ".gpudata", ROOT.parent / "shared" / "data" / "snli-resplit")
-                                                   if p.is_dir()), None)
+    data = (
+        Path(args.data)
+        if args.data
+        else next(
+            (p for p in (ROOT / ".gpudata", ROOT.parent / "shared" / "data" / "snli-resplit") if p.is_dir()), None
+        )
+    )
     if data is None or not data.is_dir():
         print(f"skip: no SNLI data at {data}")
         return
-    n, args.seed_steps, args.max_batches, args.eval_examples = (54_852, 10, 10**9, 20_000) if not args.smoke else (96, 1, 4, 64)
+    n, args.seed_steps, args.max_batches, args.eval_examples = (
+        (54_852, 10, 10**9, 20_000) if not args.smoke else (96, 1, 4, 64)
+    )
     global SHAPES
     if args.smoke:
         SHAPES = {"small": (32, 2, 4, 64), "base": (48, 2, 4, 96)}
@@ -276,12 +296,22 @@ def main():
     rows, t_start = [], time.perf_counter()
     with open(args.out, "a") if args.out else contextlib.nullcontext() as sink:
         failed = run_all(enc, tok, device, args, rows, sink)
-    print(f"\n{time.perf_counter() - t_start:.0f} s. examples/s, ratio to seed-style; MFU against {PEAK_BF16 / 1e12:.0f} TFLOP/s bf16")
-    print("shape  batch | train seed  bertnli (ratio) pass1/pass2 | eval seed  bertnli (ratio) | useful MFU  hw MFU | peak GiB")
+    print(
+        f"\n{time.perf_counter() - t_start:.0f} s. examples/s, ratio to seed-style; MFU against {PEAK_BF16 / 1e12:.0f} "
+        "TFLOP/s bf16"
+    )
+    print(
+        "shape  batch | train seed  bertnli (ratio) pass1/pass2 | eval seed  bertnli (ratio) | useful MFU  hw MFU | "
+        "peak GiB"
+    )
     for r in rows:
-        print(f"{r['shape']:6} {r['batch']:5} | {r['train_seed']:10.0f} {r['train_bertnli']:8.0f} ({r['train_ratio']:5.2f}x) "
-              f"{r['pass1_over_pass2']:6.2f}      | {r['eval_seed']:9.0f} {r['eval_bertnli']:8.0f} ({r['eval_ratio']:5.2f}x) | "
-              f"{100 * r['useful_mfu']:8.1f}% {100 * r['hardware_mfu']:6.1f}% | {r['peak_gib']:6.2f}")
+        print(
+            f"{r['shape']:6} {r['batch']:5} | {r['train_seed']:10.0f} {r['train_bertnli']:8.0f} "
+            f"({r['train_ratio']:5.2f}x) "
+            f"{r['pass1_over_pass2']:6.2f}      | {r['eval_seed']:9.0f} {r['eval_bertnli']:8.0f} "
+            f"({r['eval_ratio']:5.2f}x) | "
+            f"{100 * r['useful_mfu']:8.1f}% {100 * r['hardware_mfu']:6.1f}% | {r['peak_gib']:6.2f}"
+        )
     print("attention (bert.small 512, pass 1) and syncs:", json.dumps({k: round(v, 1) for k, v in args.extra.items()}))
     if failed or not rows or not math.isfinite(sum(r["train_bertnli"] for r in rows)):
         sys.exit(1)

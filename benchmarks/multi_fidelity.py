@@ -37,9 +37,32 @@ def sweep(a, name: str, fidelity: str, out: Path) -> float:
     done = json.loads(walls.read_text()) if walls.is_file() else {}
     if name in done:
         return done[name]
-    cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", a.config, "--study-name", name, "--trials", str(a.configs),
-           "--sampler", "random", "--sampler-seed", str(a.seed), "--fidelity", fidelity, "--storage", str(out / "journal.log"),
-           "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--out", str(out / "sweeps"), "--no-eval-test", *a.extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertnli.cli",
+        "sweep",
+        "--config",
+        a.config,
+        "--study-name",
+        name,
+        "--trials",
+        str(a.configs),
+        "--sampler",
+        "random",
+        "--sampler-seed",
+        str(a.seed),
+        "--fidelity",
+        fidelity,
+        "--storage",
+        str(out / "journal.log"),
+        "--tracking-uri",
+        f"sqlite:///{out / 'mlflow.db'}",
+        "--out",
+        str(out / "sweeps"),
+        "--no-eval-test",
+        *a.extra,
+    ]
     for option, value in (("--data", a.data), ("--eta", a.eta), ("--min-fraction", a.min_fraction)):
         if value is not None and (option == "--data" or fidelity == "data"):
             cmd += [option, str(value)]
@@ -91,11 +114,24 @@ def audit(mf_trials, full_by_config: dict, sched) -> list[dict]:
 
     rows = []
     for k in range(sched.top + 1):
-        at = {config_key(t.params): t.value for t in mf_trials if rung_of(t) == k and config_key(t.params) in full_by_config}
+        at = {
+            config_key(t.params): t.value
+            for t in mf_trials
+            if rung_of(t) == k and config_key(t.params) in full_by_config
+        }
         keys = sorted(at)
         ra = rank_agreement([at[c] for c in keys], [full_by_config[c] for c in keys])
-        rows.append({"rung": k, "against": "full-data study", "configurations": ra.n, "kendall_tau": ra.tau,
-                     "tau_ci": [ra.tau_low, ra.tau_high], "spearman_rho": ra.rho, "rho_ci": [ra.rho_low, ra.rho_high]})
+        rows.append(
+            {
+                "rung": k,
+                "against": "full-data study",
+                "configurations": ra.n,
+                "kendall_tau": ra.tau,
+                "tau_ci": [ra.tau_low, ra.tau_high],
+                "spearman_rho": ra.rho,
+                "rho_ci": [ra.rho_low, ra.rho_high],
+            }
+        )
     return rows
 
 
@@ -108,17 +144,22 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="[default: the config's]")
     ap.add_argument("--eta", type=int, default=None, help="[default: the config's]")
     ap.add_argument("--min-fraction", type=float, default=None, help="[default: the config's]")
-    ap.add_argument("--rerun", choices=["mf", "full"], default=None,
-                    help="delete that study (storage, checkpoints, recorded wall time) and run it again; the other is reused")
+    ap.add_argument(
+        "--rerun",
+        choices=["mf", "full"],
+        default=None,
+        help="delete that study (storage, checkpoints, recorded wall time) and run it again; the other is reused",
+    )
     ap.add_argument("extra", nargs="*", help="more sweep options after --, e.g. -- --space model=minilm-l3")
     a = ap.parse_args()
 
     import optuna
 
     from bertnli.config import TrackingConfig
+    from bertnli.sweep.halving import best_trial, config_key, rung_of
+    from bertnli.sweep.halving import rungs_of as schedule
     from bertnli.sweep.space import load_sweep_config
     from bertnli.sweep.storage import open_storage
-    from bertnli.sweep.halving import best_trial, config_key, rung_of, rungs_of as schedule
 
     out = Path(a.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -131,17 +172,28 @@ def main() -> None:
     cfg = load_sweep_config(a.config, {"data": a.data} if a.data else {}, given, [], TrackingConfig())
     sched = schedule(cfg)
     S = optuna.trial.TrialState
-    result = {"configs": a.configs, "seed": a.seed, "config": a.config, "eta": cfg.eta, "rungs": list(sched.fractions),
-              "rung_sizes": list(sched.sizes)}
+    result = {
+        "configs": a.configs,
+        "seed": a.seed,
+        "config": a.config,
+        "eta": cfg.eta,
+        "rungs": list(sched.fractions),
+        "rung_sizes": list(sched.sizes),
+    }
     trials = {}
     for kind, name in (("mf", mf_name), ("full", full_name)):
         ts = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials() if t.state == S.COMPLETE]
         trials[kind] = ts
         best = best_trial(ts, sched if kind == "mf" else None)
-        result[kind] = {"trials": len(ts), "examples_seen": sum(t.user_attrs.get("examples_seen", 0) for t in ts),
-                        "wall_seconds": round(walls[kind], 1), "best_dev_acc": best.value, "best_trial": best.number,
-                        "best_params": {k: v for k, v in best.params.items() if k != "rung"},
-                        "test_acc_of_winner": test_once(a, out, name, best.number, cfg)}
+        result[kind] = {
+            "trials": len(ts),
+            "examples_seen": sum(t.user_attrs.get("examples_seen", 0) for t in ts),
+            "wall_seconds": round(walls[kind], 1),
+            "best_dev_acc": best.value,
+            "best_trial": best.number,
+            "best_params": {k: v for k, v in best.params.items() if k != "rung"},
+            "test_acc_of_winner": test_once(a, out, name, best.number, cfg),
+        }
     mf, full = result["mf"], result["full"]
     result["examples_ratio"] = mf["examples_seen"] / full["examples_seen"]
     result["wall_ratio"] = mf["wall_seconds"] / full["wall_seconds"]
@@ -154,9 +206,13 @@ def main() -> None:
     text = json.dumps(result, indent=1, default=float)
     (out / "summary.json").write_text(text)
     print(text)
-    print(f"multi-fidelity vs full data, {a.configs} configurations: best dev {mf['best_dev_acc']:.4f} vs {full['best_dev_acc']:.4f} "
-          f"(gap {result['dev_gap_pp']:.2f} pp), examples seen {result['examples_ratio']:.1%}, wall time {result['wall_ratio']:.1%} "
-          f"of full data; test of the winners {mf['test_acc_of_winner']:.4f} vs {full['test_acc_of_winner']:.4f}")
+    print(
+        f"multi-fidelity vs full data, {a.configs} configurations: best dev {mf['best_dev_acc']:.4f} vs "
+        f"{full['best_dev_acc']:.4f} "
+        f"(gap {result['dev_gap_pp']:.2f} pp), examples seen {result['examples_ratio']:.1%}, wall time "
+        f"{result['wall_ratio']:.1%} "
+        f"of full data; test of the winners {mf['test_acc_of_winner']:.4f} vs {full['test_acc_of_winner']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,10 +51,10 @@ def time_step(model, fused: bool, steps: int) -> float:
 
 def time_train(prep, state_dict, fused: bool, steps: int, batch: int) -> float:
     from bertnli.config import TrainConfig
-    from bertnli.train.loop import Loop, train_epoch
-    from bertnli.train.state import TrainState
     from bertnli.data.batches import train_batches
+    from bertnli.train.loop import Loop, train_epoch
     from bertnli.train.runtime import grad_scaler, numeric_precision
+    from bertnli.train.state import TrainState
 
     device = torch.device("cpu")
     model = prep.model
@@ -85,27 +85,44 @@ def main():
     from bertnli.config import TrainConfig
     from bertnli.train.prepare import prepare
 
-    prep = prepare(TrainConfig(data=args.data, limit_train=args.batch * (args.steps + 2) * 4, limit_eval=8, eval_test=False))
+    prep = prepare(
+        TrainConfig(data=args.data, limit_train=args.batch * (args.steps + 2) * 4, limit_eval=8, eval_test=False)
+    )
     state_dict = {k: v.clone() for k, v in prep.model.state_dict().items()}
     for fused in (False, True):  # warm-up: first-call costs (allocations, lazy imports) are not the step's
         time_step(prep.model, fused, 3)
         time_train(prep, state_dict, fused, 2, args.batch)
     res: dict[str, list[float]] = {}
     for r in range(args.rounds):
-        for fused in ((False, True) if r % 2 == 0 else (True, False)):
+        for fused in (False, True) if r % 2 == 0 else (True, False):
             name = "fused" if fused else "unfused"
             res.setdefault(f"step_ms_{name}", []).append(time_step(prep.model, fused, 20))
             res.setdefault(f"train_ex_s_{name}", []).append(time_train(prep, state_dict, fused, args.steps, args.batch))
-            print(json.dumps({"round": r, "optimizer": name, "step_ms": round(res[f"step_ms_{name}"][-1], 1),
-                              "train_ex_s": round(res[f"train_ex_s_{name}"][-1], 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "round": r,
+                        "optimizer": name,
+                        "step_ms": round(res[f"step_ms_{name}"][-1], 1),
+                        "train_ex_s": round(res[f"train_ex_s_{name}"][-1], 1),
+                    }
+                ),
+                flush=True,
+            )
     med = {k: statistics.median(v) for k, v in res.items()}
     params = sum(p.numel() for p in prep.model.parameters())
-    print(f"\nminilm-l6 ({params / 1e6:.1f}M parameters), batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} rounds (A B B A)")
-    print(f"optimizer step: unfused {med['step_ms_unfused']:.1f} ms, fused {med['step_ms_fused']:.1f} ms "
-          f"({med['step_ms_unfused'] / med['step_ms_fused']:.2f}x faster)")
-    print(f"training: unfused {med['train_ex_s_unfused']:.1f} ex/s, fused {med['train_ex_s_fused']:.1f} ex/s "
-          f"({med['train_ex_s_fused'] / med['train_ex_s_unfused']:.2f}x)")
+    print(
+        f"\nminilm-l6 ({params / 1e6:.1f}M parameters), batch {args.batch}, {torch.get_num_threads()} threads, "
+        f"median of {args.rounds} rounds (A B B A)"
+    )
+    print(
+        f"optimizer step: unfused {med['step_ms_unfused']:.1f} ms, fused {med['step_ms_fused']:.1f} ms "
+        f"({med['step_ms_unfused'] / med['step_ms_fused']:.2f}x faster)"
+    )
+    print(
+        f"training: unfused {med['train_ex_s_unfused']:.1f} ex/s, fused {med['train_ex_s_fused']:.1f} ex/s "
+        f"({med['train_ex_s_fused'] / med['train_ex_s_unfused']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

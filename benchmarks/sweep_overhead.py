@@ -29,13 +29,24 @@ def main():
         if res.is_file() and t.user_attrs.get("trial_wall_seconds"):
             fit = json.loads(res.read_text())["wall_seconds"]
             rows.append((t.number, t.user_attrs["trial_wall_seconds"], fit))
-            print(json.dumps({"trial": t.number, "trial_wall_s": round(rows[-1][1], 1), "fit_s": round(fit, 1),
-                              "overhead_s": round(rows[-1][1] - fit, 1)}))
+            print(
+                json.dumps(
+                    {
+                        "trial": t.number,
+                        "trial_wall_s": round(rows[-1][1], 1),
+                        "fit_s": round(fit, 1),
+                        "overhead_s": round(rows[-1][1] - fit, 1),
+                    }
+                )
+            )
     if not rows:
         print("no complete trial with timings")
         return
     wall, fit = sum(r[1] for r in rows), sum(r[2] for r in rows)
-    print(f"{len(rows)} complete trials: overhead {(wall - fit) / len(rows):.1f} s per trial, {100 * (wall - fit) / wall:.1f} % of trial time")
+    print(
+        f"{len(rows)} complete trials: overhead {(wall - fit) / len(rows):.1f} s per trial, "
+        f"{100 * (wall - fit) / wall:.1f} % of trial time"
+    )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from d2l_reference import BERTModel  # noqa: E402
 
-from bertnli.data.snli import read_split  # noqa: E402
-from bertnli.model.bert import BertConfig, NLIClassifier  # noqa: E402
 from bertnli.data.batches import collate, eval_batches, train_batches  # noqa: E402
 from bertnli.data.encode import encode_pairs  # noqa: E402
+from bertnli.data.snli import read_split  # noqa: E402
 from bertnli.data.tokenize import D2LTokenizer  # noqa: E402
+from bertnli.model.bert import BertConfig, NLIClassifier  # noqa: E402
 
 SHAPES = {  # hidden, layers, heads, ffn
     "small": (256, 2, 4, 512),
@@ -64,9 +64,13 @@ class D2LClassifier(torch.nn.Module):
 def real_pairs(data: Path, n: int):
     split = read_split(data, "train")
     counts = Counter(w for t in split.premises_parse + split.hypotheses_parse for w in t.lower().split())
-    tok = D2LTokenizer(["<unk>", "<pad>", "<bos>", "<eos>", "<cls>", "<sep>", "<mask>", *[w for w, c in counts.items() if c >= 2]])
+    tok = D2LTokenizer(
+        ["<unk>", "<pad>", "<bos>", "<eos>", "<cls>", "<sep>", "<mask>", *[w for w, c in counts.items() if c >= 2]]
+    )
     reps = -(-n // len(split))
-    enc = encode_pairs(split.premises_parse * reps, split.hypotheses_parse * reps, split.labels * reps, tok, 128, "longest_first")
+    enc = encode_pairs(
+        split.premises_parse * reps, split.hypotheses_parse * reps, split.labels * reps, tok, 128, "longest_first"
+    )
     return enc.head(n), tok
 
 
@@ -77,8 +81,8 @@ def time_engine(model, enc, batches, steps, precision, compiled=False, batch_siz
     from bertnli.config import TrainConfig
     from bertnli.train.loop import Loop, train_epoch
     from bertnli.train.optimizer import make_optimizer
-    from bertnli.train.state import TrainState
     from bertnli.train.runtime import grad_scaler
+    from bertnli.train.state import TrainState
 
     device = torch.device("cpu")
     cfg = TrainConfig(batch_size=batch_size, optimizer="adam", lr=1e-4, schedule="constant", grad_clip=0.0, max_len=128)
@@ -136,20 +140,32 @@ def time_evaluate(model, enc, batch, amp):
 
 def print_table(rows: list[dict], default_precision: str, compiled: bool) -> None:
     """Examples/s of every setting, with its ratio to the seed-style one."""
-    print(f"\nexamples/s, ratio to the seed-style setting in brackets; bertnli default = {default_precision} on this CPU")
-    print("shape   batch  phase   seed-style   bertnli fp32       bertnli default" + ("    fp32 + torch.compile" if compiled else ""))
+    print(
+        f"\nexamples/s, ratio to the seed-style setting in brackets; bertnli default = {default_precision} on this CPU"
+    )
+    print(
+        "shape   batch  phase   seed-style   bertnli fp32       bertnli default"
+        + ("    fp32 + torch.compile" if compiled else "")
+    )
     for r in rows:
         for kind in ("train", "eval"):
-            line = (f"{r['shape']:7} {r['batch']:5}  {kind:5} {r[f'{kind}_seed_style']:10.1f}  "
-                    f"{r[f'{kind}_bertnli_fp32']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32']:5.2f}x)  "
-                    f"{r[f'{kind}_bertnli_default']:8.1f} ({r[f'{kind}_ratio_bertnli_default']:5.2f}x)")
+            line = (
+                f"{r['shape']:7} {r['batch']:5}  {kind:5} {r[f'{kind}_seed_style']:10.1f}  "
+                f"{r[f'{kind}_bertnli_fp32']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32']:5.2f}x)  "
+                f"{r[f'{kind}_bertnli_default']:8.1f} ({r[f'{kind}_ratio_bertnli_default']:5.2f}x)"
+            )
             if f"{kind}_bertnli_fp32_compiled" in r:
-                line += f"  {r[f'{kind}_bertnli_fp32_compiled']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32_compiled']:5.2f}x)"
+                line += (
+                    f"  {r[f'{kind}_bertnli_fp32_compiled']:8.1f} ({r[f'{kind}_ratio_bertnli_fp32_compiled']:5.2f}x)"
+                )
             print(line)
         if "train_bertnli_default_unfused" in r:
-            print(f"{r['shape']:7} {r['batch']:5}  train, default with unfused Adam: {r['train_bertnli_default_unfused']:8.1f} "
-                  f"({r['train_ratio_bertnli_default_unfused']:5.2f}x); fused / unfused = "
-                  f"{r['train_bertnli_default'] / r['train_bertnli_default_unfused']:.2f}x")
+            print(
+                f"{r['shape']:7} {r['batch']:5}  train, default with unfused Adam: "
+                f"{r['train_bertnli_default_unfused']:8.1f} "
+                f"({r['train_ratio_bertnli_default_unfused']:5.2f}x); fused / unfused = "
+                f"{r['train_bertnli_default'] / r['train_bertnli_default_unfused']:.2f}x"
+            )
 
 
 def main():
@@ -159,8 +175,9 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[128])
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per setting")
     ap.add_argument("--compile", action="store_true", help="also time bertnli fp32 under torch.compile(dynamic=True)")
-    ap.add_argument("--optimizers", action="store_true",
-                    help="also time bertnli's default with PyTorch's default (unfused) Adam")
+    ap.add_argument(
+        "--optimizers", action="store_true", help="also time bertnli's default with PyTorch's default (unfused) Adam"
+    )
     args = ap.parse_args()
     if not Path(args.data).is_dir():
         print(f"skip: no SNLI data at {args.data}")
@@ -174,8 +191,14 @@ def main():
     for shape in args.shape:
         hidden, layers, heads, ffn = SHAPES[shape]
         for batch in args.batch:
-            res = {"shape": shape, "batch": batch, "device": "cpu", "threads": torch.get_num_threads(),
-                   "bertnli_default_precision": default_precision, "cpu_native_bf16": cpu_has_native_bf16()}
+            res = {
+                "shape": shape,
+                "batch": batch,
+                "device": "cpu",
+                "threads": torch.get_num_threads(),
+                "bertnli_default_precision": default_precision,
+                "cpu_native_bf16": cpu_has_native_bf16(),
+            }
             torch.manual_seed(0)
             seed = D2LClassifier(tok.vocab_size, hidden, layers, heads, ffn)
             torch.manual_seed(0)
@@ -187,13 +210,19 @@ def main():
             res["train_seed_style"] = time_train(seed, enc, random_b, 128, args.steps)
             res["train_bertnli_fp32"] = time_engine(ours, enc, bucket_b, args.steps, "fp32", batch_size=batch)
             ours.load_state_dict(state)
-            res["train_bertnli_default"] = time_engine(ours, enc, bucket_b, args.steps, default_precision, batch_size=batch)
+            res["train_bertnli_default"] = time_engine(
+                ours, enc, bucket_b, args.steps, default_precision, batch_size=batch
+            )
             if args.optimizers:
                 ours.load_state_dict(state)
-                res["train_bertnli_default_unfused"] = time_engine(ours, enc, bucket_b, args.steps, default_precision, batch_size=batch, fused=False)
+                res["train_bertnli_default_unfused"] = time_engine(
+                    ours, enc, bucket_b, args.steps, default_precision, batch_size=batch, fused=False
+                )
             if args.compile:
                 ours.load_state_dict(state)
-                res["train_bertnli_fp32_compiled"] = time_engine(ours, enc, bucket_b, args.steps, "fp32", compiled=True, batch_size=batch)
+                res["train_bertnli_fp32_compiled"] = time_engine(
+                    ours, enc, bucket_b, args.steps, "fp32", compiled=True, batch_size=batch
+                )
             res["eval_seed_style"] = time_eval(seed, enc, eval_batches(enc.lengths, ev, bucket=False), 128, ev_steps)
             sub = enc.head(ev * ev_steps)
             res["eval_bertnli_fp32"] = time_evaluate(ours, sub, ev, amp=False)
@@ -205,6 +234,7 @@ def main():
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}), flush=True)
             rows.append(res)
     print_table(rows, default_precision, args.compile)
+
 
 if __name__ == "__main__":
     main()

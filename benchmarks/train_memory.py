@@ -59,8 +59,12 @@ def main():
     ap.add_argument("--rows", type=int, default=550_152)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--seconds", type=float, default=180, help="how long to watch training after its first step")
-    ap.add_argument("--malloc-mmap-threshold", type=int, default=None,
-                    help="run the trainer with MALLOC_MMAP_THRESHOLD_=N (glibc): big buffers go back to the OS when freed")
+    ap.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=None,
+        help="run the trainer with MALLOC_MMAP_THRESHOLD_=N (glibc): big buffers go back to the OS when freed",
+    )
     args = ap.parse_args()
     src = Path(args.data)
     if not (src / "snli_1.0_train.jsonl.gz").is_file():
@@ -81,14 +85,39 @@ def main():
         (archive / "vocab.json").write_text(json.dumps(vocab))
         torch.manual_seed(0)
         torch.save(BERTModel(len(vocab), 256, 512, 4, 2, 0.1, max_len=512).state_dict(), archive / "pretrained.params")
-        cmd = [sys.executable, "-m", "bertnli.cli", "train", "--model", f"d2l:{archive}", "--data", str(data), "--batch-size",
-               str(args.batch), "--max-len", "128", "--lr", "1e-4", "--optimizer", "adam", "--epochs", "1",
-               "--cache-dir", str(tmp / "cache"), "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--out", str(tmp / "run")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bertnli.cli",
+            "train",
+            "--model",
+            f"d2l:{archive}",
+            "--data",
+            str(data),
+            "--batch-size",
+            str(args.batch),
+            "--max-len",
+            "128",
+            "--lr",
+            "1e-4",
+            "--optimizer",
+            "adam",
+            "--epochs",
+            "1",
+            "--cache-dir",
+            str(tmp / "cache"),
+            "--tracking-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--out",
+            str(tmp / "run"),
+        ]
         t0 = time.time()
         env = dict(os.environ)
         if args.malloc_mmap_threshold:
             env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         samples, started = [], None
         lines: list[str] = []
         threading.Thread(target=lambda: [lines.append(x) for x in iter(proc.stdout.readline, "")], daemon=True).start()
@@ -107,13 +136,24 @@ def main():
         proc.wait(timeout=120)
         if not samples:
             raise SystemExit("training never started:\n" + "".join(lines)[-3000:])
-        res = {"measure": "train_peak_rss_mib", "shape": "bert.small (vocab 60,005)", "pairs": 541_011, "batch": args.batch,
-               "seconds_watched": round(samples[-1][0]), "peak_rss_mib": peak, "rss_first_sample_mib": samples[0][1],
-               "rss_last_sample_mib": samples[-1][1], "startup_seconds": round(started - t0, 1) if started else None,
-               "malloc_mmap_threshold": args.malloc_mmap_threshold, "steps_done": steps_done(tmp / "run")}
+        res = {
+            "measure": "train_peak_rss_mib",
+            "shape": "bert.small (vocab 60,005)",
+            "pairs": 541_011,
+            "batch": args.batch,
+            "seconds_watched": round(samples[-1][0]),
+            "peak_rss_mib": peak,
+            "rss_first_sample_mib": samples[0][1],
+            "rss_last_sample_mib": samples[-1][1],
+            "startup_seconds": round(started - t0, 1) if started else None,
+            "malloc_mmap_threshold": args.malloc_mmap_threshold,
+            "steps_done": steps_done(tmp / "run"),
+        }
         print(json.dumps(res))
-        print(f"\npeak RSS {peak} MiB (VmHWM) training bert.small over {args.rows:,} rows at batch {args.batch}; "
-              f"RSS {samples[0][1]} -> {samples[-1][1]} MiB over {samples[-1][0]:.0f} s of training")
+        print(
+            f"\npeak RSS {peak} MiB (VmHWM) training bert.small over {args.rows:,} rows at batch {args.batch}; "
+            f"RSS {samples[0][1]} -> {samples[-1][1]} MiB over {samples[-1][0]:.0f} s of training"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

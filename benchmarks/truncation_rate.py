@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bertnli.data.encode import split_texts
 from bertnli.data.snli import read_split
 from bertnli.model.presets import build_model
-from bertnli.data.encode import split_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,11 @@ def main():
     split = read_split(a.data, a.split)
     premises, hypotheses = split_texts(split, tok)
     lengths = np.array([len(p) + len(h) + 3 for p, h in zip(tok.encode_batch(premises), tok.encode_batch(hypotheses))])
-    print(f"{a.split}: {len(lengths)} pairs, packed length p50 {np.percentile(lengths, 50):.0f} p90 {np.percentile(lengths, 90):.0f} "
-          f"p99 {np.percentile(lengths, 99):.0f} max {lengths.max()}")
+    print(
+        f"{a.split}: {len(lengths)} pairs, packed length p50 {np.percentile(lengths, 50):.0f} p90 "
+        f"{np.percentile(lengths, 90):.0f} "
+        f"p99 {np.percentile(lengths, 99):.0f} max {lengths.max()}"
+    )
     for m in a.max_len:
         print(f"max_len {m:4d}: {100 * (lengths > m).mean():5.1f} % of pairs truncated")
 

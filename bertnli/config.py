@@ -25,7 +25,9 @@ class TrainConfig:
 
     model: str = "minilm-l6"
     num_layers: int | None = None  # keep only the first N encoder layers (model size on CPU)
-    num_heads: int | None = None  # attention heads of a d2l archive (it does not store them); None: hidden/64, with a warning
+    num_heads: int | None = (
+        None  # attention heads of a d2l archive (it does not store them); None: hidden/64, with a warning
+    )
     data: str = "../shared/data/snli-resplit"
     max_len: int = 128
     truncation: str = "longest_first"
@@ -45,7 +47,9 @@ class TrainConfig:
     train_fraction: float = 1.0  # a nested, label-stratified subset of the (limited) train split: a multi-fidelity rung
     bucket: bool = True  # length-bucketed batches + dynamic padding (False: pad to max_len)
     pad_multiple: int = 8  # batch widths rounded up to a multiple of this (1: exact); fewer shapes for GPU kernels
-    compile: bool = False  # torch.compile(dynamic=True) the training forward: pays on long GPU runs (benchmarks/README.md)
+    compile: bool = (
+        False  # torch.compile(dynamic=True) the training forward: pays on long GPU runs (benchmarks/README.md)
+    )
     amp: bool = True  # bf16 autocast where the hardware does bf16 natively (CUDA; CPUs with AVX512-BF16/AMX)
     device: str = "auto"
     checkpoint_every: int = 500  # optimisation steps between mid-epoch checkpoints; 0: epoch ends only
@@ -121,9 +125,7 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
     known = {f.name: f.type for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise BadInput(
-            f"bad config: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+        raise BadInput(f"bad config: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     coerced = {k: _coerce(k, v, known[k]) for k, v in values.items()}
     return dataclasses.replace(base or TrainConfig(), **coerced)
 
@@ -189,13 +191,17 @@ class TrackingConfig:
 RESUME_MAY_CHANGE = ("data", "cache_dir", "eval_batch_size", "checkpoint_every", "device", "compile")
 
 
-def resume_changes(saved: TrainConfig, asked: dict,
-                   what: str = "--resume continues a run with its saved settings",
-                   fix: str = "drop them, or start a new run with --out") -> dict:
+def resume_changes(
+    saved: TrainConfig,
+    asked: dict,
+    what: str = "--resume continues a run with its saved settings",
+    fix: str = "drop them, or start a new run with --out",
+) -> dict:
     """Refuse, in one line naming them, settings that would silently change a resumed run (its
     optimizer state, step and MLflow params belong to the saved ones). Returns the allowed ones."""
-    changed = {k: v for k, v in asked.items()
-               if k not in RESUME_MAY_CHANGE and config_from_dict({k: v}, saved) != saved}
+    changed = {
+        k: v for k, v in asked.items() if k not in RESUME_MAY_CHANGE and config_from_dict({k: v}, saved) != saved
+    }
     if changed:
         names = ", ".join(f"{k} (saved {getattr(saved, k)!r}, given {v!r})" for k, v in sorted(changed.items()))
         raise BadInput(f"{what}; these would change it: {names}; {fix}")

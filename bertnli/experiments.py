@@ -35,8 +35,11 @@ def check_runnable_here(stem: str, expect: dict, cfg: TrainConfig, force: bool) 
     """Refuse, before any work, an experiment that needs a GPU or data this machine lacks (unless forced)."""
     if expect.get("needs") and not force and (not torch.cuda.is_available() or not Path(cfg.data).is_dir()):
         reduced = expect.get("reduced")
-        raise BadInput(f"{stem} needs {expect['needs']}; this machine lacks them"
-                       + (f"; run the reduced variant: bertnli-exp reproduce {reduced}" if reduced else "") + " (or --force)")
+        raise BadInput(
+            f"{stem} needs {expect['needs']}; this machine lacks them"
+            + (f"; run the reduced variant: bertnli-exp reproduce {reduced}" if reduced else "")
+            + " (or --force)"
+        )
 
 
 def verdict(stem: str, expect: dict, result, run_id: str) -> tuple[str, bool | None]:
@@ -48,19 +51,29 @@ def verdict(stem: str, expect: dict, result, run_id: str) -> tuple[str, bool | N
         return f"verdict: {stem}: no target; measured {metric} {measured:.4f}; run {run_id}", None
     floor = target - expect.get("tolerance", 0.0)
     ok = measured >= floor
-    return (f"verdict: {stem}: target {metric} >= {floor:.4f}, measured {measured:.4f}: "
-            f"{'PASS' if ok else 'FAIL'}; run {run_id}"), ok
+    return (
+        f"verdict: {stem}: target {metric} >= {floor:.4f}, measured {measured:.4f}: "
+        f"{'PASS' if ok else 'FAIL'}; run {run_id}"
+    ), ok
 
 
 def _compare_hint(stem: str, combos: list[dict], runs: int, experiment: str) -> str:
     cell = lambda combo: ",".join(f"{k}={v}" for k, v in combo.items())  # noqa: E731
-    return (f"{stem}: {runs} runs; compare them with: bertnli-exp report --experiment {experiment}"
-            + (f" or bertnli-exp compare --cell {cell(combos[0])} --cell {cell(combos[1])} --experiment {experiment}"
-               if len(combos) == 2 else ""))
+    return f"{stem}: {runs} runs; compare them with: bertnli-exp report --experiment {experiment}" + (
+        f" or bertnli-exp compare --cell {cell(combos[0])} --cell {cell(combos[1])} --experiment {experiment}"
+        if len(combos) == 2
+        else ""
+    )
 
 
-def reproduce(name: str, tracking_uri: str | None = None, experiment: str | None = None, force: bool = False,
-              progress: bool = True, log: Callable[[str], Any] = print) -> bool | None:
+def reproduce(
+    name: str,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> bool | None:
     """Run experiments/NAME.toml: every grid combination (times its seeds), each run's data checked.
 
     Returns whether a single-run experiment met its target (None for grids, seed groups, or no target).
@@ -82,16 +95,29 @@ def reproduce(name: str, tracking_uri: str | None = None, experiment: str | None
         out = f"outputs/{stem}/" + ("-".join(f"{k}={v}" for k, v in combo.items()) or "run")
         tracking = TrackingConfig(tracking_uri, experiment or stem, None, {"bertnli.experiment_file": stem})
         if seeds is not None:
-            _, done = train_seed_group(run_cfg, seeds, out, tracking, progress, log,
-                                       fix=f"undo the change to resume, or delete {out} to run the experiment afresh")
+            _, done = train_seed_group(
+                run_cfg,
+                seeds,
+                out,
+                tracking,
+                progress,
+                log,
+                fix=f"undo the change to resume, or delete {out} to run the experiment afresh",
+            )
             for seed, dev, run_id in done:
-                log(f"{stem} {combo} seed {seed}: " + (f"dev {dev:.4f}" if dev is not None else "adopted") + f" run {run_id}")
+                log(
+                    f"{stem} {combo} seed {seed}: "
+                    + (f"dev {dev:.4f}" if dev is not None else "adopted")
+                    + f" run {run_id}"
+                )
                 log(data_check.after(run_id, tracking_uri, stem))
             continue
         result, run_id = train_run(run_cfg, out, tracking, progress=progress)
         results.append((result, run_id))
-        log(f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "
-            f"{result.test.acc if result.test else float('nan'):.4f} run {run_id}")
+        log(
+            f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "
+            f"{result.test.acc if result.test else float('nan'):.4f} run {run_id}"
+        )
         log(data_check.after(run_id, tracking_uri, stem))
     if grid or seeds is not None:
         log(_compare_hint(stem, combos, len(combos) * len(seeds or [0]), experiment or stem))

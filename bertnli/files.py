@@ -88,9 +88,12 @@ def _fetch_part(url: str, part: Path, timeout: float, progress: bool, desc: str)
         if have and r.status_code != 206:  # server ignored Range: start over
             have = 0
         total = int(r.headers.get("Content-Length", 0)) + have or None
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as f,
+            tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, desc=desc, disable=not progress, leave=False
+            ) as bar,
+        ):
             for block in r.iter_content(chunk_size=1 << 16):
                 f.write(block)
                 bar.update(len(block))
@@ -133,7 +136,8 @@ def download(
         if got != sha1:
             part.unlink(missing_ok=True)
             raise BertnliError(
-                f"download failed: {dest.name} has sha1 {got}, expected {sha1}; the file was deleted, try again or use another mirror"
+                f"download failed: {dest.name} has sha1 {got}, expected {sha1}; the file was deleted, try again or use "
+                "another mirror"
             )
     os.replace(part, dest)
     return dest

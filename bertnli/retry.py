@@ -40,9 +40,14 @@ def policy(
         wait = wait + tenacity.wait_random(0, jitter)
     before_sleep = None
     if on_wait is not None:
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             on_wait(state.outcome.exception(), state.next_action.sleep)
+
     return tenacity.Retrying(
-        retry=retry, stop=tenacity.stop_any(*stops) if stops else tenacity.stop_never, wait=wait, reraise=True,
+        retry=retry,
+        stop=tenacity.stop_any(*stops) if stops else tenacity.stop_never,
+        wait=wait,
+        reraise=True,
         before_sleep=before_sleep,
     )

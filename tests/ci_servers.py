@@ -25,4 +25,6 @@ def pytest_runtest_makereport(item, call):
         name = required(str(report.longrepr[2]))
         if name:
             report.outcome = "failed"
-            report.longrepr = f"CI=true but this test was skipped ({report.longrepr[2]}): CI must run it with {name} installed"
+            report.longrepr = (
+                f"CI=true but this test was skipped ({report.longrepr[2]}): CI must run it with {name} installed"
+            )

@@ -45,9 +45,16 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
             hyp = f"{s} is not {a.split()[-1]} {p}."
         else:
             hyp = f"{s} {a} {p} with a friend because it is sunny."
-        rows.append({"gold_label": label, "sentence1": premise, "sentence2": hyp,
-                     "sentence1_binary_parse": _parse(premise), "sentence2_binary_parse": _parse(hyp),
-                     "pairID": f"{i}.jpg#{i % 4}"})
+        rows.append(
+            {
+                "gold_label": label,
+                "sentence1": premise,
+                "sentence2": hyp,
+                "sentence1_binary_parse": _parse(premise),
+                "sentence2_binary_parse": _parse(hyp),
+                "pairID": f"{i}.jpg#{i % 4}",
+            }
+        )
     return rows
 
 

@@ -123,7 +123,9 @@ class BERTEncoder(nn.Module):
 class MaskLM(nn.Module):
     def __init__(self, vocab_size, num_hiddens):
         super().__init__()
-        self.mlp = nn.Sequential(nn.LazyLinear(num_hiddens), nn.ReLU(), nn.LayerNorm(num_hiddens), nn.LazyLinear(vocab_size))
+        self.mlp = nn.Sequential(
+            nn.LazyLinear(num_hiddens), nn.ReLU(), nn.LayerNorm(num_hiddens), nn.LazyLinear(vocab_size)
+        )
 
 
 class NextSentencePred(nn.Module):
@@ -135,7 +137,9 @@ class NextSentencePred(nn.Module):
 class BERTModel(nn.Module):
     def __init__(self, vocab_size, num_hiddens, ffn_num_hiddens, num_heads, num_blks, dropout, max_len=1000):
         super().__init__()
-        self.encoder = BERTEncoder(vocab_size, num_hiddens, ffn_num_hiddens, num_heads, num_blks, dropout, max_len=max_len)
+        self.encoder = BERTEncoder(
+            vocab_size, num_hiddens, ffn_num_hiddens, num_heads, num_blks, dropout, max_len=max_len
+        )
         self.hidden = nn.Sequential(nn.LazyLinear(num_hiddens), nn.Tanh())
         self.mlm = MaskLM(vocab_size, num_hiddens)
         self.nsp = NextSentencePred()
@@ -150,7 +154,9 @@ class BERTModel(nn.Module):
 def d2l_state_shapes(vocab, hidden, ffn, layers, max_len=512):
     """The keys and shapes of a d2l `pretrained.params`, without allocating it (for bert.base)."""
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in BERTModel(vocab, hidden, ffn, 1, layers, 0.1, max_len).state_dict().items()}
+        return {
+            k: tuple(v.shape) for k, v in BERTModel(vocab, hidden, ffn, 1, layers, 0.1, max_len).state_dict().items()
+        }
 
 
 # ---------------------------------------------------------------- the chapter's data pipeline
@@ -220,7 +226,11 @@ class SNLIBERTDataset(torch.utils.data.Dataset):
         all_token_ids = [token_ids for token_ids, segments, valid_len in out]
         all_segments = [segments for token_ids, segments, valid_len in out]
         valid_lens = [valid_len for token_ids, segments, valid_len in out]
-        return (torch.tensor(all_token_ids, dtype=torch.long), torch.tensor(all_segments, dtype=torch.long), torch.tensor(valid_lens))
+        return (
+            torch.tensor(all_token_ids, dtype=torch.long),
+            torch.tensor(all_segments, dtype=torch.long),
+            torch.tensor(valid_lens),
+        )
 
     def _mp_worker(self, premise_hypothesis_tokens):
         p_tokens, h_tokens = premise_hypothesis_tokens

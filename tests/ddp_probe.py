@@ -15,8 +15,22 @@ from bertnli.train.fit import fit
 from bertnli.train.prepare import prepare
 
 out, data = Path(os.environ["PROBE_OUT"]), sys.argv[1]
-cfg = TrainConfig(model="tiny-d2l-random", data=data, epochs=1, batch_size=8, lr=1e-3, max_len=32, dropout=0.5, limit_train=16,
-                  limit_eval=16, bucket=False, amp=False, checkpoint_every=0, cache_dir=str(out / "enc"), eval_test=False)
+cfg = TrainConfig(
+    model="tiny-d2l-random",
+    data=data,
+    epochs=1,
+    batch_size=8,
+    lr=1e-3,
+    max_len=32,
+    dropout=0.5,
+    limit_train=16,
+    limit_eval=16,
+    bucket=False,
+    amp=False,
+    checkpoint_every=0,
+    cache_dir=str(out / "enc"),
+    eval_test=False,
+)
 prep = prepare(cfg)
 masks = []
 

@@ -9,22 +9,39 @@ import sys
 
 import pytest
 import torch
-from mlflow import MlflowClient
-
 from conftest import ROOT, run_env
+from mlflow import MlflowClient
 
 
 def test_gpu_benchmark_without_cuda_says_so_and_exits_0():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = subprocess.run([sys.executable, "benchmarks/gpu.py"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "no CUDA GPU here" in r.stdout
 
 
 def test_gpu_benchmark_smoke_on_cpu(tiny_snli, tmp_path):
     out = tmp_path / "gpu.jsonl"
-    r = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--smoke", "--data", str(tiny_snli), "--out", str(out)],
-                       cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu.py",
+            "--device",
+            "cpu",
+            "--smoke",
+            "--data",
+            str(tiny_snli),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     settings = [row for row in rows if "shape" in row]
@@ -36,9 +53,29 @@ def test_gpu_benchmark_smoke_on_cpu(tiny_snli, tmp_path):
 
 def test_multi_fidelity_benchmark_runs_both_studies_on_the_same_configurations(tiny_snli, tmp_path):
     out = tmp_path / "bench"
-    cmd = [sys.executable, "benchmarks/multi_fidelity.py", "--configs", "3", "--data", str(tiny_snli), "--eta", "3",
-           "--min-fraction", "0.333", "--out-dir", str(out), "--", "--space", "model=tiny-d2l-random", "--space", "epochs=1",
-           "--cache-dir", str(tmp_path / "enc"), "--max-len", "32"]
+    cmd = [
+        sys.executable,
+        "benchmarks/multi_fidelity.py",
+        "--configs",
+        "3",
+        "--data",
+        str(tiny_snli),
+        "--eta",
+        "3",
+        "--min-fraction",
+        "0.333",
+        "--out-dir",
+        str(out),
+        "--",
+        "--space",
+        "model=tiny-d2l-random",
+        "--space",
+        "epochs=1",
+        "--cache-dir",
+        str(tmp_path / "enc"),
+        "--max-len",
+        "32",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -52,9 +89,13 @@ def test_multi_fidelity_benchmark_runs_both_studies_on_the_same_configurations(t
     cmd.insert(cmd.index("--"), "mf")
     r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "--study-name mf-3-s0" in r.stdout and "--study-name full-3-s0" not in r.stdout  # only the one asked for ran again
+    assert (
+        "--study-name mf-3-s0" in r.stdout and "--study-name full-3-s0" not in r.stdout
+    )  # only the one asked for ran again
     again = json.loads((out / "summary.json").read_text())
     assert again["mf"]["trials"] == 4 and again["mf"]["best_params"] == s["mf"]["best_params"]
     c = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     runs = c.search_runs([c.get_experiment_by_name("mf-3-s0").experiment_id], max_results=1000)
-    assert sum(r.data.tags.get("bertnli.role") == "sweep-parent" for r in runs) == 1 and len(runs) == 1 + 4  # the first run's are gone
+    assert (
+        sum(r.data.tags.get("bertnli.role") == "sweep-parent" for r in runs) == 1 and len(runs) == 1 + 4
+    )  # the first run's are gone

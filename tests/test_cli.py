@@ -4,23 +4,46 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_env
 
 
 def cli(*args, timeout=300, cwd=ROOT, **env):
-    return subprocess.run([sys.executable, "-m", "bertnli.cli", *map(str, args)], cwd=cwd, env=run_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bertnli.cli", *map(str, args)],
+        cwd=cwd,
+        env=run_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_snli, tmp_path_factory, mlflow_uri):
     tmp = tmp_path_factory.mktemp("cli")
     toml = tmp / "exp.toml"
-    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 5\nlr = 0.5\n'
-                    f'max_len = 32\nbatch_size = 16\ncache_dir = "{tmp / "enc"}"\n')
-    r = cli("train", "--config", toml, "--lr", "2e-3", "--seed", "0", "--optimizer", "adam", "--schedule", "constant", "--out", tmp / "run",
-            "--tracking-uri", mlflow_uri, "--no-progress")
+    toml.write_text(
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 5\nlr = 0.5\n'
+        f'max_len = 32\nbatch_size = 16\ncache_dir = "{tmp / "enc"}"\n'
+    )
+    r = cli(
+        "train",
+        "--config",
+        toml,
+        "--lr",
+        "2e-3",
+        "--seed",
+        "0",
+        "--optimizer",
+        "adam",
+        "--schedule",
+        "constant",
+        "--out",
+        tmp / "run",
+        "--tracking-uri",
+        mlflow_uri,
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp / "run", r.stdout
 
@@ -46,27 +69,33 @@ def test_predict_and_evaluate_from_the_checkpoint(trained, tiny_snli):
     assert r.returncode == 0 and "dev: accuracy" in r.stdout and "confusion" in r.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "--lr", "abc"], "'abc' is not a valid float"),
-    (["train", "--truncation", "middle"], "'middle' is not one of"),
-    (["train", "--epochs", "0"], "0 is not in the range x>=1"),
-    (["train", "--batch-size", "-3"], "range"),
-    (["train", "--frobnicate"], "No such option"),
-    (["train", "--seed", "-1"], "range"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--lr", "abc"], "'abc' is not a valid float"),
+        (["train", "--truncation", "middle"], "'middle' is not one of"),
+        (["train", "--epochs", "0"], "0 is not in the range x>=1"),
+        (["train", "--batch-size", "-3"], "range"),
+        (["train", "--frobnicate"], "No such option"),
+        (["train", "--seed", "-1"], "range"),
+    ],
+)
 def test_bad_options_are_one_line_and_exit_2(args, needle):
     r = cli(*args)
     assert r.returncode == 2
     assert needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),
-    (["train", "--config", "/nope.toml"], "config file /nope.toml not found"),
-    (["train", "--model", "bert-huge"], "unknown model 'bert-huge'"),
-    (["train", "--lr", "-1"], "-1.0 is not in the range x>0"),
-    (["predict", "/nonexistent-run-folder", "a", "b"], "no MLflow run"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),
+        (["train", "--config", "/nope.toml"], "config file /nope.toml not found"),
+        (["train", "--model", "bert-huge"], "unknown model 'bert-huge'"),
+        (["train", "--lr", "-1"], "-1.0 is not in the range x>0"),
+        (["predict", "/nonexistent-run-folder", "a", "b"], "no MLflow run"),
+    ],
+)
 def test_bad_values_are_one_line_errors(args, needle, mlflow_uri):
     r = cli(*args, MLFLOW_TRACKING_URI=mlflow_uri)
     assert r.returncode == 2 and needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
@@ -81,8 +110,11 @@ def test_models_and_data_info(tiny_snli):
 
 def test_reproduce_ends_with_a_verdict(tiny_snli, tmp_path, mlflow_uri):
     toml = tmp_path / "mini.toml"
-    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 2\nlr = 2e-3\noptimizer = "adam"\n'
-                    f'max_len = 32\nbatch_size = 16\ncache_dir = "{tmp_path / "enc"}"\n\n[expect]\nmetric = "best_dev_acc"\ntarget = 0.2\n')
+    toml.write_text(
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 2\nlr = 2e-3\noptimizer = "adam"\n'
+        f'max_len = 32\nbatch_size = 16\ncache_dir = "{tmp_path / "enc"}"\n\n[expect]\nmetric = "best_dev_acc"\ntarget '
+        "= 0.2\n"
+    )
     r = cli("reproduce", toml, "--tracking-uri", mlflow_uri, "--no-progress")
     assert r.returncode == 0, r.stderr
     verdict = r.stdout.strip().splitlines()[-1]
@@ -129,13 +161,15 @@ def test_resume_refuses_changed_hyperparameters_in_one_line(trained):
     assert "--resume" in line and "epochs (saved 5, given 7)" in line and "lr (saved 0.002, given 0.01)" in line
     import json
 
-    from bertnli.config import resume_changes as _check_resume_changes
     from bertnli.config import load_config
+    from bertnli.config import resume_changes as _check_resume_changes
 
     saved = load_config(None, json.loads((run / "config.json").read_text()))
-    # the same values, and settings that do not change the trajectory, pass (options such as --progress are not settings)
-    assert _check_resume_changes(saved, {"lr": 2e-3, "epochs": 5, "eval_batch_size": 64, "cache_dir": "elsewhere"}) == \
-        {"eval_batch_size": 64, "cache_dir": "elsewhere"}
+    # the same values, and settings that do not change the trajectory, pass (--progress and such are not settings)
+    assert _check_resume_changes(saved, {"lr": 2e-3, "epochs": 5, "eval_batch_size": 64, "cache_dir": "elsewhere"}) == {
+        "eval_batch_size": 64,
+        "cache_dir": "elsewhere",
+    }
 
 
 def test_predict_file_errors_are_one_line_naming_the_file_and_line(trained, tmp_path):
@@ -146,11 +180,16 @@ def test_predict_file_errors_are_one_line_naming_the_file_and_line(trained, tmp_
     missing.write_text('{"sentence1": "A man sits."}\n')
     empty = tmp_path / "empty.tsv"
     empty.write_text("\n\n")
-    for path, expect in ((broken, f"{broken}:2: not valid JSON"), (missing, f"{missing}:1: no 'sentence2' field"),
-                         (empty, f"{empty}: no sentence pairs in it")):
+    for path, expect in (
+        (broken, f"{broken}:2: not valid JSON"),
+        (missing, f"{missing}:1: no 'sentence2' field"),
+        (empty, f"{empty}: no sentence pairs in it"),
+    ):
         r = cli("predict", run, "--file", path)
         lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"bertnli-exp: error: {expect}"), r.stderr[-1500:]
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"bertnli-exp: error: {expect}"), r.stderr[
+            -1500:
+        ]
 
 
 def test_sigterm_marks_a_train_run_killed_and_it_resumes(tmp_path):
@@ -158,18 +197,41 @@ def test_sigterm_marks_a_train_run_killed_and_it_resumes(tmp_path):
     import signal
     import time
 
-    from mlflow import MlflowClient
-
     from conftest import make_rows, write_jsonl_gz
+    from mlflow import MlflowClient
 
     data = tmp_path / "snli"
     data.mkdir()
     for split, n, seed in (("train", 1200, 11), ("dev", 100, 12), ("test", 100, 13)):
         write_jsonl_gz(data / f"snli_1.0_{split}.jsonl.gz", make_rows(n, seed))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "bertnli.cli", "train", "--model", "tiny-d2l-random", "--data", str(data), "--epochs", "3",
-           "--batch-size", "8", "--lr", "2e-3", "--max-len", "32", "--checkpoint-every", "5", "--cache-dir", str(tmp_path / "enc"),
-           "--tracking-uri", uri, "--out", str(tmp_path / "run"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertnli.cli",
+        "train",
+        "--model",
+        "tiny-d2l-random",
+        "--data",
+        str(data),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "2e-3",
+        "--max-len",
+        "32",
+        "--checkpoint-every",
+        "5",
+        "--cache-dir",
+        str(tmp_path / "enc"),
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (tmp_path / "run" / "last.pt").is_file():

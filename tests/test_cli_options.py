@@ -50,8 +50,15 @@ IMPOSSIBLE_TEXT = {
     ("sweep", "register_name"): ("a/b", "is not a registered-model name"),
 }
 # Text where every value is valid: names and free sentences.
-ANY_TEXT = {("train", "experiment"), ("train", "run_name"), ("sweep", "experiment"), ("sweep", "study_name"),
-            ("reproduce", "experiment"), ("predict", "premise"), ("predict", "hypothesis")}
+ANY_TEXT = {
+    ("train", "experiment"),
+    ("train", "run_name"),
+    ("sweep", "experiment"),
+    ("sweep", "study_name"),
+    ("reproduce", "experiment"),
+    ("predict", "premise"),
+    ("predict", "hypothesis"),
+}
 
 
 def commands(group: click.Group = main, prefix: str = ""):
@@ -101,9 +108,15 @@ def wrong_value_cases():
 
 
 def test_every_text_option_is_classified():
-    unclassified = [(c, p.name) for c, cmd in commands() for p in cmd.params
-                    if is_text(p) and (c, p.name) not in IMPOSSIBLE_TEXT and (c, p.name) not in ANY_TEXT]
-    assert not unclassified, f"say what an impossible value is for {unclassified} (IMPOSSIBLE_TEXT) or that any text is valid (ANY_TEXT)"
+    unclassified = [
+        (c, p.name)
+        for c, cmd in commands()
+        for p in cmd.params
+        if is_text(p) and (c, p.name) not in IMPOSSIBLE_TEXT and (c, p.name) not in ANY_TEXT
+    ]
+    assert not unclassified, (
+        f"say what an impossible value is for {unclassified} (IMPOSSIBLE_TEXT) or that any text is valid (ANY_TEXT)"
+    )
     stale = [k for k in IMPOSSIBLE_TEXT if k not in {(c, p.name) for c, cmd in commands() for p in cmd.params}]
     assert not stale, f"IMPOSSIBLE_TEXT names options that no longer exist: {stale}"
 
@@ -115,8 +128,19 @@ def checkpoint(tiny_snli, tmp_path_factory):
     from bertnli.train.fit import fit
 
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    fit(TrainConfig(model="tiny-d2l-random", data=str(tiny_snli), epochs=1, max_len=32, batch_size=32, eval_test=False,
-                    cache_dir=str(out.parent / "enc")), out, progress=False)
+    fit(
+        TrainConfig(
+            model="tiny-d2l-random",
+            data=str(tiny_snli),
+            epochs=1,
+            max_len=32,
+            batch_size=32,
+            eval_test=False,
+            cache_dir=str(out.parent / "enc"),
+        ),
+        out,
+        progress=False,
+    )
     return out
 
 
@@ -124,8 +148,18 @@ def invocation(cmd_name: str, param: click.Parameter, value: str, valid: dict[st
     """A command line that is valid except for `param`, which gets `value`."""
     base = {
         "train": ["--data", valid["data"], "--model", "tiny-d2l-random", "--out", valid["out"], "--no-progress"],
-        "sweep": ["--data", valid["data"], "--model", "tiny-d2l-random", "--trials", "1", "--storage", valid["journal"],
-                  "--out", valid["out"]],
+        "sweep": [
+            "--data",
+            valid["data"],
+            "--model",
+            "tiny-d2l-random",
+            "--trials",
+            "1",
+            "--storage",
+            valid["journal"],
+            "--out",
+            valid["out"],
+        ],
         "reproduce": ["quick_cpu"],
         "report": ["--out", valid["out"]],
         "compare": ["0" * 32, "1" * 32],
@@ -145,7 +179,9 @@ def invocation(cmd_name: str, param: click.Parameter, value: str, valid: dict[st
 
 
 @pytest.mark.parametrize("cmd_name,param_name,value,needle", wrong_value_cases())
-def test_wrong_value_is_one_line_and_exit_2(cmd_name, param_name, value, needle, tiny_snli, checkpoint, tmp_path, monkeypatch):
+def test_wrong_value_is_one_line_and_exit_2(
+    cmd_name, param_name, value, needle, tiny_snli, checkpoint, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # nothing a case writes lands in the repo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     a_file, a_dir = tmp_path / "a-file", tmp_path / "a-dir"
@@ -156,16 +192,33 @@ def test_wrong_value_is_one_line_and_exit_2(cmd_name, param_name, value, needle,
     for word in cmd_name.split()[:-1]:
         group = group.commands[word]
     param = next(p for p in group.commands[cmd_name.split()[-1]].params if p.name == param_name)
-    valid = {"data": str(tiny_snli), "out": str(tmp_path / "out"), "journal": str(tmp_path / "journal.log"),
-             "checkpoint": str(checkpoint)}
+    valid = {
+        "data": str(tiny_snli),
+        "out": str(tmp_path / "out"),
+        "journal": str(tmp_path / "journal.log"),
+        "checkpoint": str(checkpoint),
+    }
     if cmd_name == "reproduce" and param_name != "name":
         (tmp_path / "experiments").mkdir()
-        (tmp_path / "experiments" / "quick_cpu.toml").write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\n')
-    r = CliRunner().invoke(main, invocation(cmd_name, param, value, valid), prog_name="bertnli-exp", catch_exceptions=False)
+        (tmp_path / "experiments" / "quick_cpu.toml").write_text(
+            f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\n'
+        )
+    r = CliRunner().invoke(
+        main, invocation(cmd_name, param, value, valid), prog_name="bertnli-exp", catch_exceptions=False
+    )
     err = r.stderr.strip()
     assert r.exit_code == 2, (r.exit_code, err[-2000:], r.stdout[-500:])
     assert err.count("\n") == 0 and err.startswith("bertnli-exp"), err
     assert needle in err, err
-    if isinstance(param, click.Option) and needle in ("abc", "range", "is not one of", "does not exist", "is a file", "is a directory"):
+    if isinstance(param, click.Option) and needle in (
+        "abc",
+        "range",
+        "is not one of",
+        "does not exist",
+        "is a file",
+        "is a directory",
+    ):
         assert param.opts[0] in err, err  # the message names the option
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.pt")), "a refused command trained anyway"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.pt")), (
+        "a refused command trained anyway"
+    )

@@ -4,12 +4,12 @@ import json
 import re
 
 import pytest
+from conftest import ROOT, make_rows, write_jsonl_gz
 from mlflow import MlflowClient
+from test_cli import cli
 
 from bertnli.config import seeds_setting
 from bertnli.tracking.query import load_runs
-from conftest import ROOT, make_rows, write_jsonl_gz
-from test_cli import cli
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +17,27 @@ def seeded(tiny_snli, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     toml = tmp / "exp.toml"
-    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 2\nlr = 2e-3\noptimizer = "adam"\n'
-                    f'schedule = "constant"\nmax_len = 12\nbatch_size = 16\ncache_dir = "{tmp / "enc"}"\nseeds = [0, 1]\n')
+    toml.write_text(
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 2\nlr = 2e-3\noptimizer = "adam"\n'
+        f'schedule = "constant"\nmax_len = 12\nbatch_size = 16\ncache_dir = "{tmp / "enc"}"\nseeds = [0, 1]\n'
+    )
     outs = {}
     for trunc, extra in (("ratio", []), ("longest_first", ["--seeds", "0,1"])):  # the TOML's seeds, and the option
-        r = cli("train", "--config", toml, "--truncation", trunc, "--out", tmp / trunc, "--experiment", "cmp",
-                "--tracking-uri", uri, "--no-progress", *extra)
+        r = cli(
+            "train",
+            "--config",
+            toml,
+            "--truncation",
+            trunc,
+            "--out",
+            tmp / trunc,
+            "--experiment",
+            "cmp",
+            "--tracking-uri",
+            uri,
+            "--no-progress",
+            *extra,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         outs[trunc] = r.stdout
     return uri, tmp, toml, outs
@@ -43,8 +58,20 @@ def test_seeds_make_one_run_per_seed_grouped_by_a_tag(seeded):
 
 def test_rerunning_a_seed_group_adopts_finished_seeds(seeded):
     uri, tmp, toml, _ = seeded
-    r = cli("train", "--config", toml, "--truncation", "ratio", "--out", tmp / "ratio", "--experiment", "cmp",
-            "--tracking-uri", uri, "--no-progress")
+    r = cli(
+        "train",
+        "--config",
+        toml,
+        "--truncation",
+        "ratio",
+        "--out",
+        tmp / "ratio",
+        "--experiment",
+        "cmp",
+        "--tracking-uri",
+        uri,
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("adopted") >= 2 and len(load_runs(["cmp"], uri)) == 4
 
@@ -57,8 +84,22 @@ def test_rerunning_a_seed_group_with_changed_settings_is_refused_in_one_line(see
     kept = marker.read_text()
     try:
         for written_by in ("this version", "a version whose marker held no config"):
-            r = cli("train", "--config", toml, "--truncation", "ratio", "--lr", "1e-3", "--out", tmp / "ratio",
-                    "--experiment", "cmp", "--tracking-uri", uri, "--no-progress")
+            r = cli(
+                "train",
+                "--config",
+                toml,
+                "--truncation",
+                "ratio",
+                "--lr",
+                "1e-3",
+                "--out",
+                tmp / "ratio",
+                "--experiment",
+                "cmp",
+                "--tracking-uri",
+                uri,
+                "--no-progress",
+            )
             assert r.returncode == 2 and r.stderr.count("\n") == 1, (written_by, r.stderr[-2000:])
             assert "lr (saved 0.002, given 0.001)" in r.stderr and "another --out" in r.stderr, written_by
             assert len(load_runs(["cmp"], uri)) == 4
@@ -87,21 +128,30 @@ def test_reproduce_runs_the_grid_times_the_seeds(tiny_snli, tmp_path):
     """
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     toml = tmp_path / "seedgrid.toml"
-    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 1\nlr = 2e-3\noptimizer = "adam"\n'
-                    f'schedule = "constant"\nmax_len = 12\nbatch_size = 16\ncache_dir = "{tmp_path / "enc"}"\nseeds = [0, 1]\n\n'
-                    '[grid]\ntruncation = ["longest_first", "ratio"]\n')
+    toml.write_text(
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 1\nlr = 2e-3\noptimizer = "adam"\n'
+        f'schedule = "constant"\nmax_len = 12\nbatch_size = 16\ncache_dir = "{tmp_path / "enc"}"\nseeds = [0, 1]\n\n'
+        '[grid]\ntruncation = ["longest_first", "ratio"]\n'
+    )
     r = cli("reproduce", toml, "--tracking-uri", uri, "--no-progress", cwd=tmp_path, PYTHONPATH=str(ROOT))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "seedgrid: 4 runs; compare them with: bertnli-exp report --experiment seedgrid" in r.stdout
     assert "compare --cell truncation=longest_first --cell truncation=ratio --experiment seedgrid" in r.stdout
     runs = load_runs(["seedgrid"], uri)  # the experiment is named after the file
     assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
-    assert sorted(zip(runs["truncation"], runs["seed"])) == [("longest_first", 0), ("longest_first", 1), ("ratio", 0), ("ratio", 1)]
+    assert sorted(zip(runs["truncation"], runs["seed"])) == [
+        ("longest_first", 0),
+        ("longest_first", 1),
+        ("ratio", 0),
+        ("ratio", 1),
+    ]
     assert set(runs["model"]) == {"tiny-d2l-random"} and set(runs["max_len"]) == {12} and set(runs["epochs"]) == {1}
     assert set(runs["lr"]) == {2e-3}
     c = MlflowClient(uri)
     for trunc in ("longest_first", "ratio"):
-        group = json.loads((tmp_path / "outputs" / "seedgrid" / f"truncation={trunc}" / "seed_group.json").read_text())["group"]
+        group = json.loads((tmp_path / "outputs" / "seedgrid" / f"truncation={trunc}" / "seed_group.json").read_text())[
+            "group"
+        ]
         mine = load_runs(["seedgrid"], uri, tags={"bertnli.seed_group": group})
         assert sorted(mine["seed"]) == [0, 1] and set(mine["truncation"]) == {trunc}
         for run_id in mine["run_id"]:
@@ -115,8 +165,19 @@ def _delta(stdout: str, split: str) -> float:
 
 def test_compare_cells_across_seeds(seeded):
     uri, *_ = seeded
-    r = cli("compare", "--cell", "truncation=ratio", "--cell", "truncation=longest_first", "--experiment", "cmp",
-            "--tracking-uri", uri, "--boot", "500")
+    r = cli(
+        "compare",
+        "--cell",
+        "truncation=ratio",
+        "--cell",
+        "truncation=longest_first",
+        "--experiment",
+        "cmp",
+        "--tracking-uri",
+        uri,
+        "--boot",
+        "500",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     runs = load_runs(["cmp"], uri)
     mean = runs.groupby("truncation")["test_acc"].mean()
@@ -139,8 +200,22 @@ def test_compare_refuses_runs_on_different_data(seeded, tmp_path):
     other.mkdir()
     for split, n, seed in (("train", 240, 1), ("dev", 80, 7), ("test", 80, 3)):
         write_jsonl_gz(other / f"snli_1.0_{split}.jsonl.gz", make_rows(n, seed))
-    r = cli("train", "--config", toml, "--data", other, "--seeds", "0", "--out", tmp_path / "o", "--experiment", "cmp-other",
-            "--tracking-uri", uri, "--no-progress")
+    r = cli(
+        "train",
+        "--config",
+        toml,
+        "--data",
+        other,
+        "--seeds",
+        "0",
+        "--out",
+        tmp_path / "o",
+        "--experiment",
+        "cmp-other",
+        "--tracking-uri",
+        uri,
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     a = load_runs(["cmp"], uri)["run_id"][0]
     b = load_runs(["cmp-other"], uri)["run_id"][0]
@@ -151,31 +226,64 @@ def test_compare_refuses_runs_on_different_data(seeded, tmp_path):
 
 def test_a_cell_that_matches_nothing_is_one_line(seeded):
     uri, *_ = seeded
-    r = cli("compare", "--cell", "truncation=ratio", "--cell", "truncation=none", "--experiment", "cmp", "--tracking-uri", uri)
-    assert r.returncode == 2 and "no finished run matches --cell truncation=none" in r.stderr and r.stderr.count("\n") == 1
+    r = cli(
+        "compare",
+        "--cell",
+        "truncation=ratio",
+        "--cell",
+        "truncation=none",
+        "--experiment",
+        "cmp",
+        "--tracking-uri",
+        uri,
+    )
+    assert (
+        r.returncode == 2 and "no finished run matches --cell truncation=none" in r.stderr and r.stderr.count("\n") == 1
+    )
 
 
 def test_random_sweep_is_unpruned_and_its_parent_gets_a_verdict(tiny_snli, tmp_path):
-    """`sweep --sampler random`: i.i.d. draws (no enqueued cells, no pruning), so EVP is valid; verdict tags on the parent."""
+    """`sweep --sampler random`: i.i.d. draws (no enqueued cells, no pruning), so EVP is valid; verdict tags on the
+    parent.
+    """
     toml = tmp_path / "sweep.toml"
-    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 12\nbatch_size = 16\noptimizer = "adam"\n'
-                    f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\nepochs = 2\n\n'
-                    '[sweep]\ntrials = 5\nstudy_name = "rnd"\npruner_startup_trials = 1\n\n'
-                    '[sweep.space]\nlr = {low = 1e-4, high = 5e-3, log = true}\ntruncation = ["longest_first", "ratio"]\n')
+    toml.write_text(
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 12\nbatch_size = 16\noptimizer = "adam"\n'
+        f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\nepochs = 2\n\n'
+        '[sweep]\ntrials = 5\nstudy_name = "rnd"\npruner_startup_trials = 1\n\n'
+        '[sweep.space]\nlr = {low = 1e-4, high = 5e-3, log = true}\ntruncation = ["longest_first", "ratio"]\n'
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    r = cli("sweep", "--config", toml, "--sampler", "random", "--storage", tmp_path / "journal.log", "--tracking-uri", uri,
-            "--out", tmp_path / "out", timeout=900)
+    r = cli(
+        "sweep",
+        "--config",
+        toml,
+        "--sampler",
+        "random",
+        "--storage",
+        tmp_path / "journal.log",
+        "--tracking-uri",
+        uri,
+        "--out",
+        tmp_path / "out",
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name("rnd").experiment_id], max_results=100)
     parent = next(x for x in runs if x.data.tags.get("bertnli.role") == "sweep-parent")
     children = [x for x in runs if x.data.tags.get("bertnli.role") == "sweep-trial"]
-    assert parent.data.tags["bertnli.sampler"] == "RandomSampler(seed=0, per trial number)" and parent.data.tags["bertnli.pruner"] == "NopPruner()"
+    assert (
+        parent.data.tags["bertnli.sampler"] == "RandomSampler(seed=0, per trial number)"
+        and parent.data.tags["bertnli.pruner"] == "NopPruner()"
+    )
     assert len(children) == 5 and all(x.info.status == "FINISHED" for x in children)  # nothing pruned
     cells = {x.data.params["truncation"] for x in children}
     assert cells == {"longest_first", "ratio"}  # the seeded random draws cover both (3 and 2 trials)
     # cells are the space's categorical params (here truncation)
-    assert {parent.data.tags["bertnli.verdict.best_cell"], parent.data.tags["bertnli.verdict.runner_up"]} == {f"truncation={t}" for t in cells}
+    assert {parent.data.tags["bertnli.verdict.best_cell"], parent.data.tags["bertnli.verdict.runner_up"]} == {
+        f"truncation={t}" for t in cells
+    }
     assert parent.data.tags["bertnli.verdict"].startswith(f"dev: {parent.data.tags['bertnli.verdict.best_cell']} ")
     assert 0 <= float(parent.data.tags["bertnli.verdict.p_dev"]) <= 1
     r = cli("report", "--study", "rnd", "--tracking-uri", uri, "--out", tmp_path / "rep")

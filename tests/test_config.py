@@ -5,9 +5,8 @@ from pathlib import Path
 import pytest
 
 from bertnli import BertnliError
-from bertnli.config import TrainConfig, load_config
+from bertnli.config import TrackingConfig, TrainConfig, load_config
 from bertnli.sweep.space import load_sweep_config
-from bertnli.config import TrackingConfig
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
 
@@ -19,13 +18,16 @@ def test_options_override_file_override_defaults(tmp_path):
     assert (cfg.lr, cfg.epochs, cfg.truncation, cfg.batch_size) == (2e-5, 3, "ratio", TrainConfig().batch_size)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("[train]\nlearning_rate = 1\n", "unknown setting"),
-    ("[train]\nepochs = 'three'\n", "epochs='three' is not a valid int"),
-    ("[train]\ntruncation = 'middle'\n", "truncation must be one of"),
-    ("[train\n", "not valid TOML"),
-    ("[train]\nepochs = 2.5\n", "epochs=2.5"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[train]\nlearning_rate = 1\n", "unknown setting"),
+        ("[train]\nepochs = 'three'\n", "epochs='three' is not a valid int"),
+        ("[train]\ntruncation = 'middle'\n", "truncation must be one of"),
+        ("[train\n", "not valid TOML"),
+        ("[train]\nepochs = 2.5\n", "epochs=2.5"),
+    ],
+)
 def test_bad_files_are_one_line_errors(tmp_path, text, needle):
     p = tmp_path / "x.toml"
     p.write_text(text)
@@ -36,7 +38,11 @@ def test_bad_files_are_one_line_errors(tmp_path, text, needle):
 
 def test_flat_dict_is_mlflow_ready():
     flat = TrainConfig().to_flat_dict()
-    assert flat["limit_train"] == "" and flat["model"] == "minilm-l6" and all(not isinstance(v, (dict, list)) for v in flat.values())
+    assert (
+        flat["limit_train"] == ""
+        and flat["model"] == "minilm-l6"
+        and all(not isinstance(v, (dict, list)) for v in flat.values())
+    )
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
@@ -49,11 +55,32 @@ def test_every_experiment_file_parses(path):
 
 
 def test_expected_experiments_exist():
-    assert {p.stem for p in EXPERIMENTS} >= {"d2l_small", "bert_base_086", "truncation_ablation", "sweep", "sweep_cpu", "quick_cpu"}
+    assert {p.stem for p in EXPERIMENTS} >= {
+        "d2l_small",
+        "bert_base_086",
+        "truncation_ablation",
+        "sweep",
+        "sweep_cpu",
+        "quick_cpu",
+    }
 
 
 def test_d2l_small_is_the_chapter_setting():
     """The chapter pads every batch to 128 in random order, in fp32, with Adam at a constant 1e-4."""
     cfg = load_config(Path(__file__).resolve().parents[1] / "experiments" / "d2l_small.toml")
-    assert (cfg.model, cfg.bucket, cfg.amp, cfg.max_len, cfg.batch_size, cfg.epochs) == ("d2l-bert-small", False, False, 128, 512, 5)
-    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.grad_clip, cfg.weight_decay, cfg.truncation) == ("adam", 1e-4, "constant", 0.0, 0.0, "longest_first")
+    assert (cfg.model, cfg.bucket, cfg.amp, cfg.max_len, cfg.batch_size, cfg.epochs) == (
+        "d2l-bert-small",
+        False,
+        False,
+        128,
+        512,
+        5,
+    )
+    assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.grad_clip, cfg.weight_decay, cfg.truncation) == (
+        "adam",
+        1e-4,
+        "constant",
+        0.0,
+        0.0,
+        "longest_first",
+    )

@@ -6,11 +6,11 @@ import zipfile
 import pytest
 import torch
 from click.testing import CliRunner
+from d2l_reference import BERTModel
 
 from bertnli import BadInput
 from bertnli.config import TrainConfig
 from bertnli.model.presets import build_model
-from d2l_reference import BERTModel
 
 WORDS = "a man woman is sitting running on the street . two dogs not".split()
 
@@ -63,8 +63,14 @@ def test_num_heads_flows_from_config_through_prepare(tmp_path, tiny_snli):
     from bertnli.train.prepare import prepare
 
     folder, _, ref, vocab = _archive(tmp_path)
-    cfg = TrainConfig(model=f"d2l:{folder}", num_heads=3, data=str(tiny_snli), dropout=0.0, max_len=32,
-                      cache_dir=str(tmp_path / "enc"))
+    cfg = TrainConfig(
+        model=f"d2l:{folder}",
+        num_heads=3,
+        data=str(tiny_snli),
+        dropout=0.0,
+        max_len=32,
+        cache_dir=str(tmp_path / "enc"),
+    )
     assert cfg.to_flat_dict()["num_heads"] == 3
     assert _max_error(prepare(cfg).model, ref, vocab) < 1e-5
     with pytest.raises(BadInput, match="num_heads must be at least 1"):
@@ -89,10 +95,35 @@ def test_train_cli_takes_num_heads_and_warns_only_when_it_guesses(tmp_path, tiny
     guessed = "does not store its attention head count"
 
     def train(out, *extra):
-        cmd = [sys.executable, "-m", "bertnli.cli", "train", "--model", f"d2l:{folder}", *extra, "--epochs", "1",
-               "--data", str(tiny_snli), "--limit-train", "64", "--max-len", "32", "--batch-size", "16",
-               "--cache-dir", str(tmp_path / "enc"), "--out", str(tmp_path / out), "--tracking-uri", mlflow_uri,
-               "--experiment", "t-heads-cli", "--no-progress", "--no-system-metrics"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bertnli.cli",
+            "train",
+            "--model",
+            f"d2l:{folder}",
+            *extra,
+            "--epochs",
+            "1",
+            "--data",
+            str(tiny_snli),
+            "--limit-train",
+            "64",
+            "--max-len",
+            "32",
+            "--batch-size",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "enc"),
+            "--out",
+            str(tmp_path / out),
+            "--tracking-uri",
+            mlflow_uri,
+            "--experiment",
+            "t-heads-cli",
+            "--no-progress",
+            "--no-system-metrics",
+        ]
         r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         return json.loads((tmp_path / out / "best" / "model_config.json").read_text()), r.stderr

@@ -7,7 +7,6 @@ from importlib.metadata import entry_points
 
 import pytest
 import requests
-
 from conftest import ROOT, run_env
 from test_served import free_port
 from test_sweep import write_toml
@@ -17,20 +16,35 @@ def _dashboard_cmd() -> list[str]:
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard not installed (pip install -e .[dashboard])")
     (ep,) = entry_points(group="console_scripts", name="optuna-dashboard")
     module, func = ep.value.split(":")
-    return [sys.executable, "-c", f"import sys; sys.argv[0] = 'optuna-dashboard'; from {module} import {func}; {func}()"]
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; sys.argv[0] = 'optuna-dashboard'; from {module} import {func}; {func}()",
+    ]
 
 
 def test_dashboard_serves_the_trials_of_a_finished_sweep(tmp_path, tiny_snli):
     cmd = _dashboard_cmd()
-    toml = write_toml(tmp_path, tiny_snli, trials=2, space='lr = {low = 1e-4, high = 5e-3, log = true}')
-    sweep = subprocess.run([sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--limit-train", "48",
-                            "--epochs", "1"], cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    toml = write_toml(tmp_path, tiny_snli, trials=2, space="lr = {low = 1e-4, high = 5e-3, log = true}")
+    sweep = subprocess.run(
+        [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--limit-train", "48", "--epochs", "1"],
+        cwd=tmp_path,
+        env=run_env(PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     journal = tmp_path / "mlruns" / "optuna-journal.log"  # the default storage, which the sweep prints
     assert f"optuna-dashboard {journal}" in sweep.stdout
     port = free_port()
-    proc = subprocess.Popen([*cmd, str(journal), "--host", "127.0.0.1", "--port", str(port), "--server", "wsgiref", "--quiet"],
-                            env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cmd, str(journal), "--host", "127.0.0.1", "--port", str(port), "--server", "wsgiref", "--quiet"],
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline, studies = time.time() + 60, None
@@ -43,7 +57,9 @@ def test_dashboard_serves_the_trials_of_a_finished_sweep(tmp_path, tiny_snli):
                 time.sleep(0.5)
         assert studies is not None, "optuna-dashboard did not answer within 60 s"
         (study,) = [s for s in studies if s["study_name"] == "s"]
-        trials = requests.get(f"{url}/api/studies/{study['study_id']}", params={"after": 0}, timeout=10).json()["trials"]
+        trials = requests.get(f"{url}/api/studies/{study['study_id']}", params={"after": 0}, timeout=10).json()[
+            "trials"
+        ]
         done = [t for t in trials if t["state"] == "Complete"]
         assert len(done) == 2 and all(t["values"][0] > 0 for t in done)
         assert {p["name"] for p in done[0]["params"]} >= {"lr"}

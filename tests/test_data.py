@@ -5,18 +5,44 @@ import json
 import zipfile
 
 import pytest
+from conftest import make_rows, write_jsonl_gz
 
 from bertnli import BertnliError
 from bertnli.data.snli import fetch_snli, parse_to_text, read_file, read_split
 from bertnli.files import download, file_digest, safe_extract
-from conftest import make_rows, write_jsonl_gz
 
-TXT_HEADER = "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tcaptionID\tpairID\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5"
+TXT_HEADER = "\t".join(
+    [
+        "gold_label",
+        "sentence1_binary_parse",
+        "sentence2_binary_parse",
+        "sentence1_parse",
+        "sentence2_parse",
+        "sentence1",
+    ]
+    + ["sentence2", "captionID", "pairID", "label1", "label2", "label3", "label4", "label5"]
+)
 
 
 def txt_line(r):
-    return "\t".join([r["gold_label"], r["sentence1_binary_parse"], r["sentence2_binary_parse"], "(ROOT)", "(ROOT)",
-                      r["sentence1"], r["sentence2"], "c", r["pairID"], r["gold_label"], "", "", "", ""])
+    return "\t".join(
+        [
+            r["gold_label"],
+            r["sentence1_binary_parse"],
+            r["sentence2_binary_parse"],
+            "(ROOT)",
+            "(ROOT)",
+            r["sentence1"],
+            r["sentence2"],
+            "c",
+            r["pairID"],
+            r["gold_label"],
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
 
 
 def test_parse_to_text_is_d2l_reader():
@@ -57,12 +83,19 @@ def test_official_dev_test_sizes():
     assert read_split(folder, "train", required=False) is None
 
 
-@pytest.mark.parametrize("content,expect", [
-    ('{"gold_label": "neutral", "sentence1": "a"\n', r"bad\.jsonl:1: not a JSON object"),
-    ('{"gold_label": "maybe", "sentence1": "a", "sentence2": "b", "sentence1_binary_parse": "a", "sentence2_binary_parse": "b"}\n', r":1: unknown gold_label 'maybe'"),
-    ('{"gold_label": "neutral", "sentence1": "a"}\n', r":1: missing sentence2"),
-    ("", r"no labelled rows"),
-])
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        ('{"gold_label": "neutral", "sentence1": "a"\n', r"bad\.jsonl:1: not a JSON object"),
+        (
+            '{"gold_label": "maybe", "sentence1": "a", "sentence2": "b", "sentence1_binary_parse": "a", '
+            '"sentence2_binary_parse": "b"}\n',
+            r":1: unknown gold_label 'maybe'",
+        ),
+        ('{"gold_label": "neutral", "sentence1": "a"}\n', r":1: missing sentence2"),
+        ("", r"no labelled rows"),
+    ],
+)
 def test_bad_rows_are_one_line_errors_with_line_numbers(tmp_path, content, expect):
     p = tmp_path / "bad.jsonl"
     p.write_text(content)
@@ -122,7 +155,9 @@ def test_download_resumes_with_range_after_a_cut(file_server, tmp_path):
     data = _payload()
     (file_server.root / "f.bin").write_bytes(data)
     file_server.cut_after = 100_000
-    out = download(f"{file_server.url}/f.bin", tmp_path / "f.bin", sha1=hashlib.sha1(data).hexdigest(), progress=False, backoff=0)
+    out = download(
+        f"{file_server.url}/f.bin", tmp_path / "f.bin", sha1=hashlib.sha1(data).hexdigest(), progress=False, backoff=0
+    )
     assert out.read_bytes() == data
     assert file_server.requests[0]["range"] is None
     resumed_from = int(file_server.requests[1]["range"].removeprefix("bytes=").rstrip("-"))

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, run_env
 
 from bertnli import BertnliError
 from bertnli.config import TrainConfig
@@ -15,19 +16,34 @@ from bertnli.train.fit import fit
 from bertnli.train.optimizer import lr_at
 from bertnli.train.prepare import prepare
 from bertnli.train.state import TrainingDiverged
-from conftest import ROOT, run_env
 
 
 def tiny_cfg(data, tmp_path, **kw):
-    base = dict(model="tiny-d2l-random", data=str(data), epochs=3, batch_size=16, lr=2e-3, max_len=32, schedule="constant",
-                optimizer="adam", dropout=0.0, cache_dir=str(tmp_path / "enc"), checkpoint_every=0)
+    base = dict(
+        model="tiny-d2l-random",
+        data=str(data),
+        epochs=3,
+        batch_size=16,
+        lr=2e-3,
+        max_len=32,
+        schedule="constant",
+        optimizer="adam",
+        dropout=0.0,
+        cache_dir=str(tmp_path / "enc"),
+        checkpoint_every=0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 class Quiet:
-    def on_fit_start(self, info): pass
-    def on_epoch_end(self, m): pass
-    def on_fit_end(self, r): pass
+    def on_fit_start(self, info):
+        pass
+
+    def on_epoch_end(self, m):
+        pass
+
+    def on_fit_end(self, r):
+        pass
 
 
 class StopAt(Quiet):
@@ -74,12 +90,18 @@ def test_the_selected_dev_scores_are_those_of_the_weights_in_best(tiny_snli, tmp
     not in memory (it is not checkpointed) and dev is scored again. Either way: the weights in best/."""
     import bertnli.train.fit
 
-    cfg = tiny_cfg(tiny_snli, tmp_path, epochs=4, eval_test=False, checkpoint_every=3, limit_train=160)  # 10 steps/epoch
+    cfg = tiny_cfg(
+        tiny_snli, tmp_path, epochs=4, eval_test=False, checkpoint_every=3, limit_train=160
+    )  # 10 steps/epoch
     if resumed:
         with pytest.raises(KeyboardInterrupt):
-            fit(cfg, tmp_path / "run", callbacks=[StopAt(35)], progress=False)  # in epoch 4: epochs 1-3 only in the checkpoint
+            fit(
+                cfg, tmp_path / "run", callbacks=[StopAt(35)], progress=False
+            )  # in epoch 4: epochs 1-3 only in the checkpoint
     passes = []
-    monkeypatch.setattr(bertnli.train.fit, "evaluate", lambda *a, **k: passes.append(1) or evaluate(*a, **k))  # counts the real passes
+    monkeypatch.setattr(
+        bertnli.train.fit, "evaluate", lambda *a, **k: passes.append(1) or evaluate(*a, **k)
+    )  # counts the real passes
     r = fit(cfg, tmp_path / "run", resume=resumed, progress=False)
     assert r.test is None and r.dev.acc == r.best_dev_acc
     epochs_run = 1 if resumed else 4
@@ -126,15 +148,65 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_snli, tmp_path, mlflow_uri
 
     In fp32 (--no-amp), to 1e-4: under bf16 autocast (the default on CPUs with native bf16) the two
     batch splits round differently, by about 1e-4 in the loss."""
-    args = ["--model", "tiny-d2l-random", "--data", str(tiny_snli), "--epochs", "2", "--batch-size", "16", "--lr", "2e-3",
-            "--max-len", "32", "--schedule", "constant", "--optimizer", "adam", "--dropout", "0", "--limit-train", "160", "--no-amp",
-            "--cache-dir", str(tmp_path / "enc"), "--tracking-uri", mlflow_uri, "--no-progress"]
-    single = subprocess.run([sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
-                            cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    args = [
+        "--model",
+        "tiny-d2l-random",
+        "--data",
+        str(tiny_snli),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2e-3",
+        "--max-len",
+        "32",
+        "--schedule",
+        "constant",
+        "--optimizer",
+        "adam",
+        "--dropout",
+        "0",
+        "--limit-train",
+        "160",
+        "--no-amp",
+        "--cache-dir",
+        str(tmp_path / "enc"),
+        "--tracking-uri",
+        mlflow_uri,
+        "--no-progress",
+    ]
+    single = subprocess.run(
+        [sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613",
-                          "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "two")],
-                         cwd=ROOT, env=run_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29613",
+            "-m",
+            "bertnli.cli",
+            "train",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        cwd=ROOT,
+        env=run_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one = json.loads((tmp_path / "one" / "result.json").read_text())
     two = json.loads((tmp_path / "two" / "result.json").read_text())
@@ -145,19 +217,65 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_snli, tmp_path, mlflow_uri
 
 
 def _torchrun(args, nproc=2, port=29614, timeout=180, **env):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
-                           *args], cwd=ROOT, env=run_env(OMP_NUM_THREADS="1", **env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(port),
+            *args,
+        ],
+        cwd=ROOT,
+        env=run_env(OMP_NUM_THREADS="1", **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("n_train", [33, 35])
 def test_ddp_uneven_last_batch_matches_one_process(tiny_snli, tmp_path, mlflow_uri, n_train):
     """A last global batch of 1 (33 = 8 x 4 + 1) leaves rank 1 with nothing: it must neither crash nor hang the
     other rank. A last batch of 3 (35) splits 2 + 1: every example must weigh the same, as in one process."""
-    args = ["--model", "tiny-d2l-random", "--data", str(tiny_snli), "--epochs", "2", "--batch-size", "4", "--lr", "2e-3",
-            "--max-len", "32", "--schedule", "constant", "--optimizer", "adam", "--dropout", "0", "--limit-train", str(n_train),
-            "--no-amp", "--cache-dir", str(tmp_path / "enc"), "--tracking-uri", mlflow_uri, "--no-progress"]
-    single = subprocess.run([sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
-                            cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    args = [
+        "--model",
+        "tiny-d2l-random",
+        "--data",
+        str(tiny_snli),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "2e-3",
+        "--max-len",
+        "32",
+        "--schedule",
+        "constant",
+        "--optimizer",
+        "adam",
+        "--dropout",
+        "0",
+        "--limit-train",
+        str(n_train),
+        "--no-amp",
+        "--cache-dir",
+        str(tmp_path / "enc"),
+        "--tracking-uri",
+        mlflow_uri,
+        "--no-progress",
+    ]
+    single = subprocess.run(
+        [sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = _torchrun(["-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "two")], port=29615 + n_train)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
@@ -187,9 +305,8 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
     import signal
     import time
 
-    from mlflow import MlflowClient
-
     from conftest import make_rows, write_jsonl_gz
+    from mlflow import MlflowClient
 
     data = tmp_path / "snli"
     data.mkdir()
@@ -198,14 +315,45 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     def train(out, *extra):
-        return [sys.executable, "-m", "bertnli.cli", "train", "--model", "tiny-d2l-random", "--data", str(data), "--epochs", "3",
-                "--batch-size", "8", "--lr", "2e-3", "--max-len", "32", "--checkpoint-every", "5", "--seed", "3",
-                "--cache-dir", str(tmp_path / "enc"), "--tracking-uri", uri, "--out", str(out), "--no-progress", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "bertnli.cli",
+            "train",
+            "--model",
+            "tiny-d2l-random",
+            "--data",
+            str(data),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--lr",
+            "2e-3",
+            "--max-len",
+            "32",
+            "--checkpoint-every",
+            "5",
+            "--seed",
+            "3",
+            "--cache-dir",
+            str(tmp_path / "enc"),
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
 
-    full = subprocess.run(train(tmp_path / "full"), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    full = subprocess.run(
+        train(tmp_path / "full"), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600
+    )
     assert full.returncode == 0, full.stderr[-2000:]
 
-    proc = subprocess.Popen(train(tmp_path / "killed"), cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train(tmp_path / "killed"), cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last, deadline, ck = tmp_path / "killed" / "last.pt", time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -224,8 +372,14 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
     c = MlflowClient(uri)
     assert c.get_run(run_id).info.status == "RUNNING"  # SIGKILL leaves no chance to record anything
 
-    resumed = subprocess.run([sys.executable, "-m", "bertnli.cli", "train", "--resume", str(tmp_path / "killed"), "--no-progress"],
-                             cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "bertnli.cli", "train", "--resume", str(tmp_path / "killed"), "--no-progress"],
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {last}: epoch 2, step {ck['step_in_epoch']}" in resumed.stdout
     summary = lambda out: out.stdout.split("best dev_acc ")[1].split(";")[:2]  # noqa: E731 - dev (epoch), test
@@ -235,7 +389,11 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
         assert torch.allclose(va, vb, atol=1e-6), k
     run = c.get_run(run_id)
     assert run.info.status == "FINISHED" and f"run {run_id}" in resumed.stdout  # the same MLflow run, finished
-    assert [m.step for m in c.get_metric_history(run_id, "dev_acc")] == [1, 2, 3]  # each epoch once, none lost or doubled
+    assert [m.step for m in c.get_metric_history(run_id, "dev_acc")] == [
+        1,
+        2,
+        3,
+    ]  # each epoch once, none lost or doubled
 
 
 @pytest.mark.parametrize("amp", [True, False])
@@ -262,7 +420,10 @@ def test_padding_to_a_multiple_of_8_changes_no_result(tiny_snli, tmp_path):
     assert widths and all(w % 8 == 0 or w == cfg.max_len for w in widths)
     exact, rounded = (evaluate(prep.model, prep.dev, 7, amp=False, pad_multiple=m) for m in (1, 8))
     assert torch.allclose(torch.from_numpy(exact.probs), torch.from_numpy(rounded.probs), atol=1e-5)
-    runs = [fit(tiny_cfg(tiny_snli, tmp_path, epochs=2, amp=False, pad_multiple=m), tmp_path / f"m{m}", progress=False) for m in (1, 8)]
+    runs = [
+        fit(tiny_cfg(tiny_snli, tmp_path, epochs=2, amp=False, pad_multiple=m), tmp_path / f"m{m}", progress=False)
+        for m in (1, 8)
+    ]
     assert [h.train_loss for h in runs[0].history] == pytest.approx([h.train_loss for h in runs[1].history], abs=1e-5)
 
 
@@ -270,11 +431,11 @@ def test_fp16_with_a_loss_scaler_trains_and_resumes_exactly(tiny_snli, tmp_path)
     """The fallback for GPUs without native bf16, run on the CPU: the scaler's state is part of the checkpoint."""
     import math
 
+    from bertnli.data.batches import train_batches
     from bertnli.train.loop import Loop, train_epoch
     from bertnli.train.optimizer import make_optimizer
-    from bertnli.train.state import TrainState
-    from bertnli.data.batches import train_batches
     from bertnli.train.runtime import grad_scaler
+    from bertnli.train.state import TrainState
 
     cfg = tiny_cfg(tiny_snli, tmp_path, limit_train=96, batch_size=8)
     device = torch.device("cpu")
@@ -305,8 +466,14 @@ def test_fp16_with_a_loss_scaler_trains_and_resumes_exactly(tiny_snli, tmp_path)
 
 def test_compiled_forward_trains_like_eager(tiny_snli, tmp_path):
     """`compile` changes how the forward runs, not what it computes (fp32, no dropout: to 1e-4)."""
-    runs = [fit(tiny_cfg(tiny_snli, tmp_path, epochs=1, limit_train=64, amp=False, compile=c, eval_test=False), tmp_path / f"c{c}",
-                progress=False) for c in (False, True)]
+    runs = [
+        fit(
+            tiny_cfg(tiny_snli, tmp_path, epochs=1, limit_train=64, amp=False, compile=c, eval_test=False),
+            tmp_path / f"c{c}",
+            progress=False,
+        )
+        for c in (False, True)
+    ]
     assert runs[1].history[0].train_loss == pytest.approx(runs[0].history[0].train_loss, abs=1e-4)
     assert runs[1].history[0].dev_loss == pytest.approx(runs[0].history[0].dev_loss, abs=1e-4)
 
@@ -315,8 +482,8 @@ def test_compiled_forward_trains_like_eager(tiny_snli, tmp_path):
 def test_the_fused_cpu_optimizer_takes_the_same_steps_as_pytorchs_default(optimizer):
     """make_optimizer fuses on the CPU too (several times faster a step); the update must stay the one
     PyTorch's default (unfused, a loop over tensors on the CPU) makes, weight-decay groups included."""
-    from bertnli.train.optimizer import make_optimizer
     from bertnli.model.bert import BertConfig, NLIClassifier
+    from bertnli.train.optimizer import make_optimizer
 
     torch.manual_seed(0)
     model = NLIClassifier(BertConfig(50, 32, 2, 4, 64, 64, 2, 0.0))

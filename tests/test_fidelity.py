@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from bertnli.config import TrainConfig
+from bertnli.data.encode import EncodedSplit
 from bertnli.data.subsets import nested_order, subset_rows
 from bertnli.sweep.rungs import promoted, rung_fractions, rung_sizes
-from bertnli.data.encode import EncodedSplit
 from bertnli.train.prepare import prepare
 
 
@@ -47,8 +47,14 @@ def test_promotion_takes_the_best_and_never_a_diverged_one():
 
 def test_take_keeps_rows_intact():
     ids = np.arange(20, dtype=np.int32)
-    split = EncodedSplit(ids, np.array([0, 3, 8, 12, 20]), np.array([1, 2, 1, 3], dtype=np.int32), np.array([0, 1, 2, 0]), 0,
-                         np.array(["p0", "p1", "p2", "p3"]))
+    split = EncodedSplit(
+        ids,
+        np.array([0, 3, 8, 12, 20]),
+        np.array([1, 2, 1, 3], dtype=np.int32),
+        np.array([0, 1, 2, 0]),
+        0,
+        np.array(["p0", "p1", "p2", "p3"]),
+    )
     sub = split.take(np.array([1, 3]))
     assert len(sub) == 2 and sub.row(0) == split.row(1) and sub.row(1) == split.row(3)
     assert list(sub.example_ids) == ["p1", "p3"] and list(sub.labels) == [1, 0]
@@ -60,4 +66,6 @@ def test_a_run_trains_on_its_fraction(tiny_snli, tmp_path):
     third = prepare(cfg.replace(train_fraction=1 / 3)).train
     assert len(third) == round(len(full) / 3)
     assert set(third.example_ids) < set(full.example_ids)
-    assert np.bincount(third.labels, minlength=3).tolist() == pytest.approx(np.bincount(full.labels, minlength=3) / 3, abs=1)
+    assert np.bincount(third.labels, minlength=3).tolist() == pytest.approx(
+        np.bincount(full.labels, minlength=3) / 3, abs=1
+    )

@@ -7,16 +7,16 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_rows, write_jsonl_gz
 from mlflow import MlflowClient
+from test_engine import tiny_cfg
 
+from bertnli import PACKAGE_DIR
 from bertnli.config import TrackingConfig
 from bertnli.data.snli import SNLI_URL
 from bertnli.files import file_digest
-from bertnli import PACKAGE_DIR
 from bertnli.tracking.lineage import data_source_uri, installed_packages, log_split_inputs
 from bertnli.tracking.run import train_run
-from conftest import make_rows, write_jsonl_gz
-from test_engine import tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +76,19 @@ def test_experiment_opens_on_model_training_not_genai(recorded, mlflow_uri):
 
 def _experiment(tmp_path, data):
     path = tmp_path / "tiny_exp.toml"
-    path.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{data}"\nepochs = 1\nbatch_size = 16\nlr = 2e-3\n'
-                    f'max_len = 32\nlimit_train = 48\ncache_dir = "{tmp_path / "enc"}"\n\n'
-                    '[expect]\nmetric = "best_dev_acc"\ntarget = 0.0\n')
+    path.write_text(
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{data}"\nepochs = 1\nbatch_size = 16\nlr = 2e-3\n'
+        f'max_len = 32\nlimit_train = 48\ncache_dir = "{tmp_path / "enc"}"\n\n'
+        '[expect]\nmetric = "best_dev_acc"\ntarget = 0.0\n'
+    )
     return path
 
 
 def _sums(data, **wrong):
-    lines = [f"{wrong.get(s, file_digest(data / f'snli_1.0_{s}.jsonl.gz'))}  snli_1.0_{s}.jsonl.gz" for s in ("train", "dev", "test")]
+    lines = [
+        f"{wrong.get(s, file_digest(data / f'snli_1.0_{s}.jsonl.gz'))}  snli_1.0_{s}.jsonl.gz"
+        for s in ("train", "dev", "test")
+    ]
     (data / "SHA256SUMS").write_text("\n".join(lines) + "\n")
 
 

@@ -5,12 +5,12 @@ import zipfile
 
 import pytest
 import torch
+from d2l_reference import BERTModel, d2l_state_shapes
 
 from bertnli import BertnliError
 from bertnli.model.bert import BertConfig, NLIClassifier
 from bertnli.model.presets import build_model, minilm_folder
 from bertnli.model.weights import D2L_IGNORED, d2l_key_map, load_encoder_weights, map_state, read_state_file
-from d2l_reference import BERTModel, d2l_state_shapes
 
 
 def _batch(vocab, lengths, seed=0):
@@ -26,9 +26,17 @@ def _batch(vocab, lengths, seed=0):
 
 def test_encoder_matches_transformers_bert():
     transformers = pytest.importorskip("transformers")
-    hf_cfg = transformers.BertConfig(vocab_size=120, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
-                                     intermediate_size=96, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0, attn_implementation="eager")
+    hf_cfg = transformers.BertConfig(
+        vocab_size=120,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="eager",
+    )
     torch.manual_seed(0)
     ref = transformers.BertModel(hf_cfg).eval()
     ours = NLIClassifier(BertConfig(120, 48, 3, 4, 96, 64, 2, 0.0, "gelu", True, 1e-12, "hf")).eval()
@@ -90,7 +98,9 @@ def test_d2l_checkpoint_gives_d2l_outputs(tmp_path, monkeypatch):
     assert torch.allclose(got_hidden, want_hidden, atol=1e-5)
 
 
-def test_d2l_archive_from_localhost_is_downloaded_checked_loaded_and_fine_tuned(tmp_path, file_server, monkeypatch, tiny_snli):
+def test_d2l_archive_from_localhost_is_downloaded_checked_loaded_and_fine_tuned(
+    tmp_path, file_server, monkeypatch, tiny_snli
+):
     """The d2l-bert-small preset path end to end, against an archive the test builds and serves."""
     import bertnli.model.d2l_archive as m
     from bertnli.config import TrainConfig
@@ -107,8 +117,17 @@ def test_d2l_archive_from_localhost_is_downloaded_checked_loaded_and_fine_tuned(
     model, tok = build_model("d2l-bert-small")
     assert (cache_root() / "d2l-bert-small" / "pretrained.params").is_file()
     assert model.config.num_heads == 4 and model.config.hidden_size == 32
-    cfg = TrainConfig(model="d2l-bert-small", data=str(tiny_snli), epochs=1, batch_size=16, lr=1e-3, max_len=32,
-                      limit_train=64, limit_eval=32, cache_dir=str(tmp_path / "enc"))
+    cfg = TrainConfig(
+        model="d2l-bert-small",
+        data=str(tiny_snli),
+        epochs=1,
+        batch_size=16,
+        lr=1e-3,
+        max_len=32,
+        limit_train=64,
+        limit_eval=32,
+        cache_dir=str(tmp_path / "enc"),
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = fit(cfg, tmp_path / "run", progress=False)
     assert result.history[0].train_loss > 0 and result.test is not None
@@ -142,7 +161,7 @@ def test_unsafe_and_broken_weight_files_are_refused(tmp_path):
     with pytest.raises(BertnliError, match="cannot load weights"):
         read_state_file(bad)
     trunc = tmp_path / "trunc.safetensors"
-    trunc.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    trunc.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
     with pytest.raises(BertnliError, match="cannot load weights"):
         read_state_file(trunc)
 

@@ -4,12 +4,12 @@ import subprocess
 
 import torch
 from mlflow import MlflowClient
+from test_engine import tiny_cfg
 
 import bertnli
-from bertnli.config import TrackingConfig
 from bertnli import PACKAGE_DIR
+from bertnli.config import TrackingConfig
 from bertnli.tracking.run import train_run
-from test_engine import tiny_cfg
 
 
 def test_checkpoint_carries_a_model_card_written_from_the_run(tiny_snli, tmp_path, mlflow_uri):
@@ -25,7 +25,9 @@ def test_checkpoint_carries_a_model_card_written_from_the_run(tiny_snli, tmp_pat
     for m in result.history:
         assert f"| {m.epoch} | {m.train_loss:.4f} | {m.train_acc:.4f} | {m.dev_loss:.4f} | {m.dev_acc:.4f} |" in card
     assert f"evaluated once: **{result.test.acc:.4f}**" in card
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True
+    ).stdout.strip()
     dirty = c.get_run(run_id).data.tags["bertnli.git_dirty"]
     assert f"| torch | {torch.__version__} |" in card and f"| bertnli | {bertnli.__version__} |" in card
     assert f"| git commit | {commit} |" in card and f"| git dirty | {dirty} |" in card

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_rows, write_jsonl_gz
 
-from bertnli.data.snli import read_split
-from bertnli.files import file_digest
 from bertnli.data.batches import collate, eval_batches, train_batches
 from bertnli.data.cache import encode_file, encode_split
 from bertnli.data.encode import encode_pairs, pack, truncate_longest_first, truncate_ratio, truncated_lengths
+from bertnli.data.snli import read_split
 from bertnli.data.tokenize import D2LTokenizer
-from conftest import make_rows, write_jsonl_gz
+from bertnli.files import file_digest
 
 
 def d2l_truncate_pair_of_tokens(p_tokens, h_tokens, max_len):
@@ -65,7 +65,10 @@ def _tok():
 
 def test_encoded_rows_equal_pack_of_truncation():
     tok = _tok()
-    ps, hs = ["a man is sitting on the street .", "two dogs"], ["a man is not running .", "a woman is sitting on the street ."]
+    ps, hs = (
+        ["a man is sitting on the street .", "two dogs"],
+        ["a man is not running .", "a woman is sitting on the street ."],
+    )
     enc = encode_pairs(ps, hs, [0, 1], tok, 12, "longest_first")
     for i in range(2):
         p, h = tok.encode_batch([ps[i]])[0], tok.encode_batch([hs[i]])[0]
@@ -103,8 +106,8 @@ def test_every_packed_row_equals_pack_of_the_reference_truncation(truncation):
 
 def test_word_cache_gives_the_ids_of_text_by_text_wordpiece(real_snli):
     """The fast path (each distinct word tokenized once) against the library on whole texts, real SNLI."""
-    from bertnli.model.presets import minilm_folder
     from bertnli.data.tokenize import WordPieceTokenizer
+    from bertnli.model.presets import minilm_folder
 
     if minilm_folder() is None:
         pytest.skip("MiniLM package not installed")
@@ -117,8 +120,10 @@ def test_word_cache_gives_the_ids_of_text_by_text_wordpiece(real_snli):
     assert np.array_equal(fast.ids, slow.ids) and np.array_equal(fast.offsets, slow.offsets)
     tok.words_are_independent = True
     odd = ["  two  spaces", "tab\there", "naïve café", "", "中文 text", "don't stop-me now!!"]
-    assert encode_pairs(odd, odd[::-1], [0] * 6, tok, 32, "ratio").ids.tolist() == \
-        encode_pairs(odd, odd[::-1], [0] * 6, _Texts(tok), 32, "ratio").ids.tolist()
+    assert (
+        encode_pairs(odd, odd[::-1], [0] * 6, tok, 32, "ratio").ids.tolist()
+        == encode_pairs(odd, odd[::-1], [0] * 6, _Texts(tok), 32, "ratio").ids.tolist()
+    )
 
 
 class _Texts:
@@ -139,7 +144,9 @@ def test_cache_round_trip_and_keying(tiny_snli, tmp_path):
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1
     b = encode_split(split, tok, 16, "ratio", tmp_path)  # from the cache
-    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("ids", "offsets", "seg1", "labels", "example_ids"))
+    assert all(
+        np.array_equal(getattr(a, k), getattr(b, k)) for k in ("ids", "offsets", "seg1", "labels", "example_ids")
+    )
     assert list(b.example_ids) == split.ids and list(b.head(3).example_ids) == split.ids[:3]
     encode_split(split, tok, 16, "longest_first", tmp_path)
     encode_split(split, tok, 20, "ratio", tmp_path)
@@ -190,8 +197,8 @@ def test_collate_pads_dynamically_or_statically():
     enc = encode_pairs(["a man", "two dogs on the street"], ["a woman", "a man"], [0, 2], tok, 32, "ratio")
     b = collate(enc, np.array([0, 1]))
     assert b["input_ids"].shape == (2, int(enc.lengths.max()))
-    assert b["input_ids"][0, enc.lengths[0]:].eq(tok.pad_id).all()
+    assert b["input_ids"][0, enc.lengths[0] :].eq(tok.pad_id).all()
     assert b["token_type_ids"][0].tolist()[: enc.lengths[0]] == enc.row(0)[1]
-    assert b["token_type_ids"][0, enc.lengths[0]:].eq(0).all()
+    assert b["token_type_ids"][0, enc.lengths[0] :].eq(0).all()
     assert collate(enc, np.array([0, 1]), pad_to=32)["input_ids"].shape == (2, 32)
     assert b["labels"].tolist() == [0, 2] and b["lengths"].dtype == torch.int64

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bertnli.data.cache import encode_file
+from bertnli.model.presets import build_model
 from bertnli.train.checkpoint import load_selected
 from bertnli.train.evaluation import predict
-from bertnli.model.presets import build_model
-from bertnli.data.cache import encode_file
 
 CLI = [sys.executable, "-m", "bertnli.cli"]  # the `bertnli-exp` command
 
@@ -44,13 +44,27 @@ def relocate_store(db_path: Path, old: str, new: str) -> None:
     db = sqlite3.connect(db_path)
     try:
         with db:
-            tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            tables = [
+                t
+                for (t,) in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                )
+            ]
             for table in tables:
                 for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]:
-                    db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
-                               f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0', (old + "/", new + "/", old + "/"))
-            left = [(t, c) for t in tables for c in [row[1] for row in db.execute(f'PRAGMA table_info("{t}")')]
-                    if db.execute(f'SELECT count(*) FROM "{t}" WHERE typeof("{c}") = \'text\' AND instr("{c}", ?) > 0', (old,)).fetchone()[0]]
+                    db.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                        f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                        (old + "/", new + "/", old + "/"),
+                    )
+            left = [
+                (t, c)
+                for t in tables
+                for c in [row[1] for row in db.execute(f'PRAGMA table_info("{t}")')]
+                if db.execute(
+                    f'SELECT count(*) FROM "{t}" WHERE typeof("{c}") = \'text\' AND instr("{c}", ?) > 0', (old,)
+                ).fetchone()[0]
+            ]
             assert not left, f"the old root is still in {left}"
     finally:
         db.close()
@@ -88,14 +102,23 @@ def run_cli(tmp_path: Path, *args) -> subprocess.CompletedProcess:
 
 def listing(folder: Path) -> dict[str, tuple]:
     """Name -> (inode, mtime, sha256): a file rebuilt under the same name shows as changed."""
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.iterdir())}
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.iterdir())
+    }
 
 
 def snapshot(run) -> dict:
     """What a run that nothing touched keeps: status, times, params, metrics, tags."""
-    return {"status": run.info.status, "start": run.info.start_time, "end": run.info.end_time, "stage": run.info.lifecycle_stage,
-            "params": run.data.params, "metrics": run.data.metrics, "tags": run.data.tags}
+    return {
+        "status": run.info.status,
+        "start": run.info.start_time,
+        "end": run.info.end_time,
+        "stage": run.info.lifecycle_stage,
+        "params": run.data.params,
+        "metrics": run.data.metrics,
+        "tags": run.data.tags,
+    }
 
 
 # ---------------------------------------------------------------- the tests
@@ -144,8 +167,20 @@ def test_killed_run_resumes_epoch_2_in_the_same_mlflow_run(tmp_path):
     assert [m.step for m in c.get_metric_history(t["run_id"], "dev_acc")] == [1]
     cache_before = listing(root / "enc")
 
-    r = run_cli(tmp_path, "train", "--resume", root / t["out"], "--data", root / "snli", "--cache-dir", root / "enc",
-                "--tracking-uri", tracking_uri(root), "--no-progress", "--no-system-metrics")
+    r = run_cli(
+        tmp_path,
+        "train",
+        "--resume",
+        root / t["out"],
+        "--data",
+        root / "snli",
+        "--cache-dir",
+        root / "enc",
+        "--tracking-uri",
+        tracking_uri(root),
+        "--no-progress",
+        "--no-system-metrics",
+    )
     assert "epoch 2:" in r.stdout and "epoch 1:" not in r.stdout, r.stdout  # went on from last.pt, did not start over
     assert t["run_id"] in r.stdout
 
@@ -157,7 +192,9 @@ def test_killed_run_resumes_epoch_2_in_the_same_mlflow_run(tmp_path):
     assert done.data.metrics["best_epoch"] in (1, 2)
     assert json.loads((root / t["out"] / "result.json").read_text())["history"][0]["dev_acc"] == t["dev_acc_step1"]
     assert done.info.artifact_uri.startswith(f"{root}/")
-    assert (Path(done.info.artifact_uri) / "checkpoint" / "model.safetensors").is_file()  # logged into the relocated store
+    assert (
+        Path(done.info.artifact_uri) / "checkpoint" / "model.safetensors"
+    ).is_file()  # logged into the relocated store
     assert listing(root / "enc") == cache_before
 
 
@@ -191,8 +228,13 @@ def test_old_sweep_study_resumes_and_trains_only_the_new_trial(tmp_path):
     S = optuna.trial.TrialState
     assert len(trials) == 3 and all(t.state in (S.COMPLETE, S.PRUNED) for t in trials), [t.state for t in trials]
     for old, t in zip(s["trials"], trials):
-        assert (t.number, t.state.name, t.value, t.params, t.user_attrs["mlflow_run_id"]) == \
-            (old["number"], old["state"], old["value"], old["params"], old["mlflow_run_id"])
+        assert (t.number, t.state.name, t.value, t.params, t.user_attrs["mlflow_run_id"]) == (
+            old["number"],
+            old["state"],
+            old["value"],
+            old["params"],
+            old["mlflow_run_id"],
+        )
     assert study.user_attrs["mlflow_parent_run_id"] == s["parent_run_id"]
 
     after = runs()

@@ -4,13 +4,16 @@ import numpy as np
 import optuna
 import pytest
 
-from bertnli.sweep.replay import Curve, parse_pruner_tag, rank_by_epoch as rank_agreement, replay, summarize
+from bertnli.sweep.replay import Curve, parse_pruner_tag, replay, summarize
+from bertnli.sweep.replay import rank_by_epoch as rank_agreement
 
 
 def live_study(curves_full, epochs, n_startup, n_warmup):
     """A real Optuna study pruned live by MedianPruner, as the sweep does it (never after the last epoch)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup, n_warmup_steps=n_warmup))
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup, n_warmup_steps=n_warmup)
+    )
     recorded = []
 
     def objective(trial):
@@ -33,24 +36,32 @@ def test_median_pruner_replay_equals_live_decisions(seed, n_startup, n_warmup):
     rng = np.random.default_rng(seed)
     n = 25
     epochs = rng.integers(1, 5, n)
-    curves_full = [list(np.clip(0.4 + rng.normal(0, 0.08) + np.cumsum(rng.normal(0.03, 0.03, 4)), 0, 1)) for _ in range(n)]
+    curves_full = [
+        list(np.clip(0.4 + rng.normal(0, 0.08) + np.cumsum(rng.normal(0.03, 0.03, 4)), 0, 1)) for _ in range(n)
+    ]
     study, recorded = live_study(curves_full, epochs, n_startup, n_warmup)
     S = optuna.trial.TrialState
     live = [len(t.intermediate_values) if t.state == S.PRUNED else None for t in study.trials]
     assert any(live) and not all(live)  # the case is not trivial: some pruned, some not
-    curves = [Curve(t.number, recorded[t.number], int(epochs[t.number]), t.state == S.PRUNED, t.value) for t in study.trials]
+    curves = [
+        Curve(t.number, recorded[t.number], int(epochs[t.number]), t.state == S.PRUNED, t.value) for t in study.trials
+    ]
     decisions = replay(curves, optuna.pruners.MedianPruner(n_startup_trials=n_startup, n_warmup_steps=n_warmup))
     assert decisions == live
-    summary = summarize(curves, {"n_startup_trials": n_startup, "n_warmup_steps": n_warmup, "max_epochs": 4}).set_index("pruner")
+    summary = summarize(curves, {"n_startup_trials": n_startup, "n_warmup_steps": n_warmup, "max_epochs": 4}).set_index(
+        "pruner"
+    )
     assert summary.loc["MedianPruner", "same_as_live"] == n and summary.loc["MedianPruner", "unresolved"] == 0
     assert summary.loc["live", "pruned"] == sum(d is not None for d in live)
 
 
 def test_summary_counts_compute_and_the_winner():
     # trial 0 and 1 finish; 2 is far behind and gets pruned by every halving pruner after epoch 1
-    curves = [Curve(0, [0.5, 0.6, 0.7], 3, final=0.7, epoch_seconds=[10, 10, 10]),
-              Curve(1, [0.55, 0.65, 0.75], 3, final=0.75, epoch_seconds=[10, 10, 10]),
-              Curve(2, [0.2, 0.25, 0.3], 3, final=0.3, epoch_seconds=[20, 20, 20])]
+    curves = [
+        Curve(0, [0.5, 0.6, 0.7], 3, final=0.7, epoch_seconds=[10, 10, 10]),
+        Curve(1, [0.55, 0.65, 0.75], 3, final=0.75, epoch_seconds=[10, 10, 10]),
+        Curve(2, [0.2, 0.25, 0.3], 3, final=0.3, epoch_seconds=[20, 20, 20]),
+    ]
     s = summarize(curves, {"n_startup_trials": 1, "n_warmup_steps": 0, "max_epochs": 3}).set_index("pruner")
     assert s.loc["live", "pruned"] == 0 and s.loc["live", "seconds_saved"] == 0
     med = s.loc["MedianPruner"]
@@ -65,9 +76,14 @@ def test_rank_agreement_per_epoch():
 
 
 def test_pruner_tag_parses():
-    assert parse_pruner_tag("MedianPruner(n_startup_trials=4, n_warmup_steps=0)") == {"n_startup_trials": 4, "n_warmup_steps": 0}
-    assert parse_pruner_tag("MedianPruner(n_startup_trials=3) at the fraction of each schedule; warmup 1 epochs") == \
-        {"n_startup_trials": 3, "warmup_epochs": 1}
+    assert parse_pruner_tag("MedianPruner(n_startup_trials=4, n_warmup_steps=0)") == {
+        "n_startup_trials": 4,
+        "n_warmup_steps": 0,
+    }
+    assert parse_pruner_tag("MedianPruner(n_startup_trials=3) at the fraction of each schedule; warmup 1 epochs") == {
+        "n_startup_trials": 3,
+        "warmup_epochs": 1,
+    }
 
 
 # ---------------------------------------------------------------- from a real sweep recorded in MLflow
@@ -76,18 +92,30 @@ def test_pruner_tag_parses():
 def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path):
     """A real one-worker sweep (journal storage, MLflow store, trial processes); the replay reads MLflow only."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    from bertnli.sweep.replay import replay_study
     from test_cli import cli
 
+    from bertnli.sweep.replay import replay_study
+
     toml = tmp_path / "sweep.toml"
-    toml.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 32\nbatch_size = 16\noptimizer = "adam"\n'
-                    f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\n\n'
-                    '[sweep]\ntrials = 6\nstudy_name = "r"\npruner_startup_trials = 1\n\n'
-                    '[sweep.space]\nlr = {low = 1e-5, high = 5e-2, log = true}\nepochs = {low = 2, high = 3}\n')
+    toml.write_text(
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 32\nbatch_size = 16\noptimizer = "adam"\n'
+        f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\n\n'
+        '[sweep]\ntrials = 6\nstudy_name = "r"\npruner_startup_trials = 1\n\n'
+        "[sweep.space]\nlr = {low = 1e-5, high = 5e-2, log = true}\nepochs = {low = 2, high = 3}\n"
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    r = cli("sweep", "--config", toml, "--storage", tmp_path / "journal.log", "--tracking-uri", uri, "--out", tmp_path / "out",
-            timeout=900)
+    r = cli(
+        "sweep",
+        "--config",
+        toml,
+        "--storage",
+        tmp_path / "journal.log",
+        "--tracking-uri",
+        uri,
+        "--out",
+        tmp_path / "out",
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     study = optuna.load_study(study_name="r", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
     S = optuna.trial.TrialState
@@ -96,7 +124,10 @@ def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path)
     s = tables["pruner_replay"].set_index("pruner")
     assert s.loc["live", "pruned"] == live_pruned and s.loc["live", "trials"] == 6
     assert s.loc["MedianPruner", "same_as_live"] == 6 and s.loc["MedianPruner", "unresolved"] == 0
-    assert (s.loc["MedianPruner", "pruned"], s.loc["MedianPruner", "epochs_run"]) == (s.loc["live", "pruned"], s.loc["live", "epochs_run"])
+    assert (s.loc["MedianPruner", "pruned"], s.loc["MedianPruner", "epochs_run"]) == (
+        s.loc["live", "pruned"],
+        s.loc["live", "epochs_run"],
+    )
     assert set(tables["rank_by_epoch"]["epoch"]) >= {1, 2}
     r = cli("report", "--replay-pruners", "r", "--tracking-uri", uri, "--out", tmp_path / "rep", "--cell-by", "epochs")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -5,12 +5,12 @@ import shutil
 import subprocess
 
 import pytest
+from test_engine import tiny_cfg
 
-from bertnli.config import TrackingConfig
 from bertnli.analysis.report import grouped, leaderboard, truncation_effect, write_report
+from bertnli.config import TrackingConfig
 from bertnli.tracking.query import load_runs
 from bertnli.tracking.run import train_run
-from test_engine import tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def test_load_runs_shape_and_grouping(store):
     uri, _ = store
     runs = load_runs(["grid"], uri)
     assert len(runs) == 8 and set(runs["status"]) == {"FINISHED"}
-    assert {"run_id", "model", "truncation", "lr", "seed", "best_dev_acc", "test_acc", "examples_per_sec"} <= set(runs.columns)
+    assert {"run_id", "model", "truncation", "lr", "seed", "best_dev_acc", "test_acc", "examples_per_sec"} <= set(
+        runs.columns
+    )
     g = grouped(runs)
     assert len(g) == 4 and list(g["runs"]) == [2, 2, 2, 2]
     for _, row in g.iterrows():
@@ -57,8 +59,21 @@ def test_written_report_has_tables_and_embedded_plots(store, tmp_path):
     uri, _ = store
     files = write_report(load_runs(["grid"], uri), tmp_path / "rep", tracking_uri=uri)
     names = {f.name for f in files}
-    assert {"report.md", "report.html", "by_model_truncation.csv", "leaderboard.csv", "dev_vs_lr.png", "learning_curves.png",
-            "cells.csv", "pairwise.csv", "pairwise.png", "evp.csv", "evp_overtaking.csv", "cells.png", "evp.png"} <= names
+    assert {
+        "report.md",
+        "report.html",
+        "by_model_truncation.csv",
+        "leaderboard.csv",
+        "dev_vs_lr.png",
+        "learning_curves.png",
+        "cells.csv",
+        "pairwise.csv",
+        "pairwise.png",
+        "evp.csv",
+        "evp_overtaking.csv",
+        "cells.png",
+        "evp.png",
+    } <= names
     page = (tmp_path / "rep" / "report.html").read_text()
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 6
     assert '<img alt="pairwise" src="data:image/png;base64,' in page
@@ -82,8 +97,9 @@ def test_pairwise_forest_plot_shows_every_pair_with_its_ci_and_holm_p(store, tmp
     refused = {"cell_a": "x", "cell_b": "y", "split": "dev", "note": "different data"}  # no delta: table only
     ax = plot_pairwise(pd.concat([pairs, pd.DataFrame([refused])], ignore_index=True)).axes[0]
     assert [t.get_text() for t in ax.texts] == [f"Holm p = {p:.3g}" for p in pairs["p_holm"]]
-    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{a}\n− {b} ({s})" for a, b, s in
-                                                             zip(pairs["cell_a"], pairs["cell_b"], pairs["split"])]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        f"{a}\n− {b} ({s})" for a, b, s in zip(pairs["cell_a"], pairs["cell_b"], pairs["split"])
+    ]
     for bars in ax.containers:  # one errorbar series per split: the point is delta, the bar spans the CI, in pp
         split = bars.get_label().split(":")[0]
         rows = pairs[pairs["split"] == split]
@@ -101,16 +117,41 @@ def test_html_report_images_load_in_headless_chromium(store, tmp_path):
     uri, _ = store
     write_report(load_runs(["grid"], uri), tmp_path / "rep", tracking_uri=uri)
     page = (tmp_path / "rep" / "report.html").read_text()
-    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-             "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + imgs.length); });</script>")
+    probe = (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+        "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + "
+        "imgs.length); });</script>"
+    )
     (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", f"file://{tmp_path / 'probe.html'}"],
-                         capture_output=True, text=True, timeout=120).stdout
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", f"file://{tmp_path / 'probe.html'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert 'data-loaded="6/6"' in dom
-    subprocess.run([CHROMIUM, *flags, "--window-size=1200,2400", f"--screenshot={tmp_path / 'report.png'}",
-                    f"file://{tmp_path / 'rep' / 'report.html'}"], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            CHROMIUM,
+            *flags,
+            "--window-size=1200,2400",
+            f"--screenshot={tmp_path / 'report.png'}",
+            f"file://{tmp_path / 'rep' / 'report.html'}",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
@@ -155,10 +196,15 @@ def test_overtaking_is_found_on_both_axes():
 
     from bertnli.analysis.compare import overtaking_table
 
-    evp = pd.DataFrame({"cell": ["a"] * 5 + ["b"] * 3, "n": [1, 2, 3, 4, 5, 1, 2, 3],
-                        "evp_unbiased": [0.70, 0.72, 0.73, 0.735, 0.74, 0.69, 0.75, 0.78],
-                        "evp_dodge": [0.70, 0.71, 0.72, 0.725, 0.73, 0.60, 0.60, 0.60],
-                        "budget_seconds": [5, 10, 15, 20, 25, 10, 20, 30]})
+    evp = pd.DataFrame(
+        {
+            "cell": ["a"] * 5 + ["b"] * 3,
+            "n": [1, 2, 3, 4, 5, 1, 2, 3],
+            "evp_unbiased": [0.70, 0.72, 0.73, 0.735, 0.74, 0.69, 0.75, 0.78],
+            "evp_dodge": [0.70, 0.71, 0.72, 0.725, 0.73, 0.60, 0.60, 0.60],
+            "budget_seconds": [5, 10, 15, 20, 25, 10, 20, 30],
+        }
+    )
     t = overtaking_table(evp)
     row = t[(t["estimator"] == "unbiased") & (t["axis"] == "trials")].iloc[0]
     assert (row["overtaker"], row["overtaken"], row["at"]) == ("b", "a", 2)
@@ -180,8 +226,15 @@ def _synthetic_mf_study(uri: str, name: str, reversed_low: bool) -> str:
         final = 0.60 + 0.02 * i
         low = 0.50 + 0.02 * (8 - i if reversed_low else i)
         for rung, acc in ((0, low), (1, final)):
-            run = c.create_run(exp, tags={"mlflow.parentRunId": parent, "rung": str(rung), "bertnli.config": f'{{"lr": {i}}}',
-                                          "bertnli.role": "sweep-trial"}).info.run_id
+            run = c.create_run(
+                exp,
+                tags={
+                    "mlflow.parentRunId": parent,
+                    "rung": str(rung),
+                    "bertnli.config": f'{{"lr": {i}}}',
+                    "bertnli.role": "sweep-trial",
+                },
+            ).info.run_id
             c.log_param(run, "train_fraction", [1 / 3, 1.0][rung])
             c.log_metric(run, "best_dev_acc", acc)
             c.set_terminated(run, "FINISHED")
@@ -195,7 +248,11 @@ def test_the_audit_flags_a_cheap_ranking_that_did_not_hold(tmp_path, reversed_lo
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = load_runs([_synthetic_mf_study(uri, "mf", reversed_low)], uri)
     audit = fidelity_audit(runs, n_boot=500)
-    assert len(audit) == 1 and audit.loc[0, "configurations"] == 9 and (audit.loc[0, "rung"], audit.loc[0, "against_rung"]) == (0, 1)
+    assert (
+        len(audit) == 1
+        and audit.loc[0, "configurations"] == 9
+        and (audit.loc[0, "rung"], audit.loc[0, "against_rung"]) == (0, 1)
+    )
     assert audit.loc[0, "kendall_tau"] == pytest.approx(-1.0 if reversed_low else 1.0)
     assert audit.loc[0, "tau_ci_low"] <= audit.loc[0, "kendall_tau"] <= audit.loc[0, "tau_ci_high"]
     assert audit.loc[0, "verdict"].startswith(CHEAP_RANKING_FAILED) == reversed_low

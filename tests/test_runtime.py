@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from bertnli import BadInput
-from bertnli.train.runtime import attention_name, autocast, grad_scaler, numeric_precision, rank_seed, resolve_device, staged
+from bertnli.train.runtime import (
+    attention_name,
+    autocast,
+    grad_scaler,
+    numeric_precision,
+    rank_seed,
+    resolve_device,
+    staged,
+)
 
 
 def test_staged_batches_keep_order_and_content_in_a_thread():
@@ -32,7 +40,13 @@ def test_staged_raises_the_workers_error_and_stops_it_when_abandoned():
 
     with pytest.raises(ValueError, match="bad batch 3"):
         list(staged(make, [np.array([i]) for i in range(10)], torch.device("cpu"), threaded=True))
-    gen = staged(lambda idx: {"x": torch.from_numpy(idx)}, [np.array([i]) for i in range(1000)], torch.device("cpu"), ahead=2, threaded=True)
+    gen = staged(
+        lambda idx: {"x": torch.from_numpy(idx)},
+        [np.array([i]) for i in range(1000)],
+        torch.device("cpu"),
+        ahead=2,
+        threaded=True,
+    )
     next(gen)
     gen.close()
     assert not any(t.name == "bertnli-batches" and t.is_alive() for t in threading.enumerate())

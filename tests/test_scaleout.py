@@ -13,13 +13,16 @@ from pathlib import Path
 import optuna
 import pytest
 import requests
-from mlflow import MlflowClient
-
 from conftest import ROOT, run_env
+from mlflow import MlflowClient
 from test_sweep import S, ran, retry_of, write_toml
 
-PG_BIN = next((p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True) if (p / "initdb").is_file()), None)
-pytestmark = pytest.mark.skipif(PG_BIN is None or shutil.which("runuser") is None, reason="PostgreSQL server binaries not installed")
+PG_BIN = next(
+    (p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True) if (p / "initdb").is_file()), None
+)
+pytestmark = pytest.mark.skipif(
+    PG_BIN is None or shutil.which("runuser") is None, reason="PostgreSQL server binaries not installed"
+)
 
 
 def free_port() -> int:
@@ -41,8 +44,17 @@ class Postgres:
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
 
     def start(self):
-        as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.root / "log", "-w", "-o",
-                    f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1", "start")
+        as_postgres(
+            PG_BIN / "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.root / "log",
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1",
+            "start",
+        )
 
     def stop(self, mode="fast"):
         as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
@@ -76,9 +88,28 @@ def postgres(pg):
 def mlflow_server(postgres, tmp_path_factory):
     art = tmp_path_factory.mktemp("mlartifacts")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow",
-                             "--artifacts-destination", str(art), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-                            env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"{postgres}/mlflow",
+            "--artifacts-destination",
+            str(art),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -99,12 +130,29 @@ def mlflow_server(postgres, tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def test_two_sweep_processes_share_a_study_through_postgres_and_mlflow_server(tmp_path, tiny_snli, postgres, mlflow_server):
+def test_two_sweep_processes_share_a_study_through_postgres_and_mlflow_server(
+    tmp_path, tiny_snli, postgres, mlflow_server
+):
     toml = write_toml(tmp_path, tiny_snli, trials=4)
     storage = f"{postgres}/optuna"
-    cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--storage", storage,
-           "--tracking-uri", mlflow_server, "--out", str(tmp_path / "out")]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertnli.cli",
+        "sweep",
+        "--config",
+        str(toml),
+        "--storage",
+        storage,
+        "--tracking-uri",
+        mlflow_server,
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-2000:]
@@ -121,7 +169,9 @@ def test_two_sweep_processes_share_a_study_through_postgres_and_mlflow_server(tm
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials]
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
     best = st.best_trial
-    assert [a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")]  # artifacts went through the server
+    assert [
+        a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")
+    ]  # artifacts went through the server
 
 
 @pytest.mark.slow
@@ -131,13 +181,35 @@ def test_four_workers_ride_out_a_90_s_database_outage(tmp_path, tiny_snli, pg, m
     failed the live trials (their heartbeats were 90 s old) and retried them, so trials ran twice.
     Now nothing is lost, left RUNNING or FAILED, and no configuration runs twice: exactly N trials."""
     n = 6
-    toml = write_toml(tmp_path, tiny_snli, trials=n, space='lr = {low = 1e-3, high = 3e-3}\nepochs = [3]\nbatch_size = [4]',
-                      extra="grace_s = 60")
+    toml = write_toml(
+        tmp_path,
+        tiny_snli,
+        trials=n,
+        space="lr = {low = 1e-3, high = 3e-3}\nepochs = [3]\nbatch_size = [4]",
+        extra="grace_s = 60",
+    )
     toml.write_text(toml.read_text().replace('study_name = "s"', 'study_name = "outage"'))
     storage = f"{pg.url}/optuna_outage"
-    cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--storage", storage, "--workers", "2",
-           "--tracking-uri", mlflow_server, "--out", str(tmp_path / "out")]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertnli.cli",
+        "sweep",
+        "--config",
+        str(toml),
+        "--storage",
+        storage,
+        "--workers",
+        "2",
+        "--tracking-uri",
+        mlflow_server,
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     # One storage object for every poll: a fresh `load_study(storage=URL)` per poll opens a new engine and
     # connection pool each time; on a slow machine they piled up until PostgreSQL refused connections, the
     # polls all failed and the outage never hit a running trial (CI: `assert running_before > 0`).

@@ -11,18 +11,22 @@ import pandas as pd
 import pytest
 import requests
 from click.testing import CliRunner
-from mlflow import MlflowClient
-
-from bertnli.config import TrackingConfig
-from bertnli.train.checkpoint import load_selected
-from bertnli.train.evaluation import predict
-from bertnli.tracking.models import register_champion
-from bertnli.tracking.run import train_run
 from conftest import ROOT, run_env
+from mlflow import MlflowClient
 from test_engine import tiny_cfg
 
-PAIRS = pd.DataFrame({"premise": ["A man is sitting on the street.", "Two dogs are playing in the water."],
-                      "hypothesis": ["A man is not sitting on the street.", "Two dogs are playing."]})
+from bertnli.config import TrackingConfig
+from bertnli.tracking.models import register_champion
+from bertnli.tracking.run import train_run
+from bertnli.train.checkpoint import load_selected
+from bertnli.train.evaluation import predict
+
+PAIRS = pd.DataFrame(
+    {
+        "premise": ["A man is sitting on the street.", "Two dogs are playing in the water."],
+        "hypothesis": ["A man is not sitting on the street.", "Two dogs are playing."],
+    }
+)
 COLUMNS = ["label", "entailment", "contradiction", "neutral"]
 
 
@@ -58,9 +62,28 @@ def _stop(proc: subprocess.Popen) -> None:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlserver")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     _wait(f"{url}/health", proc, 120, "mlflow server")
     yield url
@@ -103,9 +126,28 @@ def test_pyfunc_loads_by_run_uri_and_returns_label_and_three_probabilities(serve
 def test_models_serve_answers_invocations(served_run, server):
     run_id, _, best = served_run
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager",
-                             "local", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            env=run_env(MLFLOW_TRACKING_URI=server), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{run_id}/model",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=run_env(MLFLOW_TRACKING_URI=server),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait(f"http://127.0.0.1:{port}/ping", proc, 180, "mlflow models serve")
         body = {"dataframe_split": {"columns": ["premise", "hypothesis"], "data": PAIRS.values.tolist()}}
@@ -127,16 +169,33 @@ def test_champion_is_registered_and_usable_by_name(served_run, server, tiny_snli
     c = MlflowClient(server)
     mv = c.get_model_version_by_alias("bertnli-nli", "champion")
     assert mv.version == "1"
-    r = CliRunner().invoke(main, ["predict", "models:/bertnli-nli@champion", PAIRS.premise[0], PAIRS.hypothesis[0],
-                                  "--tracking-uri", server])
+    r = CliRunner().invoke(
+        main,
+        ["predict", "models:/bertnli-nli@champion", PAIRS.premise[0], PAIRS.hypothesis[0], "--tracking-uri", server],
+    )
     assert r.exit_code == 0, r.output
     want = _expected(best)[0]
     assert r.output.split()[0] == COLUMNS[1 + int(want.argmax())] and f"entailment={want[0]:.3f}" in r.output
-    r = CliRunner().invoke(main, ["evaluate", "models:/bertnli-nli@champion", "--data", str(tiny_snli), "--split", "dev",
-                                  "--limit", "20", "--tracking-uri", server])
+    r = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "models:/bertnli-nli@champion",
+            "--data",
+            str(tiny_snli),
+            "--split",
+            "dev",
+            "--limit",
+            "20",
+            "--tracking-uri",
+            server,
+        ],
+    )
     assert r.exit_code == 0 and "dev: accuracy" in r.output and "over 20 pairs" in r.output, r.output
     r = CliRunner().invoke(main, ["predict", "models:/bertnli-nli@nosuch", "a", "b", "--tracking-uri", server])
-    assert r.exit_code == 2 and "models:/bertnli-nli@nosuch is not a model" in r.output and len(r.output.splitlines()) == 1
+    assert (
+        r.exit_code == 2 and "models:/bertnli-nli@nosuch is not a model" in r.output and len(r.output.splitlines()) == 1
+    )
 
 
 def test_ui_rest_api_shows_training_view_dataset_source_and_model(served_run, server):
@@ -145,13 +204,17 @@ def test_ui_rest_api_shows_training_view_dataset_source_and_model(served_run, se
     run = requests.get(f"{server}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=10).json()["run"]
     exp_id = run["info"]["experiment_id"]
     exp = requests.get(f"{server}/api/2.0/mlflow/experiments/get", params={"experiment_id": exp_id}, timeout=10).json()
-    assert {t["key"]: t["value"] for t in exp["experiment"]["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    assert {t["key"]: t["value"] for t in exp["experiment"]["tags"]}[
+        "mlflow.experimentKind"
+    ] == "custom_model_development"
     datasets = {d["dataset"]["name"]: d["dataset"] for d in run["inputs"]["dataset_inputs"]}
     assert {k: v["digest"] for k, v in datasets.items()} == {k: v[:36] for k, v in result.info["digests"].items()}
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["mlflow.source.name"] and tags["mlflow.source.git.commit"]
     (output,) = run["outputs"]["model_outputs"]
-    models = requests.post(f"{server}/api/2.0/mlflow/logged-models/search", json={"experiment_ids": [exp_id]}, timeout=10).json()
+    models = requests.post(
+        f"{server}/api/2.0/mlflow/logged-models/search", json={"experiment_ids": [exp_id]}, timeout=10
+    ).json()
     (model,) = [m for m in models["models"] if m["info"]["model_id"] == output["model_id"]]
     assert model["info"]["source_run_id"] == run_id and model["info"]["name"] == "model"
     assert model["info"]["status"] == "LOGGED_MODEL_READY"
@@ -160,16 +223,34 @@ def test_ui_rest_api_shows_training_view_dataset_source_and_model(served_run, se
 def test_sweep_register_puts_the_winner_in_the_registry_as_champion(server, tiny_snli, tmp_path):
     from test_sweep import write_toml
 
-    toml = write_toml(tmp_path, tiny_snli, trials=2, space='lr = {low = 1e-4, high = 5e-3, log = true}')
-    cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--limit-train", "48", "--epochs", "1",
-           "--tracking-uri", server, "--register", "bertnli-sweep-nli"]
-    r = subprocess.run(cmd, cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    toml = write_toml(tmp_path, tiny_snli, trials=2, space="lr = {low = 1e-4, high = 5e-3, log = true}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertnli.cli",
+        "sweep",
+        "--config",
+        str(toml),
+        "--limit-train",
+        "48",
+        "--epochs",
+        "1",
+        "--tracking-uri",
+        server,
+        "--register",
+        "bertnli-sweep-nli",
+    ]
+    r = subprocess.run(
+        cmd, cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "registered bertnli-sweep-nli version 1" in r.stdout and "models:/bertnli-sweep-nli@champion" in r.stdout
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "mlruns" / "optuna-journal.log"))))
+    study = optuna.load_study(
+        study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "mlruns" / "optuna-journal.log")))
+    )
     winner = study.best_trial.user_attrs["mlflow_run_id"]
     c = MlflowClient(server)
     mv = c.get_model_version_by_alias("bertnli-sweep-nli", "champion")
@@ -179,5 +260,7 @@ def test_sweep_register_puts_the_winner_in_the_registry_as_champion(server, tiny
     mlflow.set_tracking_uri(server)
     out = mlflow.pyfunc.load_model("models:/bertnli-sweep-nli@champion").predict(PAIRS)
     assert list(out.columns) == COLUMNS and np.allclose(out[COLUMNS[1:]].sum(axis=1), 1.0, atol=1e-5)
-    r = subprocess.run(cmd, cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd, cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0 and "registered bertnli-sweep-nli version 1" in r.stdout  # rerun (resume): no new version

@@ -6,7 +6,19 @@ import math
 import numpy as np
 import pytest
 
-from bertnli.analysis.stats import bootstrap_delta, compare_correct, discordant, evp_with_replacement, evp_without_replacement, holm, kendall_tau, mcnemar_exact, mean_ci, overtaking, spearman_rho
+from bertnli.analysis.stats import (
+    bootstrap_delta,
+    compare_correct,
+    discordant,
+    evp_with_replacement,
+    evp_without_replacement,
+    holm,
+    kendall_tau,
+    mcnemar_exact,
+    mean_ci,
+    overtaking,
+    spearman_rho,
+)
 
 
 def test_identical_predictions_give_zero_delta_and_p_one():
@@ -117,7 +129,7 @@ def test_evp_endpoints_and_monotone():
         assert w[0] == pytest.approx(v.mean()) and wo[0] == pytest.approx(v.mean())
         assert wo[-1] == pytest.approx(v.max()) and len(wo) == big_n
         assert np.all(np.diff(w) >= -1e-12) and np.all(np.diff(wo) >= -1e-12)
-        assert np.all(w[: big_n] <= wo + 1e-12)  # with replacement repeats trials, so it rises more slowly
+        assert np.all(w[:big_n] <= wo + 1e-12)  # with replacement repeats trials, so it rises more slowly
 
 
 def test_overtaking_finds_the_first_budget_where_the_laggard_leads():

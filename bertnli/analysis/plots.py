@@ -19,7 +19,13 @@ def plot_dev_vs_lr(finished_runs: pd.DataFrame):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for (trunc, model), g in finished_runs.groupby(["truncation", "model"]):
-        ax.scatter(g["lr"], g["best_dev_acc"], label=f"{model} / {trunc}", marker="o" if trunc == "longest_first" else "^", alpha=0.8)
+        ax.scatter(
+            g["lr"],
+            g["best_dev_acc"],
+            label=f"{model} / {trunc}",
+            marker="o" if trunc == "longest_first" else "^",
+            alpha=0.8,
+        )
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log)", ylabel="best dev accuracy", title="dev accuracy vs learning rate")
     ax.grid(alpha=0.3)
@@ -50,7 +56,9 @@ def plot_learning_curves(board: pd.DataFrame, tracking_uri: str | None = None):
     fig, ax = plt.subplots(figsize=(7, 4))
     for _, r in board.iterrows():
         hist = c.get_metric_history(r["run_id"], "dev_acc")
-        ax.plot([m.step for m in hist], [m.value for m in hist], "o-", label=f"{r['run_name']} ({r['best_dev_acc']:.3f})")
+        ax.plot(
+            [m.step for m in hist], [m.value for m in hist], "o-", label=f"{r['run_name']} ({r['best_dev_acc']:.3f})"
+        )
     ax.set(xlabel="epoch", ylabel="dev accuracy", title=f"learning curves of the top {len(board)} runs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -66,7 +74,15 @@ def plot_cells(cells: pd.DataFrame):
     for offset, name, color in ((-0.15, "dev", "C0"), (0.15, "test", "C1")):
         m = cells[f"{name}_mean"].to_numpy(float)
         err = np.vstack([m - cells[f"{name}_ci_low"].to_numpy(float), cells[f"{name}_ci_high"].to_numpy(float) - m])
-        ax.errorbar(m, y + offset, xerr=np.nan_to_num(err), fmt="o", color=color, capsize=4, label=f"{name} mean, 95 % CI over seeds")
+        ax.errorbar(
+            m,
+            y + offset,
+            xerr=np.nan_to_num(err),
+            fmt="o",
+            color=color,
+            capsize=4,
+            label=f"{name} mean, 95 % CI over seeds",
+        )
     ax.set_yticks(y, [f"{c} ({n} runs)" for c, n in zip(cells["cell"], cells["runs"])], fontsize=8)
     ax.invert_yaxis()
     ax.set(xlabel="accuracy", title="cells: mean and 95 % CI over seeds")
@@ -92,18 +108,35 @@ def plot_pairwise(pairs: pd.DataFrame):
     for split, color in (("dev", "C0"), ("test", "C1")):
         on = (rows["split"] == split).to_numpy()
         if on.any():
-            ax.errorbar(delta[on], y[on], xerr=np.nan_to_num(np.vstack([delta[on] - low[on], high[on] - delta[on]])), fmt="o", color=color,
-                        capsize=4, label=f"{split}: delta, 95 % CI")
+            ax.errorbar(
+                delta[on],
+                y[on],
+                xerr=np.nan_to_num(np.vstack([delta[on] - low[on], high[on] - delta[on]])),
+                fmt="o",
+                color=color,
+                capsize=4,
+                label=f"{split}: delta, 95 % CI",
+            )
     ax.axvline(0, color="black", linewidth=1)
     for i, p in enumerate(rows["p_holm"]):
-        ax.text(1.01, i, "Holm p n/a" if pd.isna(p) else f"Holm p = {float(p):.3g}", transform=ax.get_yaxis_transform(),
-                va="center", fontsize=7)
-    ax.set_yticks(y, [f"{a}\n− {b} ({s})" for a, b, s in zip(rows["cell_a"], rows["cell_b"], rows["split"])], fontsize=7)
+        ax.text(
+            1.01,
+            i,
+            "Holm p n/a" if pd.isna(p) else f"Holm p = {float(p):.3g}",
+            transform=ax.get_yaxis_transform(),
+            va="center",
+            fontsize=7,
+        )
+    ax.set_yticks(
+        y, [f"{a}\n− {b} ({s})" for a, b, s in zip(rows["cell_a"], rows["cell_b"], rows["split"])], fontsize=7
+    )
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first pair at the top
     ax.set(xlabel="delta accuracy, cell_a − cell_b (percentage points)")
     ax.set_title("pairwise: delta and 95 % CI per split", pad=22)
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the rows, not on them
+    ax.legend(
+        fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False
+    )  # above the rows, not on them
     fig.tight_layout()
     return fig
 

@@ -23,8 +23,21 @@ from bertnli.tracking.store import client
 
 def leaderboard(runs: pd.DataFrame, top: int = 20) -> pd.DataFrame:
     """Finished runs by best dev accuracy (selection on dev; test shown, never used to rank)."""
-    cols = ["run_id", "experiment", "run_name", "model", "truncation", "lr", "epochs", "seed", "best_dev_acc", "test_acc",
-            "best_epoch", "examples_per_sec", "wall_seconds"]
+    cols = [
+        "run_id",
+        "experiment",
+        "run_name",
+        "model",
+        "truncation",
+        "lr",
+        "epochs",
+        "seed",
+        "best_dev_acc",
+        "test_acc",
+        "best_epoch",
+        "examples_per_sec",
+        "wall_seconds",
+    ]
     return finished_runs(runs).sort_values("best_dev_acc", ascending=False)[cols].head(top).reset_index(drop=True)
 
 
@@ -33,10 +46,20 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, trunc), g in finished_runs(runs).groupby(["model", "truncation"], dropna=False):
         sel = g.loc[g["best_dev_acc"].idxmax()]
-        rows.append({"model": model, "truncation": trunc, "runs": len(g), "dev_mean": g["best_dev_acc"].mean(),
-                     "dev_std": g["best_dev_acc"].std(ddof=1) if len(g) > 1 else np.nan, "dev_best": sel["best_dev_acc"],
-                     "test_of_selected": sel["test_acc"], "selected_lr": sel["lr"], "mean_seconds": g["wall_seconds"].mean(),
-                     "mean_examples_per_sec": g["examples_per_sec"].mean()})
+        rows.append(
+            {
+                "model": model,
+                "truncation": trunc,
+                "runs": len(g),
+                "dev_mean": g["best_dev_acc"].mean(),
+                "dev_std": g["best_dev_acc"].std(ddof=1) if len(g) > 1 else np.nan,
+                "dev_best": sel["best_dev_acc"],
+                "test_of_selected": sel["test_acc"],
+                "selected_lr": sel["lr"],
+                "mean_seconds": g["wall_seconds"].mean(),
+                "mean_examples_per_sec": g["examples_per_sec"].mean(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -50,14 +73,34 @@ def truncation_effect(runs: pd.DataFrame) -> pd.DataFrame:
         b = g[g["truncation"] == "ratio"].groupby(keys)["best_dev_acc"].mean()
         paired = (b - a).dropna()
         if len(paired):
-            rows.append({"model": model, "pairs": len(paired), "ratio_minus_longest_first": paired.mean(),
-                         "std": paired.std(ddof=1) if len(paired) > 1 else np.nan, "min": paired.min(), "max": paired.max()})
+            rows.append(
+                {
+                    "model": model,
+                    "pairs": len(paired),
+                    "ratio_minus_longest_first": paired.mean(),
+                    "std": paired.std(ddof=1) if len(paired) > 1 else np.nan,
+                    "min": paired.min(),
+                    "max": paired.max(),
+                }
+            )
         else:
-            la, lb = g[g["truncation"] == "longest_first"]["best_dev_acc"], g[g["truncation"] == "ratio"]["best_dev_acc"]
+            la, lb = (
+                g[g["truncation"] == "longest_first"]["best_dev_acc"],
+                g[g["truncation"] == "ratio"]["best_dev_acc"],
+            )
             if len(la) and len(lb):
-                rows.append({"model": model, "pairs": 0, "ratio_minus_longest_first": lb.mean() - la.mean(),
-                             "std": np.sqrt(la.var(ddof=1) / len(la) + lb.var(ddof=1) / len(lb)) if min(len(la), len(lb)) > 1 else np.nan,
-                             "min": np.nan, "max": np.nan})
+                rows.append(
+                    {
+                        "model": model,
+                        "pairs": 0,
+                        "ratio_minus_longest_first": lb.mean() - la.mean(),
+                        "std": np.sqrt(la.var(ddof=1) / len(la) + lb.var(ddof=1) / len(lb))
+                        if min(len(la), len(lb)) > 1
+                        else np.nan,
+                        "min": np.nan,
+                        "max": np.nan,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -80,8 +123,19 @@ def fidelity_audit(runs: pd.DataFrame, n_boot: int = 2_000) -> pd.DataFrame:
     Spearman's rho of their dev accuracies, each with a bootstrap CI over configurations, and a
     warning when tau < 0.5. Empty when no run carries a rung.
     """
-    cols = ["parent_run_id", "rung", "against_rung", "configurations", "kendall_tau", "tau_ci_low", "tau_ci_high",
-            "spearman_rho", "rho_ci_low", "rho_ci_high", "verdict"]
+    cols = [
+        "parent_run_id",
+        "rung",
+        "against_rung",
+        "configurations",
+        "kendall_tau",
+        "tau_ci_low",
+        "tau_ci_high",
+        "spearman_rho",
+        "rho_ci_low",
+        "rho_ci_high",
+        "verdict",
+    ]
     f = finished_runs(runs)
     if "rung" not in f or f["rung"].isna().all():
         return pd.DataFrame(columns=cols)
@@ -93,11 +147,28 @@ def fidelity_audit(runs: pd.DataFrame, n_boot: int = 2_000) -> pd.DataFrame:
             for against in sorted({k + 1, top}):
                 both = acc[[k, against]].dropna()
                 a = rank_agreement(both[k], both[against], n_boot=n_boot)
-                verdict = ("too few configurations to judge (fewer than 3)" if a.n < 3 or np.isnan(a.tau) else
-                           f"{CHEAP_RANKING_FAILED} (tau < 0.5)" if a.tau < 0.5 else "held (tau >= 0.5)")
-                rows.append({"parent_run_id": parent, "rung": k, "against_rung": against, "configurations": a.n,
-                             "kendall_tau": a.tau, "tau_ci_low": a.tau_low, "tau_ci_high": a.tau_high, "spearman_rho": a.rho,
-                             "rho_ci_low": a.rho_low, "rho_ci_high": a.rho_high, "verdict": verdict})
+                verdict = (
+                    "too few configurations to judge (fewer than 3)"
+                    if a.n < 3 or np.isnan(a.tau)
+                    else f"{CHEAP_RANKING_FAILED} (tau < 0.5)"
+                    if a.tau < 0.5
+                    else "held (tau >= 0.5)"
+                )
+                rows.append(
+                    {
+                        "parent_run_id": parent,
+                        "rung": k,
+                        "against_rung": against,
+                        "configurations": a.n,
+                        "kendall_tau": a.tau,
+                        "tau_ci_low": a.tau_low,
+                        "tau_ci_high": a.tau_high,
+                        "spearman_rho": a.rho,
+                        "rho_ci_low": a.rho_low,
+                        "rho_ci_high": a.rho_high,
+                        "verdict": verdict,
+                    }
+                )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -116,20 +187,31 @@ def sampler_note(runs: pd.DataFrame, tracking_uri: str | None = None) -> str:
     biased = sorted(x for x in samplers if not x.startswith("RandomSampler"))
     if not biased:
         return ""
-    return (f"These trials come from {', '.join(biased)}: TPE picks each trial from the earlier ones and pruning stops some, "
-            "which breaks the i.i.d. assumption of expected validation performance; read those curves as descriptive. "
-            "Use `sweep --sampler random` for a design where the estimator is valid.")
+    return (
+        f"These trials come from {', '.join(biased)}: TPE picks each trial from the earlier ones and pruning stops "
+        "some, "
+        "which breaks the i.i.d. assumption of expected validation performance; read those curves as descriptive. "
+        "Use `sweep --sampler random` for a design where the estimator is valid."
+    )
 
 
 def _note(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None, audit: pd.DataFrame, lower_rungs: int) -> str:
     """The report's preamble: how to read it, and what it left out."""
-    return ("Selection is on dev; test accuracy is of the dev-selected run and was never used to choose. "
-            "Figures on snli-resplit are not comparable with published SNLI test results. "
-            f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI over "
-            "seeds x examples, McNemar exact p (pooled over seed pairs) and Holm-adjusted p per split. "
-            + sampler_note(runs, tracking_uri) + audit_note(audit)
-            + (f" Multi-fidelity: the tables and plots hold each study's top rung only ({lower_rungs} "
-               "lower-rung runs are in the fidelity audit and runs.csv)." if lower_rungs else ""))
+    return (
+        "Selection is on dev; test accuracy is of the dev-selected run and was never used to choose. "
+        "Figures on snli-resplit are not comparable with published SNLI test results. "
+        f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI "
+        "over "
+        "seeds x examples, McNemar exact p (pooled over seed pairs) and Holm-adjusted p per split. "
+        + sampler_note(runs, tracking_uri)
+        + audit_note(audit)
+        + (
+            f" Multi-fidelity: the tables and plots hold each study's top rung only ({lower_rungs} "
+            "lower-rung runs are in the fidelity audit and runs.csv)."
+            if lower_rungs
+            else ""
+        )
+    )
 
 
 def audit_note(audit: pd.DataFrame) -> str:
@@ -137,8 +219,10 @@ def audit_note(audit: pd.DataFrame) -> str:
     bad = audit[audit["verdict"].str.startswith(CHEAP_RANKING_FAILED)] if not audit.empty else audit
     if bad.empty:
         return ""
-    where = ", ".join(f"rung {r.rung} vs {r.against_rung} (tau {r.kendall_tau:.2f}, {r.configurations} configurations)"
-                      for r in bad.itertuples())
+    where = ", ".join(
+        f"rung {r.rung} vs {r.against_rung} (tau {r.kendall_tau:.2f}, {r.configurations} configurations)"
+        for r in bad.itertuples()
+    )
     return f" WARNING: {CHEAP_RANKING_FAILED}: {where}; promote more configurations or raise min_fraction."
 
 
@@ -165,18 +249,27 @@ def _figures(runs: pd.DataFrame, tables: dict[str, pd.DataFrame], tracking_uri: 
     at least one pair of cells that could be compared (one cell alone has no pair)."""
     if finished_runs(runs).empty:
         return {}
-    figures = {"dev_vs_lr": plots.plot_dev_vs_lr(finished_runs(runs)), "by_model_truncation": plots.plot_by_cell(grouped(runs)),
-               "learning_curves": plots.plot_learning_curves(leaderboard(runs, 5), tracking_uri),
-               "cells": plots.plot_cells(tables["cells"])}
+    figures = {
+        "dev_vs_lr": plots.plot_dev_vs_lr(finished_runs(runs)),
+        "by_model_truncation": plots.plot_by_cell(grouped(runs)),
+        "learning_curves": plots.plot_learning_curves(leaderboard(runs, 5), tracking_uri),
+        "cells": plots.plot_cells(tables["cells"]),
+    }
     if tables["pairwise"]["delta"].notna().any():
         figures["pairwise"] = plots.plot_pairwise(tables["pairwise"])
     figures["evp"] = plots.plot_evp(tables["evp"], tables["evp_overtaking"])
     return figures
 
 
-def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] = ("md", "csv", "html"),
-                 tracking_uri: str | None = None, cell_by: tuple[str, ...] = ("model", "truncation"),
-                 extra_tables: dict[str, pd.DataFrame] | None = None, audit: pd.DataFrame | None = None) -> list[Path]:
+def write_report(
+    runs: pd.DataFrame,
+    out: str | Path,
+    formats: tuple[str, ...] = ("md", "csv", "html"),
+    tracking_uri: str | None = None,
+    cell_by: tuple[str, ...] = ("model", "truncation"),
+    extra_tables: dict[str, pd.DataFrame] | None = None,
+    audit: pd.DataFrame | None = None,
+) -> list[Path]:
     """Tables (md/csv) and a self-contained HTML page with the plots embedded as PNG data URIs.
     `audit`: `fidelity_audit(runs)` when the caller has it already (it bootstraps)."""
     out = Path(out)
@@ -184,9 +277,14 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
     keys = list(cell_by)
     audit = fidelity_audit(runs) if audit is None else audit
     everything, runs = runs, top_rung(runs)  # lower rungs trained on less data: audited, never pooled with the rest
-    tables = {"leaderboard": leaderboard(runs), "by_model_truncation": grouped(runs), "truncation_effect": truncation_effect(runs),
-              "cells": cell_table(runs, keys), "pairwise": pairwise_table(runs, keys, tracking_uri),
-              "evp": evp_table(runs, keys)}
+    tables = {
+        "leaderboard": leaderboard(runs),
+        "by_model_truncation": grouped(runs),
+        "truncation_effect": truncation_effect(runs),
+        "cells": cell_table(runs, keys),
+        "pairwise": pairwise_table(runs, keys, tracking_uri),
+        "evp": evp_table(runs, keys),
+    }
     tables["evp_overtaking"] = overtaking_table(tables["evp"])
     if not audit.empty:
         tables["fidelity_audit"] = audit
@@ -215,12 +313,26 @@ def write_report(runs: pd.DataFrame, out: str | Path, formats: tuple[str, ...] =
         (out / "report.md").write_text("".join(md))
         written.append(out / "report.md")
     if "html" in formats:
-        body = [f"<h1>bertnli report</h1><p>{len(runs)} runs ({len(finished_runs(runs))} finished). {html.escape(note)}</p>"]
+        body = [
+            f"<h1>bertnli report</h1><p>{len(runs)} runs ({len(finished_runs(runs))} finished). {html.escape(note)}</p>"
+        ]
         for name, t in tables.items():
-            body.append(f"<h2>{name.replace('_', ' ')}</h2>" + (format_table(t).to_html(index=False, border=0) if not t.empty else "<p>no runs</p>"))
+            body.append(
+                f"<h2>{name.replace('_', ' ')}</h2>"
+                + (format_table(t).to_html(index=False, border=0) if not t.empty else "<p>no runs</p>")
+            )
         for n, png in pngs.items():
-            body.append(f'<h2>{n.replace("_", " ")}</h2><img alt="{n}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
-        style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{white-space:nowrap;padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
-        (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>bertnli report</title><style>{style}</style></head><body>{''.join(body)}</body></html>")
+            body.append(
+                f'<h2>{n.replace("_", " ")}</h2><img alt="{n}" '
+                f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+            )
+        style = (
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{white-space:nowrap;padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
+        )
+        (out / "report.html").write_text(
+            "<!doctype html><html><head><meta charset='utf-8'><title>bertnli report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+        )
         written.append(out / "report.html")
     return written

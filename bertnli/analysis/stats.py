@@ -56,8 +56,9 @@ def _correct_matrix(correct) -> np.ndarray:
     return c
 
 
-def bootstrap_delta(correct_a, correct_b, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0,
-                    chunk: int = 500) -> tuple[float, float, float]:
+def bootstrap_delta(
+    correct_a, correct_b, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0, chunk: int = 500
+) -> tuple[float, float, float]:
     """Percentile CI for mean accuracy(A) - mean accuracy(B), resampling examples (paired: the same
     resampled examples for both sides) and, where a side has several seeds, its seeds too.
 
@@ -117,8 +118,19 @@ def compare_correct(correct_a, correct_b, n_boot: int = 10_000, seed: int = 0) -
     a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
     delta, lo, hi = bootstrap_delta(a, b, n_boot=n_boot, seed=seed)
     a_only, b_only = discordant(a, b)
-    return Comparison(float(a.mean()), float(b.mean()), delta, lo, hi, mcnemar_exact(a_only, b_only), a.shape[1],
-                      a.shape[0], b.shape[0], a_only, b_only)
+    return Comparison(
+        float(a.mean()),
+        float(b.mean()),
+        delta,
+        lo,
+        hi,
+        mcnemar_exact(a_only, b_only),
+        a.shape[1],
+        a.shape[0],
+        b.shape[0],
+        a_only,
+        b_only,
+    )
 
 
 def holm(p_values) -> np.ndarray:

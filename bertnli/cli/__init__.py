@@ -2,6 +2,3 @@
 
 Commands parse options into the library's own types and print its results; the work lives in the
 layers below. Every error leaves as one line (`group.Group`)."""
-
-
-

@@ -2,5 +2,4 @@
 
 from bertnli.cli.main import main
 
-
 main()

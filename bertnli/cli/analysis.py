@@ -25,24 +25,46 @@ def _check_cell_by(value: str) -> list[str]:
 @click.option("--study", default=None, help="only the trials of this Optuna study")
 @click.option("--parent-run", default=None, help="only the children of this parent run")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE filter on run tags")
-@click.option("--cell-by", default="model,truncation", show_default=True, callback=lambda ctx, param, value: _check_cell_by(value),
-              help="run params that define a cell (runs in a cell differ by seed, or by the other params)")
-@click.option("--replay-pruners", "replay", default=None, metavar="STUDY",
-              help="replay MedianPruner, SuccessiveHalving and Hyperband over this study's recorded dev curves")
+@click.option(
+    "--cell-by",
+    default="model,truncation",
+    show_default=True,
+    callback=lambda ctx, param, value: _check_cell_by(value),
+    help="run params that define a cell (runs in a cell differ by seed, or by the other params)",
+)
+@click.option(
+    "--replay-pruners",
+    "replay",
+    default=None,
+    metavar="STUDY",
+    help="replay MedianPruner, SuccessiveHalving and Hyperband over this study's recorded dev curves",
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports", show_default=True)
-@click.option("--format", "formats", type=click.Choice(["md", "csv", "html"]), multiple=True, help="[default: all three]")
+@click.option(
+    "--format", "formats", type=click.Choice(["md", "csv", "html"]), multiple=True, help="[default: all three]"
+)
 @tracking_uri_option
 def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, formats, tracking_uri):
     """Tables and plots from recorded runs: leaderboard, cells with CIs over seeds, pairwise tests, expected
     validation performance, and (with --replay-pruners) what other pruners would have done."""
-    from bertnli.analysis.report import (audit_note, fidelity_audit, format_table, grouped, leaderboard, top_rung,
-                                         truncation_effect, write_report)
+    from bertnli.analysis.report import (
+        audit_note,
+        fidelity_audit,
+        format_table,
+        grouped,
+        leaderboard,
+        top_rung,
+        truncation_effect,
+        write_report,
+    )
     from bertnli.tracking.query import load_runs
 
     tag_filter = {}
     for t in tags:
         if "=" not in t:
-            raise click.BadParameter(f"{t!r} is not KEY=VALUE (e.g. --tag bertnli.truncation=ratio)", param_hint="--tag")
+            raise click.BadParameter(
+                f"{t!r} is not KEY=VALUE (e.g. --tag bertnli.truncation=ratio)", param_hint="--tag"
+            )
         k, v = t.split("=", 1)
         tag_filter[k] = v
     keys = cell_by
@@ -53,7 +75,9 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
         extra = replay_study(replay, tracking_uri)
     runs = load_runs(list(experiments) or None, tracking_uri, study or replay, parent_run, tag_filter)
     if runs.empty:
-        raise BadInput("no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')")
+        raise BadInput(
+            "no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')"
+        )
     import pandas as pd
 
     with pd.option_context("display.width", 250, "display.max_columns", 20):
@@ -75,7 +99,9 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
         for name, table in extra.items():
             click.echo(f"\n{name.replace('_', ' ')} (study {replay}):")
             click.echo(format_table(table).to_string(index=False))
-    files = write_report(runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra, audit)
+    files = write_report(
+        runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra, audit
+    )
     click.echo(f"\nwrote {len(files)} files to {Path(out_dir)} (open {Path(out_dir) / 'report.html'})")
 
 
@@ -93,9 +119,16 @@ def _check_cell(ctx, param, value):
 @click.command()
 @click.argument("a", required=False)
 @click.argument("b", required=False)
-@click.option("--cell", "cells", multiple=True, callback=_check_cell,
-              help="a group of runs by params, across seeds: model=minilm-l6,truncation=ratio (give two)")
-@click.option("--experiment", "experiments", multiple=True, help="where to look for --cell runs [default: all experiments]")
+@click.option(
+    "--cell",
+    "cells",
+    multiple=True,
+    callback=_check_cell,
+    help="a group of runs by params, across seeds: model=minilm-l6,truncation=ratio (give two)",
+)
+@click.option(
+    "--experiment", "experiments", multiple=True, help="where to look for --cell runs [default: all experiments]"
+)
 @click.option("--boot", type=click.IntRange(min=200), default=10_000, show_default=True, help="bootstrap resamples")
 @tracking_uri_option
 def compare(a, b, cells, experiments, boot, tracking_uri):

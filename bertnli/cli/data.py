@@ -39,8 +39,11 @@ def data_info(folder):
             continue
         found = True
         s = split_summary(split)
-        click.echo(f"{name:5}  {s['pairs']:>7,} pairs ({s['dropped_no_gold']} without gold label dropped)  "
-                   f"entailment {s['entailment_frac']:.3f} contradiction {s['contradiction_frac']:.3f} neutral {s['neutral_frac']:.3f}  "
-                   f"words/pair p50 {s['len_p50']} p90 {s['len_p90']} p99 {s['len_p99']} max {s['len_p100']}")
+        click.echo(
+            f"{name:5}  {s['pairs']:>7,} pairs ({s['dropped_no_gold']} without gold label dropped)  "
+            f"entailment {s['entailment_frac']:.3f} contradiction {s['contradiction_frac']:.3f} neutral "
+            f"{s['neutral_frac']:.3f}  "
+            f"words/pair p50 {s['len_p50']} p90 {s['len_p90']} p99 {s['len_p99']} max {s['len_p100']}"
+        )
     if not found:
         raise BadInput(f"no SNLI split in {folder}; give --data a folder with snli_1.0_*.jsonl[.gz]")

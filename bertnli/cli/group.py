@@ -26,8 +26,11 @@ class Group(click.Group):
             sys.exit(2)
         except click.exceptions.Abort as e:  # click turns KeyboardInterrupt (and our SIGTERM) into Abort
             if isinstance(e.__context__, Terminated):
-                click.echo("bertnli-exp: terminated (SIGTERM); runs are marked KILLED; run the same command "
-                           "(train: with --resume) to continue", err=True)
+                click.echo(
+                    "bertnli-exp: terminated (SIGTERM); runs are marked KILLED; run the same command "
+                    "(train: with --resume) to continue",
+                    err=True,
+                )
                 sys.exit(143)
             click.echo("bertnli-exp: interrupted", err=True)
             sys.exit(130)
@@ -41,8 +44,12 @@ class Group(click.Group):
             click.echo(f"bertnli-exp: error: {e}", err=True)
             sys.exit(1)
         except KeyboardInterrupt as e:
-            click.echo(f"bertnli-exp: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; the run is marked KILLED; "
-                       "run the same command (train: with --resume) to continue", err=True)
+            click.echo(
+                f"bertnli-exp: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; the run is marked "
+                "KILLED; "
+                "run the same command (train: with --resume) to continue",
+                err=True,
+            )
             sys.exit(143 if isinstance(e, Terminated) else 130)
 
 

@@ -9,7 +9,6 @@ import click
 
 from bertnli.config import OPTIMIZERS, SCHEDULES, TRUNCATIONS, TrainConfig
 
-
 _CHOICES = {"truncation": TRUNCATIONS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 
 
@@ -20,7 +19,8 @@ _HELP = {
     "data": "folder with snli_1.0_{train,dev,test}.jsonl[.gz] or .txt[.gz]",
     "limit_train": "train on the first N examples only",
     "limit_eval": "evaluate on the first N dev/test examples only",
-    "train_fraction": "train on a nested, label-stratified fraction of the train split (what a multi-fidelity rung sees)",
+    "train_fraction": "train on a nested, label-stratified fraction of the train split (what a multi-fidelity rung "
+    "sees)",
     "warmup": "fraction of steps for linear warmup (schedule=linear)",
     "bucket": "length-bucketed batches with dynamic padding (--no-bucket pads to max_len)",
     "pad_multiple": "round batch widths up to a multiple of this (1: exact width)",
@@ -61,11 +61,20 @@ def train_options(func):
     for f in reversed(dataclasses.fields(TrainConfig)):
         name = f.name.replace("_", "-")
         if "bool" in str(f.type):
-            func = click.option(f"--{name}/--no-{name}", f.name, default=None, help=_HELP.get(f.name, f"default {f.default}"))(func)
+            func = click.option(
+                f"--{name}/--no-{name}", f.name, default=None, help=_HELP.get(f.name, f"default {f.default}")
+            )(func)
         else:
-            func = click.option(f"--{name}", f.name, type=_click_type(f), default=None,
-                                help=f"{_HELP.get(f.name, '')} [default: {f.default}]".strip())(func)
-    func = click.option("--config", "config_path", type=click.Path(), help="experiment TOML (options override it)")(func)
+            func = click.option(
+                f"--{name}",
+                f.name,
+                type=_click_type(f),
+                default=None,
+                help=f"{_HELP.get(f.name, '')} [default: {f.default}]".strip(),
+            )(func)
+    func = click.option("--config", "config_path", type=click.Path(), help="experiment TOML (options override it)")(
+        func
+    )
     return func
 
 
@@ -75,8 +84,10 @@ _URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file
 def _check_tracking_uri(ctx, param, value):
     """Refuse a URI MLflow cannot open at parse time, not after a data read or a training epoch."""
     if value is not None and "://" in value and value.split("://")[0].split("+")[0] not in _URI_SCHEMES:
-        raise click.BadParameter(f"{value!r} is not an MLflow tracking URI; give http://host:port, sqlite:///path.db "
-                                 "or postgresql://user@host/db")
+        raise click.BadParameter(
+            f"{value!r} is not an MLflow tracking URI; give http://host:port, sqlite:///path.db "
+            "or postgresql://user@host/db"
+        )
     return value
 
 
@@ -88,8 +99,12 @@ def check_model_name(ctx, param, value):
 
 
 def tracking_uri_option(func):
-    return click.option("--tracking-uri", default=None, callback=_check_tracking_uri,
-                        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under ./mlruns]")(func)
+    return click.option(
+        "--tracking-uri",
+        default=None,
+        callback=_check_tracking_uri,
+        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under ./mlruns]",
+    )(func)
 
 
 def _system_metrics(ctx, param, value):
@@ -101,8 +116,13 @@ def _system_metrics(ctx, param, value):
 
 def tracking_options(func):
     func = tracking_uri_option(func)
-    func = click.option("--system-metrics/--no-system-metrics", default=None, expose_value=False, callback=_system_metrics,
-                        help="log CPU, memory and GPU use with MLflow's system metrics [default: on]")(func)
+    func = click.option(
+        "--system-metrics/--no-system-metrics",
+        default=None,
+        expose_value=False,
+        callback=_system_metrics,
+        help="log CPU, memory and GPU use with MLflow's system metrics [default: on]",
+    )(func)
     func = click.option("--experiment", default=None, help="MLflow experiment [default: bertnli]")(func)
     return func
 

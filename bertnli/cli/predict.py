@@ -38,11 +38,16 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
     model, tok, meta = _load_checkpoint(checkpoint, tracking_uri)
     cfg = meta.get("config", {})
     s = read_split(folder, split, required=True)
-    enc = encode_split(s, tok, cfg.get("max_len", 128), cfg.get("truncation", "longest_first"), TrainConfig.cache_dir).head(limit)
+    enc = encode_split(
+        s, tok, cfg.get("max_len", 128), cfg.get("truncation", "longest_first"), TrainConfig.cache_dir
+    ).head(limit)
     r = run_eval(model, enc, 256, "cpu", progress=True)
     click.echo(f"{split}: accuracy {r.acc:.4f} over {len(enc)} pairs")
     for name, d in r.per_class().items():
-        click.echo(f"  {name:13} precision {d['precision']:.3f} recall {d['recall']:.3f} f1 {d['f1']:.3f} support {d['support']}")
+        click.echo(
+            f"  {name:13} precision {d['precision']:.3f} recall {d['recall']:.3f} f1 {d['f1']:.3f} support "
+            f"{d['support']}"
+        )
     m = r.confusion()
     click.echo("confusion (rows gold, columns predicted): " + "  ".join(LABEL_NAMES))
     for i, name in enumerate(LABEL_NAMES):
@@ -53,10 +58,18 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
 @click.argument("checkpoint")
 @click.argument("premise", required=False)
 @click.argument("hypothesis", required=False)
-@click.option("--file", "pairs_file", type=click.Path(exists=True, dir_okay=False), default=None, help="TSV (premise<TAB>hypothesis) or JSONL (sentence1, sentence2)")
+@click.option(
+    "--file",
+    "pairs_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TSV (premise<TAB>hypothesis) or JSONL (sentence1, sentence2)",
+)
 @tracking_uri_option
 def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
-    """Label sentence pairs with a checkpoint (a run folder, its best/ folder, an MLflow run id, or models:/NAME@champion)."""
+    """Label sentence pairs with a checkpoint (a run folder, its best/ folder, an MLflow run id, or
+    models:/NAME@champion).
+    """
     from bertnli.data.snli import LABEL_NAMES
     from bertnli.train.evaluation import predict as run_predict
 
@@ -70,7 +83,9 @@ def predict(checkpoint, premise, hypothesis, pairs_file, tracking_uri):
         raise click.UsageError("give PREMISE and HYPOTHESIS, or --file")
     model, tok, meta = _load_checkpoint(checkpoint, tracking_uri)
     cfg = meta.get("config", {})
-    probs = run_predict(model, tok, premises, hypotheses, cfg.get("max_len", 128), cfg.get("truncation", "longest_first"))
+    probs = run_predict(
+        model, tok, premises, hypotheses, cfg.get("max_len", 128), cfg.get("truncation", "longest_first")
+    )
     for p, h, pr in zip(premises, hypotheses, probs):
         label = LABEL_NAMES[int(pr.argmax())]
         scores = " ".join(f"{n}={v:.3f}" for n, v in zip(LABEL_NAMES, pr))

@@ -18,11 +18,27 @@ from bertnli.config import TrackingConfig, load_config, resume_changes, seeds_se
 @click.command()
 @train_options
 @tracking_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="run folder for checkpoints [default: outputs/<time>-<model>]")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None, help="continue the run in this folder where it stopped")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="run folder for checkpoints [default: outputs/<time>-<model>]",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="continue the run in this folder where it stopped",
+)
 @click.option("--run-name", default=None, help="MLflow run name")
-@click.option("--seeds", default=None, help="one run per seed, e.g. 0,1,2, grouped by the tag bertnli.seed_group "
-              "(rerun with the same --out to resume) [default: the TOML's seeds, else one run with --seed]")
+@click.option(
+    "--seeds",
+    default=None,
+    help="one run per seed, e.g. 0,1,2, grouped by the tag bertnli.seed_group "
+    "(rerun with the same --out to resume) [default: the TOML's seeds, else one run with --seed]",
+)
 @click.option("--progress/--no-progress", default=True)
 def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, seeds, progress, **kwargs):
     """Fine-tune one model on SNLI; selects the best dev epoch, tests it once, records it in MLflow."""
@@ -32,11 +48,15 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
     handle_sigterm()
     seed_list = None if resume_dir else seeds_setting(config_path, seeds)
     if seeds is not None and resume_dir:
-        raise click.UsageError("--seeds and --resume do not mix; to resume a seed group rerun the same command with the same --out")
+        raise click.UsageError(
+            "--seeds and --resume do not mix; to resume a seed group rerun the same command with the same --out"
+        )
     if seed_list is not None:
         if overrides.get("seed") is not None:
             raise click.UsageError("give --seed or --seeds, not both")
-        return _train_seeds(load_config(config_path, overrides), seed_list, out_dir, tracking_uri, experiment, run_name, progress)
+        return _train_seeds(
+            load_config(config_path, overrides), seed_list, out_dir, tracking_uri, experiment, run_name, progress
+        )
     if resume_dir:
         saved = Path(resume_dir) / "config.json"
         if not saved.is_file():
@@ -55,8 +75,10 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
     result, run_id = train_run(cfg, out_dir, tracking, resume=bool(resume_dir), progress=progress)
     if run_id:
         test = f"{result.test.acc:.4f}" if result.test else "n/a"
-        click.echo(f"best dev_acc {result.best_dev_acc:.4f} (epoch {result.best_epoch}); test_acc {test}; "
-                   f"{result.history[-1].examples_per_sec:.1f} train ex/s; {result.wall_seconds:.0f} s")
+        click.echo(
+            f"best dev_acc {result.best_dev_acc:.4f} (epoch {result.best_epoch}); test_acc {test}; "
+            f"{result.history[-1].examples_per_sec:.1f} train ex/s; {result.wall_seconds:.0f} s"
+        )
         click.echo(f"run {run_id}; checkpoint {Path(out_dir) / 'best'}")
         click.echo("see it: mlflow ui --backend-store-uri " + ui_uri(tracking_uri))
 
@@ -66,12 +88,18 @@ def _train_seeds(cfg, seeds, out_dir, tracking_uri, experiment, run_name, progre
     from bertnli.tracking.query import load_runs
     from bertnli.tracking.seeds import train_seed_group
 
-    out_dir = out_dir or f"outputs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_').replace('/', '_')}-seeds"
+    out_dir = (
+        out_dir or f"outputs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_').replace('/', '_')}-seeds"
+    )
     tracking = TrackingConfig(tracking_uri, experiment or "bertnli", run_name)
     group, done = train_seed_group(cfg, seeds, out_dir, tracking, progress, click.echo)
     for seed, dev, run_id in done:
-        click.echo(f"seed {seed}: " + (f"best dev_acc {dev:.4f}; " if dev is not None else "adopted; ") + f"run {run_id}")
+        click.echo(
+            f"seed {seed}: " + (f"best dev_acc {dev:.4f}; " if dev is not None else "adopted; ") + f"run {run_id}"
+        )
     runs = load_runs([experiment or "bertnli"], tracking_uri, tags={"bertnli.seed_group": group})
     mean, lo, hi = mean_ci(runs["best_dev_acc"].dropna())
-    click.echo(f"seed group {group}: {len(runs)} runs, dev_acc mean {mean:.4f} (95 % CI over seeds {lo:.4f} to {hi:.4f})")
+    click.echo(
+        f"seed group {group}: {len(runs)} runs, dev_acc mean {mean:.4f} (95 % CI over seeds {lo:.4f} to {hi:.4f})"
+    )
     click.echo(f"see them: bertnli-exp report --experiment {experiment or 'bertnli'} --tag bertnli.seed_group={group}")

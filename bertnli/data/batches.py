@@ -8,7 +8,9 @@ import torch
 from bertnli.data.encode import EncodedSplit, ragged_positions
 
 
-def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket: bool = True, pool: int = 50) -> list[np.ndarray]:
+def train_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket: bool = True, pool: int = 50
+) -> list[np.ndarray]:
     """Shuffled batches; with `bucket`, similar lengths share a batch (pools of `pool` batches).
 
     The order depends only on (seed, epoch), so a resumed run sees the same batches.
@@ -40,8 +42,9 @@ def batch_width(longest: int, multiple: int = 1, cap: int | None = None) -> int:
     return min(width, cap) if cap is not None and cap >= longest else width
 
 
-def collate(enc: EncodedSplit, idx: np.ndarray, pad_to: int | None = None, multiple: int = 1,
-            cap: int | None = None) -> dict[str, torch.Tensor | bool]:
+def collate(
+    enc: EncodedSplit, idx: np.ndarray, pad_to: int | None = None, multiple: int = 1, cap: int | None = None
+) -> dict[str, torch.Tensor | bool]:
     """Pad a batch to its own longest row rounded up to `multiple` (or to `pad_to`, the seed-style static padding).
 
     `padded` says, from the host's copy of the lengths, whether any row is shorter than the batch:

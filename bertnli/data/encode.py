@@ -71,7 +71,9 @@ class EncodedSplit:
         if n is None or n >= len(self):
             return self
         ids = None if self.example_ids is None else self.example_ids[:n]
-        return EncodedSplit(self.ids[: self.offsets[n]], self.offsets[: n + 1], self.seg1[:n], self.labels[:n], self.pad_id, ids)
+        return EncodedSplit(
+            self.ids[: self.offsets[n]], self.offsets[: n + 1], self.seg1[:n], self.labels[:n], self.pad_id, ids
+        )
 
     def take(self, rows: np.ndarray) -> "EncodedSplit":
         """The given rows (ascending), e.g. a multi-fidelity subset (fidelity.subset_rows)."""
@@ -129,8 +131,12 @@ class _WordCache:
         if new:
             encoded = self.tokenizer.encode_batch(new)
             self.index.update(zip(new, range(len(self.index), len(self.index) + len(new))))
-            self.pieces = np.concatenate([self.pieces, np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32)])
-            self.piece_len = np.concatenate([self.piece_len, np.fromiter(map(len, encoded), dtype=np.int64, count=len(new))])
+            self.pieces = np.concatenate(
+                [self.pieces, np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32)]
+            )
+            self.piece_len = np.concatenate(
+                [self.piece_len, np.fromiter(map(len, encoded), dtype=np.int64, count=len(new))]
+            )
         piece_start = np.cumsum(self.piece_len) - self.piece_len
         word = np.fromiter(map(self.index.__getitem__, flat), dtype=np.int64, count=len(flat))
         ids = self.pieces[ragged_positions(piece_start[word], self.piece_len[word])]
@@ -142,10 +148,14 @@ class _WordCache:
 def _encode_texts(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Text by text through the tokenizer: (flat ids, ids per text)."""
     encoded = tokenizer.encode_batch(texts)
-    return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32), np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32), np.fromiter(
+        map(len, encoded), dtype=np.int64, count=len(encoded)
+    )
 
 
-def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _unique_encode(
+    tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each distinct text tokenized once (SNLI repeats each premise about three times), in chunks
     so that the tokenizer's per-text objects never exist for all texts at once.
 
@@ -154,7 +164,9 @@ def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16)
     slots = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))
     distinct = list(index)
     del index
-    encode = _WordCache(tokenizer).encode if tokenizer.words_are_independent else functools.partial(_encode_texts, tokenizer)
+    encode = (
+        _WordCache(tokenizer).encode if tokenizer.words_are_independent else functools.partial(_encode_texts, tokenizer)
+    )
     ids, lengths = [], []
     for start in range(0, len(distinct), chunk):
         chunk_ids, chunk_lengths = encode(distinct[start : start + chunk])
@@ -167,7 +179,12 @@ def _unique_encode(tokenizer: Tokenizer, texts: list[str], chunk: int = 1 << 16)
 
 
 def encode_pairs(
-    premises: list[str], hypotheses: list[str], labels: list[int], tokenizer: Tokenizer, max_len: int, truncation: str,
+    premises: list[str],
+    hypotheses: list[str],
+    labels: list[int],
+    tokenizer: Tokenizer,
+    max_len: int,
+    truncation: str,
     example_ids: list[str] | None = None,
 ) -> EncodedSplit:
     """Tokenize, truncate and pack every pair into flat arrays, without a Python loop over pairs."""
@@ -188,7 +205,9 @@ def encode_pairs(
     flat[ragged_positions(row + 2 + kp, kh)] = h_ids[ragged_positions(h_start, kh)]
     flat[offsets[1:] - 1] = tokenizer.sep_id
     ids = None if example_ids is None else np.asarray(example_ids, dtype=str)
-    return EncodedSplit(flat, offsets, (kp + 2).astype(np.int32), np.asarray(labels, dtype=np.int64), tokenizer.pad_id, ids)
+    return EncodedSplit(
+        flat, offsets, (kp + 2).astype(np.int32), np.asarray(labels, dtype=np.int64), tokenizer.pad_id, ids
+    )
 
 
 def split_texts(split: Split, tokenizer: Tokenizer) -> tuple[list[str], list[str]]:

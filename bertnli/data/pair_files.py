@@ -12,14 +12,19 @@ def _jsonl_pair(path: str, n: int, line: str) -> tuple[str, str]:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
-        raise BadInput(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); "
-                       'each line must be one object such as {"sentence1": "...", "sentence2": "..."}') from None
+        raise BadInput(
+            f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); "
+            'each line must be one object such as {"sentence1": "...", "sentence2": "..."}'
+        ) from None
     if not isinstance(row, dict):
         raise BadInput(f"{path}:{n}: a JSON {type(row).__name__}, not an object with sentence1 and sentence2")
     for key in ("sentence1", "sentence2"):
         if not isinstance(row.get(key), str):
-            raise BadInput(f"{path}:{n}: " + (f"no {key!r} field" if key not in row else f"{key!r} is not text")
-                           + "; each line needs sentence1 (premise) and sentence2 (hypothesis)")
+            raise BadInput(
+                f"{path}:{n}: "
+                + (f"no {key!r} field" if key not in row else f"{key!r} is not text")
+                + "; each line needs sentence1 (premise) and sentence2 (hypothesis)"
+            )
     return row["sentence1"], row["sentence2"]
 
 
@@ -29,7 +34,9 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give a UTF-8 TSV or JSONL file") from None
+        raise BadInput(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give a UTF-8 TSV or JSONL file"
+        ) from None
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -43,5 +50,7 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
         premises.append(p)
         hypotheses.append(h)
     if not premises:
-        raise BadInput(f"{path}: no sentence pairs in it; give premise<TAB>hypothesis lines or JSONL with sentence1/sentence2")
+        raise BadInput(
+            f"{path}: no sentence pairs in it; give premise<TAB>hypothesis lines or JSONL with sentence1/sentence2"
+        )
     return premises, hypotheses

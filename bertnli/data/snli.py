@@ -16,7 +16,6 @@ from pathlib import Path
 from bertnli import BadInput, BertnliError
 from bertnli.files import download, file_digest, safe_extract
 
-
 SNLI_URL = "https://nlp.stanford.edu/projects/snli/snli_1.0.zip"
 
 
@@ -40,7 +39,10 @@ def fetch_snli(dest: str | Path, url: str = SNLI_URL, sha1: str = SNLI_SHA1, sou
     if source is not None and Path(source).is_file():
         archive = Path(source)
         if not zipfile.is_zipfile(archive):
-            raise BadInput(f"--source {source} is neither a zip archive nor an SNLI folder; give snli_1.0.zip or its unpacked folder")
+            raise BadInput(
+                f"--source {source} is neither a zip archive nor an SNLI folder; give snli_1.0.zip or its unpacked "
+                "folder"
+            )
     else:
         archive = download(url, dest / "snli_1.0.zip", sha1=sha1)
     out = safe_extract(archive, dest / "snli_1.0.extracted")
@@ -60,7 +62,9 @@ class Split:
     hypotheses_parse: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     dropped: int = 0  # rows with gold label '-'
-    ids: list[str] = field(default_factory=list)  # SNLI pairID (else "line<N>"): what per-example predictions are keyed by
+    ids: list[str] = field(
+        default_factory=list
+    )  # SNLI pairID (else "line<N>"): what per-example predictions are keyed by
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,8 +72,17 @@ class Split:
     def head(self, n: int | None) -> "Split":
         if n is None or n >= len(self):
             return self
-        return Split(self.name, self.path, self.premises[:n], self.hypotheses[:n],
-                     self.premises_parse[:n], self.hypotheses_parse[:n], self.labels[:n], self.dropped, self.ids[:n])
+        return Split(
+            self.name,
+            self.path,
+            self.premises[:n],
+            self.hypotheses[:n],
+            self.premises_parse[:n],
+            self.hypotheses_parse[:n],
+            self.labels[:n],
+            self.dropped,
+            self.ids[:n],
+        )
 
     def digest(self) -> str:
         return file_digest(self.path)
@@ -102,7 +115,9 @@ def _rows(path: Path):
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise BertnliError(f"{path}:{n}: not a JSON object ({e.msg}); the file is damaged, download it again") from None
+                        raise BertnliError(
+                            f"{path}:{n}: not a JSON object ({e.msg}); the file is damaged, download it again"
+                        ) from None
                     if not isinstance(row, dict):
                         raise BertnliError(f"{path}:{n}: not a JSON object; the file is damaged, download it again")
                     yield n, row
@@ -114,7 +129,9 @@ def _rows(path: Path):
                             raise BertnliError(f"{path}:{n}: no header row with gold_label; is this an SNLI .txt file?")
                         continue
                     if len(cells) < len(header) - 5:  # label1..5 may be blank-trimmed
-                        raise BertnliError(f"{path}:{n}: {len(cells)} columns, expected {len(header)}; the row is truncated")
+                        raise BertnliError(
+                            f"{path}:{n}: {len(cells)} columns, expected {len(header)}; the row is truncated"
+                        )
                     yield n, dict(zip(header, cells))
         except UnicodeDecodeError as e:
             raise BertnliError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); SNLI files are UTF-8") from None
@@ -140,11 +157,17 @@ def split_path(folder: str | Path, split: str, required: bool = True) -> Path | 
         raise BadInput(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     folder = Path(folder)
     if not folder.is_dir():
-        raise BadInput(f"data folder {folder} not found; give --data a folder with snli_1.0_*.jsonl[.gz] or run `bertnli-exp data download`")
+        raise BadInput(
+            f"data folder {folder} not found; give --data a folder with snli_1.0_*.jsonl[.gz] or run `bertnli-exp data "
+            "download`"
+        )
     path = find_split(folder, split)
     if path is None:
         if required:
-            raise BadInput(f"no {split} split in {folder} (looked for snli_1.0_{split}.jsonl[.gz] / .txt[.gz]); give --data a folder that has it")
+            raise BadInput(
+                f"no {split} split in {folder} (looked for snli_1.0_{split}.jsonl[.gz] / .txt[.gz]); give --data a "
+                "folder that has it"
+            )
         return None
     return path
 
@@ -167,7 +190,9 @@ def read_file(path: str | Path, name: str = "") -> Split:
             out.dropped += 1
             continue
         if gold not in LABEL_IDS:
-            raise BertnliError(f"{path}:{n}: unknown gold_label {gold!r}; expected entailment, contradiction, neutral or -")
+            raise BertnliError(
+                f"{path}:{n}: unknown gold_label {gold!r}; expected entailment, contradiction, neutral or -"
+            )
         out.premises.append(row["sentence1"])
         out.hypotheses.append(row["sentence2"])
         out.premises_parse.append(parse_to_text(row["sentence1_binary_parse"]))
@@ -189,7 +214,9 @@ def split_summary(split: Split, token_lengths: list[int] | None = None) -> dict:
         "dropped_no_gold": split.dropped,
         **{f"{name}_frac": round(c / len(split), 4) for name, c in zip(LABEL_NAMES, counts)},
     }
-    lengths = token_lengths or [len(p.split()) + len(h.split()) for p, h in zip(split.premises_parse, split.hypotheses_parse)]
+    lengths = token_lengths or [
+        len(p.split()) + len(h.split()) for p, h in zip(split.premises_parse, split.hypotheses_parse)
+    ]
     lengths = sorted(lengths)
     for q in (50, 90, 99, 100):
         out[f"len_p{q}"] = lengths[min(len(lengths) - 1, int(len(lengths) * q / 100))]

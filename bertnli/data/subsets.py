@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 SUBSET_SEED = 0  # one order for every run: the rungs of every configuration see the same examples
 
 

@@ -85,13 +85,17 @@ class WordPieceTokenizer:
         ids = {t: self._tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]")}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
-            raise BertnliError(f"tokenizer in {self.folder} lacks {', '.join(missing)}; not a BERT WordPiece vocabulary")
+            raise BertnliError(
+                f"tokenizer in {self.folder} lacks {', '.join(missing)}; not a BERT WordPiece vocabulary"
+            )
         self.cls_id, self.sep_id, self.pad_id, self.unk_id = ids["[CLS]"], ids["[SEP]"], ids["[PAD]"], ids["[UNK]"]
         # BERT's normalizer works per character and its pre-tokenizer splits on whitespace first, so a
         # text's ids are its whitespace-separated words' ids concatenated: encode.py then tokenizes each
         # distinct word once (SNLI's 16M words are ~60k distinct ones), 4x faster than text by text.
-        self.words_are_independent = (type(self._tok.pre_tokenizer).__name__ in ("BertPreTokenizer", "WhitespaceSplit")
-                                      and type(self._tok.normalizer).__name__ in ("BertNormalizer", "Lowercase", "NoneType"))
+        self.words_are_independent = type(self._tok.pre_tokenizer).__name__ in (
+            "BertPreTokenizer",
+            "WhitespaceSplit",
+        ) and type(self._tok.normalizer).__name__ in ("BertNormalizer", "Lowercase", "NoneType")
 
     @property
     def vocab_size(self) -> int:

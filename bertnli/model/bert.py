@@ -18,7 +18,6 @@ from torch import nn
 
 from bertnli import BertnliError
 
-
 NUM_CLASSES = 3
 
 
@@ -67,8 +66,11 @@ class BertSelfAttention(nn.Module):
         b, n, d = x.shape
         heads = lambda t: t.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
         y = F.scaled_dot_product_attention(
-            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
-            attn_mask=mask, dropout_p=self.p if self.training else 0.0,
+            heads(self.query(x)),
+            heads(self.key(x)),
+            heads(self.value(x)),
+            attn_mask=mask,
+            dropout_p=self.p if self.training else 0.0,
         )
         return y.transpose(1, 2).reshape(b, n, d)
 
@@ -99,7 +101,9 @@ class BertEncoder(nn.Module):
         self.embeddings = BertEmbeddings(c)
         self.layers = nn.ModuleList(BertLayer(c) for _ in range(c.num_layers))
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # `lengths` None: no row is padded (the caller knows from its host-side lengths; asking the
         # device here would stall a GPU on every forward and break a compiled graph).
         mask = None
@@ -125,7 +129,9 @@ class NLIClassifier(nn.Module):
             nn.init.normal_(self.classifier.weight, std=0.02)
             nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.encoder(input_ids, token_type_ids, lengths)
         return self.classifier(torch.tanh(self.pooler(h[:, 0])))
 

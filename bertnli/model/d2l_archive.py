@@ -16,7 +16,6 @@ from pathlib import Path
 from bertnli import BadInput, BertnliError
 from bertnli.files import cache_root, download, file_digest, safe_extract
 
-
 D2L_HUB = "http://d2l-data.s3-accelerate.amazonaws.com/"
 
 
@@ -44,8 +43,10 @@ def fetch_d2l_archive(name: str, hub: str | None = None) -> Path:
     return folder
 
 
-D2L_FORMS = ("a folder with pretrained.params and vocab.json, a folder holding a single bert.* folder, "
-             "or a d2l .zip archive such as bert.small.torch.zip")
+D2L_FORMS = (
+    "a folder with pretrained.params and vocab.json, a folder holding a single bert.* folder, "
+    "or a d2l .zip archive such as bert.small.torch.zip"
+)
 
 
 _WARNED: set[str] = set()
@@ -85,8 +86,10 @@ def resolve_d2l_path(path: Path) -> Path:
         return folder
     inner = _inner_bert_folder(folder)
     if inner is None:
-        raise BadInput(f"d2l:{path} unpacks to no single bert.* folder with pretrained.params and vocab.json; "
-                       f"d2l: takes {D2L_FORMS}")
+        raise BadInput(
+            f"d2l:{path} unpacks to no single bert.* folder with pretrained.params and vocab.json; "
+            f"d2l: takes {D2L_FORMS}"
+        )
     return inner
 
 
@@ -96,5 +99,8 @@ def warn_guessed_heads(folder: Path, hidden: int, heads: int) -> None:
     if key in _WARNED:
         return
     _WARNED.add(key)
-    print(f"warning: {folder} does not store its attention head count; guessing {heads} (hidden {hidden} / 64); "
-          f"give --num-heads N (num_heads in the TOML) if the archive was trained with another", file=sys.stderr)
+    print(
+        f"warning: {folder} does not store its attention head count; guessing {heads} (hidden {hidden} / 64); "
+        f"give --num-heads N (num_heads in the TOML) if the archive was trained with another",
+        file=sys.stderr,
+    )

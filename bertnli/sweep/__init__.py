@@ -13,4 +13,3 @@
 MLflow: one parent run per study, reused on resume; one child run per trial with
 `mlflow.parentRunId`, statuses FINISHED / KILLED + `optuna.state=PRUNED` / FAILED.
 """
-

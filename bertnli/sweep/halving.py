@@ -78,7 +78,9 @@ class Plan:
 
 
 def _failed_try(t) -> bool:
-    """A failed trial that trained (not withdrawn right after `ask`, not an orphan that never ran): it may be resumed."""
+    """A failed trial that trained (not withdrawn right after `ask`, not an orphan that never ran): it may be
+    resumed.
+    """
     return t.state == states().FAIL and not (t.user_attrs.get("stepped_aside") or t.user_attrs.get("orphan"))
 
 
@@ -101,7 +103,11 @@ def chosen(trials, k: int, rungs: Rungs, max_retries: int) -> list[str]:
     """Rung k's configurations: the best sizes[k] of rung k - 1 by dev accuracy, passing over any that failed every
     try at rung k (the next best takes its place). Rung k - 1 has ended before rung k starts, so this is fixed."""
     gone = _exhausted(trials, k, max_retries)
-    below = [t for t in trials if rung_of(t) == k - 1 and t.state == states().COMPLETE and config_key(params_of(t)) not in gone]
+    below = [
+        t
+        for t in trials
+        if rung_of(t) == k - 1 and t.state == states().COMPLETE and config_key(params_of(t)) not in gone
+    ]
     return promoted([(config_key(params_of(t)), t.value, t.number) for t in below], rungs.sizes[k])
 
 
@@ -160,7 +166,9 @@ def excess(trials, number: int, rungs: Rungs, max_retries: int) -> bool:
     if k == 0:
         return False
     mine = config_key(params_of(me))
-    return mine not in chosen(trials, k, rungs, max_retries) or sum(config_key(params_of(t)) == mine for t in members) > 1
+    return (
+        mine not in chosen(trials, k, rungs, max_retries) or sum(config_key(params_of(t)) == mine for t in members) > 1
+    )
 
 
 def awaiting_retry(trials, rungs: Rungs, max_retries: int) -> set[int]:
@@ -191,7 +199,9 @@ def best_trial(trials, rungs: Rungs | None):
 
 
 def rung_table(trials, rungs: Rungs):
-    """One row per rung: its fraction and examples, configurations planned and trained, how they ended, the best dev accuracy."""
+    """One row per rung: its fraction and examples, configurations planned and trained, how they ended, the best dev
+    accuracy.
+    """
     import pandas as pd
 
     S = states()
@@ -200,8 +210,17 @@ def rung_table(trials, rungs: Rungs):
         at = [t for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED, S.RUNNING)]
         values = [t.value for t in at if t.state == S.COMPLETE]
         examples = next((int(t.user_attrs["train_examples"]) for t in at if t.user_attrs.get("train_examples")), "")
-        rows.append({"rung": k, "train_fraction": round(fraction, 4), "train_examples": examples, "planned": size,
-                     "configurations": len(at), "complete": len(values), "pruned": sum(t.state == S.PRUNED for t in at),
-                     "running": sum(t.state == S.RUNNING for t in at),
-                     "best_dev_acc": round(max(values), 4) if values else ""})
+        rows.append(
+            {
+                "rung": k,
+                "train_fraction": round(fraction, 4),
+                "train_examples": examples,
+                "planned": size,
+                "configurations": len(at),
+                "complete": len(values),
+                "pruned": sum(t.state == S.PRUNED for t in at),
+                "running": sum(t.state == S.RUNNING for t in at),
+                "best_dev_acc": round(max(values), 4) if values else "",
+            }
+        )
     return pd.DataFrame(rows)

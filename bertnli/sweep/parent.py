@@ -40,9 +40,16 @@ def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
     c = client(uri)
     exp = get_or_create_experiment(c, cfg.tracking.experiment or cfg.study_name, uri)
-    tags = {**source_tags(), "bertnli.role": "sweep-parent", "bertnli.study": cfg.study_name, "bertnli.storage": storage_url,
-            "bertnli.sampler": sampler_tag(cfg), "bertnli.pruner": pruner_tag(cfg),
-            "bertnli.space": "; ".join(p.describe() for p in cfg.space), **provenance()}
+    tags = {
+        **source_tags(),
+        "bertnli.role": "sweep-parent",
+        "bertnli.study": cfg.study_name,
+        "bertnli.storage": storage_url,
+        "bertnli.sampler": sampler_tag(cfg),
+        "bertnli.pruner": pruner_tag(cfg),
+        "bertnli.space": "; ".join(p.describe() for p in cfg.space),
+        **provenance(),
+    }
     run = c.create_run(exp, run_name=f"sweep-{cfg.study_name}", tags=tags)
     fixed = {k: v for k, v in cfg.base.to_flat_dict().items() if k not in {p.name for p in cfg.space}}
     c.log_batch(run.info.run_id, params=[MParam(f"fixed.{k}", str(v)) for k, v in fixed.items()])
@@ -61,8 +68,15 @@ def _usable(cfg: SweepConfig, run_id: str) -> bool:
     return True
 
 
-def parent_run(study, cfg: SweepConfig, storage_url: str, elector: bool, wait_s: float = 10.0, settle_s: float = 5.0,
-               elector_wait_s: float = 300.0) -> str:
+def parent_run(
+    study,
+    cfg: SweepConfig,
+    storage_url: str,
+    elector: bool,
+    wait_s: float = 10.0,
+    settle_s: float = 5.0,
+    elector_wait_s: float = 300.0,
+) -> str:
     """The study's parent run id: created by the elector (the process that created the study), else adopted.
 
     A study that already has a usable parent (a resumed study) keeps it. Where no process
@@ -158,11 +172,21 @@ def trials_frame(study):
     rows = []
     for t in study.get_trials(deepcopy=False):
         history = retry_history(t)
-        rows.append({"number": t.number, "state": t.state.name, "dev_acc": t.value, "test_acc": t.user_attrs.get("test_acc"),
-                     **{f"param_{k}": v for k, v in t.params.items()},
-                     "epochs_reported": len(t.intermediate_values), "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-                     "retry_of": history[0] if history else None, "seconds": t.user_attrs.get("trial_wall_seconds"),
-                     "train_seconds": t.user_attrs.get("train_seconds"), "error": t.user_attrs.get("error")})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "dev_acc": t.value,
+                "test_acc": t.user_attrs.get("test_acc"),
+                **{f"param_{k}": v for k, v in t.params.items()},
+                "epochs_reported": len(t.intermediate_values),
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "retry_of": history[0] if history else None,
+                "seconds": t.user_attrs.get("trial_wall_seconds"),
+                "train_seconds": t.user_attrs.get("train_seconds"),
+                "error": t.user_attrs.get("error"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -193,8 +217,12 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
 
     plt = pyplot()
 
-    plots = {"optimization_history.png": "plot_optimization_history", "param_importances.png": "plot_param_importances",
-             "slice.png": "plot_slice", "parallel_coordinate.png": "plot_parallel_coordinate"}
+    plots = {
+        "optimization_history.png": "plot_optimization_history",
+        "param_importances.png": "plot_param_importances",
+        "slice.png": "plot_slice",
+        "parallel_coordinate.png": "plot_parallel_coordinate",
+    }
     per_param = first_rung(study)
     params = searched_params(per_param)
     for name, fn in plots.items():
@@ -275,19 +303,25 @@ def sampler_tag(cfg: SweepConfig) -> str:
 def pruner_tag(cfg: SweepConfig) -> str:
     if cfg.fidelity == "data":
         rungs = rungs_of(cfg)
-        return (f"NopPruner(); successive halving over the training-set fraction, eta {cfg.eta}: rungs "
-                f"{', '.join(f'{f:.3g}' for f in rungs.fractions)} with {' -> '.join(map(str, rungs.sizes))} configurations")
+        return (
+            f"NopPruner(); successive halving over the training-set fraction, eta {cfg.eta}: rungs "
+            f"{', '.join(f'{f:.3g}' for f in rungs.fractions)} with {' -> '.join(map(str, rungs.sizes))} configurations"
+        )
     if cfg.sampler == "random":
         return "NopPruner()"
-    return (f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}) at the fraction of each schedule; "
-            f"warmup {cfg.pruner_warmup_epochs} epochs")
+    return (
+        f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}) at the fraction of each schedule; "
+        f"warmup {cfg.pruner_warmup_epochs} epochs"
+    )
 
 
 def _verdict_tags(cfg: SweepConfig, parent_run_id: str) -> dict[str, str]:
     """Best cell vs runner-up, paired (analysis.compare); a sweep never fails for want of a verdict."""
     try:
         runs = load_runs(None, cfg.tracking.tracking_uri, parent_run_id=parent_run_id)
-        if RUNG in runs and runs[RUNG].notna().any():  # multi-fidelity: compare what was trained on the same data (the top rung reached)
+        if (
+            RUNG in runs and runs[RUNG].notna().any()
+        ):  # multi-fidelity: compare what was trained on the same data (the top rung reached)
             runs = runs[runs[RUNG] == runs[RUNG].max()]
         keys = [p.name for p in cfg.space if p.kind == "categorical"] or ["model", "truncation"]
         return sweep_verdict(runs, keys, cfg.tracking.tracking_uri)

@@ -21,8 +21,8 @@ from bertnli import BadInput, BertnliError
 from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_parent_metrics
-from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.reaping import reap, retry, retry_history, stale_callback, states, study_dir
+from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
 from bertnli.sweep.supervisor import Outcome, TrialRun, owner, patiently
@@ -50,8 +50,11 @@ def open_study(cfg: SweepConfig, storage):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A random design is i.i.d. only unpruned; multi-fidelity prunes by its rungs (median pruning across
     # rungs would compare dev accuracies reached on different amounts of data).
-    pruner = (optuna.pruners.NopPruner() if cfg.sampler == "random" or cfg.fidelity == "data" else
-              optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials))
+    pruner = (
+        optuna.pruners.NopPruner()
+        if cfg.sampler == "random" or cfg.fidelity == "data"
+        else optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials)
+    )
     kw = dict(study_name=cfg.study_name, storage=storage, sampler=study_sampler(cfg), pruner=pruner)
     try:
         return optuna.create_study(direction="maximize", **kw), True
@@ -100,12 +103,16 @@ class Sweep:
                 return
         if stored != mine:
             said = lambda d: " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())  # noqa: E731
-            raise BadInput(f"study {self.cfg.study_name} was created with {said(stored)}, not {said(mine)}; rerun it with "
-                           f"the same settings, or start another with --study-name")
+            raise BadInput(
+                f"study {self.cfg.study_name} was created with {said(stored)}, not {said(mine)}; rerun it with "
+                f"the same settings, or start another with --study-name"
+            )
 
     def seed_cells(self) -> None:
         """Enqueue every model x truncation cell once per study (other params sampled)."""
-        if self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random":  # enqueued trials are no random draws
+        if (
+            self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random"
+        ):  # enqueued trials are no random draws
             return
         self.study.set_user_attr("cells_enqueued", True)
         rung0 = {RUNG: 0} if self.rungs else {}
@@ -124,7 +131,7 @@ class Sweep:
         return done_count(study) >= self.cfg.trials
 
     def _next(self, study) -> str:
-        """"ask", "wait" (others run trials that may still fail, or a rung is not finished) or "done"."""
+        """ "ask", "wait" (others run trials that may still fail, or a rung is not finished) or "done"."""
         if self.rungs:
             trials = study.get_trials(deepcopy=False)
             decision = halving.plan(trials, self.rungs, self.cfg.max_retries)
@@ -176,8 +183,15 @@ class Sweep:
                 clean = {k: v for k, v in frozen.user_attrs.items() if k != "stepped_aside"}
                 import optuna
 
-                study.add_trial(optuna.trial.create_trial(state=S.WAITING, params=frozen.params, distributions=frozen.distributions,
-                                                          user_attrs=clean, system_attrs=dict(frozen.system_attrs)))
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        state=S.WAITING,
+                        params=frozen.params,
+                        distributions=frozen.distributions,
+                        user_attrs=clean,
+                        system_attrs=dict(frozen.system_attrs),
+                    )
+                )
             else:
                 study.enqueue_trial(frozen.system_attrs["fixed_params"], user_attrs=dict(frozen.user_attrs))
         return True
@@ -204,8 +218,12 @@ class Sweep:
         import optuna
 
         # A study object (and so a sampler) of its own: the sampler is reseeded per trial, so it is per thread.
-        study = optuna.load_study(study_name=self.cfg.study_name, storage=self.storage, sampler=study_sampler(self.cfg),
-                                  pruner=self.study.pruner)
+        study = optuna.load_study(
+            study_name=self.cfg.study_name,
+            storage=self.storage,
+            sampler=study_sampler(self.cfg),
+            pruner=self.study.pruner,
+        )
         try:
             self._loop(study, parent_run_id, bar)
         except BaseException as e:  # noqa: BLE001 - a worker must never die silently
@@ -299,7 +317,9 @@ class Sweep:
         root = study_dir(self.cfg)
         root.mkdir(parents=True, exist_ok=True)
         self.spec_path = root / "sweep-spec.json"
-        atomic_write(self.spec_path, json.dumps(spec_to_json(self.cfg)))  # processes starting together never read half a file
+        atomic_write(
+            self.spec_path, json.dumps(spec_to_json(self.cfg))
+        )  # processes starting together never read half a file
 
     def _interrupt(self, finished: list[threading.Event]) -> None:
         """Ctrl-C / SIGTERM: each trial process gets SIGTERM (its run ends KILLED), each worker records it.
@@ -328,11 +348,15 @@ class Sweep:
         parent = parent_run(self.study, self.cfg, self.storage_url, self.elector)
         self._write_spec()
         done = done_count(self.study)
-        self.log(f"study {self.cfg.study_name}: {done}/{self.target} trials done; "
-                 f"storage {self.storage_url}; MLflow parent run {parent}")
+        self.log(
+            f"study {self.cfg.study_name}: {done}/{self.target} trials done; "
+            f"storage {self.storage_url}; MLflow parent run {parent}"
+        )
         if self.rungs:
-            self.log(f"multi-fidelity: rungs at {', '.join(f'{f:.3g}' for f in self.rungs.fractions)} of the train split, "
-                     f"{' -> '.join(map(str, self.rungs.sizes))} configurations (eta {self.cfg.eta}), {self.target} trials")
+            self.log(
+                f"multi-fidelity: rungs at {', '.join(f'{f:.3g}' for f in self.rungs.fractions)} of the train split, "
+                f"{' -> '.join(map(str, self.rungs.sizes))} configurations (eta {self.cfg.eta}), {self.target} trials"
+            )
         bar = tqdm(total=self.target, initial=min(done, self.target), desc="trials", unit="trial")
         finished = [threading.Event() for _ in range(self.cfg.workers)]
         threads = [threading.Thread(target=self._worker, args=(parent, bar, done), daemon=True) for done in finished]
@@ -357,13 +381,20 @@ class Sweep:
         summary["wall_seconds"] = time.time() - t0
         best = summary.get("best")
         if self.rungs and best is not None and status == "FINISHED" and halving.rung_of(best) < self.rungs.top:
-            self.log(f"warning: no configuration completed the top rung; the best is from rung {halving.rung_of(best)} "
-                     f"({self.rungs.fractions[halving.rung_of(best)]:.3g} of the train split, no test figure)")
+            self.log(
+                f"warning: no configuration completed the top rung; the best is from rung {halving.rung_of(best)} "
+                f"({self.rungs.fractions[halving.rung_of(best)]:.3g} of the train split, no test figure)"
+            )
         summary["target"] = self.target
         summary["outcomes"] = self.outcomes
         if self.crashed:
-            raise BertnliError(f"{self.crashed[0]}; its trial is marked FAIL and the parent run FAILED; rerun the same command to resume")
+            raise BertnliError(
+                f"{self.crashed[0]}; its trial is marked FAIL and the parent run FAILED; rerun the same command to "
+                "resume"
+            )
         if broken:
-            raise BertnliError(f"stopped: the last {len(self.failed_in_a_row)} trials all failed (a broken setup, not bad luck); "
-                               f"the last said: {self.failed_in_a_row[-1].error}")
+            raise BertnliError(
+                f"stopped: the last {len(self.failed_in_a_row)} trials all failed (a broken setup, not bad luck); "
+                f"the last said: {self.failed_in_a_row[-1].error}"
+            )
         return summary

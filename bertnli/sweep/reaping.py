@@ -26,8 +26,22 @@ from bertnli.sweep.space import SweepConfig
 from bertnli.sweep.storage import trial_id, uses_heartbeat
 from bertnli.tracking.store import client
 
-ATTEMPT_ATTRS = ("worker", "heartbeat", "mlflow_run_id", "error", "test_acc", "train_seconds", "trial_wall_seconds",
-                 "interrupted", "timed_out", "diverged", "adopted", "orphan", "train_examples", "examples_seen")
+ATTEMPT_ATTRS = (
+    "worker",
+    "heartbeat",
+    "mlflow_run_id",
+    "error",
+    "test_acc",
+    "train_seconds",
+    "trial_wall_seconds",
+    "interrupted",
+    "timed_out",
+    "diverged",
+    "adopted",
+    "orphan",
+    "train_examples",
+    "examples_seen",
+)
 
 
 def states():
@@ -75,7 +89,10 @@ def trial_run_id(cfg: SweepConfig, t) -> str | None:
     exp = c.get_experiment_by_name(cfg.tracking.experiment or cfg.study_name)
     if exp is None:
         return None
-    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`optuna.trial` = '{t.number}' and tags.`optuna.study` = '{cfg.study_name}'")
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`optuna.trial` = '{t.number}' and tags.`optuna.study` = '{cfg.study_name}'",
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -102,7 +119,12 @@ def recorded_result(cfg: SweepConfig, t) -> dict[str, Any] | None:
     run = client(cfg.tracking.tracking_uri).get_run(run_id)
     metrics, tags = run.data.metrics, run.data.tags
     if run.info.status == "FINISHED" and "best_dev_acc" in metrics:
-        return {"state": "COMPLETE", "value": metrics["best_dev_acc"], "test_acc": metrics.get("test_acc"), "run_id": run_id}
+        return {
+            "state": "COMPLETE",
+            "value": metrics["best_dev_acc"],
+            "test_acc": metrics.get("test_acc"),
+            "run_id": run_id,
+        }
     if run.info.status == "KILLED" and tags.get("optuna.state") == "PRUNED":
         return {"state": "PRUNED", "run_id": run_id, "diverged": tags.get("bertnli.diverged") == "true"}
     return None
@@ -153,7 +175,9 @@ def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: 
         return
     clean = copy.deepcopy(t)
     clean.user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ATTEMPT_ATTRS}
-    RetryHeartbeatStaleTrialCallback(max_retry=None if always else cfg.max_retries, inherit_intermediate_values=True)(study, clean)
+    RetryHeartbeatStaleTrialCallback(max_retry=None if always else cfg.max_retries, inherit_intermediate_values=True)(
+        study, clean
+    )
 
 
 def carry_checkpoint(cfg: SweepConfig, t, out: Path) -> bool:
@@ -165,7 +189,9 @@ def carry_checkpoint(cfg: SweepConfig, t, out: Path) -> bool:
     if not (src / "last.pt").is_file():
         return False
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(src, out, ignore=shutil.ignore_patterns("mlflow_run.json", "trial.json", "result.json", "*.tmp", "*.tmp.*"))
+    shutil.copytree(
+        src, out, ignore=shutil.ignore_patterns("mlflow_run.json", "trial.json", "result.json", "*.tmp", "*.tmp.*")
+    )
     return True
 
 
@@ -252,7 +278,9 @@ def reap(study, storage, cfg: SweepConfig, log=print) -> None:
         if result is not None:
             adopt(study, storage, t, result, log)
         elif dead or stale:
-            fail_and_retry(study, storage, cfg, t, f"its worker is gone ({'pid dead' if dead else 'no heartbeat'})", log)
+            fail_and_retry(
+                study, storage, cfg, t, f"its worker is gone ({'pid dead' if dead else 'no heartbeat'})", log
+            )
     if judged and uses_heartbeat(storage):
         import optuna
 

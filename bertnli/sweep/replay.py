@@ -43,14 +43,17 @@ def pruners(settings: dict[str, int]) -> dict[str, object]:
 
     max_epochs = max(1, settings.get("max_epochs", 1))
     return {
-        "MedianPruner": optuna.pruners.MedianPruner(n_startup_trials=settings.get("n_startup_trials", 5),
-                                                    n_warmup_steps=settings.get("n_warmup_steps", 0)),
+        "MedianPruner": optuna.pruners.MedianPruner(
+            n_startup_trials=settings.get("n_startup_trials", 5), n_warmup_steps=settings.get("n_warmup_steps", 0)
+        ),
         "SuccessiveHalving": optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
         "Hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=2),
     }
 
 
-def replay(curves: list[Curve], pruner, step_of: Callable[[int, int], int] | None = None, warmup_epochs: int = 0) -> list[int | None]:
+def replay(
+    curves: list[Curve], pruner, step_of: Callable[[int, int], int] | None = None, warmup_epochs: int = 0
+) -> list[int | None]:
     """The epoch at which `pruner` stops each trial (None: it runs to its end), over the recorded curves.
 
     `step_of(epoch, epochs)` is the Optuna step the live sweep reported an epoch at (default: the epoch).
@@ -104,16 +107,28 @@ def summarize(curves: list[Curve], settings: dict[str, int]) -> pd.DataFrame:
     full_seconds = sum(_seconds(c, c.epochs) for c in curves)
     live = [len(c.values) if c.live_pruned else None for c in curves]
     rows = []
-    for name, decisions in [("live", live), *((n, replay_as_live(curves, n, p, settings)) for n, p in pruners(settings).items())]:
+    for name, decisions in [
+        ("live", live),
+        *((n, replay_as_live(curves, n, p, settings)) for n, p in pruners(settings).items()),
+    ]:
         run = [d if d is not None else c.epochs for c, d in zip(curves, decisions)]
         unresolved = sum(c.live_pruned and d is None for c, d in zip(curves, decisions))
         seconds = sum(_seconds(c, e) for c, e in zip(curves, run))
-        rows.append({"pruner": name, "trials": len(curves), "pruned": sum(d is not None for d in decisions),
-                     "epochs_run": sum(run), "epochs_saved": full_epochs - sum(run), "seconds_run": seconds,
-                     "seconds_saved": full_seconds - seconds, "saved_fraction": 1 - seconds / full_seconds if full_seconds else math.nan,
-                     "winner_pruned": winner is not None and decisions[[c.number for c in curves].index(winner)] is not None,
-                     "same_as_live": sum(d == lv for d, lv in zip(decisions, live)),
-                     "unresolved": unresolved})
+        rows.append(
+            {
+                "pruner": name,
+                "trials": len(curves),
+                "pruned": sum(d is not None for d in decisions),
+                "epochs_run": sum(run),
+                "epochs_saved": full_epochs - sum(run),
+                "seconds_run": seconds,
+                "seconds_saved": full_seconds - seconds,
+                "saved_fraction": 1 - seconds / full_seconds if full_seconds else math.nan,
+                "winner_pruned": winner is not None and decisions[[c.number for c in curves].index(winner)] is not None,
+                "same_as_live": sum(d == lv for d, lv in zip(decisions, live)),
+                "unresolved": unresolved,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -125,8 +140,14 @@ def rank_by_epoch(curves: list[Curve]) -> pd.DataFrame:
     for epoch in range(1, max((len(c.values) for c in complete), default=0) + 1):
         reached = [c for c in complete if len(c.values) >= epoch]
         at, final = [c.values[epoch - 1] for c in reached], [c.final for c in reached]
-        rows.append({"epoch": epoch, "trials": len(reached), "kendall_tau": kendall_tau(at, final),
-                     "spearman_rho": spearman_rho(at, final)})
+        rows.append(
+            {
+                "epoch": epoch,
+                "trials": len(reached),
+                "kendall_tau": kendall_tau(at, final),
+                "spearman_rho": spearman_rho(at, final),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -149,7 +170,10 @@ def study_curves(study: str, tracking_uri: str | None = None) -> tuple[list[Curv
     runs = c.search_runs(exps, filter_string=f"tags.`optuna.study` = '{study}'", max_results=50_000)
     runs = [r for r in runs if r.info.status == "FINISHED" or r.data.tags.get("optuna.state") == "PRUNED"]
     if not runs:
-        raise BadInput(f"no finished or pruned trials of study {study!r}; check the name (bertnli-exp report lists runs) or --tracking-uri")
+        raise BadInput(
+            f"no finished or pruned trials of study {study!r}; check the name (bertnli-exp report lists runs) or "
+            "--tracking-uri"
+        )
     parent = runs[0].data.tags.get("mlflow.parentRunId")
     settings = parse_pruner_tag(c.get_run(parent).data.tags.get("bertnli.pruner") if parent else None)
     curves = []
@@ -157,9 +181,16 @@ def study_curves(study: str, tracking_uri: str | None = None) -> tuple[list[Curv
         hist = sorted(c.get_metric_history(r.info.run_id, "dev_acc"), key=lambda m: m.step)
         speed = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "examples_per_sec")}
         n_train = float(r.data.tags.get("bertnli.train_examples", "nan"))
-        curves.append(Curve(int(r.data.tags["optuna.trial"]), [m.value for m in hist], int(r.data.params.get("epochs", len(hist))),
-                            r.data.tags.get("optuna.state") == "PRUNED", r.data.metrics.get("best_dev_acc"),
-                            [n_train / speed[m.step] for m in hist if speed.get(m.step)]))
+        curves.append(
+            Curve(
+                int(r.data.tags["optuna.trial"]),
+                [m.value for m in hist],
+                int(r.data.params.get("epochs", len(hist))),
+                r.data.tags.get("optuna.state") == "PRUNED",
+                r.data.metrics.get("best_dev_acc"),
+                [n_train / speed[m.step] for m in hist if speed.get(m.step)],
+            )
+        )
     spans = sorted((r.info.start_time, r.info.end_time or r.info.start_time) for r in runs)
     overlapped = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
     for cv in curves:
@@ -171,6 +202,9 @@ def study_curves(study: str, tracking_uri: str | None = None) -> tuple[list[Curv
 def replay_study(study: str, tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
     curves, settings = study_curves(study, tracking_uri)
     summary = summarize(curves, settings)
-    summary["note"] = ("trials overlapped in time (several workers): the live pruner saw fewer finished trials than the replay"
-                       if curves[0].overlapped else "")
+    summary["note"] = (
+        "trials overlapped in time (several workers): the live pruner saw fewer finished trials than the replay"
+        if curves[0].overlapped
+        else ""
+    )
     return {"pruner_replay": summary, "rank_by_epoch": rank_by_epoch(curves)}

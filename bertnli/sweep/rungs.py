@@ -23,7 +23,9 @@ def rung_fractions(eta: int, min_fraction: float) -> list[float]:
 
 
 def rung_sizes(configs: int, eta: int, rungs: int) -> list[int]:
-    """Configurations trained at each rung: all of them at rung 0, then the best 1/eta of the rung below (at least one)."""
+    """Configurations trained at each rung: all of them at rung 0, then the best 1/eta of the rung below (at least
+    one).
+    """
     sizes = [configs]
     for _ in range(rungs - 1):
         sizes.append(max(1, sizes[-1] // eta))

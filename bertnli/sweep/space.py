@@ -66,8 +66,12 @@ class SweepConfig:
     max_retries: int = 2  # a failed configuration is tried again at most this often
     fail_limit: int = 3  # stop after this many configurations in a row failed every try (a broken setup)
     out_dir: str = "outputs/sweeps"
-    sampler: str = "tpe"  # "random": i.i.d. trials, no pruning, no enqueued cells (expected validation performance is valid)
-    fidelity: str = "none"  # "data": successive halving over the training-set fraction (sweep/halving.py); `trials` configurations
+    sampler: str = (
+        "tpe"  # "random": i.i.d. trials, no pruning, no enqueued cells (expected validation performance is valid)
+    )
+    fidelity: str = (
+        "none"  # "data": successive halving over the training-set fraction (sweep/halving.py); `trials` configurations
+    )
     eta: int = 3  # multi-fidelity: the best 1/eta of a rung is promoted, on eta times the data
     min_fraction: float = 1 / 9  # multi-fidelity: the smallest rung's share of the train split (rungs eta^-k >= this)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -113,8 +117,13 @@ def parse_param(name: str, spec: Any) -> Param:
     return Param(name, "int" if "int" in kind_of else "float", low, high, log)
 
 
-def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], sweep_overrides: dict[str, Any],
-                      space_overrides: list[str], tracking: TrackingConfig) -> SweepConfig:
+def load_sweep_config(
+    path: str | Path | None,
+    train_overrides: dict[str, Any],
+    sweep_overrides: dict[str, Any],
+    space_overrides: list[str],
+    tracking: TrackingConfig,
+) -> SweepConfig:
     doc = read_toml(path) if path else {}
     base = load_config(path, train_overrides)  # the one place TOML becomes a TrainConfig
     sweep_doc = dict(doc.get("sweep", {}))
@@ -125,7 +134,9 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
         sweep_doc["fidelity"] = table.pop("resource", "data")
         unknown = set(table) - {"eta", "min_fraction"}
         if unknown:
-            raise BadInput(f"bad [sweep.fidelity] setting(s) {', '.join(sorted(unknown))}; known: eta, min_fraction, resource")
+            raise BadInput(
+                f"bad [sweep.fidelity] setting(s) {', '.join(sorted(unknown))}; known: eta, min_fraction, resource"
+            )
         sweep_doc |= table
     for item in space_overrides:
         if "=" not in item:
@@ -145,24 +156,39 @@ def load_sweep_config(path: str | Path | None, train_overrides: dict[str, Any], 
     if cfg.sampler not in ("tpe", "random"):
         raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
     if cfg.fidelity not in ("none", "data"):
-        raise BadInput(f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set fraction) or none")
-    outside_table = {k for k in ("eta", "min_fraction") if sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table)}
+        raise BadInput(
+            f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set fraction) or "
+            "none"
+        )
+    outside_table = {
+        k for k in ("eta", "min_fraction") if sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table)
+    }
     if cfg.fidelity != "data" and outside_table:  # (`--fidelity none` over a [sweep.fidelity] table is a full-data run)
-        raise BadInput("bad sweep: eta and min_fraction set a multi-fidelity schedule; add --fidelity data "
-                       "(or a [sweep.fidelity] table), or drop them")
+        raise BadInput(
+            "bad sweep: eta and min_fraction set a multi-fidelity schedule; add --fidelity data "
+            "(or a [sweep.fidelity] table), or drop them"
+        )
     if cfg.fidelity == "data":
         if cfg.eta < 2 or not 0 < cfg.min_fraction < 1 / cfg.eta + 1e-12:
-            raise BadInput(f"bad sweep: multi-fidelity needs eta >= 2 and 0 < min_fraction <= 1/eta (got eta {cfg.eta}, "
-                           f"min_fraction {cfg.min_fraction:g}); e.g. eta = 3, min_fraction = 0.111")
+            raise BadInput(
+                f"bad sweep: multi-fidelity needs eta >= 2 and 0 < min_fraction <= 1/eta (got eta {cfg.eta}, "
+                f"min_fraction {cfg.min_fraction:g}); e.g. eta = 3, min_fraction = 0.111"
+            )
         rungs = len(rung_fractions(cfg.eta, cfg.min_fraction))
         if cfg.trials < cfg.eta ** (rungs - 1):
-            raise BadInput(f"bad sweep: {rungs} rungs with eta {cfg.eta} need at least {cfg.eta ** (rungs - 1)} configurations "
-                           f"(--trials {cfg.trials} would train the last one twice); raise --trials or --min-fraction")
+            raise BadInput(
+                f"bad sweep: {rungs} rungs with eta {cfg.eta} need at least {cfg.eta ** (rungs - 1)} configurations "
+                f"(--trials {cfg.trials} would train the last one twice); raise --trials or --min-fraction"
+            )
         if any(p.name in ("train_fraction", RUNG) for p in cfg.space):
-            raise BadInput("bad sweep: with --fidelity data the sweep sets train_fraction itself; drop it from the space")
+            raise BadInput(
+                "bad sweep: with --fidelity data the sweep sets train_fraction itself; drop it from the space"
+            )
     if pruning_ticks(cfg) > 2**31 - 1:  # Optuna's RDB storage keeps steps as 32-bit integers
-        raise BadInput("bad sweep: the epochs range is too wide for the pruning clock (lcm of its values over 2^31); "
-                       "narrow it, e.g. --space epochs=1:6")
+        raise BadInput(
+            "bad sweep: the epochs range is too wide for the pruning clock (lcm of its values over 2^31); "
+            "narrow it, e.g. --space epochs=1:6"
+        )
     return cfg
 
 

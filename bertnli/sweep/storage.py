@@ -26,12 +26,32 @@ from bertnli.retry import policy
 HEARTBEAT_S = 5.0
 
 # Calls that are safe to repeat when the first attempt's outcome is unknown.
-IDEMPOTENT = ("get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-              "get_study_system_attrs", "get_all_studies", "get_trial", "get_all_trials", "get_n_trials",
-              "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_params",
-              "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs", "get_best_trial",
-              "set_trial_user_attr", "set_trial_system_attr", "set_study_user_attr", "set_study_system_attr",
-              "set_trial_intermediate_value", "set_trial_param", "record_heartbeat", "check_trial_is_updatable")
+IDEMPOTENT = (
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "get_trial",
+    "get_all_trials",
+    "get_n_trials",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_params",
+    "get_trial_param",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_best_trial",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "set_trial_intermediate_value",
+    "set_trial_param",
+    "record_heartbeat",
+    "check_trial_is_updatable",
+)
 
 
 def default_storage() -> str:
@@ -44,7 +64,9 @@ def is_outage(e: BaseException | None) -> bool:
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
     while e is not None:
-        if isinstance(e, (OperationalError, InterfaceError)) or (isinstance(e, DBAPIError) and e.connection_invalidated):
+        if isinstance(e, (OperationalError, InterfaceError)) or (
+            isinstance(e, DBAPIError) and e.connection_invalidated
+        ):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -88,8 +110,11 @@ class PatientStorage:
             return once
 
         def say(e: BaseException, seconds: float) -> None:
-            print(f"bertnli: Optuna storage unreachable ({type(e).__name__}); retrying in {seconds:.1f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"bertnli: Optuna storage unreachable ({type(e).__name__}); retrying in {seconds:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
         return lambda *args, **kwargs: policy(is_outage, patience_s=self.patience_s, on_wait=say)(once, *args, **kwargs)
 
@@ -98,7 +123,9 @@ def _journal(url: str):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if Path(url).is_dir():
-        raise BadInput(f"--storage {url} is a folder; give a journal file path such as {Path(url) / 'optuna-journal.log'}")
+        raise BadInput(
+            f"--storage {url} is a folder; give a journal file path such as {Path(url) / 'optuna-journal.log'}"
+        )
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(url))
     opened = time.monotonic()
@@ -118,7 +145,11 @@ def open_storage(url: str | None, grace_s: float = 60.0, stale_callback=None):
     kwargs = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
-    heartbeat = {"heartbeat_interval": int(HEARTBEAT_S), "grace_period": int(grace_s), "heartbeat_stale_trial_callback": stale_callback}
+    heartbeat = {
+        "heartbeat_interval": int(HEARTBEAT_S),
+        "grace_period": int(grace_s),
+        "heartbeat_stale_trial_callback": stale_callback,
+    }
     from optuna.storages import RDBStorage
 
     # Workers started together on a fresh database race in Optuna's table creation; the loser
@@ -127,10 +158,13 @@ def open_storage(url: str | None, grace_s: float = 60.0, stale_callback=None):
     race = lambda e: isinstance(e, SQLAlchemyError) and not isinstance(e, unusable)  # noqa: E731
     try:
         return policy(race, attempts=6, first=0.5, cap=16.0, jitter=1.0)(
-            lambda: PatientStorage(RDBStorage(url, engine_kwargs=kwargs, **heartbeat)))
+            lambda: PatientStorage(RDBStorage(url, engine_kwargs=kwargs, **heartbeat))
+        )
     except unusable as e:
-        raise BadInput(f"--storage {url.split('@')[-1]!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
-                       "give postgresql://user@host/db, sqlite:///file.db or a journal file path") from None
+        raise BadInput(
+            f"--storage {url.split('@')[-1]!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
+            "give postgresql://user@host/db, sqlite:///file.db or a journal file path"
+        ) from None
     except SQLAlchemyError as e:
         raise BertnliError(f"cannot open Optuna storage {url.split('@')[-1]}: {str(e).splitlines()[0][:200]}") from None
 

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from bertnli.retry import policy
-from bertnli.sweep.reaping import carry_checkpoint, end_orphan_run, retry, retry_history, states, trial_dir, trial_run_id
+from bertnli.sweep.reaping import (
+    carry_checkpoint,
+    end_orphan_run,
+    retry,
+    retry_history,
+    states,
+    trial_dir,
+    trial_run_id,
+)
 from bertnli.sweep.space import SweepConfig, report_step
 from bertnli.sweep.storage import HEARTBEAT_S, is_outage, trial_id, uses_heartbeat
 from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, PRUNED_EXIT
@@ -77,11 +85,34 @@ class TrialRun:
         report_r, report_w = os.pipe()
         decide_r, decide_w = os.pipe()
         # The trial runs this very bertnli, wherever it was imported from (a checkout, a worktree).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                                         os.environ.get("PYTHONPATH")]))}
-        cmd = [sys.executable, "-m", "bertnli.sweep", "trial", "--spec", str(self.spec_path), "--number", str(self.trial.number),
-               "--params", json.dumps(self.trial.params), "--out", str(self.out), "--parent-run", self.parent_run_id,
-               "--parent-pid", str(os.getpid()), "--report-fd", str(report_w), "--decide-fd", str(decide_r)]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])
+            ),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "bertnli.sweep",
+            "trial",
+            "--spec",
+            str(self.spec_path),
+            "--number",
+            str(self.trial.number),
+            "--params",
+            json.dumps(self.trial.params),
+            "--out",
+            str(self.out),
+            "--parent-run",
+            self.parent_run_id,
+            "--parent-pid",
+            str(os.getpid()),
+            "--report-fd",
+            str(report_w),
+            "--decide-fd",
+            str(decide_r),
+        ]
         if history:
             cmd += ["--retry-of", str(history[0])]
         if resume:
@@ -89,7 +120,9 @@ class TrialRun:
         self.logf.parent.mkdir(parents=True, exist_ok=True)
         with open(self.logf, "a" if resume else "w") as log_handle:
             # No preexec_fn: forking from a threaded process may only exec; the trial sets its own PDEATHSIG.
-            self.proc = subprocess.Popen(cmd, stdout=log_handle, stderr=subprocess.STDOUT, env=env, pass_fds=(report_w, decide_r))
+            self.proc = subprocess.Popen(
+                cmd, stdout=log_handle, stderr=subprocess.STDOUT, env=env, pass_fds=(report_w, decide_r)
+            )
         os.close(report_w)
         os.close(decide_r)
         self.reports, self.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)
@@ -126,7 +159,9 @@ class TrialRun:
         return True
 
     def supervise(self, t0: float) -> str | None:
-        """Until the process ends: relay epochs, beat, enforce the trial timeout. Returns why it was ended, if it was."""
+        """Until the process ends: relay epochs, beat, enforce the trial timeout. Returns why it was ended, if it
+        was.
+        """
         next_beat = 0.0
         while True:
             if time.time() >= next_beat:
@@ -172,7 +207,9 @@ class TrialRun:
         tell = lambda **kw: patiently(lambda: self.study.tell(self.trial, skip_if_finished=True, **kw))  # noqa: E731
         set_own_attr(self.trial, "trial_wall_seconds", seconds)
         if ended == "lost":
-            end_orphan_run(self.cfg, trial_run_id(self.cfg, frozen), "superseded: another process failed this trial", "KILLED")
+            end_orphan_run(
+                self.cfg, trial_run_id(self.cfg, frozen), "superseded: another process failed this trial", "KILLED"
+            )
             return Outcome(n, "LOST", None, params, seconds, error="another process failed this trial meanwhile")
         summary = self.out / "trial.json"
         if rc == 0 and summary.is_file():
@@ -202,7 +239,9 @@ class TrialRun:
             error = tail[0] if tail else f"exit {rc}"
         set_own_attr(self.trial, "error", error)
         tell(state=S.FAIL)
-        end_orphan_run(self.cfg, trial_run_id(self.cfg, frozen), error, "KILLED" if error == "interrupted" else "FAILED")
+        end_orphan_run(
+            self.cfg, trial_run_id(self.cfg, frozen), error, "KILLED" if error == "interrupted" else "FAILED"
+        )
         retry(self.study, self._frozen(), self.cfg, log, always=error == "interrupted")
         return Outcome(n, "FAIL", None, params, seconds, error=f"{error} ({self.logf})")
 

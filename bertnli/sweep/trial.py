@@ -99,15 +99,28 @@ def run_trial(a: argparse.Namespace) -> int:
     tags = {"optuna.trial": str(a.number), "optuna.study": cfg.study_name, "bertnli.role": "sweep-trial"}
     if rung is not None:  # multi-fidelity: the rung's share of the train split; test only where the winner is chosen
         rungs = rungs_of(cfg)
-        train_cfg = train_cfg.replace(train_fraction=rungs.fractions[rung], eval_test=cfg.base.eval_test and rung == rungs.top)
+        train_cfg = train_cfg.replace(
+            train_fraction=rungs.fractions[rung], eval_test=cfg.base.eval_test and rung == rungs.top
+        )
         tags |= {RUNG: str(rung), "bertnli.config": config_key(params)}
     if a.retry_of is not None:
         tags["bertnli.retry_of"] = str(a.retry_of)
-    tracking = TrackingConfig(cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags)
+    tracking = TrackingConfig(
+        cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags
+    )
     relay = PruneRelay(a.report_fd, a.decide_fd, a.parent_pid, train_cfg.epochs)
     try:
-        result, run_id = train_run(train_cfg, out, tracking, resume=a.resume, parent_run_id=a.parent_run, callbacks=[relay],
-                                   classify=classify, keep_checkpoint=cfg.keep_checkpoints == "all", progress=False)
+        result, run_id = train_run(
+            train_cfg,
+            out,
+            tracking,
+            resume=a.resume,
+            parent_run_id=a.parent_run,
+            callbacks=[relay],
+            classify=classify,
+            keep_checkpoint=cfg.keep_checkpoints == "all",
+            progress=False,
+        )
     except Pruned:
         return PRUNED_EXIT
     except TrainingDiverged as e:
@@ -115,10 +128,16 @@ def run_trial(a: argparse.Namespace) -> int:
         return DIVERGED_EXIT
     except KeyboardInterrupt:
         return INTERRUPTED_EXIT
-    summary = {"value": result.best_dev_acc, "test_acc": result.test.acc if result.test else None,
-               "best_epoch": result.best_epoch, "run_id": run_id, "wall_seconds": result.wall_seconds,
-               "train_seconds": sum(h.train_seconds for h in result.history),
-               "train_examples": result.info.get("train_examples"), "epochs_trained": len(result.history)}
+    summary = {
+        "value": result.best_dev_acc,
+        "test_acc": result.test.acc if result.test else None,
+        "best_epoch": result.best_epoch,
+        "run_id": run_id,
+        "wall_seconds": result.wall_seconds,
+        "train_seconds": sum(h.train_seconds for h in result.history),
+        "train_examples": result.info.get("train_examples"),
+        "epochs_trained": len(result.history),
+    }
     atomic_write(out / "trial.json", json.dumps(summary))
     return 0
 

@@ -44,6 +44,13 @@ def confusion_figure(matrix, title: str):
     ax.set(xlabel="predicted", ylabel="gold", title=title)
     for i in range(3):
         for j in range(3):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     fig.tight_layout()
     return fig

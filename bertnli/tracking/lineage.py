@@ -56,8 +56,10 @@ def split_datasets(folder: str | Path, digests: dict[str, str], examples: dict[s
     with warnings.catch_warnings():  # a file URI matches MLflow's local source twice; both are the same class
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(data_source_uri(folder))
-    return [SplitDataset(source, name, d[:DIGEST_CHARS], {"sha256": d, "examples_used": examples.get(name, 0)})
-            for name, d in digests.items()]
+    return [
+        SplitDataset(source, name, d[:DIGEST_CHARS], {"sha256": d, "examples_used": examples.get(name, 0)})
+        for name, d in digests.items()
+    ]
 
 
 def log_split_inputs(c, run_id: str, folder: str | Path, digests: dict[str, str], examples: dict[str, int]) -> None:
@@ -65,8 +67,11 @@ def log_split_inputs(c, run_id: str, folder: str | Path, digests: dict[str, str]
     from mlflow.entities import DatasetInput, InputTag
 
     have = {(i.dataset.name, i.dataset.digest) for i in c.get_run(run_id).inputs.dataset_inputs}
-    inputs = [DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", ds.name)])
-              for ds in split_datasets(folder, digests, examples) if (ds.name, ds.digest) not in have]
+    inputs = [
+        DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", ds.name)])
+        for ds in split_datasets(folder, digests, examples)
+        if (ds.name, ds.digest) not in have
+    ]
     if inputs:
         c.log_inputs(run_id, datasets=inputs)
 
@@ -142,8 +147,10 @@ def provenance() -> dict[str, str]:
     h = hashlib.sha256()
     for p in sorted(PACKAGE_DIR.rglob("*.py")):
         h.update(p.read_bytes())
-    out = {"bertnli.code_sha256": h.hexdigest()[:16],
-           "bertnli.packages_sha256": hashlib.sha256("\n".join(installed_packages()).encode()).hexdigest()[:16]}
+    out = {
+        "bertnli.code_sha256": h.hexdigest()[:16],
+        "bertnli.packages_sha256": hashlib.sha256("\n".join(installed_packages()).encode()).hexdigest()[:16],
+    }
     commit = _git("rev-parse", "HEAD")
     if commit:
         out["mlflow.source.git.commit"] = commit
@@ -159,7 +166,9 @@ def source_tags() -> dict[str, str]:
     return {"mlflow.source.name": cmd, "mlflow.source.type": "LOCAL"}
 
 
-def verify_run_data(c, run_id: str, expected: dict[str, str], experiment_file: str = "") -> tuple[str, list[str], list[str]]:
+def verify_run_data(
+    c, run_id: str, expected: dict[str, str], experiment_file: str = ""
+) -> tuple[str, list[str], list[str]]:
     """After a run: the digests its dataset inputs record, against the expected ones and the experiment's earlier run.
 
     Returns (summary, mismatches, notes); a mismatch means the run did not see the data it was meant to.
@@ -172,14 +181,23 @@ def verify_run_data(c, run_id: str, expected: dict[str, str], experiment_file: s
     notes = []
     if experiment_file:
         run = c.get_run(run_id)
-        earlier = [r for r in c.search_runs([run.info.experiment_id], f"tags.`bertnli.experiment_file` = '{experiment_file}' "
-                                            "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-                                            max_results=5) if r.info.run_id != run_id]
+        earlier = [
+            r
+            for r in c.search_runs(
+                [run.info.experiment_id],
+                f"tags.`bertnli.experiment_file` = '{experiment_file}' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=5,
+            )
+            if r.info.run_id != run_id
+        ]
         if earlier:
             differ = digest_mismatches(run_split_digests(c, earlier[0].info.run_id), recorded)
             if differ:
-                notes.append(f"earlier run {earlier[0].info.run_id} of {experiment_file} saw other data ({'; '.join(differ)}): "
-                             "their figures are not comparable")
+                notes.append(
+                    f"earlier run {earlier[0].info.run_id} of {experiment_file} saw other data ({'; '.join(differ)}): "
+                    "their figures are not comparable"
+                )
     return summary, problems, notes
 
 
@@ -200,5 +218,6 @@ class DataCheck:
         summary, problems, notes = verify_run_data(client(tracking_uri), run_id, self.expected, experiment_file)
         if problems:
             raise BertnliError(f"run {run_id} recorded data other than {self.where}: {'; '.join(problems)}")
-        return "\n".join([f"data: {summary}" + (f" (match {self.where})" if self.where else ""),
-                          *(f"note: {n}" for n in notes)])
+        return "\n".join(
+            [f"data: {summary}" + (f" (match {self.where})" if self.where else ""), *(f"note: {n}" for n in notes)]
+        )

@@ -42,7 +42,9 @@ def signature():
 
 @contextlib.contextmanager
 def _quiet_logging():
-    """MLflow's notes while logging ("inferring signature", "add type hints", a download progress bar) are noise here."""
+    """MLflow's notes while logging ("inferring signature", "add type hints", a download progress bar) are noise
+    here.
+    """
     loggers = [logging.getLogger(n) for n in ("mlflow.pyfunc", "mlflow.models.model")]
     levels = [q.level for q in loggers]
     old_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
@@ -71,12 +73,20 @@ def log_served_model(c, run_id: str, folder: Path, step: int = 0) -> str:
     exp_id = c.get_run(run_id).info.experiment_id
     lm = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id, experiment_id=exp_id)
     with _quiet_logging():
-        mlflow.pyfunc.log_model(name=MODEL_NAME, python_model=str(PACKAGE_DIR / "tracking" / "served.py"),
-                                artifacts={"checkpoint": str(folder)}, code_paths=[str(PACKAGE_DIR)],
-                                signature=signature(), input_example=pd.DataFrame(EXAMPLE),
-                                pip_requirements=_requirements(), model_id=lm.model_id)
+        mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(PACKAGE_DIR / "tracking" / "served.py"),
+            artifacts={"checkpoint": str(folder)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=signature(),
+            input_example=pd.DataFrame(EXAMPLE),
+            pip_requirements=_requirements(),
+            model_id=lm.model_id,
+        )
     c.log_outputs(run_id, [LoggedModelOutput(lm.model_id, step)])
-    with_retries(lambda: c.set_tag(run_id, "bertnli.model_id", lm.model_id))  # sweep processes finishing together collide here
+    with_retries(
+        lambda: c.set_tag(run_id, "bertnli.model_id", lm.model_id)
+    )  # sweep processes finishing together collide here
     return lm.model_id
 
 
@@ -91,7 +101,10 @@ def register(c, run_id: str, name: str, alias: str = "champion") -> str:
 
     try:
         current = c.get_model_version_by_alias(name, alias)
-        if model_id in (current.model_id, (current.source or "").removeprefix("models:/")):  # a server fills only source
+        if model_id in (
+            current.model_id,
+            (current.source or "").removeprefix("models:/"),
+        ):  # a server fills only source
             return str(current.version)  # a resumed sweep registers its winner once
     except MlflowException:
         pass  # no such model or alias yet
@@ -111,8 +124,10 @@ def download_model_checkpoint(uri: str, tracking_uri: str) -> Path:
         with _quiet_logging():
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as e:
-        raise BadInput(f"{uri} is not a model at {tracking_uri} ({str(e).splitlines()[0][:160]}); "
-                       "check the name and alias (bertnli-exp sweep --register NAME sets @champion)") from None
+        raise BadInput(
+            f"{uri} is not a model at {tracking_uri} ({str(e).splitlines()[0][:160]}); "
+            "check the name and alias (bertnli-exp sweep --register NAME sets @champion)"
+        ) from None
     found = sorted(p.parent for p in local.rglob("model.safetensors"))
     if not found:
         raise BadInput(f"{uri} holds no bertnli checkpoint (no model.safetensors); it was not logged by bertnli")
@@ -138,8 +153,12 @@ def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path
     try:
         c.get_run(run_id)
     except Exception:  # noqa: BLE001
-        raise BadInput(f"no MLflow run {run_id} at {tracking_uri or default_tracking_uri()}; check the id or --tracking-uri") from None
+        raise BadInput(
+            f"no MLflow run {run_id} at {tracking_uri or default_tracking_uri()}; check the id or --tracking-uri"
+        ) from None
     try:
         return Path(c.download_artifacts(run_id, "checkpoint"))
     except Exception:  # noqa: BLE001
-        raise BadInput(f"run {run_id} has no checkpoint artifact (pruned sweep trials keep none); pick another run") from None
+        raise BadInput(
+            f"run {run_id} has no checkpoint artifact (pruned sweep trials keep none); pick another run"
+        ) from None

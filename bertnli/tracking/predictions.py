@@ -10,7 +10,6 @@ from bertnli.data.snli import LABEL_NAMES
 from bertnli.tracking.store import client
 from bertnli.train.evaluation import EvalResult
 
-
 PREDICTION_COLUMNS = ["id", "gold", "pred", *(f"p_{name}" for name in LABEL_NAMES)]
 
 
@@ -19,7 +18,9 @@ def predictions_frame(r: EvalResult):
     import pandas as pd
 
     ids = r.ids if r.ids is not None else [str(i) for i in range(len(r.labels))]
-    frame = pd.DataFrame({"id": pd.Series(ids, dtype="string"), "gold": r.labels.astype("int8"), "pred": r.preds.astype("int8")})
+    frame = pd.DataFrame(
+        {"id": pd.Series(ids, dtype="string"), "gold": r.labels.astype("int8"), "pred": r.preds.astype("int8")}
+    )
     for i, name in enumerate(LABEL_NAMES):
         frame[f"p_{name}"] = r.probs[:, i].astype("float32")
     return frame

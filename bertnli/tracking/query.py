@@ -9,16 +9,32 @@ import pandas as pd
 from bertnli import BadInput
 from bertnli.tracking.store import client
 
-
-PARAMS = ["model", "truncation", "lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "num_layers", "optimizer",
-          "train_fraction"]
+PARAMS = [
+    "model",
+    "truncation",
+    "lr",
+    "epochs",
+    "seed",
+    "max_len",
+    "batch_size",
+    "limit_train",
+    "num_layers",
+    "optimizer",
+    "train_fraction",
+]
 
 
 METRICS = ["best_dev_acc", "test_acc", "best_epoch", "wall_seconds", "examples_per_sec", "dev_acc", "train_loss"]
 
 
-def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = None, study: str | None = None,
-              parent_run_id: str | None = None, tags: dict[str, str] | None = None, include_parents: bool = False) -> pd.DataFrame:
+def load_runs(
+    experiments: list[str] | None = None,
+    tracking_uri: str | None = None,
+    study: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    include_parents: bool = False,
+) -> pd.DataFrame:
     """One row per training run, from `mlflow.search_runs`, with short column names.
 
     Columns: run_id, experiment, run_name, status, model, truncation, lr, epochs, seed, max_len, batch_size,
@@ -31,7 +47,9 @@ def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = N
     if experiments:
         missing = [e for e in experiments if e not in names.values()]
         if missing:
-            raise BadInput(f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment")
+            raise BadInput(
+                f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment"
+            )
         ids = [i for i, n in names.items() if n in experiments]
     else:
         ids = list(names)
@@ -47,9 +65,15 @@ def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = N
         return pd.DataFrame(columns=["run_id", "experiment", "model", "truncation", "lr", "best_dev_acc", "test_acc"])
     if not include_parents and "tags.bertnli.role" in df:
         df = df[df["tags.bertnli.role"] != "sweep-parent"]
-    out = pd.DataFrame({"run_id": df["run_id"], "experiment": df["experiment_id"].map(names),
-                        "run_name": df.get("tags.mlflow.runName"), "status": df["status"],
-                        "start_time": df["start_time"]})
+    out = pd.DataFrame(
+        {
+            "run_id": df["run_id"],
+            "experiment": df["experiment_id"].map(names),
+            "run_name": df.get("tags.mlflow.runName"),
+            "status": df["status"],
+            "start_time": df["start_time"],
+        }
+    )
     for p in PARAMS:
         out[p] = df.get(f"params.{p}")
     for m in METRICS:
@@ -57,7 +81,9 @@ def load_runs(experiments: list[str] | None = None, tracking_uri: str | None = N
     out["trial"] = df.get("tags.optuna.trial")
     out["state"] = df.get("tags.optuna.state")
     out["parent_run_id"] = df.get("tags.mlflow.parentRunId")
-    out["rung"] = pd.to_numeric(df.get("tags.rung"), errors="coerce") if "tags.rung" in df else np.nan  # multi-fidelity sweeps
+    out["rung"] = (
+        pd.to_numeric(df.get("tags.rung"), errors="coerce") if "tags.rung" in df else np.nan
+    )  # multi-fidelity sweeps
     out["config"] = df.get("tags.bertnli.config")
     for col in ["lr", "epochs", "seed", "max_len", "batch_size", "train_fraction"]:
         out[col] = pd.to_numeric(out[col], errors="coerce")

@@ -33,8 +33,14 @@ from bertnli.train.state import EpochMetrics, FitResult
 class MLflowRun:
     """Engine callback that records one run; also owns the run's start and true end status."""
 
-    def __init__(self, cfg: TrainConfig, tracking: TrackingConfig, run_id: str | None = None, parent_run_id: str | None = None,
-                 keep_checkpoint: bool = True):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        tracking: TrackingConfig,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        keep_checkpoint: bool = True,
+    ):
         self.cfg, self.tracking, self.keep_checkpoint = cfg, tracking, keep_checkpoint
         self.uri = tracking.tracking_uri or default_tracking_uri()
         self.client = client(self.uri)
@@ -53,8 +59,11 @@ class MLflowRun:
         else:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
-        self.monitor = (start_system_metrics(self.run_id, self.uri, tracking.system_metrics_interval, self.resumed)
-                        if system_metrics_on(tracking) else None)
+        self.monitor = (
+            start_system_metrics(self.run_id, self.uri, tracking.system_metrics_interval, self.resumed)
+            if system_metrics_on(tracking)
+            else None
+        )
 
     # engine callbacks
     def on_fit_start(self, info: dict[str, Any]) -> None:
@@ -86,7 +95,11 @@ class MLflowRun:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(getattr(m, k)), now, m.epoch) for k in keys])
 
     def on_fit_end(self, result: FitResult) -> None:
-        metrics = {"best_dev_acc": result.best_dev_acc, "best_epoch": result.best_epoch, "wall_seconds": result.wall_seconds}
+        metrics = {
+            "best_dev_acc": result.best_dev_acc,
+            "best_epoch": result.best_epoch,
+            "wall_seconds": result.wall_seconds,
+        }
         evaluated = result.test or result.dev
         name = "test" if result.test else "dev"
         if result.test:
@@ -123,7 +136,9 @@ class MLflowRun:
         """README.md in the selected checkpoint, from what this run records (so it travels with the weights)."""
         folder = result.out_dir / "best"
         model_config = json.loads((folder / "model_config.json").read_text())
-        card = render_card(self.cfg.to_flat_dict(), model_config, result, self.info or result.info, self.provenance, self.run_id)
+        card = render_card(
+            self.cfg.to_flat_dict(), model_config, result, self.info or result.info, self.provenance, self.run_id
+        )
         (folder / "README.md").write_text(card)
 
     def log_checkpoint(self, folder: Path, step: int = 0) -> None:
@@ -158,7 +173,9 @@ def default_classify(exc: BaseException) -> tuple[str, dict[str, str]]:
 
 
 @contextlib.contextmanager
-def recorded(run: MLflowRun, classify: Callable[[BaseException], tuple[str, dict[str, str]]] = default_classify) -> Iterator[MLflowRun]:
+def recorded(
+    run: MLflowRun, classify: Callable[[BaseException], tuple[str, dict[str, str]]] = default_classify
+) -> Iterator[MLflowRun]:
     """End the run with the status its outcome deserves, whatever happens inside."""
     try:
         yield run
@@ -171,9 +188,17 @@ def recorded(run: MLflowRun, classify: Callable[[BaseException], tuple[str, dict
     run.end("FINISHED")
 
 
-def train_run(cfg: TrainConfig, out_dir: str | Path, tracking: TrackingConfig, resume: bool = False,
-              parent_run_id: str | None = None, callbacks: list | None = None, classify=default_classify,
-              keep_checkpoint: bool = True, progress: bool = True) -> tuple[FitResult, str]:
+def train_run(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    tracking: TrackingConfig,
+    resume: bool = False,
+    parent_run_id: str | None = None,
+    callbacks: list | None = None,
+    classify=default_classify,
+    keep_checkpoint: bool = True,
+    progress: bool = True,
+) -> tuple[FitResult, str]:
     """One recorded training run: the engine's fit inside an MLflow run with a true status.
 
     The run id is written to `out_dir/mlflow_run.json`, so `--resume` continues the same run.

@@ -27,9 +27,15 @@ def seed_group_settings(out_dir: Path, marker: dict) -> TrainConfig | None:
     return config_from_dict({k: v for k, v in saved.items() if k in known and k != "seed"})
 
 
-def train_seed_group(cfg: TrainConfig, seeds: list[int], out_dir: str | Path, tracking: TrackingConfig,
-                     progress: bool = True, log: Callable[[str], None] = print,
-                     fix: str = "drop them to resume the group, or give another --out for a new one") -> tuple[str, list[tuple[int, float | None, str]]]:
+def train_seed_group(
+    cfg: TrainConfig,
+    seeds: list[int],
+    out_dir: str | Path,
+    tracking: TrackingConfig,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    fix: str = "drop them to resume the group, or give another --out for a new one",
+) -> tuple[str, list[tuple[int, float | None, str]]]:
     """One run per seed, all tagged `bertnli.seed_group=<group>`: a cell's score is a distribution over seeds.
 
     Rerunning the same command with the same --out resumes: finished seeds are adopted (never
@@ -56,7 +62,12 @@ def train_seed_group(cfg: TrainConfig, seeds: list[int], out_dir: str | Path, tr
             done.append((seed, None, saved["run_id"]))
             continue
         name = f"{tracking.run_name}-s{seed}" if tracking.run_name else None
-        result, run_id = train_run(cfg.replace(seed=seed), folder, TrackingConfig(tracking.tracking_uri, tracking.experiment, name, tags),
-                                   resume=saved is not None, progress=progress)
+        result, run_id = train_run(
+            cfg.replace(seed=seed),
+            folder,
+            TrackingConfig(tracking.tracking_uri, tracking.experiment, name, tags),
+            resume=saved is not None,
+            progress=progress,
+        )
         done.append((seed, result.best_dev_acc, run_id))
     return group, done

@@ -16,7 +16,6 @@ from bertnli.train.checkpoint import load_selected
 from bertnli.train.evaluation import predict
 
 
-
 class NLIModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.model, self.tokenizer, meta = load_selected(context.artifacts["checkpoint"])
@@ -28,8 +27,14 @@ class NLIModel(mlflow.pyfunc.PythonModel):
         missing = {"premise", "hypothesis"} - set(frame.columns)
         if missing:
             raise ValueError(f"input needs columns premise and hypothesis; missing {', '.join(sorted(missing))}")
-        probs = predict(self.model, self.tokenizer, frame["premise"].astype(str).tolist(),
-                        frame["hypothesis"].astype(str).tolist(), self.max_len, self.truncation)
+        probs = predict(
+            self.model,
+            self.tokenizer,
+            frame["premise"].astype(str).tolist(),
+            frame["hypothesis"].astype(str).tolist(),
+            self.max_len,
+            self.truncation,
+        )
         out = pd.DataFrame(probs.astype("float64"), columns=LABEL_NAMES)
         out.insert(0, "label", [LABEL_NAMES[i] for i in probs.argmax(1)])
         return out

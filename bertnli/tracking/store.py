@@ -47,8 +47,10 @@ def client(uri: str | None = None):
         try:
             return MlflowClient(uri)
         except MlflowException as e:
-            raise BadInput(f"tracking URI {uri!r} is not usable ({str(e).splitlines()[0][:120]}); "
-                           "give http://host:port, sqlite:///path or a folder") from None
+            raise BadInput(
+                f"tracking URI {uri!r} is not usable ({str(e).splitlines()[0][:120]}); "
+                "give http://host:port, sqlite:///path or a folder"
+            ) from None
     # Two processes creating the same SQLite store race in MLflow's schema migration:
     # the first to take the lock creates it, the others find it ready.
     import fcntl

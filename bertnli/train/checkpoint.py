@@ -54,7 +54,9 @@ def load_selected(folder: str | Path) -> tuple[NLIClassifier, Tokenizer, dict[st
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise BertnliError(f"{folder}: weights do not fit the model config ({str(e).splitlines()[1].strip()[:160]})") from None
+        raise BertnliError(
+            f"{folder}: weights do not fit the model config ({str(e).splitlines()[1].strip()[:160]})"
+        ) from None
     meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
     model.eval()
     return model, load_tokenizer(folder), meta
@@ -64,4 +66,7 @@ def load_last(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise BertnliError(f"cannot resume from {path}: {str(e).splitlines()[0][:200]}; the checkpoint is damaged, delete it to start over") from None
+        raise BertnliError(
+            f"cannot resume from {path}: {str(e).splitlines()[0][:200]}; the checkpoint is damaged, delete it to start "
+            "over"
+        ) from None

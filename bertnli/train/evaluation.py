@@ -48,7 +48,12 @@ class EvalResult:
             precision = tp / m[:, i].sum() if m[:, i].sum() else 0.0
             recall = tp / m[i].sum() if m[i].sum() else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            out[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(m[i].sum())}
+            out[name] = {
+                "precision": float(precision),
+                "recall": float(recall),
+                "f1": float(f1),
+                "support": int(m[i].sum()),
+            }
         return out
 
 
@@ -58,9 +63,17 @@ def model_inputs(b: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, enc: EncodedSplit, batch_size: int = 256, device: torch.device | str = "cpu",
-             bucket: bool = True, amp: bool = True, progress: bool = False, desc: str = "eval",
-             pad_multiple: int = 8) -> EvalResult:
+def evaluate(
+    model: torch.nn.Module,
+    enc: EncodedSplit,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    bucket: bool = True,
+    amp: bool = True,
+    progress: bool = False,
+    desc: str = "eval",
+    pad_multiple: int = 8,
+) -> EvalResult:
     """Logits stay on the device until the last batch: one transfer and no per-batch host sync."""
     device = torch.device(device)
     precision = numeric_precision(device, amp)
@@ -68,7 +81,9 @@ def evaluate(model: torch.nn.Module, enc: EncodedSplit, batch_size: int = 256, d
     model.eval()
     batches = eval_batches(enc.lengths, batch_size, bucket)
     pad_to = None if bucket else int(enc.lengths.max())
-    cap = getattr(getattr(model, "config", None), "max_position", None)  # rounding never reaches past the position table
+    cap = getattr(
+        getattr(model, "config", None), "max_position", None
+    )  # rounding never reaches past the position table
     make = functools.partial(collate, enc, pad_to=pad_to, multiple=pad_multiple, cap=cap)
     logits, labels = [], []
     with attention_context(device):
@@ -86,8 +101,15 @@ def evaluate(model: torch.nn.Module, enc: EncodedSplit, batch_size: int = 256, d
     return EvalResult(loss, float((preds == enc.labels).mean()), preds, enc.labels.copy(), probs, enc.example_ids)
 
 
-def predict(model: NLIClassifier, tokenizer: Tokenizer, premises: list[str], hypotheses: list[str], max_len: int = 128,
-            truncation: str = "longest_first", device: str = "cpu") -> np.ndarray:
+def predict(
+    model: NLIClassifier,
+    tokenizer: Tokenizer,
+    premises: list[str],
+    hypotheses: list[str],
+    max_len: int = 128,
+    truncation: str = "longest_first",
+    device: str = "cpu",
+) -> np.ndarray:
     """Probabilities (n, 3) for raw sentence pairs (d2l vocabularies get simple word splitting)."""
     if tokenizer.text_field == "parse":
         norm = lambda s: " ".join(re.findall(r"\w+|[^\w\s]", s))  # noqa: E731 - SNLI parse tokens split punctuation

@@ -45,8 +45,16 @@ from bertnli.train.runtime import (
 from bertnli.train.state import Callback, EpochMetrics, FitResult, TrainState, fresh_accum
 
 
-def start_state(cfg: TrainConfig, prep: Prepared, device: torch.device, precision: str, out_dir: Path, resume: bool,
-                rank: int, world: int) -> tuple[TrainState, bool]:
+def start_state(
+    cfg: TrainConfig,
+    prep: Prepared,
+    device: torch.device,
+    precision: str,
+    out_dir: Path,
+    resume: bool,
+    rank: int,
+    world: int,
+) -> tuple[TrainState, bool]:
     """A fresh train state, or the one `out_dir/last.pt` holds when resuming (with every rank's random streams)."""
     model = prep.model.to(device)
     state = TrainState(model, make_optimizer(model, cfg, device), grad_scaler(device, precision))
@@ -60,16 +68,29 @@ def start_state(cfg: TrainConfig, prep: Prepared, device: torch.device, precisio
     try:
         state.load_state_dict(ck)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise BertnliError(f"{last_path} does not match this model/config ({str(e).splitlines()[0][:120]}); resume with the same config or delete it") from None
+        raise BertnliError(
+            f"{last_path} does not match this model/config ({str(e).splitlines()[0][:120]}); resume with the same "
+            "config or delete it"
+        ) from None
     restore_rng(ck["rng"], device, rank, world, cfg.seed)
     if rank == 0:
-        print(f"resuming from {last_path}: epoch {state.epoch}, step {state.step_in_epoch}/{math.ceil(len(prep.train) / cfg.batch_size)}")
+        print(
+            f"resuming from {last_path}: epoch {state.epoch}, step "
+            f"{state.step_in_epoch}/{math.ceil(len(prep.train) / cfg.batch_size)}"
+        )
     return state, True
 
 
-def score_selected(cfg: TrainConfig, prep: Prepared, out_dir: Path, evaluate_on: Callable, distributed: bool,
-                  progress: bool, best_dev: EvalResult | None = None) -> tuple[EvalResult, EvalResult | None]:
-    """The weights selected on dev, scored on dev and, once, on test (read back from `best/`, as a user would load them).
+def score_selected(
+    cfg: TrainConfig,
+    prep: Prepared,
+    out_dir: Path,
+    evaluate_on: Callable,
+    distributed: bool,
+    progress: bool,
+    best_dev: EvalResult | None = None,
+) -> tuple[EvalResult, EvalResult | None]:
+    """The weights selected on dev, scored on dev and, once, on test (read back from `best/`, as a user loads them).
 
     `best_dev`, the selected epoch's own dev pass, saves a second pass over dev: a fixed cost per run
     that weighs most on short runs such as a multi-fidelity sweep's low rungs."""
@@ -79,23 +100,44 @@ def score_selected(cfg: TrainConfig, prep: Prepared, out_dir: Path, evaluate_on:
     if best_dev is not None and not wants_test:  # the best epoch's own dev pass scored these very weights
         return best_dev, None
     selected = load_selected(out_dir / "best")[0].to(evaluate_on.keywords["device"])
-    dev = best_dev if best_dev is not None else evaluate_on(selected, prep.dev)  # None after a resume past the best epoch
+    dev = (
+        best_dev if best_dev is not None else evaluate_on(selected, prep.dev)
+    )  # None after a resume past the best epoch
     test = evaluate_on(selected, prep.test, progress=progress, desc="test") if wants_test else None
     return dev, test
 
 
-def run_info(cfg: TrainConfig, prep: Prepared, state: TrainState, device: torch.device, world: int, out_dir: Path,
-             resumed: bool, precision: str) -> dict[str, Any]:
+def run_info(
+    cfg: TrainConfig,
+    prep: Prepared,
+    state: TrainState,
+    device: torch.device,
+    world: int,
+    out_dir: Path,
+    resumed: bool,
+    precision: str,
+) -> dict[str, Any]:
     """What the run's callbacks are told at its start (tracking/run.py records it as `bertnli.*` tags)."""
-    return {"device": str(device), "world_size": world, "train_examples": len(prep.train), "dev_examples": len(prep.dev),
-            "test_examples": len(prep.test) if prep.test is not None else 0,
-            "steps_per_epoch": math.ceil(len(prep.train) / cfg.batch_size),
-            "parameters": sum(p.numel() for p in state.model.parameters()), "digests": prep.digests, "out_dir": str(out_dir),
-            "resumed": resumed, "precision": precision, "attention": attention_name(device),
-            "history": [asdict(h) for h in state.history]}  # epochs a resumed checkpoint holds (tracking logs any MLflow lacks)
+    return {
+        "device": str(device),
+        "world_size": world,
+        "train_examples": len(prep.train),
+        "dev_examples": len(prep.dev),
+        "test_examples": len(prep.test) if prep.test is not None else 0,
+        "steps_per_epoch": math.ceil(len(prep.train) / cfg.batch_size),
+        "parameters": sum(p.numel() for p in state.model.parameters()),
+        "digests": prep.digests,
+        "out_dir": str(out_dir),
+        "resumed": resumed,
+        "precision": precision,
+        "attention": attention_name(device),
+        "history": [asdict(h) for h in state.history],
+    }  # epochs a resumed checkpoint holds (tracking logs any MLflow lacks)
 
 
-def training_forward(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, distributed: bool) -> torch.nn.Module:
+def training_forward(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device, distributed: bool
+) -> torch.nn.Module:
     """The module the steps call: DDP around the model under torchrun, compiled when asked."""
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -104,8 +146,14 @@ def training_forward(model: torch.nn.Module, cfg: TrainConfig, device: torch.dev
     return torch.compile(model, dynamic=True) if cfg.compile else model
 
 
-def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None = None, resume: bool = False,
-        prepared: Prepared | None = None, progress: bool = True) -> FitResult:
+def fit(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    callbacks: list[Callback] | None = None,
+    resume: bool = False,
+    prepared: Prepared | None = None,
+    progress: bool = True,
+) -> FitResult:
     """Train `cfg`, selecting the best dev epoch; writes checkpoints under `out_dir`.
 
     With `resume`, continues from `out_dir/last.pt` at the exact step it was written,
@@ -135,49 +183,107 @@ def fit(cfg: TrainConfig, out_dir: str | Path, callbacks: list[Callback] | None 
             save_last({**s.state_dict(), "rng": rngs}, last_path)
 
     steps_per_epoch = math.ceil(len(prep.train) / cfg.batch_size)
-    loop = Loop(device, precision, steps_per_epoch * cfg.epochs, rank, world, (callbacks or []) if is_main else [], checkpoint,
-                progress and is_main)
+    loop = Loop(
+        device,
+        precision,
+        steps_per_epoch * cfg.epochs,
+        rank,
+        world,
+        (callbacks or []) if is_main else [],
+        checkpoint,
+        progress and is_main,
+    )
     info = run_info(cfg, prep, state, device, world, out_dir, resumed, precision)
     for cb in loop.callbacks:
         cb.on_fit_start(info)
     model, train_model = state.model, training_forward(state.model, cfg, device, distributed)
 
-    evaluate_on = functools.partial(evaluate, batch_size=cfg.eval_batch_size, device=device, bucket=cfg.bucket, amp=cfg.amp,
-                                    pad_multiple=cfg.pad_multiple)
+    evaluate_on = functools.partial(
+        evaluate,
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        bucket=cfg.bucket,
+        amp=cfg.amp,
+        pad_multiple=cfg.pad_multiple,
+    )
     with attention_context(device):
         while state.epoch <= cfg.epochs:
             model.train()
             batches = train_batches(prep.train.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.bucket)
             train_epoch(state, train_model, prep.train, batches, cfg, loop)
-            end_epoch(state, evaluate_on(model, prep.dev, progress=progress and is_main, desc="dev"), distributed, is_main,
-                      prep, out_dir, cfg)
+            end_epoch(
+                state,
+                evaluate_on(model, prep.dev, progress=progress and is_main, desc="dev"),
+                distributed,
+                is_main,
+                prep,
+                out_dir,
+                cfg,
+            )
             checkpoint(state)
             for cb in loop.callbacks:
                 cb.on_epoch_end(state.history[-1])  # may raise (a sweep's pruner): the checkpoint above is already safe
 
-    dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, progress and is_main, state.best_dev)  # test once
-    result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, time.perf_counter() - t_start, info)
+    dev_sel, test = score_selected(
+        cfg, prep, out_dir, evaluate_on, distributed, progress and is_main, state.best_dev
+    )  # test once
+    result = FitResult(
+        state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, time.perf_counter() - t_start, info
+    )
     if is_main:
-        atomic_write(out_dir / "result.json", json.dumps({
-            "best_epoch": state.best_epoch, "best_dev_acc": state.best_dev_acc, "test_acc": test.acc if test else None,
-            "history": [asdict(h) for h in state.history], "wall_seconds": result.wall_seconds}, indent=2))
+        atomic_write(
+            out_dir / "result.json",
+            json.dumps(
+                {
+                    "best_epoch": state.best_epoch,
+                    "best_dev_acc": state.best_dev_acc,
+                    "test_acc": test.acc if test else None,
+                    "history": [asdict(h) for h in state.history],
+                    "wall_seconds": result.wall_seconds,
+                },
+                indent=2,
+            ),
+        )
     for cb in loop.callbacks:
         cb.on_fit_end(result)
     return result
 
 
-def end_epoch(state: TrainState, dev: EvalResult, distributed: bool, is_main: bool, prep: Prepared, out_dir: Path,
-              cfg: TrainConfig) -> None:
+def end_epoch(
+    state: TrainState,
+    dev: EvalResult,
+    distributed: bool,
+    is_main: bool,
+    prep: Prepared,
+    out_dir: Path,
+    cfg: TrainConfig,
+) -> None:
     """Record the finished epoch, keep its weights if dev says they are the best so far, move to the next."""
     loss, acc, seen, seconds = epoch_totals(state, distributed, next(state.model.parameters()).device)
-    m = EpochMetrics(state.epoch, loss, acc, dev.loss, dev.acc, seen / max(seconds, 1e-9), seconds,
-                     lr_at(max(state.global_step - 1, 0), math.ceil(len(prep.train) / cfg.batch_size) * cfg.epochs, cfg))
+    m = EpochMetrics(
+        state.epoch,
+        loss,
+        acc,
+        dev.loss,
+        dev.acc,
+        seen / max(seconds, 1e-9),
+        seconds,
+        lr_at(max(state.global_step - 1, 0), math.ceil(len(prep.train) / cfg.batch_size) * cfg.epochs, cfg),
+    )
     state.history.append(m)
     if is_main:
-        print(f"epoch {m.epoch}: train_loss {m.train_loss:.4f} train_acc {m.train_acc:.4f} dev_loss {m.dev_loss:.4f} "
-              f"dev_acc {m.dev_acc:.4f} ({m.examples_per_sec:.1f} ex/s)", flush=True)
+        print(
+            f"epoch {m.epoch}: train_loss {m.train_loss:.4f} train_acc {m.train_acc:.4f} dev_loss {m.dev_loss:.4f} "
+            f"dev_acc {m.dev_acc:.4f} ({m.examples_per_sec:.1f} ex/s)",
+            flush=True,
+        )
     if dev.acc > state.best_dev_acc:
         state.best_dev_acc, state.best_epoch, state.best_dev = dev.acc, state.epoch, dev
         if is_main:
-            save_selected(state.model, prep.tokenizer, out_dir / "best", {"epoch": state.epoch, "dev_acc": dev.acc, "config": asdict(cfg)})
+            save_selected(
+                state.model,
+                prep.tokenizer,
+                out_dir / "best",
+                {"epoch": state.epoch, "dev_acc": dev.acc, "config": asdict(cfg)},
+            )
     state.epoch, state.step_in_epoch, state.accum = state.epoch + 1, 0, fresh_accum()

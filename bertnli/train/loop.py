@@ -45,8 +45,15 @@ class Loop:
     sync_every: int = 50  # steps between reads of the device's running totals (each read waits for the GPU)
 
 
-def rank_batch(enc: EncodedSplit, idx: np.ndarray, rank: int = 0, world: int = 1, pad_to: int | None = None,
-               multiple: int = 1, cap: int | None = None) -> dict[str, Any]:
+def rank_batch(
+    enc: EncodedSplit,
+    idx: np.ndarray,
+    rank: int = 0,
+    world: int = 1,
+    pad_to: int | None = None,
+    multiple: int = 1,
+    cap: int | None = None,
+) -> dict[str, Any]:
     """This rank's share of global batch `idx`, with per-example weights.
 
     A last batch smaller than the number of ranks leaves some rank with nothing: it takes one
@@ -62,8 +69,9 @@ def rank_batch(enc: EncodedSplit, idx: np.ndarray, rank: int = 0, world: int = 1
     return b
 
 
-def train_step(state: TrainState, train_model: torch.nn.Module, b: dict[str, Any], lr: float, cfg: TrainConfig,
-               loop: Loop) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    state: TrainState, train_model: torch.nn.Module, b: dict[str, Any], lr: float, cfg: TrainConfig, loop: Loop
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns (per-example losses, logits), detached and still on the device.
 
     The loss is the weighted sum over this rank's examples divided by the *global* batch size
@@ -85,8 +93,15 @@ def train_step(state: TrainState, train_model: torch.nn.Module, b: dict[str, Any
     return per_example.detach(), logits.detach()
 
 
-def train_epoch(state: TrainState, train_model: torch.nn.Module, enc: EncodedSplit, batches: list[np.ndarray],
-                cfg: TrainConfig, loop: Loop, max_steps: int | None = None) -> None:
+def train_epoch(
+    state: TrainState,
+    train_model: torch.nn.Module,
+    enc: EncodedSplit,
+    batches: list[np.ndarray],
+    cfg: TrainConfig,
+    loop: Loop,
+    max_steps: int | None = None,
+) -> None:
     """Train `batches` from `state.step_in_epoch` on; this epoch's totals accumulate in `state.accum`.
 
     Loss, accuracy and divergence are tracked on the device and read every `loop.sync_every`
@@ -94,36 +109,66 @@ def train_epoch(state: TrainState, train_model: torch.nn.Module, enc: EncodedSpl
     non-finite loss is reported with the epoch and step where it first appeared."""
     first = state.step_in_epoch
     last = len(batches) if max_steps is None else min(len(batches), first + max_steps)
-    make = functools.partial(rank_batch, enc, rank=loop.rank, world=loop.world, pad_to=None if cfg.bucket else cfg.max_len,
-                             multiple=cfg.pad_multiple, cap=cfg.max_len)
+    make = functools.partial(
+        rank_batch,
+        enc,
+        rank=loop.rank,
+        world=loop.world,
+        pad_to=None if cfg.bucket else cfg.max_len,
+        multiple=cfg.pad_multiple,
+        cap=cfg.max_len,
+    )
     totals = torch.zeros(3, dtype=torch.float64, device=loop.device)  # loss sum, correct, examples
     recent, recent_steps = torch.zeros(loop.sync_every, device=loop.device), []
     t0 = time.perf_counter()
-    bar = tqdm(total=len(batches), initial=first, desc=f"epoch {state.epoch}/{cfg.epochs}", disable=not loop.progress, leave=False)
+    bar = tqdm(
+        total=len(batches),
+        initial=first,
+        desc=f"epoch {state.epoch}/{cfg.epochs}",
+        disable=not loop.progress,
+        leave=False,
+    )
 
     def sync() -> None:
         nonlocal t0
         losses = recent[: len(recent_steps)].tolist()
         first_bad = next(((step, v) for step, v in zip(recent_steps, losses) if not math.isfinite(v)), None)
-        elsewhere = loop.world > 1 and not all_finite_everywhere(losses, loop.device)  # every rank asks, so all leave together
+        elsewhere = loop.world > 1 and not all_finite_everywhere(
+            losses, loop.device
+        )  # every rank asks, so all leave together
         if first_bad:
-            raise TrainingDiverged(f"loss became {first_bad[1]} at epoch {state.epoch} step {first_bad[0] + 1}; "
-                                   "lower the learning rate or check the data")
+            raise TrainingDiverged(
+                f"loss became {first_bad[1]} at epoch {state.epoch} step {first_bad[0] + 1}; "
+                "lower the learning rate or check the data"
+            )
         if elsewhere:
-            raise TrainingDiverged(f"loss became non-finite on another process in epoch {state.epoch}; lower the learning rate")
+            raise TrainingDiverged(
+                f"loss became non-finite on another process in epoch {state.epoch}; lower the learning rate"
+            )
         recent_steps.clear()
         loss_sum, correct, seen = totals.tolist()
         totals.zero_()
         now = time.perf_counter()
-        state.accum = {"loss": state.accum["loss"] + loss_sum, "correct": state.accum["correct"] + correct,
-                       "seen": state.accum["seen"] + seen, "seconds": state.accum["seconds"] + now - t0}
+        state.accum = {
+            "loss": state.accum["loss"] + loss_sum,
+            "correct": state.accum["correct"] + correct,
+            "seen": state.accum["seen"] + seen,
+            "seconds": state.accum["seconds"] + now - t0,
+        }
         t0 = now
         if state.accum["seen"]:
-            bar.set_postfix(loss=f"{state.accum['loss'] / state.accum['seen']:.3f}", acc=f"{state.accum['correct'] / state.accum['seen']:.3f}")
+            bar.set_postfix(
+                loss=f"{state.accum['loss'] / state.accum['seen']:.3f}",
+                acc=f"{state.accum['correct'] / state.accum['seen']:.3f}",
+            )
 
-    with contextlib.closing(staged(make, batches[first:last], loop.device)) as stream:  # the staging thread stops however the loop ends
+    with contextlib.closing(
+        staged(make, batches[first:last], loop.device)
+    ) as stream:  # the staging thread stops however the loop ends
         for step, b in enumerate(stream, start=first):
-            per_example, logits = train_step(state, train_model, b, lr_at(state.global_step, loop.total_steps, cfg), cfg, loop)
+            per_example, logits = train_step(
+                state, train_model, b, lr_at(state.global_step, loop.total_steps, cfg), cfg, loop
+            )
             w = b["weight"]
             totals += torch.stack([per_example.sum(), ((logits.argmax(1) == b["labels"]) * w).sum(), w.sum()]).double()
             recent[len(recent_steps)] = per_example.sum() / w.sum().clamp(min=1)
@@ -150,8 +195,12 @@ def all_finite_everywhere(losses: list[float], device: torch.device) -> bool:
 
 
 def epoch_totals(state: TrainState, distributed: bool, device: torch.device) -> tuple[float, float, float, float]:
-    """(mean loss, accuracy, examples, seconds) of the epoch over all ranks (reduced on the run's device: NCCL takes no CPU tensors)."""
-    t = torch.tensor([state.accum["loss"], state.accum["correct"], state.accum["seen"]], dtype=torch.float64, device=device)
+    """(mean loss, accuracy, examples, seconds) of the epoch over all ranks (reduced on the run's device: NCCL takes no
+    CPU tensors).
+    """
+    t = torch.tensor(
+        [state.accum["loss"], state.accum["correct"], state.accum["seen"]], dtype=torch.float64, device=device
+    )
     if distributed:
         dist.all_reduce(t)
     seen = max(1.0, t[2].item())

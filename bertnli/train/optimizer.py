@@ -24,7 +24,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device, fused: bool | None = None
+) -> torch.optim.Optimizer:
     """Fused kernels on CUDA and on the CPU (fused=None): one pass over all parameters.
 
     On the CPU, PyTorch's default is a Python loop over the tensors; the fused step over minilm-l6

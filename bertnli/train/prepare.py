@@ -33,7 +33,9 @@ def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:
     """Model + tokenizer, then each split encoded through the cache (limits, then the train fraction, applied after)."""
     model, tok = build_model(cfg.model, cfg.num_layers, cfg.dropout, cfg.seed, num_heads=cfg.num_heads)
     if cfg.max_len > model.config.max_position:
-        raise BadInput(f"max_len {cfg.max_len} exceeds the model's {model.config.max_position} positions; lower --max-len")
+        raise BadInput(
+            f"max_len {cfg.max_len} exceeds the model's {model.config.max_position} positions; lower --max-len"
+        )
     paths = {
         "train": split_path(cfg.data, "train", required=need_train),
         "dev": split_path(cfg.data, "dev", required=True),

@@ -175,7 +175,11 @@ def attention_backends(device: torch.device) -> list | None:
 
 def attention_name(device: torch.device) -> str:
     backends = attention_backends(device)
-    return "sdpa:default" if backends is None else "sdpa:" + ",".join(b.name.lower().removesuffix("_attention") for b in backends)
+    return (
+        "sdpa:default"
+        if backends is None
+        else "sdpa:" + ",".join(b.name.lower().removesuffix("_attention") for b in backends)
+    )
 
 
 def attention_context(device: torch.device):
@@ -190,15 +194,22 @@ def attention_context(device: torch.device):
 # ---------------------------------------------------------------- batches staged ahead
 
 
-def staged(make: Callable[[np.ndarray], dict[str, torch.Tensor]], batches: Iterable[np.ndarray], device: torch.device,
-           ahead: int = 3, threaded: bool | None = None) -> Iterator[dict[str, torch.Tensor]]:
+def staged(
+    make: Callable[[np.ndarray], dict[str, torch.Tensor]],
+    batches: Iterable[np.ndarray],
+    device: torch.device,
+    ahead: int = 3,
+    threaded: bool | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
     """On CUDA, collate batches in a background thread while the GPU works on earlier ones.
 
     Each batch is pinned there and copied with `non_blocking=True`, so neither collation nor the
     copy holds the GPU back. On a CPU, batches are made in line (measured: a thread there gains
     nothing on 2 cores). Order and content are exactly those of `batches`.
     """
-    if not (device.type == "cuda" if threaded is None else threaded):  # on a CPU a thread competes with the model for the cores
+    if not (
+        device.type == "cuda" if threaded is None else threaded
+    ):  # on a CPU a thread competes with the model for the cores
         yield from map(make, batches)
         return
     pin = device.type == "cuda"

@@ -69,13 +69,23 @@ class TrainState:
     best_dev_acc: float = -1.0
     best_epoch: int = 0
     accum: dict[str, float] = field(default_factory=fresh_accum)  # this epoch's totals so far, on the host
-    best_dev: EvalResult | None = None  # the best epoch's dev pass, kept so the end need not run it again (not checkpointed)
+    best_dev: EvalResult | None = (
+        None  # the best epoch's dev pass, kept so the end need not run it again (not checkpointed)
+    )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "history": [asdict(h) for h in self.history], "best_dev_acc": self.best_dev_acc,
-                "best_epoch": self.best_epoch, "accum": dict(self.accum)}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "history": [asdict(h) for h in self.history],
+            "best_dev_acc": self.best_dev_acc,
+            "best_epoch": self.best_epoch,
+            "accum": dict(self.accum),
+        }
 
     def load_state_dict(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
