@@ -261,22 +261,14 @@ def _figures(runs: pd.DataFrame, tables: dict[str, pd.DataFrame], tracking_uri: 
     return figures
 
 
-def write_report(
+def report_tables(
     runs: pd.DataFrame,
-    out: str | Path,
-    formats: tuple[str, ...] = ("md", "csv", "html"),
-    tracking_uri: str | None = None,
-    cell_by: tuple[str, ...] = ("model", "truncation"),
+    keys: list[str],
+    tracking_uri: str | None,
+    audit: pd.DataFrame,
     extra_tables: dict[str, pd.DataFrame] | None = None,
-    audit: pd.DataFrame | None = None,
-) -> list[Path]:
-    """Tables (md/csv) and a self-contained HTML page with the plots embedded as PNG data URIs.
-    `audit`: `fidelity_audit(runs)` when the caller has it already (it bootstraps)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    keys = list(cell_by)
-    audit = fidelity_audit(runs) if audit is None else audit
-    everything, runs = runs, top_rung(runs)  # lower rungs trained on less data: audited, never pooled with the rest
+) -> dict[str, pd.DataFrame]:
+    """Every table of the report, by name (the name is also its CSV file and heading)."""
     tables = {
         "leaderboard": leaderboard(runs),
         "by_model_truncation": grouped(runs),
@@ -288,51 +280,72 @@ def write_report(
     tables["evp_overtaking"] = overtaking_table(tables["evp"])
     if not audit.empty:
         tables["fidelity_audit"] = audit
-    tables |= extra_tables or {}
-    written: list[Path] = []
+    return tables | (extra_tables or {})
+
+
+HTML_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+    "td,th{white-space:nowrap;padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
+)
+
+
+def markdown_page(heading: str, tables: dict[str, pd.DataFrame], pngs: dict[str, bytes]) -> str:
+    md = [f"# bertnli report\n\n{heading}\n"]
+    md += [f"\n## {name.replace('_', ' ')}\n\n{to_markdown(t)}" for name, t in tables.items()]
+    md += [f"\n![{n}]({n}.png)\n" for n in pngs]
+    return "".join(md)
+
+
+def html_page(heading: str, tables: dict[str, pd.DataFrame], pngs: dict[str, bytes]) -> str:
+    """One self-contained page: the tables, and the plots embedded as PNG data URIs."""
+    body = [f"<h1>bertnli report</h1><p>{html.escape(heading)}</p>"]
+    for name, t in tables.items():
+        table = format_table(t).to_html(index=False, border=0) if not t.empty else "<p>no runs</p>"
+        body.append(f"<h2>{name.replace('_', ' ')}</h2>{table}")
+    for n, png in pngs.items():
+        data = base64.b64encode(png).decode()
+        body.append(f'<h2>{n.replace("_", " ")}</h2><img alt="{n}" src="data:image/png;base64,{data}">')
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>bertnli report</title><style>{HTML_STYLE}</style>"
+        f"</head><body>{''.join(body)}</body></html>"
+    )
+
+
+def write_report(
+    runs: pd.DataFrame,
+    out: str | Path,
+    formats: tuple[str, ...] = ("md", "csv", "html"),
+    tracking_uri: str | None = None,
+    cell_by: tuple[str, ...] = ("model", "truncation"),
+    extra_tables: dict[str, pd.DataFrame] | None = None,
+    audit: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Tables (md/csv) and a self-contained HTML page with the plots embedded as PNG data URIs.
+    `audit`: `fidelity_audit(runs)` when the caller has it already (it bootstraps)."""
+    out, keys = Path(out), list(cell_by)
+    out.mkdir(parents=True, exist_ok=True)
+    audit = fidelity_audit(runs) if audit is None else audit
+    everything, runs = runs, top_rung(runs)  # lower rungs trained on less data: audited, never pooled with the rest
+    tables = report_tables(runs, keys, tracking_uri, audit, extra_tables)
+    files: dict[str, str | bytes] = {}
     pngs = {}
     for name, fig in _figures(runs, tables, tracking_uri).items():
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
-        pngs[name] = buf.getvalue()
-        (out / f"{name}.png").write_bytes(pngs[name])
-        written.append(out / f"{name}.png")
+        pngs[name] = files[f"{name}.png"] = buf.getvalue()
         plots.close(fig)
     note = _note(runs, keys, tracking_uri, audit, len(everything) - len(runs))
+    heading = f"{len(runs)} runs ({len(finished_runs(runs))} finished). {note}"
     if "csv" in formats:
-        for name, t in tables.items():
-            t.to_csv(out / f"{name}.csv", index=False)
-            written.append(out / f"{name}.csv")
-        everything.to_csv(out / "runs.csv", index=False)
-        written.append(out / "runs.csv")
+        files |= {f"{name}.csv": t.to_csv(index=False) for name, t in tables.items()}
+        files["runs.csv"] = everything.to_csv(index=False)
     if "md" in formats:
-        md = [f"# bertnli report\n\n{len(runs)} runs ({len(finished_runs(runs))} finished). {note}\n"]
-        for name, t in tables.items():
-            md.append(f"\n## {name.replace('_', ' ')}\n\n{to_markdown(t)}")
-        md += [f"\n![{n}]({n}.png)\n" for n in pngs]
-        (out / "report.md").write_text("".join(md))
-        written.append(out / "report.md")
+        files["report.md"] = markdown_page(heading, tables, pngs)
     if "html" in formats:
-        body = [
-            f"<h1>bertnli report</h1><p>{len(runs)} runs ({len(finished_runs(runs))} finished). {html.escape(note)}</p>"
-        ]
-        for name, t in tables.items():
-            body.append(
-                f"<h2>{name.replace('_', ' ')}</h2>"
-                + (format_table(t).to_html(index=False, border=0) if not t.empty else "<p>no runs</p>")
-            )
-        for n, png in pngs.items():
-            body.append(
-                f'<h2>{n.replace("_", " ")}</h2><img alt="{n}" '
-                f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-            )
-        style = (
-            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{white-space:nowrap;padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
-        )
-        (out / "report.html").write_text(
-            "<!doctype html><html><head><meta charset='utf-8'><title>bertnli report</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
-        )
-        written.append(out / "report.html")
-    return written
+        files["report.html"] = html_page(heading, tables, pngs)
+    for name, data in files.items():
+        if isinstance(data, bytes):
+            (out / name).write_bytes(data)
+        else:
+            (out / name).write_text(data)
+    return [out / name for name in files]

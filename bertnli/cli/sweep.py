@@ -8,6 +8,7 @@ from bertnli import BertnliError
 from bertnli.cli.group import handle_sigterm
 from bertnli.cli.options import check_model_name, tracking_options, train_options, train_overrides, ui_uri
 from bertnli.config import TrackingConfig
+from bertnli.sweep.storage import default_storage
 
 
 @click.command()
@@ -101,78 +102,44 @@ from bertnli.config import TrackingConfig
     callback=check_model_name,
     help="register the study's best model in the MLflow Model Registry as NAME, alias champion",
 )
-def sweep(
-    config_path,
-    tracking_uri,
-    experiment,
-    trials,
-    study_name,
-    storage,
-    space,
-    timeout,
-    workers,
-    sampler_seed,
-    sampler,
-    fidelity,
-    eta,
-    min_fraction,
-    keep_checkpoints,
-    grace_s,
-    trial_timeout,
-    out_dir,
-    register_name,
-    **kwargs,
-):
+def sweep(config_path, tracking_uri, experiment, space, register_name, sampler_seed, **options):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep.pool import Sweep
-    from bertnli.sweep.space import load_sweep_config
-    from bertnli.sweep.storage import default_storage
+    from bertnli.sweep.space import SWEEP_KEYS, load_sweep_config
 
-    overrides = train_overrides(kwargs)
-    sweep_overrides = {
-        "trials": trials,
-        "study_name": study_name,
-        "storage": storage,
-        "timeout": timeout,
-        "workers": workers,
-        "seed": sampler_seed,
-        "sampler": sampler,
-        "keep_checkpoints": keep_checkpoints,
-        "grace_s": grace_s,
-        "out_dir": out_dir,
-        "trial_timeout": trial_timeout,
-        "fidelity": fidelity,
-        "eta": eta,
-        "min_fraction": min_fraction,
-    }
-    cfg = load_sweep_config(
-        config_path, overrides, sweep_overrides, list(space), TrackingConfig(tracking_uri, experiment)
-    )
+    overrides = train_overrides(options)  # the TrainConfig options; the rest are SweepConfig fields
+    sweep_overrides = {"seed": sampler_seed, **{k: v for k, v in options.items() if k in SWEEP_KEYS}}
+    tracking = TrackingConfig(tracking_uri, experiment)
+    cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), tracking)
     handle_sigterm()
     summary = Sweep(cfg, log=click.echo).run()
+    print_summary(cfg, summary, tracking_uri)
     best = summary.get("best")
-    click.echo(
-        f"study {cfg.study_name}: {summary['done']}/{summary['target']} trials complete or pruned in "
-        f"{summary['wall_seconds']:.0f} s"
-    )
-    if summary.get("rungs") is not None:
-        click.echo(summary["rungs"].to_string(index=False))
-    if best is not None:
-        test = best.user_attrs.get("test_acc")
-        click.echo(
-            f"best trial {best.number}: dev_acc {best.value:.4f}"
-            + (f", test_acc {test:.4f}" if test is not None else "")
-            + " "
-            + " ".join(f"{k}={v}" for k, v in best.params.items())
-        )
-    if register_name and best is not None:
+    if register_name and best is None:
+        raise BertnliError(f"no complete trial to register as {register_name}")
+    if register_name:
         from bertnli.tracking.models import register_champion
 
         version = register_champion(best.user_attrs.get("mlflow_run_id", ""), register_name, cfg.tracking.tracking_uri)
         click.echo(
             f"registered {register_name} version {version} (trial {best.number}) as models:/{register_name}@champion"
         )
-    elif register_name:
-        raise BertnliError(f"no complete trial to register as {register_name}")
     click.echo(f"MLflow parent run {summary['parent_run_id']}: mlflow ui --backend-store-uri {ui_uri(tracking_uri)}")
     click.echo(f"optuna-dashboard {cfg.storage or default_storage()}")
+
+
+def print_summary(cfg, summary: dict, tracking_uri: str | None) -> None:
+    """Trials done, the rung table of a multi-fidelity study, the best trial with its test figure."""
+    done = f"{summary['done']}/{summary['target']}"
+    click.echo(f"study {cfg.study_name}: {done} trials complete or pruned in {summary['wall_seconds']:.0f} s")
+    if summary.get("rungs") is not None:
+        click.echo(summary["rungs"].to_string(index=False))
+    best = summary.get("best")
+    if best is not None:
+        test = best.user_attrs.get("test_acc")
+        params = " ".join(f"{k}={v}" for k, v in best.params.items())
+        click.echo(
+            f"best trial {best.number}: dev_acc {best.value:.4f}"
+            + (f", test_acc {test:.4f}" if test is not None else "")
+            + f" {params}"
+        )

@@ -117,38 +117,57 @@ def parse_param(name: str, spec: Any) -> Param:
     return Param(name, "int" if "int" in kind_of else "float", low, high, log)
 
 
-def load_sweep_config(
-    path: str | Path | None,
-    train_overrides: dict[str, Any],
-    sweep_overrides: dict[str, Any],
-    space_overrides: list[str],
-    tracking: TrackingConfig,
-) -> SweepConfig:
-    doc = read_toml(path) if path else {}
-    base = load_config(path, train_overrides)  # the one place TOML becomes a TrainConfig
-    sweep_doc = dict(doc.get("sweep", {}))
+def _fidelity_table(sweep_doc: dict) -> dict:
+    """`[sweep.fidelity]` (eta, min_fraction; its presence means fidelity "data") folded into `sweep_doc`."""
+    if not isinstance(sweep_doc.get("fidelity"), dict):
+        return {}
+    table = dict(sweep_doc.pop("fidelity"))
+    sweep_doc["fidelity"] = table.pop("resource", "data")
+    unknown = set(table) - {"eta", "min_fraction"}
+    if unknown:
+        raise BadInput(
+            f"bad [sweep.fidelity] setting(s) {', '.join(sorted(unknown))}; known: eta, min_fraction, resource"
+        )
+    sweep_doc |= table
+    return table
+
+
+def _space_doc(sweep_doc: dict, space_overrides: list[str]) -> dict:
+    """`[sweep.space]` (default: lr over 1e-5..2e-4, log) with each `--space NAME=SPEC` over it."""
     space_doc = dict(sweep_doc.pop("space", {}) or {"lr": {"low": 1e-5, "high": 2e-4, "log": True}})
-    table: dict = {}
-    if isinstance(sweep_doc.get("fidelity"), dict):  # [sweep.fidelity] eta, min_fraction (its presence means "data")
-        table = dict(sweep_doc.pop("fidelity"))
-        sweep_doc["fidelity"] = table.pop("resource", "data")
-        unknown = set(table) - {"eta", "min_fraction"}
-        if unknown:
-            raise BadInput(
-                f"bad [sweep.fidelity] setting(s) {', '.join(sorted(unknown))}; known: eta, min_fraction, resource"
-            )
-        sweep_doc |= table
     for item in space_overrides:
         if "=" not in item:
             raise BadInput(f"bad --space {item!r}; write NAME=low:high[:log] or NAME=a|b|c")
         name, spec = item.split("=", 1)
         space_doc[name.strip()] = spec.strip()
-    unknown = set(sweep_doc) - SWEEP_KEYS
-    if unknown:
-        raise BadInput(f"bad [sweep] setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SWEEP_KEYS))}")
-    values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
-    space = tuple(parse_param(k, v) for k, v in space_doc.items())
-    cfg = SweepConfig(base=base, space=space, tracking=tracking, **values)
+    return space_doc
+
+
+def _check_fidelity(cfg: SweepConfig, schedule_set_outside: bool) -> None:
+    if cfg.fidelity != "data":
+        if schedule_set_outside:  # (`--fidelity none` over a [sweep.fidelity] table is a full-data run)
+            raise BadInput(
+                "bad sweep: eta and min_fraction set a multi-fidelity schedule; add --fidelity data "
+                "(or a [sweep.fidelity] table), or drop them"
+            )
+        return
+    if cfg.eta < 2 or not 0 < cfg.min_fraction < 1 / cfg.eta + 1e-12:
+        raise BadInput(
+            f"bad sweep: multi-fidelity needs eta >= 2 and 0 < min_fraction <= 1/eta (got eta {cfg.eta}, "
+            f"min_fraction {cfg.min_fraction:g}); e.g. eta = 3, min_fraction = 0.111"
+        )
+    rungs = len(rung_fractions(cfg.eta, cfg.min_fraction))
+    if cfg.trials < cfg.eta ** (rungs - 1):
+        raise BadInput(
+            f"bad sweep: {rungs} rungs with eta {cfg.eta} need at least {cfg.eta ** (rungs - 1)} "
+            f"configurations (--trials {cfg.trials} would train the last one twice); "
+            "raise --trials or --min-fraction"
+        )
+    if any(p.name in ("train_fraction", RUNG) for p in cfg.space):
+        raise BadInput("bad sweep: with --fidelity data the sweep sets train_fraction itself; drop it from the space")
+
+
+def _check_settings(cfg: SweepConfig) -> None:
     if cfg.trials < 1 or cfg.workers < 1 or cfg.fail_limit < 1:
         raise BadInput("bad sweep: trials, workers and fail_limit must be at least 1")
     if cfg.keep_checkpoints not in ("best", "all"):
@@ -157,38 +176,40 @@ def load_sweep_config(
         raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
     if cfg.fidelity not in ("none", "data"):
         raise BadInput(
-            f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set fraction) or "
-            "none"
+            f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set "
+            "fraction) or none"
         )
-    outside_table = {
-        k for k in ("eta", "min_fraction") if sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table)
-    }
-    if cfg.fidelity != "data" and outside_table:  # (`--fidelity none` over a [sweep.fidelity] table is a full-data run)
-        raise BadInput(
-            "bad sweep: eta and min_fraction set a multi-fidelity schedule; add --fidelity data "
-            "(or a [sweep.fidelity] table), or drop them"
-        )
-    if cfg.fidelity == "data":
-        if cfg.eta < 2 or not 0 < cfg.min_fraction < 1 / cfg.eta + 1e-12:
-            raise BadInput(
-                f"bad sweep: multi-fidelity needs eta >= 2 and 0 < min_fraction <= 1/eta (got eta {cfg.eta}, "
-                f"min_fraction {cfg.min_fraction:g}); e.g. eta = 3, min_fraction = 0.111"
-            )
-        rungs = len(rung_fractions(cfg.eta, cfg.min_fraction))
-        if cfg.trials < cfg.eta ** (rungs - 1):
-            raise BadInput(
-                f"bad sweep: {rungs} rungs with eta {cfg.eta} need at least {cfg.eta ** (rungs - 1)} configurations "
-                f"(--trials {cfg.trials} would train the last one twice); raise --trials or --min-fraction"
-            )
-        if any(p.name in ("train_fraction", RUNG) for p in cfg.space):
-            raise BadInput(
-                "bad sweep: with --fidelity data the sweep sets train_fraction itself; drop it from the space"
-            )
     if pruning_ticks(cfg) > 2**31 - 1:  # Optuna's RDB storage keeps steps as 32-bit integers
         raise BadInput(
             "bad sweep: the epochs range is too wide for the pruning clock (lcm of its values over 2^31); "
             "narrow it, e.g. --space epochs=1:6"
         )
+
+
+def load_sweep_config(
+    path: str | Path | None,
+    train_overrides: dict[str, Any],
+    sweep_overrides: dict[str, Any],
+    space_overrides: list[str],
+    tracking: TrackingConfig,
+) -> SweepConfig:
+    """The TOML's `[train]` and `[sweep]` tables with the command line's options over them (None: not given)."""
+    doc = read_toml(path) if path else {}
+    base = load_config(path, train_overrides)  # the one place TOML becomes a TrainConfig
+    sweep_doc = dict(doc.get("sweep", {}))
+    table = _fidelity_table(sweep_doc)
+    space_doc = _space_doc(sweep_doc, space_overrides)
+    unknown = set(sweep_doc) - SWEEP_KEYS
+    if unknown:
+        raise BadInput(f"bad [sweep] setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SWEEP_KEYS))}")
+    values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
+    space = tuple(parse_param(k, v) for k, v in space_doc.items())
+    cfg = SweepConfig(base=base, space=space, tracking=tracking, **values)
+    _check_settings(cfg)
+    outside = any(
+        sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table) for k in ("eta", "min_fraction")
+    )
+    _check_fidelity(cfg, outside)
     return cfg
 
 

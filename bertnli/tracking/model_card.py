@@ -30,6 +30,69 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "bertnli": bertnli.__version__}
 
 
+def _heading(cfg: dict[str, Any], result, run_id: str) -> list[str]:
+    labels = ", ".join(f"{i} {n}" for i, n in enumerate(LABEL_NAMES))
+    lines = [
+        f"# bertnli NLI model: {cfg.get('model')}",
+        "",
+        f"Fine-tuned for SNLI natural language inference (labels: {labels}).",
+        f"Selected epoch {result.best_epoch} of {len(result.history)} on dev accuracy ({result.best_dev_acc:.4f}).",
+        "",
+    ]
+    if run_id:
+        lines += [f'MLflow run: `{run_id}` (load: `mlflow.pyfunc.load_model("runs:/{run_id}/model")`).', ""]
+    return lines
+
+
+def _model_and_data(cfg: dict[str, Any], model_config: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    about = [["parameters", info.get("parameters", "")], ["precision", info.get("precision", "")]]
+    splits = [[s, f"`{d}`", info.get(f"{s}_examples", "")] for s, d in info.get("digests", {}).items()]
+    return ["## Model", "", *_table(["field", "value"], [[k, v] for k, v in model_config.items()] + about)] + [
+        "",
+        "## Data",
+        "",
+        f"Folder: `{cfg.get('data')}`",
+        "",
+        *_table(["split", "sha256", "examples used"], splits),
+    ]
+
+
+def _training(cfg: dict[str, Any], result) -> list[str]:
+    epochs = [
+        [
+            m.epoch,
+            *(f"{x:.4f}" for x in (m.train_loss, m.train_acc, m.dev_loss, m.dev_acc)),
+            f"{m.examples_per_sec:.1f}",
+        ]
+        for m in result.history
+    ]
+    lines = [
+        "",
+        "## Hyperparameters",
+        "",
+        *_table(["param", "value"], [[k, "" if v is None else v] for k, v in cfg.items()]),
+    ]
+    lines += ["", "## Training (per epoch)", ""]
+    lines += _table(["epoch", "train_loss", "train_acc", "dev_loss", "dev_acc", "examples/s"], epochs)
+    lines += ["", "## Test", ""]
+    if result.test is None:
+        return lines + ["Test was not evaluated (no test split, or eval_test off)."]
+    return lines + [
+        f"Test accuracy of the selected epoch, evaluated once: **{result.test.acc:.4f}** "
+        f"(loss {result.test.loss:.4f}, {len(result.test.labels)} pairs)."
+    ]
+
+
+def _versions(prov: dict[str, str]) -> list[str]:
+    code = [
+        ["git commit", prov.get("mlflow.source.git.commit", "unknown")],
+        ["git dirty", prov.get("bertnli.git_dirty", "unknown")],
+        ["bertnli source sha256", prov.get("bertnli.code_sha256", "")],
+        ["installed packages sha256", prov.get("bertnli.packages_sha256", "")],
+    ]
+    return ["", "## Versions", "", *_table(["component", "version"], [[k, v] for k, v in versions().items()] + code)]
+
+
 def render_card(
     cfg: dict[str, Any],
     model_config: dict[str, Any],
@@ -40,59 +103,9 @@ def render_card(
 ) -> str:
     """Markdown: model, data digests, hyperparameters, per-epoch table, test figure, versions."""
     lines = [
-        f"# bertnli NLI model: {cfg.get('model')}",
-        "",
-        "Fine-tuned for SNLI natural language inference (labels: "
-        + ", ".join(f"{i} {n}" for i, n in enumerate(LABEL_NAMES))
-        + ").",
-        f"Selected epoch {result.best_epoch} of {len(result.history)} on dev accuracy ({result.best_dev_acc:.4f}).",
-        "",
+        *_heading(cfg, result, run_id),
+        *_model_and_data(cfg, model_config, info),
+        *_training(cfg, result),
+        *_versions(prov),
     ]
-    if run_id:
-        lines += [f'MLflow run: `{run_id}` (load: `mlflow.pyfunc.load_model("runs:/{run_id}/model")`).', ""]
-    lines += ["## Model", ""]
-    lines += _table(
-        ["field", "value"],
-        [[k, v] for k, v in model_config.items()]
-        + [["parameters", info.get("parameters", "")], ["precision", info.get("precision", "")]],
-    )
-    lines += ["", "## Data", "", f"Folder: `{cfg.get('data')}`", ""]
-    lines += _table(
-        ["split", "sha256", "examples used"],
-        [[s, f"`{d}`", info.get(f"{s}_examples", "")] for s, d in info.get("digests", {}).items()],
-    )
-    lines += ["", "## Hyperparameters", ""]
-    lines += _table(["param", "value"], [[k, "" if v is None else v] for k, v in cfg.items()])
-    lines += ["", "## Training (per epoch)", ""]
-    lines += _table(
-        ["epoch", "train_loss", "train_acc", "dev_loss", "dev_acc", "examples/s"],
-        [
-            [
-                m.epoch,
-                *(f"{x:.4f}" for x in (m.train_loss, m.train_acc, m.dev_loss, m.dev_acc)),
-                f"{m.examples_per_sec:.1f}",
-            ]
-            for m in result.history
-        ],
-    )
-    lines += ["", "## Test", ""]
-    if result.test is not None:
-        lines += [
-            f"Test accuracy of the selected epoch, evaluated once: **{result.test.acc:.4f}** "
-            f"(loss {result.test.loss:.4f}, {len(result.test.labels)} pairs)."
-        ]
-    else:
-        lines += ["Test was not evaluated (no test split, or eval_test off)."]
-    v = versions()
-    lines += ["", "## Versions", ""]
-    lines += _table(
-        ["component", "version"],
-        [[k, val] for k, val in v.items()]
-        + [
-            ["git commit", prov.get("mlflow.source.git.commit", "unknown")],
-            ["git dirty", prov.get("bertnli.git_dirty", "unknown")],
-            ["bertnli source sha256", prov.get("bertnli.code_sha256", "")],
-            ["installed packages sha256", prov.get("bertnli.packages_sha256", "")],
-        ],
-    )
     return "\n".join(lines) + "\n"

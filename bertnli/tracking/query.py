@@ -27,44 +27,28 @@ PARAMS = [
 METRICS = ["best_dev_acc", "test_acc", "best_epoch", "wall_seconds", "examples_per_sec", "dev_acc", "train_loss"]
 
 
-def load_runs(
-    experiments: list[str] | None = None,
-    tracking_uri: str | None = None,
-    study: str | None = None,
-    parent_run_id: str | None = None,
-    tags: dict[str, str] | None = None,
-    include_parents: bool = False,
-) -> pd.DataFrame:
-    """One row per training run, from `mlflow.search_runs`, with short column names.
-
-    Columns: run_id, experiment, run_name, status, model, truncation, lr, epochs, seed, max_len, batch_size,
-    limit_train, best_dev_acc, test_acc, best_epoch, wall_seconds, examples_per_sec, trial, parent_run_id, state.
-    """
-    import mlflow
-
-    c = client(tracking_uri)
+def experiment_ids(c, experiments: list[str] | None) -> dict[str, str]:
+    """{experiment id: name} of the named experiments (all of them for None); an unknown name is one line."""
     names = {x.experiment_id: x.name for x in c.search_experiments()}
-    if experiments:
-        missing = [e for e in experiments if e not in names.values()]
-        if missing:
-            raise BadInput(
-                f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment"
-            )
-        ids = [i for i, n in names.items() if n in experiments]
-    else:
-        ids = list(names)
-    filters = []
-    if study:
-        filters.append(f"tags.`optuna.study` = '{study}'")
+    missing = [e for e in experiments or [] if e not in names.values()]
+    if missing:
+        raise BadInput(
+            f"no MLflow experiment {', '.join(missing)}; see `mlflow experiments search` or drop --experiment"
+        )
+    return {i: n for i, n in names.items() if not experiments or n in experiments}
+
+
+def run_filter(study: str | None, parent_run_id: str | None, tags: dict[str, str] | None) -> str:
+    """An MLflow search filter: the trials of a study, the children of a parent run, runs with these tags."""
+    filters = [f"tags.`optuna.study` = '{study}'"] if study else []
     if parent_run_id:
         filters.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
-    for k, v in (tags or {}).items():
-        filters.append(f"tags.`{k}` = '{v}'")
-    df = mlflow.search_runs(experiment_ids=ids, filter_string=" and ".join(filters), max_results=50_000)
-    if df.empty:
-        return pd.DataFrame(columns=["run_id", "experiment", "model", "truncation", "lr", "best_dev_acc", "test_acc"])
-    if not include_parents and "tags.bertnli.role" in df:
-        df = df[df["tags.bertnli.role"] != "sweep-parent"]
+    filters += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+    return " and ".join(filters)
+
+
+def short_columns(df: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """`mlflow.search_runs`' columns (params.lr, tags.optuna.trial, ...) under the short names reports use."""
     out = pd.DataFrame(
         {
             "run_id": df["run_id"],
@@ -81,13 +65,38 @@ def load_runs(
     out["trial"] = df.get("tags.optuna.trial")
     out["state"] = df.get("tags.optuna.state")
     out["parent_run_id"] = df.get("tags.mlflow.parentRunId")
-    out["rung"] = (
-        pd.to_numeric(df.get("tags.rung"), errors="coerce") if "tags.rung" in df else np.nan
-    )  # multi-fidelity sweeps
+    multi_fidelity = "tags.rung" in df
+    out["rung"] = pd.to_numeric(df.get("tags.rung"), errors="coerce") if multi_fidelity else np.nan
     out["config"] = df.get("tags.bertnli.config")
     for col in ["lr", "epochs", "seed", "max_len", "batch_size", "train_fraction"]:
         out[col] = pd.to_numeric(out[col], errors="coerce")
     return out.reset_index(drop=True)
+
+
+def load_runs(
+    experiments: list[str] | None = None,
+    tracking_uri: str | None = None,
+    study: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    include_parents: bool = False,
+) -> pd.DataFrame:
+    """One row per training run, from `mlflow.search_runs`, with short column names.
+
+    Columns: run_id, experiment, run_name, status, model, truncation, lr, epochs, seed, max_len, batch_size,
+    limit_train, best_dev_acc, test_acc, best_epoch, wall_seconds, examples_per_sec, trial, parent_run_id, state.
+    """
+    import mlflow
+
+    names = experiment_ids(client(tracking_uri), experiments)
+    df = mlflow.search_runs(
+        experiment_ids=list(names), filter_string=run_filter(study, parent_run_id, tags), max_results=50_000
+    )
+    if df.empty:
+        return pd.DataFrame(columns=["run_id", "experiment", "model", "truncation", "lr", "best_dev_acc", "test_acc"])
+    if not include_parents and "tags.bertnli.role" in df:
+        df = df[df["tags.bertnli.role"] != "sweep-parent"]
+    return short_columns(df, names)
 
 
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -146,6 +146,44 @@ def training_forward(
     return torch.compile(model, dynamic=True) if cfg.compile else model
 
 
+def join_processes(cfg: TrainConfig) -> tuple[torch.device, bool, int, int]:
+    """This process's device, whether the run is data parallel (torchrun), its rank and the world size."""
+    device = resolve_device(cfg.device)
+    distributed = init_distributed(device)
+    return (device, distributed, *dist_info())
+
+
+def check_trainable(cfg: TrainConfig, prep: Prepared, world: int) -> None:
+    if prep.train is None:
+        raise BadInput(f"no train split in {cfg.data}; training needs snli_1.0_train.*")
+    if cfg.batch_size % world:
+        raise BadInput(f"batch_size {cfg.batch_size} is not divisible by {world} processes; choose a multiple")
+
+
+def evaluator(cfg: TrainConfig, device: torch.device) -> Callable:
+    """`evaluate` with the run's batch size, device, bucketing, precision and padding."""
+    return functools.partial(
+        evaluate,
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        bucket=cfg.bucket,
+        amp=cfg.amp,
+        pad_multiple=cfg.pad_multiple,
+    )
+
+
+def write_result(out_dir: Path, result: FitResult) -> None:
+    """`result.json` beside the checkpoints: what a sweep's trial and a later reader take the run's outcome from."""
+    summary = {
+        "best_epoch": result.best_epoch,
+        "best_dev_acc": result.best_dev_acc,
+        "test_acc": result.test.acc if result.test else None,
+        "history": [asdict(h) for h in result.history],
+        "wall_seconds": result.wall_seconds,
+    }
+    atomic_write(out_dir / "result.json", json.dumps(summary, indent=2))
+
+
 def fit(
     cfg: TrainConfig,
     out_dir: str | Path,
@@ -154,24 +192,14 @@ def fit(
     prepared: Prepared | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train `cfg`, selecting the best dev epoch; writes checkpoints under `out_dir`.
-
-    With `resume`, continues from `out_dir/last.pt` at the exact step it was written,
-    with the same batches, optimizer state and RNG state as an uninterrupted run.
-    """
+    """Train `cfg`, selecting the best dev epoch; checkpoints under `out_dir`, from which `resume` continues."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    last_path = out_dir / "last.pt"
-    device = resolve_device(cfg.device)
-    distributed = init_distributed(device)
-    rank, world = dist_info()
+    device, distributed, rank, world = join_processes(cfg)
     is_main = rank == 0
     seed_everything(cfg.seed)
     prep = prepared or prepare(cfg)
-    if prep.train is None:
-        raise BadInput(f"no train split in {cfg.data}; training needs snli_1.0_train.*")
-    if cfg.batch_size % world:
-        raise BadInput(f"batch_size {cfg.batch_size} is not divisible by {world} processes; choose a multiple")
+    check_trainable(cfg, prep, world)
     if rank:
         torch.manual_seed(rank_seed(cfg.seed, rank))
     precision = numeric_precision(device, cfg.amp)
@@ -180,70 +208,33 @@ def fit(
     def checkpoint(s: TrainState) -> None:
         rngs = gather_rng(device, distributed)
         if is_main:
-            save_last({**s.state_dict(), "rng": rngs}, last_path)
+            save_last({**s.state_dict(), "rng": rngs}, out_dir / "last.pt")
 
-    steps_per_epoch = math.ceil(len(prep.train) / cfg.batch_size)
-    loop = Loop(
-        device,
-        precision,
-        steps_per_epoch * cfg.epochs,
-        rank,
-        world,
-        (callbacks or []) if is_main else [],
-        checkpoint,
-        progress and is_main,
-    )
+    total_steps = math.ceil(len(prep.train) / cfg.batch_size) * cfg.epochs
+    reporting = (callbacks or []) if is_main else []
+    loop = Loop(device, precision, total_steps, rank, world, reporting, checkpoint, progress and is_main)
     info = run_info(cfg, prep, state, device, world, out_dir, resumed, precision)
     for cb in loop.callbacks:
         cb.on_fit_start(info)
     model, train_model = state.model, training_forward(state.model, cfg, device, distributed)
-
-    evaluate_on = functools.partial(
-        evaluate,
-        batch_size=cfg.eval_batch_size,
-        device=device,
-        bucket=cfg.bucket,
-        amp=cfg.amp,
-        pad_multiple=cfg.pad_multiple,
-    )
+    evaluate_on = evaluator(cfg, device)
     with attention_context(device):
         while state.epoch <= cfg.epochs:
             model.train()
             batches = train_batches(prep.train.lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.bucket)
             train_epoch(state, train_model, prep.train, batches, cfg, loop)
-            end_epoch(
-                state,
-                evaluate_on(model, prep.dev, progress=progress and is_main, desc="dev"),
-                distributed,
-                is_main,
-                prep,
-                out_dir,
-                cfg,
-            )
+            dev = evaluate_on(model, prep.dev, progress=progress and is_main, desc="dev")
+            end_epoch(state, dev, distributed, is_main, prep, out_dir, cfg)
             checkpoint(state)
             for cb in loop.callbacks:
                 cb.on_epoch_end(state.history[-1])  # may raise (a sweep's pruner): the checkpoint above is already safe
 
-    dev_sel, test = score_selected(
-        cfg, prep, out_dir, evaluate_on, distributed, progress and is_main, state.best_dev
-    )  # test once
-    result = FitResult(
-        state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, time.perf_counter() - t_start, info
-    )
+    test_progress = progress and is_main
+    dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, test_progress, state.best_dev)
+    wall = time.perf_counter() - t_start
+    result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, wall, info)
     if is_main:
-        atomic_write(
-            out_dir / "result.json",
-            json.dumps(
-                {
-                    "best_epoch": state.best_epoch,
-                    "best_dev_acc": state.best_dev_acc,
-                    "test_acc": test.acc if test else None,
-                    "history": [asdict(h) for h in state.history],
-                    "wall_seconds": result.wall_seconds,
-                },
-                indent=2,
-            ),
-        )
+        write_result(out_dir, result)
     for cb in loop.callbacks:
         cb.on_fit_end(result)
     return result

@@ -93,49 +93,35 @@ def train_step(
     return per_example.detach(), logits.detach()
 
 
-def train_epoch(
-    state: TrainState,
-    train_model: torch.nn.Module,
-    enc: EncodedSplit,
-    batches: list[np.ndarray],
-    cfg: TrainConfig,
-    loop: Loop,
-    max_steps: int | None = None,
-) -> None:
-    """Train `batches` from `state.step_in_epoch` on; this epoch's totals accumulate in `state.accum`.
+class DeviceTotals:
+    """An epoch's loss sum, correct count, examples and recent per-step losses, kept on the device.
 
-    Loss, accuracy and divergence are tracked on the device and read every `loop.sync_every`
-    steps, at checkpoints and at the end, so the host never waits for the GPU in between. A
-    non-finite loss is reported with the epoch and step where it first appeared."""
-    first = state.step_in_epoch
-    last = len(batches) if max_steps is None else min(len(batches), first + max_steps)
-    make = functools.partial(
-        rank_batch,
-        enc,
-        rank=loop.rank,
-        world=loop.world,
-        pad_to=None if cfg.bucket else cfg.max_len,
-        multiple=cfg.pad_multiple,
-        cap=cfg.max_len,
-    )
-    totals = torch.zeros(3, dtype=torch.float64, device=loop.device)  # loss sum, correct, examples
-    recent, recent_steps = torch.zeros(loop.sync_every, device=loop.device), []
-    t0 = time.perf_counter()
-    bar = tqdm(
-        total=len(batches),
-        initial=first,
-        desc=f"epoch {state.epoch}/{cfg.epochs}",
-        disable=not loop.progress,
-        leave=False,
-    )
+    The host reads them only in `sync` (a read waits for the GPU): every `sync_every` steps, at
+    checkpoints and at the end of the epoch. A non-finite loss is reported with the epoch and step
+    where it first appeared, on every rank at once."""
 
-    def sync() -> None:
-        nonlocal t0
-        losses = recent[: len(recent_steps)].tolist()
-        first_bad = next(((step, v) for step, v in zip(recent_steps, losses) if not math.isfinite(v)), None)
-        elsewhere = loop.world > 1 and not all_finite_everywhere(
-            losses, loop.device
-        )  # every rank asks, so all leave together
+    def __init__(self, device: torch.device, sync_every: int):
+        self.device = device
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, examples
+        self.recent = torch.zeros(sync_every, device=device)
+        self.recent_steps: list[int] = []
+        self.t0 = time.perf_counter()
+
+    @property
+    def due(self) -> bool:
+        return len(self.recent_steps) == len(self.recent)
+
+    def add(self, step: int, per_example: torch.Tensor, logits: torch.Tensor, b: dict[str, Any]) -> None:
+        w = b["weight"]
+        self.sums += torch.stack([per_example.sum(), ((logits.argmax(1) == b["labels"]) * w).sum(), w.sum()]).double()
+        self.recent[len(self.recent_steps)] = per_example.sum() / w.sum().clamp(min=1)
+        self.recent_steps.append(step)
+
+    def sync(self, state: TrainState, world: int) -> None:
+        """Fold the device's totals into `state.accum`; stop the run if a recent loss was not finite."""
+        losses = self.recent[: len(self.recent_steps)].tolist()
+        first_bad = next(((step, v) for step, v in zip(self.recent_steps, losses) if not math.isfinite(v)), None)
+        elsewhere = world > 1 and not all_finite_everywhere(losses, self.device)  # every rank asks: all leave together
         if first_bad:
             raise TrainingDiverged(
                 f"loss became {first_bad[1]} at epoch {state.epoch} step {first_bad[0] + 1}; "
@@ -145,40 +131,55 @@ def train_epoch(
             raise TrainingDiverged(
                 f"loss became non-finite on another process in epoch {state.epoch}; lower the learning rate"
             )
-        recent_steps.clear()
-        loss_sum, correct, seen = totals.tolist()
-        totals.zero_()
+        self.recent_steps.clear()
+        loss_sum, correct, seen = self.sums.tolist()
+        self.sums.zero_()
         now = time.perf_counter()
+        a = state.accum
         state.accum = {
-            "loss": state.accum["loss"] + loss_sum,
-            "correct": state.accum["correct"] + correct,
-            "seen": state.accum["seen"] + seen,
-            "seconds": state.accum["seconds"] + now - t0,
+            "loss": a["loss"] + loss_sum,
+            "correct": a["correct"] + correct,
+            "seen": a["seen"] + seen,
+            "seconds": a["seconds"] + now - self.t0,
         }
-        t0 = now
-        if state.accum["seen"]:
-            bar.set_postfix(
-                loss=f"{state.accum['loss'] / state.accum['seen']:.3f}",
-                acc=f"{state.accum['correct'] / state.accum['seen']:.3f}",
-            )
+        self.t0 = now
 
+
+def train_epoch(
+    state: TrainState,
+    train_model: torch.nn.Module,
+    enc: EncodedSplit,
+    batches: list[np.ndarray],
+    cfg: TrainConfig,
+    loop: Loop,
+    max_steps: int | None = None,
+) -> None:
+    """Train `batches` from `state.step_in_epoch` on; this epoch's totals accumulate in `state.accum`
+    (read from the device only now and then: `DeviceTotals`)."""
+    first = state.step_in_epoch
+    last = len(batches) if max_steps is None else min(len(batches), first + max_steps)
+    pad_to = None if cfg.bucket else cfg.max_len
+    make = functools.partial(
+        rank_batch, enc, rank=loop.rank, world=loop.world, pad_to=pad_to, multiple=cfg.pad_multiple, cap=cfg.max_len
+    )
+    totals = DeviceTotals(loop.device, loop.sync_every)
+    desc = f"epoch {state.epoch}/{cfg.epochs}"
+    bar = tqdm(total=len(batches), initial=first, desc=desc, disable=not loop.progress, leave=False)
     with contextlib.closing(
         staged(make, batches[first:last], loop.device)
-    ) as stream:  # the staging thread stops however the loop ends
+    ) as stream:  # the thread stops however we end
         for step, b in enumerate(stream, start=first):
-            per_example, logits = train_step(
-                state, train_model, b, lr_at(state.global_step, loop.total_steps, cfg), cfg, loop
-            )
-            w = b["weight"]
-            totals += torch.stack([per_example.sum(), ((logits.argmax(1) == b["labels"]) * w).sum(), w.sum()]).double()
-            recent[len(recent_steps)] = per_example.sum() / w.sum().clamp(min=1)
-            recent_steps.append(step)
+            lr = lr_at(state.global_step, loop.total_steps, cfg)
+            per_example, logits = train_step(state, train_model, b, lr, cfg, loop)
+            totals.add(step, per_example, logits, b)
             state.global_step += 1
             state.step_in_epoch = step + 1
             bar.update(1)
             checkpoint_now = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < len(batches)
-            if checkpoint_now or len(recent_steps) == loop.sync_every or step + 1 == last:
-                sync()
+            if checkpoint_now or totals.due or step + 1 == last:
+                totals.sync(state, loop.world)
+                seen = max(state.accum["seen"], 1)
+                bar.set_postfix(loss=f"{state.accum['loss'] / seen:.3f}", acc=f"{state.accum['correct'] / seen:.3f}")
             if checkpoint_now:
                 loop.checkpoint(state)
             for cb in loop.callbacks:
