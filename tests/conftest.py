@@ -58,6 +58,14 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def small_vocabulary():
+    """A d2l word vocabulary over a dozen words: enough to encode the data tests' sentences."""
+    from bertnli.data.tokenize import D2LTokenizer
+
+    words = "a man woman is not sitting running on the street . two dogs".split()
+    return D2LTokenizer(["<unk>", "<pad>", "<cls>", "<sep>", *words])
+
+
 def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:
     with gzip.open(path, "wt", encoding="utf-8") as f:
         for r in rows:

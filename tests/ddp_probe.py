@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_engine.py: one short fit per rank, recording each rank's dropout masks.
+"""Run under torchrun by tests/train/test_fit.py: one short fit per rank, recording each rank's dropout masks.
 
 Each rank saves the mask its first dropout layer drew on its first training batch (padding is
 static, so both ranks' masks have one shape) to $PROBE_OUT/mask_<rank>.pt.

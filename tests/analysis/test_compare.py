@@ -6,7 +6,7 @@ import re
 import pytest
 from conftest import ROOT, make_rows, write_jsonl_gz
 from mlflow import MlflowClient
-from test_cli import cli
+from tiny_runs import cli
 
 from bertnli.config import seeds_setting
 from bertnli.tracking.query import load_runs

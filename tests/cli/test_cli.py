@@ -5,17 +5,7 @@ import sys
 
 import pytest
 from conftest import ROOT, run_env
-
-
-def cli(*args, timeout=300, cwd=ROOT, **env):
-    return subprocess.run(
-        [sys.executable, "-m", "bertnli.cli", *map(str, args)],
-        cwd=cwd,
-        env=run_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tiny_runs import cli
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT, run_env
 from mlflow import MlflowClient
-from test_sweep import S, assert_consistent, ran, retry_of, run_sweep, state, sweep_cmd, write_toml
+from tiny_sweeps import S, assert_consistent, ran, retry_of, run_sweep, state, sweep_cmd, write_toml
 
 
 def wait_for(predicate, timeout=300, what="condition"):

@@ -92,7 +92,7 @@ def test_pruner_tag_parses():
 def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path):
     """A real one-worker sweep (journal storage, MLflow store, trial processes); the replay reads MLflow only."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
-    from test_cli import cli
+    from tiny_runs import cli
 
     from bertnli.sweep.replay import replay_study
 

@@ -7,54 +7,14 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, run_env
+from tiny_runs import StopAt, tiny_cfg
 
 from bertnli import BertnliError
-from bertnli.config import TrainConfig
 from bertnli.train.checkpoint import load_selected
 from bertnli.train.evaluation import evaluate
 from bertnli.train.fit import fit
-from bertnli.train.optimizer import lr_at
 from bertnli.train.prepare import prepare
 from bertnli.train.state import TrainingDiverged
-
-
-def tiny_cfg(data, tmp_path, **kw):
-    base = dict(
-        model="tiny-d2l-random",
-        data=str(data),
-        epochs=3,
-        batch_size=16,
-        lr=2e-3,
-        max_len=32,
-        schedule="constant",
-        optimizer="adam",
-        dropout=0.0,
-        cache_dir=str(tmp_path / "enc"),
-        checkpoint_every=0,
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-class Quiet:
-    def on_fit_start(self, info):
-        pass
-
-    def on_epoch_end(self, m):
-        pass
-
-    def on_fit_end(self, r):
-        pass
-
-
-class StopAt(Quiet):
-    """Raise at a global step, as a kill would: state after the last checkpoint is lost."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, global_step, loss):
-        if global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_learns_selects_on_dev_and_tests_the_selected_weights(tiny_snli, tmp_path):
@@ -126,14 +86,6 @@ def test_resume_with_a_damaged_checkpoint_is_a_clear_error(tiny_snli, tmp_path):
     (tmp_path / "run" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(BertnliError, match="cannot resume .* damaged"):
         fit(cfg, tmp_path / "run", resume=True, progress=False)
-
-
-def test_linear_schedule_warms_up_then_decays():
-    cfg = TrainConfig(lr=1.0, warmup=0.1)
-    lrs = [lr_at(s, 100, cfg) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert lrs[50] == pytest.approx(50 / 90) and lrs[-1] == pytest.approx(1 / 90)
-    assert lr_at(37, 100, TrainConfig(lr=0.3, schedule="constant")) == 0.3
 
 
 def test_missing_train_split_is_named(tmp_path, tiny_snli):
@@ -476,31 +428,3 @@ def test_compiled_forward_trains_like_eager(tiny_snli, tmp_path):
     ]
     assert runs[1].history[0].train_loss == pytest.approx(runs[0].history[0].train_loss, abs=1e-4)
     assert runs[1].history[0].dev_loss == pytest.approx(runs[0].history[0].dev_loss, abs=1e-4)
-
-
-@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
-def test_the_fused_cpu_optimizer_takes_the_same_steps_as_pytorchs_default(optimizer):
-    """make_optimizer fuses on the CPU too (several times faster a step); the update must stay the one
-    PyTorch's default (unfused, a loop over tensors on the CPU) makes, weight-decay groups included."""
-    from bertnli.model.bert import BertConfig, NLIClassifier
-    from bertnli.train.optimizer import make_optimizer
-
-    torch.manual_seed(0)
-    model = NLIClassifier(BertConfig(50, 32, 2, 4, 64, 64, 2, 0.0))
-    twin = NLIClassifier(BertConfig(50, 32, 2, 4, 64, 64, 2, 0.0))
-    twin.load_state_dict(model.state_dict())
-    cfg = TrainConfig(optimizer=optimizer, lr=1e-2, weight_decay=0.1)
-    fused = make_optimizer(model, cfg, torch.device("cpu"))
-    assert all(g["fused"] for g in fused.param_groups)
-    plain = make_optimizer(twin, cfg, torch.device("cpu"), fused=False)
-    assert not any(g["fused"] for g in plain.param_groups)
-    start = [p.detach().clone() for p in model.parameters()]
-    for _ in range(5):
-        for m in (model, twin):
-            for p in m.parameters():
-                p.grad = torch.sin(p.detach() * 7 + 1)  # the same, deterministic "gradient" for both
-        fused.step()
-        plain.step()
-    assert all(not torch.equal(p, s) for p, s in zip(model.parameters(), start))  # every tensor was stepped
-    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)

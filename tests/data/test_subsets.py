@@ -1,4 +1,4 @@
-"""Nested, stratified training subsets and the successive-halving schedule (bertnli.fidelity)."""
+"""Nested, label-stratified training subsets (bertnli.data.subsets): what a multi-fidelity rung trains on."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,6 @@ import pytest
 from bertnli.config import TrainConfig
 from bertnli.data.encode import EncodedSplit
 from bertnli.data.subsets import nested_order, subset_rows
-from bertnli.sweep.rungs import promoted, rung_fractions, rung_sizes
 from bertnli.train.prepare import prepare
 
 
@@ -30,19 +29,6 @@ def test_subsets_are_nested_prefixes_and_the_same_every_time():
     assert not np.array_equal(small, np.arange(len(small)))  # a shuffled subset, not the file's first rows
     with pytest.raises(ValueError):
         subset_rows(labels, 0)
-
-
-def test_rungs_and_sizes():
-    assert rung_fractions(3, 1 / 9) == pytest.approx([1 / 9, 1 / 3, 1])
-    assert rung_fractions(3, 0.1) == pytest.approx([1 / 9, 1 / 3, 1])  # rungs are powers of 1/eta at least min_fraction
-    assert rung_fractions(2, 0.25) == pytest.approx([0.25, 0.5, 1])
-    assert rung_sizes(9, 3, 3) == [9, 3, 1] and rung_sizes(20, 3, 3) == [20, 6, 2] and rung_sizes(2, 3, 3) == [2, 1, 1]
-
-
-def test_promotion_takes_the_best_and_never_a_diverged_one():
-    results = [("a", 0.5, 0), ("b", 0.7, 1), ("c", None, 2), ("d", 0.7, 3), ("e", float("nan"), 4)]
-    assert promoted(results, 2) == ["b", "d"]  # ties: the earlier trial first
-    assert promoted(results, 9) == ["b", "d", "a"]
 
 
 def test_take_keeps_rows_intact():

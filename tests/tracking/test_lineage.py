@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_rows, write_jsonl_gz
 from mlflow import MlflowClient
-from test_engine import tiny_cfg
+from tiny_runs import tiny_cfg
 
 from bertnli import PACKAGE_DIR
 from bertnli.config import TrackingConfig

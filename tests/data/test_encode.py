@@ -2,15 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_rows, write_jsonl_gz
+from conftest import small_vocabulary
 
-from bertnli.data.batches import collate, eval_batches, train_batches
-from bertnli.data.cache import encode_file, encode_split
+from bertnli.data.cache import encode_split
 from bertnli.data.encode import encode_pairs, pack, truncate_longest_first, truncate_ratio, truncated_lengths
 from bertnli.data.snli import read_split
 from bertnli.data.tokenize import D2LTokenizer
-from bertnli.files import file_digest
 
 
 def d2l_truncate_pair_of_tokens(p_tokens, h_tokens, max_len):
@@ -58,13 +55,8 @@ def test_pack_segments():
     assert ids == [1, 7, 8, 2, 9, 2] and seg == [0, 0, 0, 0, 1, 1]
 
 
-def _tok():
-    words = "a man woman is not sitting running on the street . two dogs".split()
-    return D2LTokenizer(["<unk>", "<pad>", "<cls>", "<sep>", *words])
-
-
 def test_encoded_rows_equal_pack_of_truncation():
-    tok = _tok()
+    tok = small_vocabulary()
     ps, hs = (
         ["a man is sitting on the street .", "two dogs"],
         ["a man is not running .", "a woman is sitting on the street ."],
@@ -135,70 +127,3 @@ class _Texts:
 
     def encode_batch(self, texts):
         return self.tok.encode_batch(texts)
-
-
-def test_cache_round_trip_and_keying(tiny_snli, tmp_path):
-    tok = _tok()
-    split = read_split(tiny_snli, "dev")
-    a = encode_split(split, tok, 16, "ratio", tmp_path)
-    files = list(tmp_path.glob("*.npz"))
-    assert len(files) == 1
-    b = encode_split(split, tok, 16, "ratio", tmp_path)  # from the cache
-    assert all(
-        np.array_equal(getattr(a, k), getattr(b, k)) for k in ("ids", "offsets", "seg1", "labels", "example_ids")
-    )
-    assert list(b.example_ids) == split.ids and list(b.head(3).example_ids) == split.ids[:3]
-    encode_split(split, tok, 16, "longest_first", tmp_path)
-    encode_split(split, tok, 20, "ratio", tmp_path)
-    assert len(list(tmp_path.glob("*.npz"))) == 3  # truncation and max_len are part of the key
-    files[0].write_bytes(b"garbage")  # a damaged entry is rebuilt, not trusted
-    c = encode_split(split, tok, 16, "ratio", tmp_path)
-    assert np.array_equal(a.ids, c.ids)
-
-
-def test_a_cache_hit_does_not_parse_the_file_and_an_edit_misses(tiny_snli, tmp_path, monkeypatch):
-    import shutil
-
-    import bertnli.data.cache
-
-    tok = _tok()
-    data = tmp_path / "data"
-    shutil.copytree(tiny_snli, data)
-    path = data / "snli_1.0_dev.jsonl.gz"
-    cold, digest = encode_file(path, "dev", tok, 16, "ratio", tmp_path / "cache")
-    assert digest == file_digest(path)
-
-    def no_parsing(*a, **k):
-        raise AssertionError("a cache hit parsed the JSON")
-
-    with monkeypatch.context() as m:
-        m.setattr(bertnli.data.cache, "read_file", no_parsing)
-        warm, _ = encode_file(path, "dev", tok, 16, "ratio", tmp_path / "cache")
-    assert all(np.array_equal(getattr(cold, k), getattr(warm, k)) for k in ("ids", "offsets", "seg1", "labels"))
-    write_jsonl_gz(path, make_rows(40, 9))  # the file changed: its digest changes, the old entry is not used
-    edited, digest2 = encode_file(path, "dev", tok, 16, "ratio", tmp_path / "cache")
-    assert digest2 != digest and len(edited) != len(cold)
-
-
-def test_batches_cover_every_example_once_and_are_reproducible():
-    lengths = np.random.default_rng(0).integers(5, 60, size=1000)
-    b1 = train_batches(lengths, 32, seed=3, epoch=1)
-    assert sorted(np.concatenate(b1).tolist()) == list(range(1000))
-    assert all(np.array_equal(x, y) for x, y in zip(b1, train_batches(lengths, 32, seed=3, epoch=1)))
-    assert not all(np.array_equal(x, y) for x, y in zip(b1, train_batches(lengths, 32, seed=3, epoch=2)))
-    pad_bucketed = sum(lengths[b].max() * len(b) for b in b1)
-    pad_random = sum(lengths[b].max() * len(b) for b in train_batches(lengths, 32, 3, 1, bucket=False))
-    assert pad_bucketed < 0.8 * pad_random  # bucketing is what removes padding
-    assert sorted(np.concatenate(eval_batches(lengths, 50)).tolist()) == list(range(1000))
-
-
-def test_collate_pads_dynamically_or_statically():
-    tok = _tok()
-    enc = encode_pairs(["a man", "two dogs on the street"], ["a woman", "a man"], [0, 2], tok, 32, "ratio")
-    b = collate(enc, np.array([0, 1]))
-    assert b["input_ids"].shape == (2, int(enc.lengths.max()))
-    assert b["input_ids"][0, enc.lengths[0] :].eq(tok.pad_id).all()
-    assert b["token_type_ids"][0].tolist()[: enc.lengths[0]] == enc.row(0)[1]
-    assert b["token_type_ids"][0, enc.lengths[0] :].eq(0).all()
-    assert collate(enc, np.array([0, 1]), pad_to=32)["input_ids"].shape == (2, 32)
-    assert b["labels"].tolist() == [0, 2] and b["lengths"].dtype == torch.int64

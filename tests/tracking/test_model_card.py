@@ -4,7 +4,7 @@ import subprocess
 
 import torch
 from mlflow import MlflowClient
-from test_engine import tiny_cfg
+from tiny_runs import tiny_cfg
 
 import bertnli
 from bertnli import PACKAGE_DIR

@@ -1,7 +1,6 @@
 """The selected model as an MLflow model, against real components on 127.0.0.1: a real `mlflow server`
 (SQLite backend) for tracking, the REST API and the registry, real `mlflow models serve`, real pyfunc loading."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,8 @@ import requests
 from click.testing import CliRunner
 from conftest import ROOT, run_env
 from mlflow import MlflowClient
-from test_engine import tiny_cfg
+from tiny_runs import free_port, tiny_cfg
+from tiny_sweeps import write_toml
 
 from bertnli.config import TrackingConfig
 from bertnli.tracking.models import register_champion
@@ -28,12 +28,6 @@ PAIRS = pd.DataFrame(
     }
 )
 COLUMNS = ["label", "entailment", "contradiction", "neutral"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, proc: subprocess.Popen, seconds: float, what: str) -> None:
@@ -221,7 +215,6 @@ def test_ui_rest_api_shows_training_view_dataset_source_and_model(served_run, se
 
 
 def test_sweep_register_puts_the_winner_in_the_registry_as_champion(server, tiny_snli, tmp_path):
-    from test_sweep import write_toml
 
     toml = write_toml(tmp_path, tiny_snli, trials=2, space="lr = {low = 1e-4, high = 5e-3, log = true}")
     cmd = [

@@ -12,7 +12,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState as S
 from optuna.trial import create_trial
-from test_sweep import run_sweep, state, sweep_cmd, write_toml
+from tiny_sweeps import run_sweep, state, sweep_cmd, write_toml
 
 from bertnli.sweep.halving import Rungs as Schedule
 from bertnli.sweep.halving import best_trial, config_key, excess, plan, rung_of

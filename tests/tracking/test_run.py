@@ -3,7 +3,7 @@
 import pytest
 import torch
 from mlflow import MlflowClient
-from test_engine import StopAt, tiny_cfg
+from tiny_runs import StopAt, tiny_cfg
 
 from bertnli.config import TrackingConfig
 from bertnli.tracking.run import train_run

@@ -15,7 +15,7 @@ import pytest
 import requests
 from conftest import ROOT, run_env
 from mlflow import MlflowClient
-from test_sweep import S, ran, retry_of, write_toml
+from tiny_sweeps import S, ran, retry_of, write_toml
 
 PG_BIN = next(
     (p for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True) if (p / "initdb").is_file()), None

@@ -5,7 +5,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_engine import tiny_cfg
+from tiny_runs import tiny_cfg
 
 from bertnli.analysis.report import grouped, leaderboard, truncation_effect, write_report
 from bertnli.config import TrackingConfig

@@ -8,8 +8,8 @@ from importlib.metadata import entry_points
 import pytest
 import requests
 from conftest import ROOT, run_env
-from test_served import free_port
-from test_sweep import write_toml
+from tiny_runs import free_port
+from tiny_sweeps import write_toml
 
 
 def _dashboard_cmd() -> list[str]:
