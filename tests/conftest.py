@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import random
+import shutil
 import threading
 from pathlib import Path
 
@@ -91,13 +92,33 @@ def real_snli() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mlflow_uri(tmp_path_factory) -> str:
-    """One SQLite store for the session: MLflow's schema migration costs seconds per new store."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, migrated once: a new store's schema migration costs seconds, a copy nothing."""
+    from bertnli.tracking.store import client
+
+    db = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    client(f"sqlite:///{db}")
+    return db
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: minutes long (real outages, many processes); still run in CI")
+@pytest.fixture
+def new_store(store_template):
+    """`new_store(path)` puts a ready (migrated, empty) MLflow store at `path` and returns its tracking URI."""
+
+    def make(path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store_template, path)
+        return f"sqlite:///{path}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory, store_template) -> str:
+    """One SQLite store for the session's tests that only add runs to it."""
+    db = tmp_path_factory.mktemp("mlruns") / "mlflow.db"
+    shutil.copyfile(store_template, db)
+    return f"sqlite:///{db}"
 
 
 @pytest.fixture(autouse=True)
