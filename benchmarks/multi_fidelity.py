@@ -157,7 +157,7 @@ def main() -> None:
 
     from bertnli.config import TrackingConfig
     from bertnli.sweep.halving import best_trial, config_key, rung_of
-    from bertnli.sweep.halving import rungs_of as schedule
+    from bertnli.sweep.halving import rungs_of
     from bertnli.sweep.space import load_sweep_config
     from bertnli.sweep.storage import open_storage
 
@@ -170,15 +170,15 @@ def main() -> None:
     walls = {"mf": sweep(a, mf_name, "data", out), "full": sweep(a, full_name, "none", out)}
     given = {"trials": a.configs, "fidelity": "data", "eta": a.eta, "min_fraction": a.min_fraction}
     cfg = load_sweep_config(a.config, {"data": a.data} if a.data else {}, given, [], TrackingConfig())
-    sched = schedule(cfg)
+    rungs = rungs_of(cfg)
     S = optuna.trial.TrialState
     result = {
         "configs": a.configs,
         "seed": a.seed,
         "config": a.config,
         "eta": cfg.eta,
-        "rungs": list(sched.fractions),
-        "rung_sizes": list(sched.sizes),
+        "rungs": list(rungs.fractions),
+        "rung_sizes": list(rungs.sizes),
     }
     trials = {}
     for kind, name in (("mf", mf_name), ("full", full_name)):
