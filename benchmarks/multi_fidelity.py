@@ -107,13 +107,13 @@ def forget(out: Path, storage, name: str) -> None:
     shutil.rmtree(out / "sweeps" / name, ignore_errors=True)
 
 
-def audit(mf_trials, full_by_config: dict, sched) -> list[dict]:
+def audit(mf_trials, full_by_config: dict, rungs) -> list[dict]:
     """Each rung's dev ranking against the full-data study's, over the configurations both trained."""
     from bertnli.analysis.stats import rank_agreement
     from bertnli.sweep.halving import config_key, rung_of
 
     rows = []
-    for k in range(sched.top + 1):
+    for k in range(rungs.top + 1):
         at = {
             config_key(t.params): t.value
             for t in mf_trials
@@ -156,8 +156,7 @@ def main() -> None:
     import optuna
 
     from bertnli.config import TrackingConfig
-    from bertnli.sweep.halving import best_trial, config_key, rung_of
-    from bertnli.sweep.halving import rungs_of
+    from bertnli.sweep.halving import best_trial, config_key, rung_of, rungs_of
     from bertnli.sweep.space import load_sweep_config
     from bertnli.sweep.storage import open_storage
 
@@ -184,7 +183,7 @@ def main() -> None:
     for kind, name in (("mf", mf_name), ("full", full_name)):
         ts = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials() if t.state == S.COMPLETE]
         trials[kind] = ts
-        best = best_trial(ts, sched if kind == "mf" else None)
+        best = best_trial(ts, rungs if kind == "mf" else None)
         result[kind] = {
             "trials": len(ts),
             "examples_seen": sum(t.user_attrs.get("examples_seen", 0) for t in ts),
@@ -202,7 +201,7 @@ def main() -> None:
     full_by_config = {config_key(t.params): t.value for t in trials["full"]}
     rung0 = {config_key(t.params) for t in trials["mf"] if rung_of(t) == 0}
     result["same_configurations"] = rung0 == set(full_by_config)
-    result["audit"] = audit(trials["mf"], full_by_config, sched)
+    result["audit"] = audit(trials["mf"], full_by_config, rungs)
     text = json.dumps(result, indent=1, default=float)
     (out / "summary.json").write_text(text)
     print(text)
