@@ -1,5 +1,5 @@
 """`python -m bertnli.cli` (also what torchrun runs: `torchrun -m bertnli.cli train ...`)."""
 
-from bertnli.cli.main import main
+from bertnli.cli import main
 
 main()
