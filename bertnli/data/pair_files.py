@@ -1,4 +1,8 @@
-"""Sentence pairs a user gives `predict --file`: TSV (premise<TAB>hypothesis) or JSONL (sentence1, sentence2)."""
+"""Sentence pairs a user gives `predict --file`: TSV (premise<TAB>hypothesis) or JSONL (sentence1, sentence2).
+
+Lines end at a newline only (`str.splitlines` would also cut at U+2028 or U+0085, which may sit inside
+a sentence); a byte-order mark is dropped; a TSV's first line naming its columns is a header, not a pair.
+"""
 
 from __future__ import annotations
 
@@ -28,16 +32,24 @@ def _jsonl_pair(path: str, n: int, line: str) -> tuple[str, str]:
     return row["sentence1"], row["sentence2"]
 
 
+HEADER_WORDS = {"premise", "hypothesis", "sentence1", "sentence2"}
+
+
+def is_header(cells: list[str]) -> bool:
+    return {c.strip().lower() for c in cells[:2]} <= HEADER_WORDS
+
+
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
     """Pairs from TSV or JSONL; a bad line is one error naming the file and the line."""
     premises, hypotheses = [], []
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise BadInput(
             f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give a UTF-8 TSV or JSONL file"
         ) from None
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         if path.endswith(".jsonl"):
@@ -46,6 +58,8 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
             cells = line.split("\t")
             if len(cells) < 2:
                 raise BadInput(f"{path}:{n}: expected premise<TAB>hypothesis")
+            if n == 1 and is_header(cells):
+                continue
             p, h = cells[0], cells[1]
         premises.append(p)
         hypotheses.append(h)
