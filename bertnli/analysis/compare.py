@@ -160,25 +160,42 @@ def compare_runs(
     return pd.DataFrame(rows)
 
 
+def verdict(row: pd.Series, name_a: str = "A", name_b: str = "B") -> str:
+    """The interval's answer and McNemar's, in words; where they disagree, the sentence says so.
+
+    With several runs a side, McNemar pools the run pairs and ignores run-to-run variance while the CI
+    resamples runs too: the CI is the one to trust. With one run a side both test the same pairing and
+    a disagreement means the difference sits at the edge of what these examples can show."""
+    excludes = row["ci_low"] > 0 or row["ci_high"] < 0
+    significant = row["p_value"] < 0.05
+    better = name_a if row["delta"] > 0 else name_b
+    if excludes and significant:
+        return f"{better} is better: the interval excludes 0 and McNemar's p < 0.05"
+    if not excludes and not significant:
+        return "no detectable difference: the interval includes 0 and McNemar's p >= 0.05"
+    if max(row["seeds_a"], row["seeds_b"]) > 1:
+        said = (
+            f"{better} is better: the interval excludes 0"
+            if excludes
+            else "no detectable difference: the interval includes 0"
+        )
+        pooled = "McNemar pools the seed pairs and ignores seed-to-seed variance, the CI resamples seeds too"
+        return f"{said}; {pooled}: trust the CI"
+    return (
+        f"undecided: the interval {'excludes' if excludes else 'includes'} 0 but McNemar's p = {row['p_value']:.3g} is "
+        f"{'not ' if excludes else ''}below 0.05; the difference is at the edge of what these examples show "
+        "(more examples or seeds would settle it)"
+    )
+
+
 def describe(row: pd.Series, name_a: str = "A", name_b: str = "B") -> str:
     """One plain sentence per split: what the numbers say, and what they do not."""
     ci = f"95 % CI [{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}] pp"
-    if row["ci_low"] > 0 or row["ci_high"] < 0:
-        better = name_a if row["delta"] > 0 else name_b
-        verdict = f"{better} is better: the interval excludes 0"
-    else:
-        verdict = "no detectable difference: the interval includes 0"
-    p_note = ""
-    if max(row["seeds_a"], row["seeds_b"]) > 1 and (row["p_value"] < 0.05) != (row["ci_low"] > 0 or row["ci_high"] < 0):
-        p_note = (
-            "; McNemar pools the seed pairs and ignores seed-to-seed variance, the CI resamples seeds too: trust the CI"
-        )
     return (
         f"{row['split']}: {name_a} {row['acc_a']:.4f} ({int(row['seeds_a'])} run(s)) vs {name_b} {row['acc_b']:.4f} "
         f"({int(row['seeds_b'])} run(s)) on {int(row['n_examples'])} examples; delta {100 * row['delta']:+.2f} pp, "
-        f"{ci}; "
-        f"McNemar exact p = {row['p_value']:.3g} ({int(row['a_only'])} vs {int(row['b_only'])} discordant); "
-        f"{verdict}{p_note}"
+        f"{ci}; McNemar exact p = {row['p_value']:.3g} ({int(row['a_only'])} vs {int(row['b_only'])} discordant); "
+        f"{verdict(row, name_a, name_b)}"
     )
 
 

@@ -1,0 +1,33 @@
+"""What `compare` says when its two tests disagree, with one run per side as with several."""
+
+import pandas as pd
+
+from bertnli.analysis.compare import describe
+
+
+def row(ci_low, ci_high, p, seeds=1, delta=None):
+    delta = (ci_low + ci_high) / 2 if delta is None else delta
+    return pd.Series({"split": "test", "acc_a": 0.70, "acc_b": 0.70 - delta, "delta": delta, "ci_low": ci_low,
+                      "ci_high": ci_high, "p_value": p, "n_examples": 300, "seeds_a": seeds, "seeds_b": seeds,
+                      "a_only": 10, "b_only": 21})
+
+
+def test_one_run_per_side_says_when_the_interval_and_p_disagree():
+    """Seen by a user: CI [-15.33, -0.33] pp with McNemar p = 0.058 printed "B is better" with no caution."""
+    line = describe(row(-0.1533, -0.0033, 0.058, delta=-0.0783), "82a7ca81", "5d0e91ab")
+    assert "is better" not in line
+    assert "the interval excludes 0 but McNemar's p = 0.058 is not below 0.05" in line
+    line = describe(row(-0.01, 0.05, 0.03))
+    assert "the interval includes 0 but McNemar's p = 0.03 is below 0.05" in line and "detectable" not in line
+
+
+def test_agreeing_tests_give_a_plain_verdict_that_names_both():
+    assert describe(row(0.01, 0.05, 0.001)).endswith("A is better: the interval excludes 0 and McNemar's p < 0.05")
+    assert describe(row(-0.02, 0.03, 0.6)).endswith(
+        "no detectable difference: the interval includes 0 and McNemar's p >= 0.05"
+    )
+
+
+def test_several_seeds_keep_trusting_the_interval_over_the_pooled_p():
+    line = describe(row(0.01, 0.05, 0.2, seeds=3))
+    assert "A is better: the interval excludes 0" in line and "trust the CI" in line
