@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bertnli import BadInput
+from bertnli.cli.options import progress_option
 from bertnli.config import TrainConfig
 
 
@@ -17,11 +18,12 @@ def data():
 @click.option("--dest", type=click.Path(file_okay=False), default="data", show_default=True)
 @click.option("--mirror", default=None, help="another URL serving snli_1.0.zip (same sha1)")
 @click.option("--source", type=click.Path(exists=True), default=None, help="a local snli_1.0.zip or unpacked folder")
-def data_download(dest, mirror, source):
+@progress_option
+def data_download(dest, mirror, source, progress):
     """Fetch SNLI 1.0 (sha1 checked, resumable) and unpack it safely."""
     from bertnli.data.snli import SNLI_URL, fetch_snli
 
-    folder = fetch_snli(dest, url=mirror or SNLI_URL, source=source)
+    folder = fetch_snli(dest, url=mirror or SNLI_URL, source=source, progress=progress)
     click.echo(f"SNLI ready in {folder}; train with --data {folder}")
 
 

@@ -98,6 +98,11 @@ def check_model_name(ctx, param, value):
     return value
 
 
+def progress_option(func):
+    """Progress bars on stderr; --no-progress for logs and scripts (every long-running command takes it)."""
+    return click.option("--progress/--no-progress", default=True, help="show progress bars [default: on]")(func)
+
+
 def tracking_uri_option(func):
     return click.option(
         "--tracking-uri",

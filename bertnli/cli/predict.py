@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bertnli.cli.options import tracking_uri_option
+from bertnli.cli.options import progress_option, tracking_uri_option
 from bertnli.config import TrainConfig
 
 
@@ -29,7 +29,8 @@ def _load_checkpoint(source: str, tracking_uri: str | None):
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @tracking_uri_option
-def evaluate(checkpoint, folder, split, limit, tracking_uri):
+@progress_option
+def evaluate(checkpoint, folder, split, limit, tracking_uri, progress):
     """Score a checkpoint (a run folder, its best/ folder, an MLflow run id, or models:/NAME@champion) on a split."""
     from bertnli.data.cache import encode_split
     from bertnli.data.snli import LABEL_NAMES, read_split
@@ -41,7 +42,7 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri):
     enc = encode_split(
         s, tok, cfg.get("max_len", 128), cfg.get("truncation", "longest_first"), TrainConfig.cache_dir
     ).head(limit)
-    r = run_eval(model, enc, 256, "cpu", progress=True)
+    r = run_eval(model, enc, 256, "cpu", progress=progress)
     click.echo(f"{split}: accuracy {r.acc:.4f} over {len(enc)} pairs")
     for name, d in r.per_class().items():
         click.echo(

@@ -11,7 +11,7 @@ import click
 
 from bertnli import BadInput
 from bertnli.cli.group import handle_sigterm
-from bertnli.cli.options import tracking_options, train_options, train_overrides, ui_uri
+from bertnli.cli.options import progress_option, tracking_options, train_options, train_overrides, ui_uri
 from bertnli.config import TrackingConfig, load_config, resume_changes, seeds_setting
 
 
@@ -39,7 +39,7 @@ from bertnli.config import TrackingConfig, load_config, resume_changes, seeds_se
     help="one run per seed, e.g. 0,1,2, grouped by the tag bertnli.seed_group "
     "(rerun with the same --out to resume) [default: the TOML's seeds, else one run with --seed]",
 )
-@click.option("--progress/--no-progress", default=True)
+@progress_option
 def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, seeds, progress, **kwargs):
     """Fine-tune one model on SNLI; selects the best dev epoch, tests it once, records it in MLflow."""
     from bertnli.tracking.run import train_run

@@ -31,7 +31,9 @@ LABEL_NAMES = ["entailment", "contradiction", "neutral"]
 SPLITS = ("train", "dev", "test")
 
 
-def fetch_snli(dest: str | Path, url: str = SNLI_URL, sha1: str = SNLI_SHA1, source: str | None = None) -> Path:
+def fetch_snli(
+    dest: str | Path, url: str = SNLI_URL, sha1: str = SNLI_SHA1, source: str | None = None, progress: bool = True
+) -> Path:
     """SNLI 1.0 into `dest/snli_1.0/`, from the web, a mirror URL, a local zip or a folder."""
     dest = Path(dest)
     if source is not None and Path(source).is_dir():
@@ -44,7 +46,7 @@ def fetch_snli(dest: str | Path, url: str = SNLI_URL, sha1: str = SNLI_SHA1, sou
                 "folder"
             )
     else:
-        archive = download(url, dest / "snli_1.0.zip", sha1=sha1)
+        archive = download(url, dest / "snli_1.0.zip", sha1=sha1, progress=progress)
     out = safe_extract(archive, dest / "snli_1.0.extracted")
     inner = out / "snli_1.0"
     return inner if inner.is_dir() else out
