@@ -141,15 +141,15 @@ def _from_hf_folder(
 ) -> tuple[NLIClassifier, Tokenizer]:
     if not (folder / "config.json").is_file():
         raise BadInput(f"{folder} has no config.json; hf:<folder> needs a Hugging Face BERT folder")
-    c = hf_config_from_json(folder / "config.json", dropout)
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+    if weights is None:
+        raise BadInput(f"{folder} has no model.safetensors or pytorch_model.bin")
+    c = hf_config_from_json(folder / "config.json", weights, dropout)
     if num_heads and num_heads != c.num_heads:
         raise BadInput(
             f"num_heads={num_heads} but {folder}/config.json says {c.num_heads}; drop --num-heads for hf: models"
         )
     c = _truncate_layers(c, num_layers)
-    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
-    if weights is None:
-        raise BadInput(f"{folder} has no model.safetensors or pytorch_model.bin")
     model = NLIClassifier(c)
     load_encoder_weights(model, read_state_file(weights), str(weights))
     return model, WordPieceTokenizer(folder)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bertnli import BertnliError
+from bertnli import BadInput, BertnliError
 from bertnli.model.bert import BertConfig, NLIClassifier
 
 
@@ -87,31 +87,107 @@ def d2l_config_from_state(state: dict[str, torch.Tensor], num_heads: int, dropou
         raise BertnliError(
             f"not a d2l BERT state_dict (missing {e}); expected keys like encoder.blks.0.attention.W_q.weight"
         ) from None
+    if num_heads < 1 or hidden % num_heads:
+        raise BadInput(f"num_heads {num_heads} does not divide the archive's hidden size {hidden}; give --num-heads N")
     return BertConfig(vocab, hidden, layers, num_heads, ffn, max_position, 2, dropout, "relu", False, 1e-5, "d2l")
 
 
-def hf_config_from_json(path: Path, dropout: float | None = None) -> BertConfig:
+# config.json's sizes: their defaults, and bounds no BERT comes near (a crafted config must not allocate terabytes)
+HF_SIZES = {
+    "vocab_size": (None, 1_000_000),
+    "hidden_size": (None, 16_384),
+    "num_hidden_layers": (None, 256),
+    "num_attention_heads": (None, 256),
+    "intermediate_size": (None, 65_536),
+    "max_position_embeddings": (512, 65_536),
+    "type_vocab_size": (2, 64),
+}
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, read from a safetensors header without loading a tensor (a torch file is read safely)."""
+    if path.suffix != ".safetensors":
+        return {k: tuple(v.shape) for k, v in read_state_file(path).items()}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
+        raise BertnliError(
+            f"cannot load weights from {path}: {str(e).splitlines()[0][:200]}; the file is damaged "
+            "or not a weights file"
+        ) from None
+
+
+def hf_sizes(shapes: dict[str, tuple[int, ...]], weights: Path) -> dict[str, int]:
+    """The sizes a Hugging Face BERT state dict has, by config.json key (heads are not in the shapes)."""
+    s = {k.removeprefix("bert."): v for k, v in shapes.items()}
+    try:
+        vocab, hidden = s["embeddings.word_embeddings.weight"]
+        return {
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "num_hidden_layers": 1 + max(int(k.split(".")[2]) for k in s if k.startswith("encoder.layer.")),
+            "intermediate_size": s["encoder.layer.0.intermediate.dense.weight"][0],
+            "max_position_embeddings": s["embeddings.position_embeddings.weight"][0],
+            "type_vocab_size": s["embeddings.token_type_embeddings.weight"][0],
+        }
+    except (KeyError, ValueError) as e:
+        raise BertnliError(
+            f"{weights} is not a BERT checkpoint (no {e}); expected keys like embeddings.word_embeddings.weight"
+        ) from None
+
+
+def checked_sizes(j: dict, path: Path, weights: Path) -> dict[str, int]:
+    """config.json's sizes, each a positive integer within bounds and equal to what the weights hold; one line
+    naming the field otherwise. Run before any model is built."""
+    have = hf_sizes(weight_shapes(weights), weights)
+    sizes = {}
+    for key, (default, bound) in HF_SIZES.items():
+        value = j.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+            raise BadInput(f"{path}: {key} is {value!r}, not a whole number in 1..{bound}; fix config.json")
+        if key in have and value != have[key]:
+            raise BadInput(
+                f"{path}: {key} is {value}, but {weights.name} holds {have[key]}; config.json and the "
+                "weights do not belong together"
+            )
+        sizes[key] = value
+    if sizes["hidden_size"] % sizes["num_attention_heads"]:
+        raise BadInput(
+            f"{path}: num_attention_heads {sizes['num_attention_heads']} does not divide hidden_size "
+            f"{sizes['hidden_size']}; fix config.json"
+        )
+    return sizes
+
+
+def hf_config_from_json(path: Path, weights: Path, dropout: float | None = None) -> BertConfig:
+    """A Hugging Face BERT folder's config, checked against its weights file before anything is allocated."""
     try:
         j = json.loads(path.read_text())
-        act = j.get("hidden_act", "gelu")
-        if act not in ("gelu", "relu"):
-            raise BertnliError(f"{path}: hidden_act {act!r} is not supported (gelu or relu)")
-        return BertConfig(
-            j["vocab_size"],
-            j["hidden_size"],
-            j["num_hidden_layers"],
-            j["num_attention_heads"],
-            j["intermediate_size"],
-            j.get("max_position_embeddings", 512),
-            j.get("type_vocab_size", 2),
-            j.get("hidden_dropout_prob", 0.1) if dropout is None else dropout,
-            act,
-            True,
-            j.get("layer_norm_eps", 1e-12),
-            "hf",
-        )
-    except (OSError, json.JSONDecodeError, KeyError) as e:
+    except (OSError, json.JSONDecodeError) as e:
         raise BertnliError(f"cannot read a BERT config from {path}: {e}") from None
+    if not isinstance(j, dict):
+        raise BadInput(f"{path} is not a JSON object; give a Hugging Face BERT config.json")
+    act = j.get("hidden_act", "gelu")
+    if act not in ("gelu", "relu"):
+        raise BertnliError(f"{path}: hidden_act {act!r} is not supported (gelu or relu)")
+    n = checked_sizes(j, path, weights)
+    return BertConfig(
+        n["vocab_size"],
+        n["hidden_size"],
+        n["num_hidden_layers"],
+        n["num_attention_heads"],
+        n["intermediate_size"],
+        n["max_position_embeddings"],
+        n["type_vocab_size"],
+        j.get("hidden_dropout_prob", 0.1) if dropout is None else dropout,
+        act,
+        True,
+        j.get("layer_norm_eps", 1e-12),
+        "hf",
+    )
 
 
 def map_state(
