@@ -93,14 +93,15 @@ def resolve_d2l_path(path: Path) -> Path:
     return inner
 
 
-def warn_guessed_heads(folder: Path, hidden: int, heads: int) -> None:
-    """One line, once per archive and process: a wrong head count loads without error but computes garbage."""
+def warn_guessed_heads(folder: Path, given: str, hidden: int, heads: int) -> None:
+    """One line, once per archive and process: a wrong head count loads without error but computes garbage.
+    `given` is what the user named (`d2l:archive.zip`), `folder` where it was unpacked."""
     key = str(Path(folder).resolve())
     if key in _WARNED:
         return
     _WARNED.add(key)
     print(
-        f"warning: {folder} does not store its attention head count; guessing {heads} (hidden {hidden} / 64); "
+        f"warning: {given} does not store its attention head count; guessing {heads} (hidden {hidden} / 64); "
         f"give --num-heads N (num_heads in the TOML) if the archive was trained with another",
         file=sys.stderr,
     )

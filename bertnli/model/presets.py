@@ -109,7 +109,7 @@ def build_model(
         return _from_hf_folder(Path(spec[3:]), num_layers, dropout, num_heads)
     if spec.startswith("d2l:"):
         heads = num_heads or int(os.environ.get("BERTNLI_D2L_HEADS", 0)) or None
-        return _from_d2l_folder(resolve_d2l_path(Path(spec[4:])), heads, num_layers, dropout)
+        return _from_d2l_folder(resolve_d2l_path(Path(spec[4:])), heads, num_layers, dropout, spec)
     if preset is None:
         check_model_spec(spec)
     layers = num_layers or preset.num_layers
@@ -156,20 +156,21 @@ def _from_hf_folder(
 
 
 def _from_d2l_folder(
-    folder: Path, num_heads: int | None, num_layers: int | None, dropout: float
+    folder: Path, num_heads: int | None, num_layers: int | None, dropout: float, given: str | None = None
 ) -> tuple[NLIClassifier, Tokenizer]:
+    """`given`: what the user named (a zip unpacks into the cache; a warning names the zip, not the cache)."""
     params, vocab = folder / "pretrained.params", folder / "vocab.json"
     if not params.is_file() or not vocab.is_file():
         raise BadInput(f"{folder} needs pretrained.params and vocab.json; d2l: takes {D2L_FORMS}")
     state = read_state_file(params)
-    c = d2l_config_from_state(state, num_heads or _guess_heads(state, folder), dropout)
+    c = d2l_config_from_state(state, num_heads or _guess_heads(state, folder, given or str(folder)), dropout)
     c = _truncate_layers(c, num_layers)
     model = NLIClassifier(c)
     load_encoder_weights(model, state, str(params))
     return model, D2LTokenizer.from_file(vocab)
 
 
-def _guess_heads(state: dict[str, torch.Tensor], folder: Path) -> int:
+def _guess_heads(state: dict[str, torch.Tensor], folder: Path, given: str) -> int:
     """d2l stores no head count: 64-dim heads as in both d2l sizes (256/4, 768/12); said once, since a wrong guess is
     silent.
     """
@@ -177,7 +178,7 @@ def _guess_heads(state: dict[str, torch.Tensor], folder: Path) -> int:
         return 1  # not a d2l state_dict: d2l_config_from_state says so
     hidden = state["encoder.token_embedding.weight"].shape[1]
     heads = max(1, hidden // 64)
-    warn_guessed_heads(folder, hidden, heads)
+    warn_guessed_heads(folder, given, hidden, heads)
     return heads
 
 
