@@ -59,6 +59,9 @@ class MLflowRun:
         else:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
+            for stale in ("bertnli.error", "bertnli.end"):  # how the interrupted attempt ended: no longer true
+                if stale in self.client.get_run(run_id).data.tags:
+                    self.client.delete_tag(run_id, stale)
         self.monitor = (
             start_system_metrics(self.run_id, self.uri, tracking.system_metrics_interval, self.resumed)
             if system_metrics_on(tracking)

@@ -21,9 +21,23 @@ from bertnli.model.weights import read_state_file
 
 
 def save_last(state: dict[str, Any], path: Path) -> None:
-    """The train state a resume continues from (`load_last` reads it back)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """The train state a resume continues from (`load_last` reads it back).
+
+    Written through a file object of ours, so a full disk surfaces as the OS's error (torch's own writer
+    reports it as "unexpected pos"); the previous `last.pt` stays as it was."""
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+    except (OSError, RuntimeError) as e:
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):  # torch wraps the OS error in its own
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise BertnliError(
+            f"{cause.strerror or cause} writing {path}; free space there (or move the run folder) and continue with "
+            "--resume"
+        ) from None
 
 
 def save_selected(model: NLIClassifier, tokenizer: Tokenizer, folder: Path, meta: dict[str, Any]) -> None:
