@@ -112,7 +112,7 @@ def reproduce(
                 )
                 log(data_check.after(run_id, tracking_uri, stem))
             continue
-        result, run_id = train_run(run_cfg, out, tracking, progress=progress)
+        result, run_id = train_run(run_cfg, out, tracking, progress=progress, overwrite=True)  # each reproduce anew
         results.append((result, run_id))
         log(
             f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "

@@ -39,14 +39,20 @@ from bertnli.config import TrackingConfig, load_config, resume_changes, seeds_se
     help="one run per seed, e.g. 0,1,2, grouped by the tag bertnli.seed_group "
     "(rerun with the same --out to resume) [default: the TOML's seeds, else one run with --seed]",
 )
+@click.option(
+    "--overwrite", is_flag=True, help="replace the run that --out holds (without it, a used --out is refused)"
+)
 @progress_option
-def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, seeds, progress, **kwargs):
+def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, seeds, overwrite, progress, **kwargs):
     """Fine-tune one model on SNLI; selects the best dev epoch, tests it once, records it in MLflow."""
     from bertnli.tracking.run import train_run
+    from bertnli.tracking.run_folder import RunFinished
 
     overrides = train_overrides(kwargs)
     handle_sigterm()
     seed_list = None if resume_dir else seeds_setting(config_path, seeds)
+    if overwrite and (resume_dir or not out_dir):
+        raise click.UsageError("--overwrite replaces the run in --out; give --out DIR (and not --resume)")
     if seeds is not None and resume_dir:
         raise click.UsageError(
             "--seeds and --resume do not mix; to resume a seed group rerun the same command with the same --out"
@@ -72,7 +78,13 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
         cfg = load_config(config_path, overrides)
         out_dir = out_dir or f"outputs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_').replace('/', '_')}"
     tracking = TrackingConfig(tracking_uri, experiment or "bertnli", run_name)
-    result, run_id = train_run(cfg, out_dir, tracking, resume=bool(resume_dir), progress=progress)
+    try:
+        result, run_id = train_run(
+            cfg, out_dir, tracking, resume=bool(resume_dir), progress=progress, overwrite=overwrite
+        )
+    except RunFinished as e:
+        click.echo(str(e))
+        return
     if run_id:
         test = f"{result.test.acc:.4f}" if result.test else "n/a"
         click.echo(

@@ -23,6 +23,7 @@ from bertnli.tracking.lineage import log_split_inputs, provenance, source_tags
 from bertnli.tracking.model_card import render_card
 from bertnli.tracking.models import log_selected
 from bertnli.tracking.predictions import write_predictions
+from bertnli.tracking.run_folder import MARKER, check_resumable, claimed, prepare_fresh, recorded_run
 from bertnli.tracking.store import client, default_tracking_uri, get_or_create_experiment
 from bertnli.tracking.system_metrics import start_system_metrics, stop_system_metrics, system_metrics_on
 from bertnli.train.fit import fit
@@ -201,23 +202,27 @@ def train_run(
     classify=default_classify,
     keep_checkpoint: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[FitResult, str]:
     """One recorded training run: the engine's fit inside an MLflow run with a true status.
 
-    The run id is written to `out_dir/mlflow_run.json`, so `--resume` continues the same run.
+    The run id is written to `out_dir/mlflow_run.json`, so `--resume` continues the same run. The folder
+    is this process's alone while it runs (run_folder.py); a folder that holds a run is refused unless
+    resumed or `overwrite`; a resume is checked before anything trains. `resume` without a marker (a sweep's
+    retry, which carries an earlier attempt's checkpoint) continues from `last.pt` in a new MLflow run.
     """
     out_dir = Path(out_dir)
-    marker = out_dir / "mlflow_run.json"
-    run_id = None
-    if resume and marker.is_file():
-        saved = json.loads(marker.read_text())
-        run_id = saved["run_id"]
-        tracking = TrackingConfig(saved["tracking_uri"], tracking.experiment, tracking.run_name, tracking.tags)
     if dist_info()[0] != 0 or int(os.environ.get("RANK", "0")) != 0:
         return fit(cfg, out_dir, callbacks=[], resume=resume, progress=False), ""
-    run = MLflowRun(cfg, tracking, run_id, parent_run_id, keep_checkpoint)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(marker, json.dumps({"run_id": run.run_id, "tracking_uri": run.uri}))
-    with recorded(run, classify):
-        result = fit(cfg, out_dir, callbacks=[run, *(callbacks or [])], resume=resume, progress=progress)
+    with claimed(out_dir):
+        saved = recorded_run(out_dir) if resume else None
+        if saved is not None:
+            check_resumable(out_dir, saved)
+            tracking = TrackingConfig(saved["tracking_uri"], tracking.experiment, tracking.run_name, tracking.tags)
+        elif not resume:
+            prepare_fresh(out_dir, overwrite)
+        run = MLflowRun(cfg, tracking, saved and saved["run_id"], parent_run_id, keep_checkpoint)
+        atomic_write(out_dir / MARKER, json.dumps({"run_id": run.run_id, "tracking_uri": run.uri}))
+        with recorded(run, classify):
+            result = fit(cfg, out_dir, callbacks=[run, *(callbacks or [])], resume=resume, progress=progress)
     return result, run.run_id

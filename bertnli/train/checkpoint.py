@@ -76,11 +76,42 @@ def load_selected(folder: str | Path) -> tuple[NLIClassifier, Tokenizer, dict[st
     return model, load_tokenizer(folder), meta
 
 
+LAST_KEYS = (
+    "model",
+    "optimizer",
+    "epoch",
+    "step_in_epoch",
+    "global_step",
+    "history",
+    "best_dev_acc",
+    "best_epoch",
+    "accum",
+    "rng",
+)
+START_OVER = "start the run over (its --out with --overwrite) or give another --out"
+
+
 def load_last(path: Path) -> dict[str, Any]:
+    """`last.pt`, read without running code; anything but a train state (a damaged file, a list) is one line."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any decoding failure is the file's fault
         raise BertnliError(
-            f"cannot resume from {path}: {str(e).splitlines()[0][:200]}; the checkpoint is damaged, delete it to start "
-            "over"
+            f"cannot resume from {path}: {str(e).splitlines()[0][:200]}; the checkpoint is damaged: {START_OVER}"
+        ) from None
+    missing = [k for k in LAST_KEYS if k not in ck] if isinstance(ck, dict) else list(LAST_KEYS)
+    if missing:
+        raise BertnliError(
+            f"cannot resume from {path}: not a bertnli train state (no {', '.join(missing[:3])}); {START_OVER}"
+        )
+    return ck
+
+
+def check_selected(folder: Path, epoch: int) -> None:
+    """Before a resume trains on: the weights selected so far must still load, or the run could never finish."""
+    try:
+        load_selected(folder)
+    except BertnliError as e:
+        raise BertnliError(
+            f"{folder} is damaged ({str(e)[:160]}); the weights selected at epoch {epoch} are lost: {START_OVER}"
         ) from None

@@ -24,7 +24,7 @@ from bertnli import BadInput, BertnliError
 from bertnli.config import TrainConfig
 from bertnli.data.batches import train_batches
 from bertnli.files import atomic_write
-from bertnli.train.checkpoint import load_last, load_selected, save_last, save_selected
+from bertnli.train.checkpoint import START_OVER, check_selected, load_last, load_selected, save_last, save_selected
 from bertnli.train.evaluation import EvalResult, evaluate
 from bertnli.train.loop import Loop, epoch_totals, train_epoch
 from bertnli.train.optimizer import lr_at, make_optimizer
@@ -67,11 +67,13 @@ def start_state(
     ck = load_last(last_path)
     try:
         state.load_state_dict(ck)
-    except (RuntimeError, ValueError, KeyError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
         raise BertnliError(
             f"{last_path} does not match this model/config ({str(e).splitlines()[0][:120]}); resume with the same "
-            "config or delete it"
+            f"config, or {START_OVER}"
         ) from None
+    if state.best_epoch:
+        check_selected(out_dir / "best", state.best_epoch)
     restore_rng(ck["rng"], device, rank, world, cfg.seed)
     if rank == 0:
         print(
