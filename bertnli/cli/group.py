@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+import traceback
+from pathlib import Path
 
 import click
 
 from bertnli import BadInput, BertnliError
+from bertnli.files import cache_root
 
 
 class Group(click.Group):
@@ -46,11 +51,23 @@ class Group(click.Group):
         except KeyboardInterrupt as e:
             click.echo(
                 f"bertnli-exp: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; the run is marked "
-                "KILLED; "
-                "run the same command (train: with --resume) to continue",
+                "KILLED; run the same command (train: with --resume) to continue",
                 err=True,
             )
             sys.exit(143 if isinstance(e, Terminated) else 130)
+        except Exception as e:  # noqa: BLE001 - nothing leaves as a traceback: it goes to a file, named here
+            first = str(e).splitlines()[0][:300] if str(e) else ""
+            click.echo(f"bertnli-exp: error: {type(e).__name__}: {first} (traceback in {save_traceback()})", err=True)
+            sys.exit(1)
+
+
+def save_traceback() -> Path:
+    """The current exception's traceback, kept where a user (or a bug report) can find it."""
+    folder = cache_root() / "errors"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    path.write_text(f"bertnli-exp {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return path
 
 
 class Terminated(KeyboardInterrupt):
