@@ -130,15 +130,23 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None) ->
     return dataclasses.replace(base or TrainConfig(), **coerced)
 
 
+TABLES = ("train", "sweep", "grid", "expect")  # an experiment file's tables (keys outside them are [train]'s)
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """An experiment file; a table bertnli does not know (a misspelling such as [sweeps]) is refused, not ignored."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"config file {path} not found; give a path such as experiments/quick_cpu.toml")
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise BadInput(f"config file {path} is not valid TOML: {e}") from None
+    unknown = [k for k, v in doc.items() if isinstance(v, dict) and k not in TABLES]
+    if unknown:
+        raise BadInput(f"{path}: unknown table [{unknown[0]}]; known: {', '.join(f'[{t}]' for t in TABLES)}")
+    return doc
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

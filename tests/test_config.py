@@ -84,3 +84,20 @@ def test_d2l_small_is_the_chapter_setting():
         0.0,
         "longest_first",
     )
+
+
+@pytest.mark.parametrize(
+    "text, table",
+    [
+        ('[trian]\nmodel = "no-such-model"\n', "trian"),
+        ("[sweeps]\ntrials = 2\n[sweeps.space]\nlr = {low = 10.0, high = 20.0}\n", "sweeps"),
+        ("[train]\nepochs = 1\n[expected]\ntarget = 0.9\n", "expected"),
+    ],
+)
+def test_a_misspelled_table_is_refused_in_one_line(tmp_path, text, table):
+    """Seen: `[sweeps]` with trials = 2 and an impossible lr range ran 20 trials over the default range."""
+    path = tmp_path / "x.toml"
+    path.write_text(text)
+    for load in (lambda: load_config(path), lambda: load_sweep_config(path, {}, {}, [], TrackingConfig())):
+        with pytest.raises(BertnliError, match=rf"x.toml: unknown table \[{table}\]; known: .*train.*sweep"):
+            load()
