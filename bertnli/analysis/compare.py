@@ -103,7 +103,13 @@ def correctness(frames: list[pd.DataFrame], order: np.ndarray | None = None) -> 
     rows = []
     for f in frames:
         f = f.set_index(f["id"].astype(str))
-        if len(f) != len(ids) or not f.index.is_unique or not f.index.isin(ids).all():
+        if not f.index.is_unique:
+            twice = f.index[f.index.duplicated()][0]
+            raise BertnliError(
+                f"the runs' predictions repeat example ids (e.g. {twice!r}): their data's pairIDs are "
+                "not unique (reading it warned); paired comparisons need unique pairIDs"
+            )
+        if len(f) != len(ids) or not f.index.isin(ids).all():
             raise BertnliError(
                 "the runs' predictions cover different examples (another --limit-eval?); "
                 "compare runs evaluated on the same examples"

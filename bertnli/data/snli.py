@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +183,7 @@ def read_split(folder: str | Path, split: str, required: bool = True) -> Split |
 
 def read_file(path: str | Path, name: str = "") -> Split:
     path = Path(path)
-    out = Split(name or path.name, path)
+    out, lines = Split(name or path.name, path), []
     for n, row in _rows(path):
         missing = [k for k in REQUIRED if not isinstance(row.get(k), str)]
         if missing:
@@ -202,9 +203,26 @@ def read_file(path: str | Path, name: str = "") -> Split:
         out.labels.append(LABEL_IDS[gold])
         pair_id = row.get("pairID")
         out.ids.append(pair_id if isinstance(pair_id, str) and pair_id else f"line{n}")
+        lines.append(n)
     if not out.labels:
         raise BertnliError(f"{path}: no labelled rows; the file is empty or every gold_label is '-'")
+    warn_repeated_ids(path, out.ids, lines)
     return out
+
+
+def warn_repeated_ids(path: Path, ids: list[str], lines: list[int]) -> None:
+    """One line naming the first repeated pairID and its lines: per-example predictions are keyed by pairID."""
+    seen: dict[str, list[int]] = {}
+    for i, n in zip(ids, lines):
+        seen.setdefault(i, []).append(n)
+    repeated = [(i, ns) for i, ns in seen.items() if len(ns) > 1]
+    if repeated:
+        first, at = repeated[0]
+        print(
+            f"warning: {path}: pairID {first!r} on lines {', '.join(map(str, at))} ({len(repeated)} id"
+            f"{'s' if len(repeated) > 1 else ''} repeated); paired comparisons between runs need unique pairIDs",
+            file=sys.stderr,
+        )
 
 
 def split_summary(split: Split, token_lengths: list[int] | None = None) -> dict:

@@ -147,3 +147,28 @@ def test_fetch_snli_from_a_mirror(file_server, tmp_path):
     assert len(read_split(folder, "dev")) == len([r for r in rows if r["gold_label"] != "-"])
     with pytest.raises(BertnliError, match="sha1"):
         fetch_snli(tmp_path / "data2", url=f"{file_server.url}/snli_1.0.zip", sha1="1" * 40)
+
+
+def test_duplicate_pair_ids_are_named_with_their_lines_when_read(tmp_path, capsys):
+    """Seen: duplicated pairIDs trained silently; `compare` then blamed "another --limit-eval?"."""
+    rows = make_rows(12)
+    rows[5]["pairID"] = rows[2]["pairID"]
+    rows[9]["pairID"] = rows[2]["pairID"]
+    path = write_jsonl_gz(tmp_path / "snli_1.0_dev.jsonl.gz", rows)
+    split = read_file(path, "dev")
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"warning: {path}: pairID {rows[2]['pairID']!r} on lines 3, 6, 10 (1 id repeated); "
+        "paired comparisons between runs need unique pairIDs"
+    )
+    assert split.ids.count(rows[2]["pairID"]) == 3  # the rows are kept: training on them is still sound
+
+
+def test_compare_names_duplicate_ids_instead_of_blaming_limits():
+    import pandas as pd
+
+    from bertnli.analysis.compare import correctness
+
+    frame = pd.DataFrame({"id": ["a", "b", "a"], "gold": [0, 1, 2], "pred": [0, 1, 1]})
+    with pytest.raises(BertnliError, match=r"repeat example ids \(e\.g\. 'a'\).*unique pairIDs"):
+        correctness([frame])
