@@ -101,3 +101,15 @@ def test_a_misspelled_table_is_refused_in_one_line(tmp_path, text, table):
     for load in (lambda: load_config(path), lambda: load_sweep_config(path, {}, {}, [], TrackingConfig())):
         with pytest.raises(BertnliError, match=rf"x.toml: unknown table \[{table}\]; known: .*train.*sweep"):
             load()
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/study", "a/../../b", "..", ".", "a/b", ""])
+def test_a_study_name_is_a_name_not_a_path(name):
+    """Seen: `--study-name ../../x` wrote trial folders outside --out, and the sweep later deleted folders there."""
+    with pytest.raises(BertnliError, match="study name"):
+        load_sweep_config(None, {}, {"study_name": name}, [], TrackingConfig())
+
+
+def test_ordinary_study_names_stay_allowed():
+    for name in ("sweep-cpu", "bertnli_sweep.v2", "MF9"):
+        assert load_sweep_config(None, {}, {"study_name": name}, [], TrackingConfig()).study_name == name

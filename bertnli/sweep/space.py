@@ -7,6 +7,7 @@ trial's own schedule it has reached, so the median pruner compares like with lik
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,15 @@ def _check_fidelity(cfg: SweepConfig, schedule_set_outside: bool) -> None:
         raise BadInput("bad sweep: with --fidelity data the sweep sets train_fraction itself; drop it from the space")
 
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def _check_settings(cfg: SweepConfig) -> None:
+    if not STUDY_NAME.fullmatch(cfg.study_name):  # it names a folder under --out: a path would escape it
+        raise BadInput(
+            f"bad sweep: study name {cfg.study_name!r} is not a name; use letters, digits, '.', '_' and '-' "
+            "(not starting with '.' or '-')"
+        )
     if cfg.trials < 1 or cfg.workers < 1 or cfg.fail_limit < 1:
         raise BadInput("bad sweep: trials, workers and fail_limit must be at least 1")
     if cfg.keep_checkpoints not in ("best", "all"):
