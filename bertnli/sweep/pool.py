@@ -21,7 +21,7 @@ from bertnli import BadInput, BertnliError
 from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_parent_metrics
-from bertnli.sweep.reaping import reap, retry, retry_history, stale_callback, states, study_dir
+from bertnli.sweep.reaping import claim_study_dir, reap, retry, retry_history, stale_callback, states, study_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
@@ -315,7 +315,6 @@ class Sweep:
 
     def _write_spec(self) -> None:
         root = study_dir(self.cfg)
-        root.mkdir(parents=True, exist_ok=True)
         self.spec_path = root / "sweep-spec.json"
         atomic_write(
             self.spec_path, json.dumps(spec_to_json(self.cfg))
@@ -343,6 +342,7 @@ class Sweep:
         from tqdm import tqdm
 
         t0 = time.time()
+        claim_study_dir(self.cfg)  # before anything is adopted from its trial folders
         self._reap(self.study, force=True)
         self.seed_cells()
         parent = parent_run(self.study, self.cfg, self.storage_url, self.elector)

@@ -12,6 +12,7 @@ finished is trained again:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -21,9 +22,11 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from bertnli import BadInput
+from bertnli.files import atomic_write
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
-from bertnli.sweep.storage import trial_id, uses_heartbeat
+from bertnli.sweep.storage import default_storage, trial_id, uses_heartbeat
 from bertnli.tracking.store import client
 
 ATTEMPT_ATTRS = (
@@ -52,6 +55,33 @@ def states():
 
 def study_dir(cfg: SweepConfig) -> Path:
     return Path(cfg.out_dir) / cfg.study_name
+
+
+def storage_key(cfg: SweepConfig) -> str:
+    """Which storage the study lives in, as a short digest (an RDB URL may hold a password)."""
+    url = cfg.storage or default_storage()
+    return hashlib.sha256((url if "://" in url else str(Path(url).resolve())).encode()).hexdigest()[:16]
+
+
+def trial_identity(cfg: SweepConfig, number: int, params: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's summary says it belongs to: adopted only by that very trial."""
+    return {"study": cfg.study_name, "storage": storage_key(cfg), "number": number, "params": params}
+
+
+def claim_study_dir(cfg: SweepConfig) -> Path:
+    """The study's folder under --out, marked as this study's (in this storage): a study of the same name in
+    another storage would otherwise share, and adopt, its trials."""
+    root = study_dir(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    mark, mine = root / "study.json", {"study": cfg.study_name, "storage": storage_key(cfg)}
+    if mark.is_file() and json.loads(mark.read_text()) != mine:
+        raise BadInput(
+            f"{root} holds the trials of study {cfg.study_name!r} in another storage; give this sweep "
+            "another --out (or another --study-name)"
+        )
+    if not mark.is_file():
+        atomic_write(mark, json.dumps(mine))
+    return root
 
 
 def trial_dir(cfg: SweepConfig, number: int) -> Path:
@@ -112,12 +142,20 @@ def recorded_result(cfg: SweepConfig, t) -> dict[str, Any] | None:
     """What a gone worker's trial already recorded: {"state", "value", ...}, or None."""
     summary = trial_dir(cfg, t.number) / "trial.json"
     if summary.is_file():
-        return {"state": "COMPLETE", **json.loads(summary.read_text())}
+        s = json.loads(summary.read_text())
+        mine = trial_identity(cfg, t.number, t.params)
+        if any(s.get(k) != v for k, v in mine.items()):
+            return None  # another trial's (or another study's) summary: never adopted
+        return {"state": "COMPLETE", **s}
     run_id = trial_run_id(cfg, t)
     if not run_id:
         return None
     run = client(cfg.tracking.tracking_uri).get_run(run_id)
     metrics, tags = run.data.metrics, run.data.tags
+    if tags.get("optuna.trial") != str(t.number) or tags.get("bertnli.study_storage", storage_key(cfg)) != storage_key(
+        cfg
+    ):
+        return None  # another trial's run (or another study's, in another storage)
     if run.info.status == "FINISHED" and "best_dev_acc" in metrics:
         return {
             "state": "COMPLETE",

@@ -25,6 +25,7 @@ from bertnli import BertnliError
 from bertnli.config import TrackingConfig
 from bertnli.files import atomic_write
 from bertnli.sweep.halving import config_key, rungs_of
+from bertnli.sweep.reaping import storage_key, trial_identity
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import spec_from_json
 from bertnli.tracking.run import default_classify, train_run
@@ -96,7 +97,12 @@ def run_trial(a: argparse.Namespace) -> int:
     rung = params.pop(RUNG, None)
     train_cfg = cfg.base.replace(**params)
     out = Path(a.out)
-    tags = {"optuna.trial": str(a.number), "optuna.study": cfg.study_name, "bertnli.role": "sweep-trial"}
+    tags = {
+        "optuna.trial": str(a.number),
+        "optuna.study": cfg.study_name,
+        "bertnli.role": "sweep-trial",
+        "bertnli.study_storage": storage_key(cfg),
+    }
     if rung is not None:  # multi-fidelity: the rung's share of the train split; test only where the winner is chosen
         rungs = rungs_of(cfg)
         train_cfg = train_cfg.replace(
@@ -137,6 +143,7 @@ def run_trial(a: argparse.Namespace) -> int:
         "train_seconds": sum(h.train_seconds for h in result.history),
         "train_examples": result.info.get("train_examples"),
         "epochs_trained": len(result.history),
+        **trial_identity(cfg, a.number, json.loads(a.params)),
     }
     atomic_write(out / "trial.json", json.dumps(summary))
     return 0
