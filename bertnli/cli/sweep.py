@@ -6,7 +6,14 @@ import click
 
 from bertnli import BertnliError
 from bertnli.cli.group import handle_sigterm
-from bertnli.cli.options import check_model_name, tracking_options, train_options, train_overrides, ui_uri
+from bertnli.cli.options import (
+    check_model_name,
+    progress_option,
+    tracking_options,
+    train_options,
+    train_overrides,
+    ui_uri,
+)
 from bertnli.config import TrackingConfig
 from bertnli.sweep.storage import default_storage
 
@@ -102,7 +109,8 @@ from bertnli.sweep.storage import default_storage
     callback=check_model_name,
     help="register the study's best model in the MLflow Model Registry as NAME, alias champion",
 )
-def sweep(config_path, tracking_uri, experiment, space, register_name, sampler_seed, **options):
+@progress_option
+def sweep(config_path, tracking_uri, experiment, space, register_name, sampler_seed, progress, **options):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep.pool import Sweep
     from bertnli.sweep.space import SWEEP_KEYS, load_sweep_config
@@ -112,7 +120,7 @@ def sweep(config_path, tracking_uri, experiment, space, register_name, sampler_s
     tracking = TrackingConfig(tracking_uri, experiment)
     cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), tracking)
     handle_sigterm()
-    summary = Sweep(cfg, log=click.echo).run()
+    summary = Sweep(cfg, log=click.echo, progress=progress).run()
     print_summary(cfg, summary, tracking_uri)
     best = summary.get("best")
     if register_name and best is None:

@@ -68,9 +68,9 @@ def done_count(study) -> int:
 
 
 class Sweep:
-    def __init__(self, cfg: SweepConfig, log=print):
+    def __init__(self, cfg: SweepConfig, log=print, progress: bool = True):
         check_runnable(cfg)
-        self.cfg, self.log = cfg, log
+        self.cfg, self.log, self.progress = cfg, log, progress
         self.storage_url = cfg.storage or default_storage()
         self.storage = open_storage(cfg.storage, cfg.grace_s, stale_callback(cfg, log))
         self.study, self.elector = open_study(cfg, self.storage)
@@ -357,7 +357,9 @@ class Sweep:
                 f"multi-fidelity: rungs at {', '.join(f'{f:.3g}' for f in self.rungs.fractions)} of the train split, "
                 f"{' -> '.join(map(str, self.rungs.sizes))} configurations (eta {self.cfg.eta}), {self.target} trials"
             )
-        bar = tqdm(total=self.target, initial=min(done, self.target), desc="trials", unit="trial")
+        bar = tqdm(
+            total=self.target, initial=min(done, self.target), desc="trials", unit="trial", disable=not self.progress
+        )
         finished = [threading.Event() for _ in range(self.cfg.workers)]
         threads = [threading.Thread(target=self._worker, args=(parent, bar, done), daemon=True) for done in finished]
         status = "FINISHED"
