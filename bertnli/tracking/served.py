@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from bertnli.data.snli import LABEL_NAMES
 from bertnli.train.checkpoint import load_selected
@@ -27,11 +28,21 @@ class NLIModel(mlflow.pyfunc.PythonModel):
         missing = {"premise", "hypothesis"} - set(frame.columns)
         if missing:
             raise ValueError(f"input needs columns premise and hypothesis; missing {', '.join(sorted(missing))}")
+        if frame.empty:
+            return pd.DataFrame({"label": pd.Series(dtype=str), **{n: pd.Series(dtype="float64") for n in LABEL_NAMES}})
+        for column in ("premise", "hypothesis"):
+            text = frame[column].map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+            if not text.all():
+                row = int((~text).argmax())
+                raise MlflowException.invalid_parameter_value(
+                    f"row {row}: {column} is {frame[column].iloc[row]!r}, not text; every row needs a premise and a "
+                    "hypothesis"
+                )
         probs = predict(
             self.model,
             self.tokenizer,
-            frame["premise"].astype(str).tolist(),
-            frame["hypothesis"].astype(str).tolist(),
+            frame["premise"].tolist(),
+            frame["hypothesis"].tolist(),
             self.max_len,
             self.truncation,
         )
