@@ -19,6 +19,7 @@ from bertnli.config import TrackingConfig, TrainConfig, load_config, read_toml, 
 from bertnli.tracking.lineage import DataCheck
 from bertnli.tracking.run import train_run
 from bertnli.tracking.seeds import train_seed_group
+from bertnli.tracking.store import how_to_see
 
 
 def experiment_path(name: str) -> Path:
@@ -121,7 +122,9 @@ def reproduce(
         log(data_check.after(run_id, tracking_uri, stem))
     if grid or seeds is not None:
         log(_compare_hint(stem, combos, len(combos) * len(seeds or [0]), experiment or stem))
+        log(f"see them: {how_to_see(tracking_uri, run_id)}")
         return None
     line, ok = verdict(stem, expect, *results[0])
+    log(f"see it: {how_to_see(tracking_uri, results[0][1])}")
     log(line)
     return ok

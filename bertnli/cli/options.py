@@ -136,12 +136,3 @@ def train_overrides(kwargs: dict) -> dict:
     """The TrainConfig options out of a command's keyword arguments (None: not given)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-
-
-def ui_uri(uri: str | None) -> str:
-    """What `mlflow ui --backend-store-uri` takes to show this store (its artifact root too, when local)."""
-    from bertnli.tracking.store import default_tracking_uri, local_artifact_root
-
-    uri = uri or default_tracking_uri()
-    art = local_artifact_root(uri)
-    return uri + (f" --default-artifact-root {art}" if art else "")

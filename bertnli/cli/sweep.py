@@ -12,10 +12,10 @@ from bertnli.cli.options import (
     tracking_options,
     train_options,
     train_overrides,
-    ui_uri,
 )
 from bertnli.config import TrackingConfig
 from bertnli.sweep.storage import default_storage
+from bertnli.tracking.store import how_to_see
 
 
 @click.command()
@@ -132,7 +132,8 @@ def sweep(config_path, tracking_uri, experiment, space, register_name, sampler_s
         click.echo(
             f"registered {register_name} version {version} (trial {best.number}) as models:/{register_name}@champion"
         )
-    click.echo(f"MLflow parent run {summary['parent_run_id']}: mlflow ui --backend-store-uri {ui_uri(tracking_uri)}")
+    parent = summary["parent_run_id"]
+    click.echo(f"MLflow parent run {parent} with its trials: {how_to_see(tracking_uri, parent)}")
     click.echo(f"optuna-dashboard {cfg.storage or default_storage()}")
 
 

@@ -11,8 +11,9 @@ import click
 
 from bertnli import BadInput
 from bertnli.cli.group import handle_sigterm
-from bertnli.cli.options import progress_option, tracking_options, train_options, train_overrides, ui_uri
+from bertnli.cli.options import progress_option, tracking_options, train_options, train_overrides
 from bertnli.config import TrackingConfig, load_config, resume_changes, seeds_setting
+from bertnli.tracking.store import how_to_see
 
 
 @click.command()
@@ -92,7 +93,8 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
             f"{result.history[-1].examples_per_sec:.1f} train ex/s; {result.wall_seconds:.0f} s"
         )
         click.echo(f"run {run_id}; checkpoint {Path(out_dir) / 'best'}")
-        click.echo("see it: mlflow ui --backend-store-uri " + ui_uri(tracking_uri))
+        recorded_in = json.loads((Path(out_dir) / "mlflow_run.json").read_text())["tracking_uri"]
+        click.echo(f"see it: {how_to_see(recorded_in, run_id)}")
 
 
 def _train_seeds(cfg, seeds, out_dir, tracking_uri, experiment, run_name, progress):

@@ -83,3 +83,24 @@ def get_or_create_experiment(c, name: str, uri: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+UI_PORT = 5000  # `mlflow ui`'s default
+
+
+def runs_table_url(uri: str, experiment_id: str) -> str:
+    """The MLflow UI's page for an experiment's runs table. `workflowType=machine_learning`: MLflow 3 opens
+    experiments on its GenAI overview by default (the experiment's kind tag is not honoured there)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def how_to_see(uri: str | None, run_id: str) -> str:
+    """One line: how to open the runs table holding `run_id` (a local store needs `mlflow ui` started first)."""
+    uri = uri or default_tracking_uri()
+    url = runs_table_url(uri, client(uri).get_run(run_id).info.experiment_id)
+    if uri.startswith(("http://", "https://")):
+        return f"open {url}"
+    art = local_artifact_root(uri)
+    start = f"mlflow ui --backend-store-uri {uri}" + (f" --default-artifact-root {art}" if art else "")
+    return f"{start} --port {UI_PORT}, then open {url}"
