@@ -193,6 +193,9 @@ class TrackingConfig:
     tags: dict[str, str] = field(default_factory=dict)
     system_metrics: bool | None = None  # None: on, unless BERTNLI_SYSTEM_METRICS=0
     system_metrics_interval: float = 10.0  # seconds between MLflow system-metrics samples
+    patience_s: float | None = (
+        None  # how long a run waits out an unreachable MLflow; None: $BERTNLI_MLFLOW_PATIENCE or 300
+    )
 
 
 # Settings that do not change the training trajectory: a resumed run may take new values for them.

@@ -119,8 +119,23 @@ def _system_metrics(ctx, param, value):
     return value
 
 
+def _mlflow_patience(ctx, param, value):
+    """An environment switch, so sweep trial processes inherit it too."""
+    if value is not None:
+        os.environ["BERTNLI_MLFLOW_PATIENCE"] = str(value)
+    return value
+
+
 def tracking_options(func):
     func = tracking_uri_option(func)
+    func = click.option(
+        "--mlflow-patience",
+        type=click.FloatRange(min=0),
+        default=None,
+        expose_value=False,
+        callback=_mlflow_patience,
+        help="seconds a run waits out an unreachable MLflow (metrics kept meanwhile) before it stops [default: 300]",
+    )(func)
     func = click.option(
         "--system-metrics/--no-system-metrics",
         default=None,

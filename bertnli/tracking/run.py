@@ -10,25 +10,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from bertnli import BertnliError
 from bertnli.config import TrackingConfig, TrainConfig
 from bertnli.data.snli import LABEL_NAMES
 from bertnli.files import atomic_write
+from bertnli.retry import policy
 from bertnli.tracking.figures import confusion_figure, learning_curves_figure, pyplot
 from bertnli.tracking.lineage import log_split_inputs, provenance, source_tags
 from bertnli.tracking.model_card import render_card
 from bertnli.tracking.models import log_selected
 from bertnli.tracking.predictions import write_predictions
 from bertnli.tracking.run_folder import MARKER, check_resumable, claimed, prepare_fresh, recorded_run
-from bertnli.tracking.store import client, default_tracking_uri, get_or_create_experiment
+from bertnli.tracking.store import client, default_tracking_uri, get_or_create_experiment, patience, unreachable
 from bertnli.tracking.system_metrics import start_system_metrics, stop_system_metrics, system_metrics_on
 from bertnli.train.fit import fit
 from bertnli.train.runtime import dist_info
 from bertnli.train.state import EpochMetrics, FitResult
+
+
+class MLflowUnreachable(BertnliError):
+    """MLflow did not answer for the whole patience: the run is as MLflow last heard of it (RUNNING), and its
+    checkpoint holds what MLflow lacks, which `--resume` records once the server answers."""
+
+    def __init__(self, run: "MLflowRun", waited_s: float):
+        epochs = ", ".join(str(e) for e, _ in run.pending) or "none"
+        super().__init__(
+            f"MLflow at {run.uri} did not answer for {waited_s:.0f} s; run {run.run_id} stays RUNNING "
+            f"there without its results (epochs not recorded: {epochs}); once MLflow answers, "
+            f"`bertnli-exp train --resume {run.info.get('out_dir', 'RUN_DIR')}` records them from the checkpoint"
+        )
 
 
 class MLflowRun:
@@ -48,6 +64,8 @@ class MLflowRun:
         self.provenance = provenance()  # once per run: it hashes the source and every installed package's metadata
         self.resumed = run_id is not None
         self.info: dict[str, Any] = {}
+        self.pending: list = []  # (epoch, metrics) MLflow has not taken yet
+        self.warned = False
         if run_id is None:
             exp_id = get_or_create_experiment(self.client, tracking.experiment, self.uri)
             tags = {**source_tags(), **self.provenance, **tracking.tags}
@@ -92,13 +110,48 @@ class MLflowRun:
                 self.on_epoch_end(EpochMetrics(**h))
 
     def on_epoch_end(self, m: EpochMetrics) -> None:
+        """The epoch's metrics, or, while MLflow cannot be reached, kept to be sent later: training goes on."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         keys = ("train_loss", "train_acc", "dev_loss", "dev_acc", "examples_per_sec", "lr")
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(getattr(m, k)), now, m.epoch) for k in keys])
+        self.pending.append((m.epoch, [Metric(k, float(getattr(m, k)), now, m.epoch) for k in keys]))
+        self.send_pending(wait_s=0)
+
+    def send_pending(self, wait_s: float) -> None:
+        """Send the kept epochs in order, waiting out an unreachable server for up to `wait_s` seconds."""
+        while self.pending:
+            epoch, metrics = self.pending[0]
+            try:
+                policy(unreachable, patience_s=wait_s)(self.client.log_batch, self.run_id, metrics=metrics)
+            except Exception as e:
+                if not unreachable(e):
+                    raise
+                if wait_s:
+                    raise MLflowUnreachable(self, wait_s) from None
+                if not self.warned:
+                    print(
+                        f"warning: MLflow at {self.uri} is unreachable; epoch {epoch}'s metrics are kept and sent "
+                        "when it answers (training goes on)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self.warned = True
+                return
+            self.pending.pop(0)
 
     def on_fit_end(self, result: FitResult) -> None:
+        """The run's results, once MLflow answers (waited for up to the tracking config's patience)."""
+        wait_s = patience(self.tracking.patience_s)
+        self.send_pending(wait_s)
+        try:
+            policy(unreachable, patience_s=wait_s)(self.record_results, result)
+        except Exception as e:
+            if unreachable(e):
+                raise MLflowUnreachable(self, wait_s) from None
+            raise
+
+    def record_results(self, result: FitResult) -> None:
         metrics = {
             "best_dev_acc": result.best_dev_acc,
             "best_epoch": result.best_epoch,
@@ -185,10 +238,9 @@ def recorded(
         yield run
     except BaseException as e:
         status, tags = classify(e)
-        try:
+        with contextlib.suppress(Exception):  # an unreachable store cannot be told; the error itself says so
             run.end(status, tags)
-        finally:
-            raise
+        raise
     run.end("FINISHED")
 
 

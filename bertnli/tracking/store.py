@@ -13,6 +13,27 @@ from bertnli.retry import policy
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's "model training" view
 
 
+def unreachable(e: BaseException) -> bool:
+    """The tracking server could not be reached (down, restarting, network): worth waiting out, unlike a bad request."""
+    from mlflow.exceptions import MlflowException
+
+    while e is not None:
+        if isinstance(e, ConnectionError) or type(e).__name__ in (
+            "ConnectionError",
+            "MaxRetryError",
+            "NewConnectionError",
+        ):
+            return True
+        if isinstance(e, MlflowException) and ("API request to" in str(e) and "failed with exception" in str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def patience(tracking_patience: float | None) -> float:
+    return float(os.environ.get("BERTNLI_MLFLOW_PATIENCE", 300)) if tracking_patience is None else tracking_patience
+
+
 def with_retries(write: Callable[[], Any], attempts: int = 4) -> Any:
     """MLflow's SQL store inserts a new tag key after checking it is absent, so two writers can
     collide (UNIQUE tags.key): the loser writes again, after a short random wait."""
