@@ -52,6 +52,16 @@ def run_sweep(tmp_path, toml, *extra, timeout=600):
     return r
 
 
+def sweep_in_process(tmp_path, toml, *extra):
+    """`bertnli-exp sweep` in this process (click's runner): for what ends before any trial process starts, and
+    for tests that patch the sweep's own code."""
+    from click.testing import CliRunner
+
+    from bertnli.cli import main
+
+    return CliRunner().invoke(main, sweep_cmd(tmp_path, toml, *extra)[3:])
+
+
 def state(tmp_path, study="s"):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 

@@ -11,6 +11,7 @@ Not "the earliest start_time among MLflow runs": two processes that missed each 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from bertnli.tracking.system_metrics import start_system_metrics, system_metrics
 PARENT_ATTR = "mlflow_parent_run_id"
 ELECTOR_ATTR = "mlflow_parent_elector"
 CANDIDATE_ATTR = "mlflow_parent_candidate"
+SUMMARY_ATTR = "bertnli.summary_digest"  # parent run tag: the study state (space + trials table) its summary shows
 
 
 def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
@@ -245,44 +247,62 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
 
 
 def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done: int, rungs=None) -> dict[str, Any]:
-    """Best trial's params and metrics, the trials table (and the rung table) and Optuna's plots onto the parent run."""
+    """Best trial's params and metrics, the trials table (and the rung table) and Optuna's plots onto the parent run.
+
+    Logged once per state of the study: an invocation that finds the trials as the summary already on the parent
+    left them (a rerun of a finished study; the last of several processes to end) sets the status only.
+    """
     c = client(cfg.tracking.tracking_uri)
     frame = trials_frame(study)
     best = best_trial(study.get_trials(deepcopy=False), rungs)
     out: dict[str, Any] = {"parent_run_id": parent_run_id, "done": done, "trials": frame}
+    if best is not None:
+        out["best"] = best
+    space = "; ".join(p.describe() for p in cfg.space)
+    digest = hashlib.sha256(f"{space}\n{frame.to_csv(index=False)}".encode()).hexdigest()
+    logged = c.get_run(parent_run_id).data.tags.get(SUMMARY_ATTR) == digest
+    if rungs is not None:
+        out["rungs"] = rung_table(study.get_trials(deepcopy=False), rungs)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        frame.to_csv(tmp / "trials.csv", index=False)
-        c.log_artifact(parent_run_id, str(tmp / "trials.csv"))
-        if rungs is not None:
-            out["rungs"] = _log_rungs(c, study, rungs, parent_run_id, tmp)
+        if not logged:
+            _log_summary(c, study, cfg, parent_run_id, frame, best, out.get("rungs"), tmp)
         if best is not None:
-            out["best"] = best
-            tag = lambda key, value: with_retries(lambda: c.set_tag(parent_run_id, key, str(value)))  # noqa: E731
-            with_retries(lambda: c.log_metric(parent_run_id, "best_dev_acc", best.value))
-            if best.user_attrs.get("test_acc") is not None:
-                with_retries(lambda: c.log_metric(parent_run_id, "best_trial_test_acc", best.user_attrs["test_acc"]))
-            for k, v in best.params.items():
-                tag(f"best.{k}", v)
-            tag("best.trial", best.number)
-            tag("best.mlflow_run_id", best.user_attrs.get("mlflow_run_id"))
-            for key, value in _verdict_tags(cfg, parent_run_id).items():
-                tag(key, value)
-            _log_best_checkpoint(c, cfg, best)
-            _plots(study, c, parent_run_id, tmp)
+            _log_best_checkpoint(c, cfg, best)  # once per trial: it checks the trial's run itself
+    if not logged:  # last: a summary cut short is logged again by the next invocation
+        with_retries(lambda: c.set_tag(parent_run_id, SUMMARY_ATTR, digest))
     with_retries(lambda: c.log_metric(parent_run_id, "trials_done", done))
     with_retries(lambda: c.set_terminated(parent_run_id, status))
     return out
 
 
-def _log_rungs(c, study, rungs, parent_run_id: str, tmp: Path):
+def _log_summary(c, study, cfg: SweepConfig, parent_run_id: str, frame, best, rung_frame, tmp: Path) -> None:
+    """trials.csv (and rungs.csv), the best trial's metrics and params, the verdict and the plots."""
+    frame.to_csv(tmp / "trials.csv", index=False)
+    c.log_artifact(parent_run_id, str(tmp / "trials.csv"))
+    if rung_frame is not None:
+        _log_rungs(c, rung_frame, parent_run_id, tmp)
+    if best is None:
+        return
+    tag = lambda key, value: with_retries(lambda: c.set_tag(parent_run_id, key, str(value)))  # noqa: E731
+    with_retries(lambda: c.log_metric(parent_run_id, "best_dev_acc", best.value))
+    if best.user_attrs.get("test_acc") is not None:
+        with_retries(lambda: c.log_metric(parent_run_id, "best_trial_test_acc", best.user_attrs["test_acc"]))
+    for k, v in best.params.items():
+        tag(f"best.{k}", v)
+    tag("best.trial", best.number)
+    tag("best.mlflow_run_id", best.user_attrs.get("mlflow_run_id"))
+    for key, value in _verdict_tags(cfg, parent_run_id).items():
+        tag(key, value)
+    _plots(study, c, parent_run_id, tmp)
+
+
+def _log_rungs(c, table, parent_run_id: str, tmp: Path) -> None:
     """The rung table: `rungs.csv`, and as the parent run's description (the run page shows it)."""
-    table = rung_table(study.get_trials(deepcopy=False), rungs)
     table.to_csv(tmp / "rungs.csv", index=False)
     c.log_artifact(parent_run_id, str(tmp / "rungs.csv"))
     text = "Multi-fidelity sweep (successive halving over the training-set fraction).\n\n" + to_markdown(table)
     with_retries(lambda: c.set_tag(parent_run_id, "mlflow.note.content", text))
-    return table
 
 
 def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:

@@ -89,21 +89,29 @@ def test_pruner_tag_parses():
 # ---------------------------------------------------------------- from a real sweep recorded in MLflow
 
 
-def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path):
+@pytest.mark.slow
+def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path, new_store):
     """A real one-worker sweep (journal storage, MLflow store, trial processes); the replay reads MLflow only."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from tiny_runs import cli
 
     from bertnli.sweep.replay import replay_study
 
+    # One lr that learns this toy data within an epoch and one that cannot, queued first (as a user may queue
+    # configurations): the live pruner stops the second at its first report. Then two sampled configurations.
     toml = tmp_path / "sweep.toml"
     toml.write_text(
-        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 32\nbatch_size = 16\noptimizer = "adam"\n'
+        f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 32\nbatch_size = 4\noptimizer = "adam"\n'
         f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\n\n'
-        '[sweep]\ntrials = 6\nstudy_name = "r"\npruner_startup_trials = 1\n\n'
+        '[sweep]\ntrials = 4\nstudy_name = "r"\npruner_startup_trials = 1\n\n'
         "[sweep.space]\nlr = {low = 1e-5, high = 5e-2, log = true}\nepochs = {low = 2, high = 3}\n"
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    queued = optuna.create_study(
+        study_name="r", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))), direction="maximize"
+    )
+    for lr in (2e-3, 1e-5):
+        queued.enqueue_trial({"lr": lr, "epochs": 2})
+    uri = new_store(tmp_path / "mlflow.db")
     r = cli(
         "sweep",
         "--config",
@@ -120,10 +128,11 @@ def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path)
     study = optuna.load_study(study_name="r", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
     S = optuna.trial.TrialState
     live_pruned = sum(t.state == S.PRUNED for t in study.trials)
+    assert live_pruned >= 1  # the live pruner acted: there is something to reproduce
     tables = replay_study("r", uri)
     s = tables["pruner_replay"].set_index("pruner")
-    assert s.loc["live", "pruned"] == live_pruned and s.loc["live", "trials"] == 6
-    assert s.loc["MedianPruner", "same_as_live"] == 6 and s.loc["MedianPruner", "unresolved"] == 0
+    assert s.loc["live", "pruned"] == live_pruned and s.loc["live", "trials"] == 4
+    assert s.loc["MedianPruner", "same_as_live"] == 4 and s.loc["MedianPruner", "unresolved"] == 0
     assert (s.loc["MedianPruner", "pruned"], s.loc["MedianPruner", "epochs_run"]) == (
         s.loc["live", "pruned"],
         s.loc["live", "epochs_run"],

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -31,13 +32,16 @@ def test_space_parsing_and_cells(tiny_snli):
     assert len(cells(cfg)) == 4 and cfg.base.data == str(tiny_snli)
 
 
-def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli):
+@pytest.mark.slow
+def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli, new_store):
     # one lr that learns this toy data within an epoch and one that cannot, queued in that order
-    # (as a user may queue configurations): the median pruner must stop the second at epoch 1
+    # (as a user may queue configurations): the median pruner must stop the second at epoch 1;
+    # then the two truncation cells: 4 trials
+    new_store(tmp_path / "mlflow.db")
     toml = write_toml(
         tmp_path,
         tiny_snli,
-        trials=6,
+        trials=4,
         space='lr = [2e-3, 1e-6]\nbatch_size = [4]\nepochs = [3]\ntruncation = ["longest_first", "ratio"]',
     )
     from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -50,7 +54,7 @@ def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli
     r = run_sweep(tmp_path, toml)
     assert "best trial" in r.stdout and "optuna-dashboard" in r.stdout
     st, parents, children = state(tmp_path)
-    assert_consistent(st, parents, children, 6)
+    assert_consistent(st, parents, children, 4)
     assert st.get_trials()[1].state == S.PRUNED and st.get_trials()[1].params["lr"] == 1e-6
     first = [t.params["truncation"] for t in st.get_trials()[2:4]]
     assert sorted(first) == ["longest_first", "ratio"]  # then every cell
@@ -72,8 +76,10 @@ def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli
     assert len(kept) == 1  # and only the best
 
 
-def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n(tmp_path, tiny_snli):
-    toml = write_toml(tmp_path, tiny_snli, trials=4, extra="grace_s = 3600")
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n(tmp_path, tiny_snli, new_store):
+    new_store(tmp_path / "mlflow.db")
+    toml = write_toml(tmp_path, tiny_snli, trials=2, extra="grace_s = 3600")
     proc = subprocess.Popen(
         sweep_cmd(tmp_path, toml), cwd=ROOT, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -90,19 +96,28 @@ def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n(tmp_path, tiny_snli):
     assert any(t.state == S.RUNNING for t in st.get_trials())  # the kill really left a trial behind
     run_sweep(tmp_path, toml)
     st, parents, children = state(tmp_path)
-    assert_consistent(st, parents, children, 4)
+    assert_consistent(st, parents, children, 2)
     failed = [t for t in ran(st.get_trials()) if t.state == S.FAIL]
     assert len(failed) == 1
     retried = [t for t in st.get_trials() if retry_of(t) == failed[0].number]
     assert retried and retried[0].params == failed[0].params  # the lost configuration ran again
+    logged = Path(parents[0].info.artifact_uri.removeprefix("file://"))
+    summary = {p: p.stat().st_mtime_ns for p in logged.rglob("*") if p.is_file()}
+    assert any(p.name == "trials.csv" for p in summary) and any(p.suffix == ".png" for p in summary)
     run_sweep(tmp_path, toml)  # a third invocation adds nothing and reuses the parent
     st2, parents2, _ = state(tmp_path)
     assert len(st2.get_trials()) == len(st.get_trials()) and len(parents2) == 1
+    assert parents2[0].info.status == "FINISHED"
+    assert {p: p.stat().st_mtime_ns for p in logged.rglob("*") if p.is_file()} == summary  # nothing to log again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [2, 4])
 def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_snli, processes):
-    toml = write_toml(tmp_path, tiny_snli, trials=6)
+    # A fresh MLflow store (no new_store): the processes race its schema migration too. More workers than
+    # slots at the end: 2 processes for an odd N, 4 processes for 3 trials.
+    n = {2: 5, 4: 3}[processes]
+    toml = write_toml(tmp_path, tiny_snli, trials=n)
     procs = [
         subprocess.Popen(
             sweep_cmd(tmp_path, toml),
@@ -119,7 +134,7 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
         assert p.returncode == 0, err[-2000:]
     st, parents, children = state(tmp_path)
     trials = ran(st.get_trials())
-    assert sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials) == 6  # exactly N, however the workers raced
+    assert sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials) == n  # exactly N, however the workers raced
     assert not [t for t in trials if t.state in (S.RUNNING, S.FAIL)]
     assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.WAITING)]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -142,26 +157,30 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
     assert cells == {("longest_first",), ("ratio",)}  # queued cells survive a withdrawal
 
 
-def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli):
+@pytest.mark.slow
+def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli, new_store):
+    new_store(tmp_path / "mlflow.db")
     broken = tmp_path / "not-a-bert"  # exists (so the sweep starts) but cannot load (so its trials fail)
     broken.mkdir()
     toml = write_toml(
         tmp_path,
         tiny_snli,
-        trials=3,
-        space=f'model = ["tiny-d2l-random", "hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
+        trials=2,
+        space=f'model = ["hf:{broken}", "tiny-d2l-random"]\nlr = {{low = 1e-3, high = 3e-3}}',
         extra="max_retries = 1\nfail_limit = 20",
-    )  # half the space is broken: not a broken setup
+    )  # half the space is broken: not a broken setup; its cell is queued first (it fails, is retried, fails)
     run_sweep(tmp_path, toml)
     st, parents, children = state(tmp_path)
     failed = [t for t in ran(st.get_trials()) if t.state == S.FAIL]
     assert len(failed) >= 2 and all(t.params["model"] == f"hf:{broken}" for t in failed)
     assert [retry_of(t) for t in failed[:2]] == [None, failed[0].number]  # tried, retried once
     assert all("has no config.json" in t.user_attrs["error"] for t in failed)
-    assert_consistent(st, parents, children, 3)
+    assert_consistent(st, parents, children, 2)
 
 
-def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli):
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli, new_store):
+    new_store(tmp_path / "mlflow.db")
     broken = tmp_path / "not-a-bert"
     broken.mkdir()
     toml = write_toml(
@@ -169,7 +188,7 @@ def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli
         tiny_snli,
         trials=20,
         space=f'model = ["hf:{broken}"]\nlr = {{low = 1e-3, high = 3e-3}}',
-        extra="max_retries = 0\nfail_limit = 3",
+        extra="max_retries = 0\nfail_limit = 2",
     )
     r = subprocess.run(
         sweep_cmd(tmp_path, toml, "--no-system-metrics"),
@@ -182,10 +201,10 @@ def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli
     assert r.returncode == 1
     err = r.stderr.strip().splitlines()[-1]
     assert (
-        err.startswith("bertnli-exp: error: stopped: the last 3 trials all failed") and "has no config.json" in err
+        err.startswith("bertnli-exp: error: stopped: the last 2 trials all failed") and "has no config.json" in err
     ), r.stderr[-2000:]
     st, parents, children = state(tmp_path)
-    assert [t.state for t in st.get_trials()] == [S.FAIL] * 3  # stopped, not looping forever
+    assert [t.state for t in st.get_trials()] == [S.FAIL] * 2  # stopped, not looping forever
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     assert not [k for k in parents[0].data.metrics if k.startswith("system/")]  # --no-system-metrics: the parent too
     assert all(r.info.status == "FAILED" for r in children)

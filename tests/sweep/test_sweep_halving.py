@@ -12,7 +12,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState as S
 from optuna.trial import create_trial
-from tiny_sweeps import run_sweep, state, sweep_cmd, write_toml
+from tiny_sweeps import run_sweep, state, sweep_cmd, sweep_in_process, write_toml
 
 from bertnli.sweep.halving import Rungs as Schedule
 from bertnli.sweep.halving import best_trial, config_key, excess, plan, rung_of
@@ -165,33 +165,22 @@ def test_a_study_keeps_its_fidelity_settings(tmp_path, tiny_snli):
     toml = write_toml(tmp_path, tiny_snli, trials=4, space=SPACE, extra=MF)
     st = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
     st.set_user_attr("bertnli.fidelity", {"fidelity": "data", "eta": 2, "min_fraction": 0.25, "trials": 4})
-    r = subprocess.run(
-        sweep_cmd(tmp_path, toml, "--trials", "8"), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 2 and "was created with fidelity=data eta=2 min_fraction=0.25 trials=4, not" in r.stderr
+    r = sweep_in_process(tmp_path, toml, "--trials", "8")
+    assert r.exit_code == 2 and "was created with fidelity=data eta=2 min_fraction=0.25 trials=4, not" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_bad_fidelity_settings_are_one_line(tmp_path, tiny_snli):
     toml = write_toml(tmp_path, tiny_snli, trials=4)
-    r = subprocess.run(
-        sweep_cmd(tmp_path, toml, "--fidelity", "data", "--eta", "3", "--min-fraction", "0.5"),
-        cwd=ROOT,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 2 and "min_fraction <= 1/eta" in r.stderr and "Traceback" not in r.stderr
+    r = sweep_in_process(tmp_path, toml, "--fidelity", "data", "--eta", "3", "--min-fraction", "0.5")
+    assert r.exit_code == 2 and "min_fraction <= 1/eta" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     for args, says in (
         (["--eta", "3"], "add --fidelity data"),
         (["--fidelity", "data", "--trials", "2"], "need at least 9 configurations"),
     ):
-        r = subprocess.run(
-            sweep_cmd(tmp_path, toml, *args), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120
-        )
-        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        r = sweep_in_process(tmp_path, toml, *args)
+        assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 MF = 'fidelity = "data"\neta = 2\nmin_fraction = 0.25'  # rungs 1/4, 1/2, 1: 4 -> 2 -> 1 configurations, 7 trials
@@ -206,9 +195,11 @@ def by_rung(st):
     return out
 
 
+@pytest.mark.slow
 def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_and_mlflow_records_the_rungs(
-    tmp_path, tiny_snli
+    tmp_path, tiny_snli, new_store
 ):
+    new_store(tmp_path / "mlflow.db")
     toml = write_toml(
         tmp_path, tiny_snli, trials=4, space="lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [8]", extra=MF
     )

@@ -12,6 +12,7 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 import optuna
+import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
@@ -33,7 +34,7 @@ def sweep_cfg(tmp_path, **sweep):
     )
 
 
-def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every_process_uses(tmp_path):
+def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every_process_uses(tmp_path, new_store):
     """Nobody's create_study wins on a study made beforehand (queued trials, `optuna create-study`), so
     every starter runs the fallback election. Before: six starters wrote candidates one after another,
     and a seventh, arriving at the first write, adopted that candidate, which its writer deleted on
@@ -41,6 +42,7 @@ def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every
     from bertnli.sweep.parent import parent_run
     from bertnli.tracking.store import client, get_or_create_experiment
 
+    new_store(tmp_path / "mlflow.db")
     cfg = sweep_cfg(tmp_path)
     uri = cfg.tracking.tracking_uri
     get_or_create_experiment(client(uri), "s", uri)  # the store exists (its creation is not the race under test)
@@ -93,12 +95,14 @@ class StandIn:
         return os.read(self.decide_r, 100) if ready else b""
 
 
-def test_a_trial_failed_by_another_process_is_lost_at_its_next_epoch_report_not_a_crashed_worker(tmp_path):
+@pytest.mark.slow  # a stand-in trial process
+def test_a_trial_failed_by_another_process_is_lost_at_its_next_epoch_report_not_a_crashed_worker(tmp_path, new_store):
     """An outage longer than `grace` lets another worker fail a live trial. Before: the owner's next
     `trial.report` raised UpdateFinishedTrialError, which ended the worker thread (a crashed sweep)."""
     from bertnli.sweep.space import pruning_ticks as schedule_ticks
     from bertnli.sweep.supervisor import TrialRun
 
+    new_store(tmp_path / "mlflow.db")
     cfg = sweep_cfg(tmp_path, pruner_warmup_epochs=0)
     journal = str(tmp_path / "journal.log")
     storage = open_storage(journal)
@@ -146,13 +150,14 @@ def test_a_trial_failed_by_another_process_is_lost_at_its_next_epoch_report_not_
         run.close()
 
 
-def test_a_live_trial_on_a_host_whose_clock_differs_by_90_s_is_not_reaped(tmp_path, monkeypatch):
+def test_a_live_trial_on_a_host_whose_clock_differs_by_90_s_is_not_reaped(tmp_path, monkeypatch, new_store):
     """Another host's heartbeat (and a trial's datetime_start) are written on that host's clock. Before:
     the reaper compared them with its own clock, so a host 90 s ahead failed every live trial of the
     others (grace 60 s) and they ran twice. A dead worker's trial must still be reaped."""
     from bertnli.sweep import reaping
 
     grace = 1.0
+    new_store(tmp_path / "mlflow.db")
     cfg = sweep_cfg(tmp_path, grace_s=grace)
     storage = open_storage(str(tmp_path / "journal.log"))
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")

@@ -102,7 +102,7 @@ def test_pruning_compares_trials_at_the_same_fraction_of_their_schedules(tiny_sn
     assert t.should_prune()
 
 
-def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkeypatch):
+def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkeypatch, new_store):
     """The commit of create_new_trial lands, then the connection drops before the reply: repeating the
     call would make a second RUNNING trial. The storage raises instead; the reaper fails the orphan."""
     from optuna.storages import RDBStorage
@@ -132,7 +132,7 @@ def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkey
         {"data": str(tmp_path)},
         {"grace_s": 0.2, "out_dir": str(tmp_path / "out")},
         [],
-        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        TrackingConfig(new_store(tmp_path / "mlflow.db")),
     )
     reap(study, storage, cfg, log=lambda *_: None)  # the reaper starts watching the ownerless trial ...
     assert study.get_trials()[0].state == S.RUNNING
@@ -145,7 +145,7 @@ def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkey
     ] == []  # nothing to retry: it never had a configuration
 
 
-def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monkeypatch):
+def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monkeypatch, new_store):
     """Processes that miss each other's runs, or whose clocks differ, must still agree on one parent.
     Before: the earliest start_time won, so a starter whose clock runs 60 s behind took over."""
     from mlflow import MlflowClient
@@ -153,7 +153,7 @@ def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monk
     from bertnli.sweep.parent import parent_run
     from bertnli.sweep.storage import open_storage
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     cfg = load_sweep_config(None, {"data": str(tmp_path)}, {"study_name": "s"}, [], TrackingConfig(uri, None))
     storage = open_storage(str(tmp_path / "journal.log"))
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -173,6 +173,7 @@ def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monk
     assert first == second and [r.info.run_id for r in parents] == [first]
 
 
+@pytest.mark.slow  # runs pytest in a subprocess
 def test_under_ci_a_skipped_postgresql_or_chromium_test_fails(tmp_path):
     """CI was green with its real-server tests skipped when apt failed."""
     import subprocess
