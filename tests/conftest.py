@@ -11,7 +11,13 @@ import shutil
 import threading
 from pathlib import Path
 
-import pytest
+# One intra-op thread for torch, here and in every process a test starts (they inherit the environment):
+# the test models are tiny, so a second thread buys nothing, and on a 2-core machine that also runs a
+# subprocess, a sweep's workers or another job, OpenMP threads waiting for a busy core made tiny runs 5-7x
+# slower. Set before torch is imported; a value the caller set wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 pytest_plugins = ["ci_servers"]  # under CI=true, PostgreSQL/Chromium tests may not skip
 
@@ -101,14 +107,20 @@ def store_template(tmp_path_factory) -> Path:
     return db
 
 
+def copy_store(store_template: Path, path: Path) -> str:
+    """A ready (migrated, empty) MLflow store at `path`, copied from the template; its tracking URI.
+    For module- and session-scoped fixtures (tests take `new_store`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(store_template, path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture
 def new_store(store_template):
     """`new_store(path)` puts a ready (migrated, empty) MLflow store at `path` and returns its tracking URI."""
 
     def make(path: Path) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store_template, path)
-        return f"sqlite:///{path}"
+        return copy_store(store_template, path)
 
     return make
 
@@ -116,15 +128,21 @@ def new_store(store_template):
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory, store_template) -> str:
     """One SQLite store for the session's tests that only add runs to it."""
-    db = tmp_path_factory.mktemp("mlruns") / "mlflow.db"
-    shutil.copyfile(store_template, db)
-    return f"sqlite:///{db}"
+    return copy_store(store_template, tmp_path_factory.mktemp("mlruns") / "mlflow.db")
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
+    """Each test its own model cache, no inherited tracking URI, and the environment back as it was afterwards:
+    an in-process command (CliRunner) sets switches in os.environ for its trial processes (--no-system-metrics
+    sets BERTNLI_SYSTEM_METRICS=0), which must not reach the next test."""
+    saved = dict(os.environ)
     monkeypatch.setenv("BERTNLI_CACHE", str(tmp_path / "model-cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 # ---------------------------------------------------------------- a real HTTP server
@@ -179,7 +197,7 @@ class FileServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)  # poll: close fast
         self.thread.start()
 
     def close(self):

@@ -108,18 +108,39 @@ def test_mlflow_and_optuna_are_imported_only_by_the_layers_that_own_them(library
     assert not strays, f"{library} imported outside {', '.join(OWNED[library])}: {strays}"
 
 
-def test_subpackages_reexport_nothing():
-    """Every name has one home: a subpackage's __init__ holds its docstring, nothing to import from."""
-    loud = [
-        str(p.relative_to(ROOT))
-        for m, p in MODULES.items()
-        if p.name == "__init__.py"
-        and m != "bertnli"
-        and any(
-            not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in ast.parse(p.read_text()).body
-        )
-    ]
-    assert not loud, f"these __init__.py files define or import names: {loud}"
+def reexports(path: Path) -> list[str]:
+    """Names a module imports without using them: a re-export (or an `__all__`)."""
+    tree = ast.parse(path.read_text())
+    imported = {
+        a.asname or a.name.split(".")[0]
+        for n in tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+        if a.name != "annotations"
+    }
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    defines_all = any(
+        isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in n.targets) for n in tree.body
+    )
+    return sorted(imported - used) + (["__all__"] if defines_all else [])
+
+
+def test_packages_reexport_nothing():
+    """Every name has one home: an import says where a name lives (`from bertnli.train.fit import fit`),
+    never a package that merely passes it on. A subpackage's __init__ holds its docstring (cli's also
+    the command group, which uses what it imports)."""
+    loud = {
+        str(p.relative_to(ROOT)): names for p in MODULES.values() if p.name == "__init__.py" and (names := reexports(p))
+    }
+    assert not loud, f"these __init__.py files re-export names: {loud}"
+
+
+def test_the_reexport_check_catches_one(tmp_path):
+    init = tmp_path / "__init__.py"
+    init.write_text('"""A package."""\n\nfrom bertnli.train.fit import fit\n')
+    assert reexports(init) == ["fit"]
+    init.write_text('"""A package."""\n\nfrom bertnli.train.fit import fit\n\nRUN = fit\n')
+    assert reexports(init) == []
 
 
 def test_modules_and_functions_stay_short():

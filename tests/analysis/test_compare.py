@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from conftest import ROOT, make_rows, write_jsonl_gz
+from conftest import ROOT, copy_store, make_rows, write_jsonl_gz
 from mlflow import MlflowClient
 from tiny_runs import cli
 
@@ -13,9 +13,9 @@ from bertnli.tracking.query import load_runs
 
 
 @pytest.fixture(scope="module")
-def seeded(tiny_snli, tmp_path_factory):
+def seeded(tiny_snli, tmp_path_factory, store_template):
     tmp = tmp_path_factory.mktemp("compare")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = copy_store(store_template, tmp / "mlflow.db")
     toml = tmp / "exp.toml"
     toml.write_text(
         f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 2\nlr = 2e-3\noptimizer = "adam"\n'
@@ -43,6 +43,7 @@ def seeded(tiny_snli, tmp_path_factory):
     return uri, tmp, toml, outs
 
 
+@pytest.mark.slow
 def test_seeds_make_one_run_per_seed_grouped_by_a_tag(seeded):
     uri, tmp, toml, outs = seeded
     runs = load_runs(["cmp"], uri)
@@ -56,6 +57,7 @@ def test_seeds_make_one_run_per_seed_grouped_by_a_tag(seeded):
         assert f"seed group {group}: 2 runs, dev_acc mean" in outs[trunc]
 
 
+@pytest.mark.slow
 def test_rerunning_a_seed_group_adopts_finished_seeds(seeded):
     uri, tmp, toml, _ = seeded
     r = cli(
@@ -76,6 +78,7 @@ def test_rerunning_a_seed_group_adopts_finished_seeds(seeded):
     assert r.stdout.count("adopted") >= 2 and len(load_runs(["cmp"], uri)) == 4
 
 
+@pytest.mark.slow
 def test_rerunning_a_seed_group_with_changed_settings_is_refused_in_one_line(seeded):
     """A seed group is one configuration over seeds. Before: a rerun with another lr adopted the finished
     seeds (at the old lr) and would have resumed an interrupted one at the new lr, under one group tag."""
@@ -108,6 +111,7 @@ def test_rerunning_a_seed_group_with_changed_settings_is_refused_in_one_line(see
         marker.write_text(kept)
 
 
+@pytest.mark.slow
 def test_seed_and_seeds_do_not_mix(seeded):
     uri, tmp, toml, _ = seeded
     r = cli("train", "--config", toml, "--seed", "3", "--out", tmp / "x", "--tracking-uri", uri)
@@ -120,13 +124,14 @@ def test_truncation_ablation_uses_the_seeds_axis():
     assert seeds_setting(ROOT / "experiments" / "quick_cpu.toml", None) is None
 
 
-def test_reproduce_runs_the_grid_times_the_seeds(tiny_snli, tmp_path):
+@pytest.mark.slow
+def test_reproduce_runs_the_grid_times_the_seeds(tiny_snli, tmp_path, new_store):
     """`reproduce FILE.toml` with seeds in [train] and a two-value [grid]: 2 x 2 runs, one seed group per grid value.
 
     It runs in tmp_path because reproduce writes outputs/<stem>/ under the working directory, and a
     seed group there from an earlier session would be resumed (its runs adopted) instead of trained.
     """
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     toml = tmp_path / "seedgrid.toml"
     toml.write_text(
         f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nepochs = 1\nlr = 2e-3\noptimizer = "adam"\n'
@@ -163,6 +168,7 @@ def _delta(stdout: str, split: str) -> float:
     return float(re.search(rf"^{split}: .*delta ([+-][0-9.]+) pp", stdout, re.M).group(1))
 
 
+@pytest.mark.slow
 def test_compare_cells_across_seeds(seeded):
     uri, *_ = seeded
     r = cli(
@@ -185,6 +191,7 @@ def test_compare_cells_across_seeds(seeded):
     assert re.search(r"^dev: .*2 run\(s\).*95 % CI \[.*McNemar exact p = ", r.stdout, re.M)
 
 
+@pytest.mark.slow
 def test_a_run_against_itself_is_no_difference(seeded):
     uri, *_ = seeded
     run_id = load_runs(["cmp"], uri)["run_id"][0]
@@ -194,6 +201,7 @@ def test_a_run_against_itself_is_no_difference(seeded):
     assert "no detectable difference" in r.stdout
 
 
+@pytest.mark.slow
 def test_compare_refuses_runs_on_different_data(seeded, tmp_path):
     uri, tmp, toml, _ = seeded
     other = tmp_path / "other"
@@ -224,6 +232,7 @@ def test_compare_refuses_runs_on_different_data(seeded, tmp_path):
     assert "were evaluated on different dev data" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_cell_that_matches_nothing_is_one_line(seeded):
     uri, *_ = seeded
     r = cli(
@@ -242,7 +251,8 @@ def test_a_cell_that_matches_nothing_is_one_line(seeded):
     )
 
 
-def test_random_sweep_is_unpruned_and_its_parent_gets_a_verdict(tiny_snli, tmp_path):
+@pytest.mark.slow
+def test_random_sweep_is_unpruned_and_its_parent_gets_a_verdict(tiny_snli, tmp_path, new_store):
     """`sweep --sampler random`: i.i.d. draws (no enqueued cells, no pruning), so EVP is valid; verdict tags on the
     parent.
     """
@@ -250,10 +260,10 @@ def test_random_sweep_is_unpruned_and_its_parent_gets_a_verdict(tiny_snli, tmp_p
     toml.write_text(
         f'[train]\nmodel = "tiny-d2l-random"\ndata = "{tiny_snli}"\nmax_len = 12\nbatch_size = 16\noptimizer = "adam"\n'
         f'schedule = "constant"\ncache_dir = "{tmp_path / "enc"}"\ndropout = 0.0\nepochs = 2\n\n'
-        '[sweep]\ntrials = 5\nstudy_name = "rnd"\npruner_startup_trials = 1\n\n'
+        '[sweep]\ntrials = 3\nstudy_name = "rnd"\npruner_startup_trials = 1\n\n'
         '[sweep.space]\nlr = {low = 1e-4, high = 5e-3, log = true}\ntruncation = ["longest_first", "ratio"]\n'
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     r = cli(
         "sweep",
         "--config",
@@ -277,9 +287,9 @@ def test_random_sweep_is_unpruned_and_its_parent_gets_a_verdict(tiny_snli, tmp_p
         parent.data.tags["bertnli.sampler"] == "RandomSampler(seed=0, per trial number)"
         and parent.data.tags["bertnli.pruner"] == "NopPruner()"
     )
-    assert len(children) == 5 and all(x.info.status == "FINISHED" for x in children)  # nothing pruned
+    assert len(children) == 3 and all(x.info.status == "FINISHED" for x in children)  # nothing pruned
     cells = {x.data.params["truncation"] for x in children}
-    assert cells == {"longest_first", "ratio"}  # the seeded random draws cover both (3 and 2 trials)
+    assert cells == {"longest_first", "ratio"}  # the seeded random draws cover both (2 and 1 trials)
     # cells are the space's categorical params (here truncation)
     assert {parent.data.tags["bertnli.verdict.best_cell"], parent.data.tags["bertnli.verdict.runner_up"]} == {
         f"truncation={t}" for t in cells

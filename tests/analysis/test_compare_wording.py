@@ -7,9 +7,22 @@ from bertnli.analysis.compare import describe
 
 def row(ci_low, ci_high, p, seeds=1, delta=None):
     delta = (ci_low + ci_high) / 2 if delta is None else delta
-    return pd.Series({"split": "test", "acc_a": 0.70, "acc_b": 0.70 - delta, "delta": delta, "ci_low": ci_low,
-                      "ci_high": ci_high, "p_value": p, "n_examples": 300, "seeds_a": seeds, "seeds_b": seeds,
-                      "a_only": 10, "b_only": 21})
+    return pd.Series(
+        {
+            "split": "test",
+            "acc_a": 0.70,
+            "acc_b": 0.70 - delta,
+            "delta": delta,
+            "ci_low": ci_low,
+            "ci_high": ci_high,
+            "p_value": p,
+            "n_examples": 300,
+            "seeds_a": seeds,
+            "seeds_b": seeds,
+            "a_only": 10,
+            "b_only": 21,
+        }
+    )
 
 
 def test_one_run_per_side_says_when_the_interval_and_p_disagree():

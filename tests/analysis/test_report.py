@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import copy_store
 from tiny_runs import tiny_cfg
 
 from bertnli.analysis.report import grouped, leaderboard, truncation_effect, write_report
@@ -14,14 +15,17 @@ from bertnli.tracking.run import train_run
 
 
 @pytest.fixture(scope="module")
-def store(tiny_snli, tmp_path_factory):
+def store(tiny_snli, tmp_path_factory, store_template):
+    """8 recorded runs (2 models x 2 truncations x 2 seeds). Reports read params, metrics, metric histories and
+    per-example predictions, not the logged model: no run logs its checkpoint (keep_checkpoint=False)."""
     tmp = tmp_path_factory.mktemp("report")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = copy_store(store_template, tmp / "mlflow.db")
     for model in ("tiny-d2l-random", "tiny-random"):
         for trunc in ("longest_first", "ratio"):
             for seed in (0, 1):
                 cfg = tiny_cfg(tiny_snli, tmp, model=model, truncation=trunc, seed=seed, epochs=2, max_len=12)
-                train_run(cfg, tmp / f"{model}-{trunc}-{seed}", TrackingConfig(uri, "grid"), progress=False)
+                tracking = TrackingConfig(uri, "grid")
+                train_run(cfg, tmp / f"{model}-{trunc}-{seed}", tracking, keep_checkpoint=False, progress=False)
     return uri, tmp
 
 
@@ -112,6 +116,7 @@ def test_pairwise_forest_plot_shows_every_pair_with_its_ci_and_holm_p(store, tmp
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_html_report_images_load_in_headless_chromium(store, tmp_path):
     uri, _ = store
@@ -242,10 +247,10 @@ def _synthetic_mf_study(uri: str, name: str, reversed_low: bool) -> str:
 
 
 @pytest.mark.parametrize("reversed_low", [True, False])
-def test_the_audit_flags_a_cheap_ranking_that_did_not_hold(tmp_path, reversed_low):
+def test_the_audit_flags_a_cheap_ranking_that_did_not_hold(tmp_path, new_store, reversed_low):
     from bertnli.analysis.report import CHEAP_RANKING_FAILED, fidelity_audit
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     runs = load_runs([_synthetic_mf_study(uri, "mf", reversed_low)], uri)
     audit = fidelity_audit(runs, n_boot=500)
     assert (
@@ -256,7 +261,7 @@ def test_the_audit_flags_a_cheap_ranking_that_did_not_hold(tmp_path, reversed_lo
     assert audit.loc[0, "kendall_tau"] == pytest.approx(-1.0 if reversed_low else 1.0)
     assert audit.loc[0, "tau_ci_low"] <= audit.loc[0, "kendall_tau"] <= audit.loc[0, "tau_ci_high"]
     assert audit.loc[0, "verdict"].startswith(CHEAP_RANKING_FAILED) == reversed_low
-    write_report(runs, tmp_path / "r", ("md", "csv"), uri)
+    write_report(runs, tmp_path / "r", ("md", "csv"), uri, audit=audit)  # as `report` passes the audit it printed
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## fidelity audit" in md and (f"WARNING: {CHEAP_RANKING_FAILED}" in md) == reversed_low
     assert (tmp_path / "r" / "fidelity_audit.csv").is_file()

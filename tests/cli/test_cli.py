@@ -7,6 +7,8 @@ import pytest
 from conftest import ROOT, run_env
 from tiny_runs import cli
 
+pytestmark = pytest.mark.slow  # every test here runs `bertnli-exp` as a process of its own
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_snli, tmp_path_factory, mlflow_uri):
@@ -182,7 +184,7 @@ def test_predict_file_errors_are_one_line_naming_the_file_and_line(trained, tmp_
         ]
 
 
-def test_sigterm_marks_a_train_run_killed_and_it_resumes(tmp_path):
+def test_sigterm_marks_a_train_run_killed_and_it_resumes(tmp_path, new_store):
     """Before: only Ctrl-C was classified; SIGTERM (schedulers, `timeout`, `docker stop`) left the run RUNNING."""
     import signal
     import time
@@ -194,7 +196,7 @@ def test_sigterm_marks_a_train_run_killed_and_it_resumes(tmp_path):
     data.mkdir()
     for split, n, seed in (("train", 1200, 11), ("dev", 100, 12), ("test", 100, 13)):
         write_jsonl_gz(data / f"snli_1.0_{split}.jsonl.gz", make_rows(n, seed))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     cmd = [
         sys.executable,
         "-m",

@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from bertnli.cli.main import main
+from bertnli.cli import main
 
 # What an impossible value is for options whose type the parser cannot check (command, param name).
 IMPOSSIBLE_TEXT = {
@@ -180,10 +180,10 @@ def invocation(cmd_name: str, param: click.Parameter, value: str, valid: dict[st
 
 @pytest.mark.parametrize("cmd_name,param_name,value,needle", wrong_value_cases())
 def test_wrong_value_is_one_line_and_exit_2(
-    cmd_name, param_name, value, needle, tiny_snli, checkpoint, tmp_path, monkeypatch
+    cmd_name, param_name, value, needle, tiny_snli, checkpoint, tmp_path, monkeypatch, new_store
 ):
     monkeypatch.chdir(tmp_path)  # nothing a case writes lands in the repo
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path / "mlflow.db"))
     a_file, a_dir = tmp_path / "a-file", tmp_path / "a-dir"
     a_file.write_text("x")
     a_dir.mkdir()

@@ -78,12 +78,13 @@ def test_num_heads_flows_from_config_through_prepare(tmp_path, tiny_snli):
 
 
 def test_cli_has_num_heads():
-    from bertnli.cli.main import main
+    from bertnli.cli import main
 
     out = CliRunner().invoke(main, ["train", "--help"]).output
     assert "--num-heads" in out
 
 
+@pytest.mark.slow
 def test_train_cli_takes_num_heads_and_warns_only_when_it_guesses(tmp_path, tiny_snli, mlflow_uri):
     """`bertnli-exp train` as a user runs it (a process of its own, so the once-per-process warning starts fresh)."""
     import subprocess

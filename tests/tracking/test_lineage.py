@@ -93,7 +93,7 @@ def _sums(data, **wrong):
 
 
 def test_reproduce_checks_data_digests(tmp_path, tiny_snli, mlflow_uri, monkeypatch):
-    from bertnli.cli.main import main
+    from bertnli.cli import main
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"

@@ -123,7 +123,7 @@ def test_system_metrics_are_logged_by_mlflow_and_can_be_turned_off(tiny_snli, tm
 
     from click.testing import CliRunner
 
-    from bertnli.cli.main import main
+    from bertnli.cli import main
 
     monkeypatch.setenv("BERTNLI_SYSTEM_METRICS", "1")  # restored after the test; the flag sets it for trial processes
     args = [

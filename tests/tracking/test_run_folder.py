@@ -103,6 +103,7 @@ def test_a_damaged_best_folder_is_refused_when_resuming_not_after_training(tiny_
     assert not trained and _dev_steps(uri, _run_id(run)) == [1]  # refused before a single step
 
 
+@pytest.mark.slow  # another process holds the folder's lock
 def test_a_second_process_on_a_run_folder_is_refused_and_a_released_lock_is_taken(tiny_snli, tmp_path, new_store):
     uri = new_store(tmp_path / "mlflow.db")
     cfg, run = _interrupted(tiny_snli, tmp_path, uri)

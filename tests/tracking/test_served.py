@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import requests
 from click.testing import CliRunner
-from conftest import ROOT, run_env
+from conftest import ROOT, copy_store, run_env
 from mlflow import MlflowClient
 from tiny_runs import free_port, tiny_cfg
 from tiny_sweeps import write_toml
@@ -29,6 +29,8 @@ PAIRS = pd.DataFrame(
 )
 COLUMNS = ["label", "entailment", "contradiction", "neutral"]
 
+pytestmark = pytest.mark.slow  # a real `mlflow server`, `mlflow models serve` and a sweep: processes of their own
+
 
 def _wait(url: str, proc: subprocess.Popen, seconds: float, what: str) -> None:
     deadline = time.time() + seconds
@@ -38,7 +40,7 @@ def _wait(url: str, proc: subprocess.Popen, seconds: float, what: str) -> None:
         try:
             if requests.get(url, timeout=2).ok:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy starting to answer
             time.sleep(0.5)
     proc.kill()
     pytest.fail(f"{what} did not answer {url} within {seconds} s")
@@ -53,8 +55,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, store_template):
     root = tmp_path_factory.mktemp("mlserver")
+    backend = copy_store(store_template, root / "mlflow.db")  # migrated already: the server starts sooner
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -63,7 +66,7 @@ def server(tmp_path_factory):
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
+            backend,
             "--artifacts-destination",
             str(root / "artifacts"),
             "--host",
@@ -156,7 +159,7 @@ def test_models_serve_answers_invocations(served_run, server):
 
 
 def test_champion_is_registered_and_usable_by_name(served_run, server, tiny_snli):
-    from bertnli.cli.main import main
+    from bertnli.cli import main
 
     run_id, _, best = served_run
     assert register_champion(run_id, "bertnli-nli", server) == "1"

@@ -95,20 +95,34 @@ def test_missing_train_split_is_named(tmp_path, tiny_snli):
         fit(tiny_cfg(tmp_path / "d", tmp_path), tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(tiny_snli, tmp_path, mlflow_uri):
     """torchrun --nproc_per_node 2 (gloo) gives the single-process result for the same global batch.
 
     In fp32 (--no-amp), to 1e-4: under bf16 autocast (the default on CPUs with native bf16) the two
     batch splits round differently, by about 1e-4 in the loss."""
+    two, one = _ddp_and_one_process(tiny_snli, tmp_path, mlflow_uri, batch_size=16, limit_train=160, port=29613)
+    for h1, h2 in zip(one.history, two["history"], strict=True):
+        assert h2["train_loss"] == pytest.approx(h1.train_loss, abs=1e-4)
+        assert h2["dev_loss"] == pytest.approx(h1.dev_loss, abs=1e-4)
+    assert two["best_dev_acc"] == pytest.approx(one.best_dev_acc, abs=1e-9)
+
+
+def _ddp_and_one_process(data, tmp_path, mlflow_uri, batch_size, limit_train, port):
+    """`bertnli-exp train` under torchrun (2 CPU processes, gloo; rank 0 records to MLflow), then the same
+    configuration (read back from the run's config.json) fitted in one process, here: (DDP result.json, FitResult).
+    """
+    from bertnli.config import load_config
+
     args = [
         "--model",
         "tiny-d2l-random",
         "--data",
-        str(tiny_snli),
+        str(data),
         "--epochs",
         "2",
         "--batch-size",
-        "16",
+        str(batch_size),
         "--lr",
         "2e-3",
         "--max-len",
@@ -120,7 +134,7 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_snli, tmp_path, mlflow_uri
         "--dropout",
         "0",
         "--limit-train",
-        "160",
+        str(limit_train),
         "--no-amp",
         "--cache-dir",
         str(tmp_path / "enc"),
@@ -128,44 +142,12 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_snli, tmp_path, mlflow_uri
         mlflow_uri,
         "--no-progress",
     ]
-    single = subprocess.run(
-        [sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
-        cwd=ROOT,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29613",
-            "-m",
-            "bertnli.cli",
-            "train",
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        cwd=ROOT,
-        env=run_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ddp = _torchrun(["-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "two")], port=port)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = json.loads((tmp_path / "one" / "result.json").read_text())
-    two = json.loads((tmp_path / "two" / "result.json").read_text())
-    for h1, h2 in zip(one["history"], two["history"]):
-        assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-4)
-        assert h2["dev_loss"] == pytest.approx(h1["dev_loss"], abs=1e-4)
-    assert two["best_dev_acc"] == pytest.approx(one["best_dev_acc"], abs=1e-9)
+    cfg = load_config(None, json.loads((tmp_path / "two" / "config.json").read_text()))
+    assert (cfg.batch_size, cfg.limit_train, cfg.amp, cfg.dropout) == (batch_size, limit_train, False, 0.0)
+    one = fit(cfg, tmp_path / "one", progress=False)
+    return json.loads((tmp_path / "two" / "result.json").read_text()), one
 
 
 def _torchrun(args, nproc=2, port=29614, timeout=180, **env):
@@ -188,56 +170,20 @@ def _torchrun(args, nproc=2, port=29614, timeout=180, **env):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_train", [33, 35])
 def test_ddp_uneven_last_batch_matches_one_process(tiny_snli, tmp_path, mlflow_uri, n_train):
     """A last global batch of 1 (33 = 8 x 4 + 1) leaves rank 1 with nothing: it must neither crash nor hang the
     other rank. A last batch of 3 (35) splits 2 + 1: every example must weigh the same, as in one process."""
-    args = [
-        "--model",
-        "tiny-d2l-random",
-        "--data",
-        str(tiny_snli),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--lr",
-        "2e-3",
-        "--max-len",
-        "32",
-        "--schedule",
-        "constant",
-        "--optimizer",
-        "adam",
-        "--dropout",
-        "0",
-        "--limit-train",
-        str(n_train),
-        "--no-amp",
-        "--cache-dir",
-        str(tmp_path / "enc"),
-        "--tracking-uri",
-        mlflow_uri,
-        "--no-progress",
-    ]
-    single = subprocess.run(
-        [sys.executable, "-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "one")],
-        cwd=ROOT,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    two, one = _ddp_and_one_process(
+        tiny_snli, tmp_path, mlflow_uri, batch_size=4, limit_train=n_train, port=29615 + n_train
     )
-    assert single.returncode == 0, single.stderr[-2000:]
-    ddp = _torchrun(["-m", "bertnli.cli", "train", *args, "--out", str(tmp_path / "two")], port=29615 + n_train)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = json.loads((tmp_path / "one" / "result.json").read_text())
-    two = json.loads((tmp_path / "two" / "result.json").read_text())
-    for h1, h2 in zip(one["history"], two["history"], strict=True):
-        assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=1e-4)
-        assert h2["dev_loss"] == pytest.approx(h1["dev_loss"], abs=1e-4)
+    for h1, h2 in zip(one.history, two["history"], strict=True):
+        assert h2["train_loss"] == pytest.approx(h1.train_loss, abs=1e-4)
+        assert h2["dev_loss"] == pytest.approx(h1.dev_loss, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_ranks_draw_their_own_dropout_masks(tiny_snli, tmp_path):
     """The same seed on every rank would drop the same units everywhere: less regularisation than one process."""
     r = _torchrun([str(ROOT / "tests" / "ddp_probe.py"), str(tiny_snli)], port=29660, PROBE_OUT=str(tmp_path))
@@ -247,11 +193,14 @@ def test_ddp_ranks_draw_their_own_dropout_masks(tiny_snli, tmp_path):
     assert not torch.equal(m0, m1)
 
 
-def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.slow
+def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(tmp_path, new_store):
     """A real `bertnli-exp train` process killed with SIGKILL (no handler runs) in the middle of epoch 2.
 
     Stated tolerance: the resumed run's selected weights equal the uninterrupted run's to 1e-6,
     and their dev/test accuracies are identical; the MLflow run is the same one, ends FINISHED.
+    The uninterrupted reference is the same configuration (the killed run's config.json) fitted in
+    this process; the killed and the resumed run are real processes.
     """
     import os
     import signal
@@ -260,52 +209,43 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
     from conftest import make_rows, write_jsonl_gz
     from mlflow import MlflowClient
 
+    from bertnli.config import load_config
+
     data = tmp_path / "snli"
     data.mkdir()
-    for split, n, seed in (("train", 2400, 11), ("dev", 200, 12), ("test", 200, 13)):
+    for split, n, seed in (("train", 1200, 11), ("dev", 200, 12), ("test", 200, 13)):
         write_jsonl_gz(data / f"snli_1.0_{split}.jsonl.gz", make_rows(n, seed))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-    def train(out, *extra):
-        return [
-            sys.executable,
-            "-m",
-            "bertnli.cli",
-            "train",
-            "--model",
-            "tiny-d2l-random",
-            "--data",
-            str(data),
-            "--epochs",
-            "3",
-            "--batch-size",
-            "8",
-            "--lr",
-            "2e-3",
-            "--max-len",
-            "32",
-            "--checkpoint-every",
-            "5",
-            "--seed",
-            "3",
-            "--cache-dir",
-            str(tmp_path / "enc"),
-            "--tracking-uri",
-            uri,
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ]
-
-    full = subprocess.run(
-        train(tmp_path / "full"), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600
-    )
-    assert full.returncode == 0, full.stderr[-2000:]
-
-    proc = subprocess.Popen(
-        train(tmp_path / "killed"), cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    uri = new_store(tmp_path / "mlflow.db")
+    train = [
+        sys.executable,
+        "-m",
+        "bertnli.cli",
+        "train",
+        "--model",
+        "tiny-d2l-random",
+        "--data",
+        str(data),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "2e-3",
+        "--max-len",
+        "32",
+        "--checkpoint-every",
+        "5",
+        "--seed",
+        "3",
+        "--cache-dir",
+        str(tmp_path / "enc"),
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "killed"),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(train, cwd=ROOT, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last, deadline, ck = tmp_path / "killed" / "last.pt", time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -319,7 +259,9 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
     ck = torch.load(last, weights_only=True, map_location="cpu")
-    assert ck["epoch"] == 2 and 0 < ck["step_in_epoch"] < 300  # what survived: a mid-epoch-2 checkpoint
+    cfg = load_config(None, json.loads((tmp_path / "killed" / "config.json").read_text()))
+    steps_per_epoch = -(-len(prepare(cfg).train) // cfg.batch_size)
+    assert ck["epoch"] == 2 and 0 < ck["step_in_epoch"] < steps_per_epoch  # what survived: a mid-epoch-2 checkpoint
     run_id = json.loads((tmp_path / "killed" / "mlflow_run.json").read_text())["run_id"]
     c = MlflowClient(uri)
     assert c.get_run(run_id).info.status == "RUNNING"  # SIGKILL leaves no chance to record anything
@@ -334,18 +276,25 @@ def test_sigkill_of_a_train_process_mid_epoch_then_resume_equals_uninterrupted(t
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {last}: epoch 2, step {ck['step_in_epoch']}" in resumed.stdout
-    summary = lambda out: out.stdout.split("best dev_acc ")[1].split(";")[:2]  # noqa: E731 - dev (epoch), test
-    assert summary(resumed) == summary(full)
+
+    full = fit(cfg, tmp_path / "full", progress=False)  # the uninterrupted run
+    assert f"best dev_acc {full.best_dev_acc:.4f} (epoch {full.best_epoch}); test_acc {full.test.acc:.4f};" in (
+        resumed.stdout
+    )
+    done = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert (done["best_epoch"], done["best_dev_acc"], done["test_acc"]) == (
+        full.best_epoch,
+        full.best_dev_acc,
+        full.test.acc,
+    )
+    assert [h["train_loss"] for h in done["history"]] == pytest.approx([m.train_loss for m in full.history], abs=1e-6)
     a, b = load_selected(tmp_path / "full" / "best")[0], load_selected(tmp_path / "killed" / "best")[0]
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(va, vb, atol=1e-6), k
     run = c.get_run(run_id)
     assert run.info.status == "FINISHED" and f"run {run_id}" in resumed.stdout  # the same MLflow run, finished
-    assert [m.step for m in c.get_metric_history(run_id, "dev_acc")] == [
-        1,
-        2,
-        3,
-    ]  # each epoch once, none lost or doubled
+    assert run.data.metrics["test_acc"] == full.test.acc
+    assert [m.step for m in c.get_metric_history(run_id, "dev_acc")] == [1, 2, 3]  # each epoch once
 
 
 @pytest.mark.parametrize("amp", [True, False])
@@ -416,6 +365,7 @@ def test_fp16_with_a_loss_scaler_trains_and_resumes_exactly(tiny_snli, tmp_path)
         assert torch.allclose(a, b, atol=1e-6), k
 
 
+@pytest.mark.slow  # torch.compile's inductor starts compile workers and runs the C++ compiler: processes
 def test_compiled_forward_trains_like_eager(tiny_snli, tmp_path):
     """`compile` changes how the forward runs, not what it computes (fp32, no dropout: to 1e-4)."""
     runs = [
