@@ -67,6 +67,39 @@ def _compare_hint(stem: str, combos: list[dict], runs: int, experiment: str) -> 
     )
 
 
+def run_combo(
+    stem: str,
+    run_cfg: TrainConfig,
+    combo: dict,
+    seeds: list[int] | None,
+    tracking_uri: str | None,
+    experiment: str | None,
+    progress: bool,
+    log: Callable[[str], Any],
+    data_check: DataCheck,
+) -> tuple:
+    """One grid combination: a run (started anew each time), or a seed group (resumed); each run's data checked.
+    Returns (fit result or None for a seed group, the last run id)."""
+    out = f"outputs/{stem}/" + ("-".join(f"{k}={v}" for k, v in combo.items()) or "run")
+    tracking = TrackingConfig(tracking_uri, experiment or stem, None, {"bertnli.experiment_file": stem})
+    if seeds is not None:
+        fix = f"undo the change to resume, or delete {out} to run the experiment afresh"
+        _, done = train_seed_group(run_cfg, seeds, out, tracking, progress, log, fix=fix)
+        for seed, dev, run_id in done:
+            log(
+                f"{stem} {combo} seed {seed}: "
+                + (f"dev {dev:.4f}" if dev is not None else "adopted")
+                + f" run {run_id}"
+            )
+            log(data_check.after(run_id, tracking_uri, stem))
+        return None, done[-1][2]
+    result, run_id = train_run(run_cfg, out, tracking, progress=progress, overwrite=True)
+    test = result.test.acc if result.test else float("nan")
+    log(f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test {test:.4f} run {run_id}")
+    log(data_check.after(run_id, tracking_uri, stem))
+    return result, run_id
+
+
 def reproduce(
     name: str,
     tracking_uri: str | None = None,
@@ -90,41 +123,15 @@ def reproduce(
     combos, seeds = grid_combos(grid), seeds_setting(path, None)
     if seeds is not None and "seed" in grid:
         raise BadInput(f"{path}: seeds in [train] and seed in [grid] do not mix; keep one")
-    results = []
-    for combo in combos:
-        run_cfg = cfg.replace(**combo)
-        out = f"outputs/{stem}/" + ("-".join(f"{k}={v}" for k, v in combo.items()) or "run")
-        tracking = TrackingConfig(tracking_uri, experiment or stem, None, {"bertnli.experiment_file": stem})
-        if seeds is not None:
-            _, done = train_seed_group(
-                run_cfg,
-                seeds,
-                out,
-                tracking,
-                progress,
-                log,
-                fix=f"undo the change to resume, or delete {out} to run the experiment afresh",
-            )
-            for seed, dev, run_id in done:
-                log(
-                    f"{stem} {combo} seed {seed}: "
-                    + (f"dev {dev:.4f}" if dev is not None else "adopted")
-                    + f" run {run_id}"
-                )
-                log(data_check.after(run_id, tracking_uri, stem))
-            continue
-        result, run_id = train_run(run_cfg, out, tracking, progress=progress, overwrite=True)  # each reproduce anew
-        results.append((result, run_id))
-        log(
-            f"{stem} {combo or ''}: dev {result.best_dev_acc:.4f} test "
-            f"{result.test.acc if result.test else float('nan'):.4f} run {run_id}"
-        )
-        log(data_check.after(run_id, tracking_uri, stem))
+    runs = [
+        run_combo(stem, cfg.replace(**combo), combo, seeds, tracking_uri, experiment, progress, log, data_check)
+        for combo in combos
+    ]
     if grid or seeds is not None:
         log(_compare_hint(stem, combos, len(combos) * len(seeds or [0]), experiment or stem))
-        log(f"see them: {how_to_see(tracking_uri, run_id)}")
+        log(f"see them: {how_to_see(tracking_uri, runs[-1][1])}")
         return None
-    line, ok = verdict(stem, expect, *results[0])
-    log(f"see it: {how_to_see(tracking_uri, results[0][1])}")
+    line, ok = verdict(stem, expect, *runs[0])
+    log(f"see it: {how_to_see(tracking_uri, runs[0][1])}")
     log(line)
     return ok

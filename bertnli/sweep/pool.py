@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any
 from bertnli import BadInput, BertnliError
 from bertnli.files import atomic_write
 from bertnli.sweep import halving
+from bertnli.sweep.checkpoints import prune_checkpoints
 from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_parent_metrics
 from bertnli.sweep.reaping import claim_study_dir, reap, retry, retry_history, stale_callback, states, study_dir
 from bertnli.sweep.rungs import RUNG
@@ -287,38 +287,15 @@ class Sweep:
             if len(self.failed_in_a_row) >= self.cfg.fail_limit * (self.cfg.max_retries + 1):
                 self.stop.set()  # every trial fails: the setup is broken, not the configurations
             bar.update(1 if outcome.state in ("COMPLETE", "PRUNED") else 0)
-            self._keep_checkpoints()
+            prune_checkpoints(self.cfg, self.study.get_trials(deepcopy=False), self.rungs)
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.params.items())
         value = f"dev_acc {outcome.value:.4f}" if outcome.value is not None else ""
         self.log(f"trial {outcome.number:3d} {outcome.state:8} {value:15} {params} ({outcome.seconds:.0f} s)")
 
-    def _keep_checkpoints(self) -> None:
-        """Trials keep no optimizer state once nothing will resume them; only the best complete trial
-        keeps its weights (unless 'all'). A failed trial keeps both until its retry has taken them."""
-        S = states()
-        trials = self.study.get_trials(deepcopy=False)
-        pending = {retry_history(t)[-1] for t in trials if t.state == S.WAITING and retry_history(t)}
-        keep = {t.number for t in trials if t.state == S.RUNNING} | pending
-        if self.rungs:  # a promoted configuration's failed attempt, until the plan queues its retry
-            keep |= halving.awaiting_retry(trials, self.rungs, self.cfg.max_retries)
-        number = lambda p: int(p.parent.name.split("-")[1])  # noqa: E731 - trial-NNN/<file>
-        for last in study_dir(self.cfg).glob("trial-*/last.pt"):
-            if number(last) not in keep:
-                last.unlink(missing_ok=True)
-        if self.cfg.keep_checkpoints == "all":
-            return
-        winner = halving.best_trial(trials, self.rungs)
-        best = winner.number if winner else None
-        for ck in study_dir(self.cfg).glob("trial-*/best"):
-            if number(ck) != best and number(ck) not in keep:
-                shutil.rmtree(ck, ignore_errors=True)
-
     def _write_spec(self) -> None:
         root = study_dir(self.cfg)
         self.spec_path = root / "sweep-spec.json"
-        atomic_write(
-            self.spec_path, json.dumps(spec_to_json(self.cfg))
-        )  # processes starting together never read half a file
+        atomic_write(self.spec_path, json.dumps(spec_to_json(self.cfg)))  # a process starting now never reads half
 
     def _interrupt(self, finished: list[threading.Event]) -> None:
         """Ctrl-C / SIGTERM: each trial process gets SIGTERM (its run ends KILLED), each worker records it.
@@ -338,6 +315,41 @@ class Sweep:
         for done in finished:
             done.wait(timeout=max(0.0, deadline - time.time()))
 
+    def _announce(self, parent: str, done: int) -> None:
+        self.log(
+            f"study {self.cfg.study_name}: {done}/{self.target} trials done; storage {self.storage_url}; "
+            f"MLflow parent run {parent}"
+        )
+        if self.rungs:
+            fractions, sizes = (
+                ", ".join(f"{f:.3g}" for f in self.rungs.fractions),
+                " -> ".join(map(str, self.rungs.sizes)),
+            )
+            self.log(
+                f"multi-fidelity: rungs at {fractions} of the train split, {sizes} configurations "
+                f"(eta {self.cfg.eta}), {self.target} trials"
+            )
+
+    def _outcome(self, summary: dict[str, Any], status: str, broken: bool) -> None:
+        """Warn of a winner below the top rung; raise for a crashed worker or a broken setup."""
+        best = summary.get("best")
+        if self.rungs and best is not None and status == "FINISHED" and halving.rung_of(best) < self.rungs.top:
+            rung = halving.rung_of(best)
+            self.log(
+                f"warning: no configuration completed the top rung; the best is from rung {rung} "
+                f"({self.rungs.fractions[rung]:.3g} of the train split, no test figure)"
+            )
+        if self.crashed:
+            raise BertnliError(
+                f"{self.crashed[0]}; its trial is marked FAIL and the parent run FAILED; rerun the same "
+                "command to resume"
+            )
+        if broken:
+            raise BertnliError(
+                f"stopped: the last {len(self.failed_in_a_row)} trials all failed (a broken setup, not "
+                f"bad luck); the last said: {self.failed_in_a_row[-1].error}"
+            )
+
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
 
@@ -348,15 +360,7 @@ class Sweep:
         parent = parent_run(self.study, self.cfg, self.storage_url, self.elector)
         self._write_spec()
         done = done_count(self.study)
-        self.log(
-            f"study {self.cfg.study_name}: {done}/{self.target} trials done; "
-            f"storage {self.storage_url}; MLflow parent run {parent}"
-        )
-        if self.rungs:
-            self.log(
-                f"multi-fidelity: rungs at {', '.join(f'{f:.3g}' for f in self.rungs.fractions)} of the train split, "
-                f"{' -> '.join(map(str, self.rungs.sizes))} configurations (eta {self.cfg.eta}), {self.target} trials"
-            )
+        self._announce(parent, done)
         bar = tqdm(
             total=self.target, initial=min(done, self.target), desc="trials", unit="trial", disable=not self.progress
         )
@@ -380,23 +384,6 @@ class Sweep:
             if status == "FINISHED" and (self.crashed or not self.complete(self.study)):
                 status = "FAILED" if self.crashed or broken else "KILLED"
             summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study), self.rungs)
-        summary["wall_seconds"] = time.time() - t0
-        best = summary.get("best")
-        if self.rungs and best is not None and status == "FINISHED" and halving.rung_of(best) < self.rungs.top:
-            self.log(
-                f"warning: no configuration completed the top rung; the best is from rung {halving.rung_of(best)} "
-                f"({self.rungs.fractions[halving.rung_of(best)]:.3g} of the train split, no test figure)"
-            )
-        summary["target"] = self.target
-        summary["outcomes"] = self.outcomes
-        if self.crashed:
-            raise BertnliError(
-                f"{self.crashed[0]}; its trial is marked FAIL and the parent run FAILED; rerun the same command to "
-                "resume"
-            )
-        if broken:
-            raise BertnliError(
-                f"stopped: the last {len(self.failed_in_a_row)} trials all failed (a broken setup, not bad luck); "
-                f"the last said: {self.failed_in_a_row[-1].error}"
-            )
+        summary |= {"wall_seconds": time.time() - t0, "target": self.target, "outcomes": self.outcomes}
+        self._outcome(summary, status, broken)
         return summary
