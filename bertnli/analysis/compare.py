@@ -14,12 +14,14 @@ import pandas as pd
 
 from bertnli import BadInput, BertnliError
 from bertnli.analysis.stats import (
+    MCNEMAR,
     compare_correct,
     evp_with_replacement,
     evp_without_replacement,
     holm,
     mean_ci,
     overtaking,
+    p_phrase,
 )
 from bertnli.tracking.predictions import load_predictions
 from bertnli.tracking.query import finished_runs
@@ -127,7 +129,7 @@ def compare_runs(
     seed: int = 0,
     cache: dict | None = None,
 ) -> pd.DataFrame:
-    """One row per split both sides have predictions for: accuracies, delta A-B, 95 % CI, McNemar p.
+    """One row per split both sides have predictions for: accuracies, delta A-B, 95 % CI, p and its test.
 
     `cache` ((run id, split) -> frame) lets a pairwise table download each run's predictions once.
     """
@@ -167,41 +169,39 @@ def compare_runs(
 
 
 def verdict(row: pd.Series, name_a: str = "A", name_b: str = "B") -> str:
-    """The interval's answer and McNemar's, in words; where they disagree, the sentence says so.
+    """The interval's answer and the test's, in words; where they disagree, the sentence says so.
 
-    With several runs a side, McNemar pools the run pairs and ignores run-to-run variance while the CI
-    resamples runs too: the CI is the one to trust. With one run a side both test the same pairing and
-    a disagreement means the difference sits at the edge of what these examples can show."""
+    Both answer the same question (one run a side: these two runs; several: these two cells of runs),
+    so a disagreement means the difference sits at the edge of what the data can show."""
+    test = row.get("test", MCNEMAR)
     excludes = row["ci_low"] > 0 or row["ci_high"] < 0
     significant = row["p_value"] < 0.05
     better = name_a if row["delta"] > 0 else name_b
     if excludes and significant:
-        return f"{better} is better: the interval excludes 0 and McNemar's p < 0.05"
+        return f"{better} is better: the interval excludes 0 and the {test} p < 0.05"
     if not excludes and not significant:
-        return "no detectable difference: the interval includes 0 and McNemar's p >= 0.05"
-    if max(row["seeds_a"], row["seeds_b"]) > 1:
-        said = (
-            f"{better} is better: the interval excludes 0"
-            if excludes
-            else "no detectable difference: the interval includes 0"
-        )
-        pooled = "McNemar pools the seed pairs and ignores seed-to-seed variance, the CI resamples seeds too"
-        return f"{said}; {pooled}: trust the CI"
+        return f"no detectable difference: the interval includes 0 and the {test} p >= 0.05"
+    settle = (
+        "more examples or seeds would settle it"
+        if test == MCNEMAR
+        else "the bootstrap interval is narrow with few runs a side; more runs per cell would settle it"
+    )
     return (
-        f"undecided: the interval {'excludes' if excludes else 'includes'} 0 but McNemar's p = {row['p_value']:.3g} is "
-        f"{'not ' if excludes else ''}below 0.05; the difference is at the edge of what these examples show "
-        "(more examples or seeds would settle it)"
+        f"undecided: the interval {'excludes' if excludes else 'includes'} 0 but the {test} "
+        f"{p_phrase(row['p_value'])} is {'not ' if excludes else ''}below 0.05; the difference is at the edge of "
+        f"what these runs show ({settle})"
     )
 
 
 def describe(row: pd.Series, name_a: str = "A", name_b: str = "B") -> str:
     """One plain sentence per split: what the numbers say, and what they do not."""
     ci = f"95 % CI [{100 * row['ci_low']:+.2f}, {100 * row['ci_high']:+.2f}] pp"
+    test = row.get("test", MCNEMAR)
+    evidence = f" ({int(row['a_only'])} vs {int(row['b_only'])} discordant)" if test == MCNEMAR else ""
     return (
         f"{row['split']}: {name_a} {row['acc_a']:.4f} ({int(row['seeds_a'])} run(s)) vs {name_b} {row['acc_b']:.4f} "
         f"({int(row['seeds_b'])} run(s)) on {int(row['n_examples'])} examples; delta {100 * row['delta']:+.2f} pp, "
-        f"{ci}; McNemar exact p = {row['p_value']:.3g} ({int(row['a_only'])} vs {int(row['b_only'])} discordant); "
-        f"{verdict(row, name_a, name_b)}"
+        f"{ci}; {test} {p_phrase(row['p_value'])}{evidence}; {verdict(row, name_a, name_b)}"
     )
 
 
@@ -241,7 +241,7 @@ def cell_table(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def pairwise_table(
     runs: pd.DataFrame, keys: list[str], tracking_uri: str | None = None, n_boot: int = 2000
 ) -> pd.DataFrame:
-    """Every pair of cells (better dev mean first): delta, CI, McNemar p and Holm-adjusted p per split.
+    """Every pair of cells (better dev mean first): delta, CI, p (and its test) and Holm-adjusted p per split.
 
     Holm runs over all pairs of one split: with k cells there are k(k-1)/2 tests, and the smallest
     raw p among many is small by chance alone.
@@ -271,6 +271,7 @@ def pairwise_table(
                         "ci_low": r["ci_low"],
                         "ci_high": r["ci_high"],
                         "p_value": r["p_value"],
+                        "test": r["test"],
                         "note": "",
                     }
                 )
@@ -289,6 +290,7 @@ def pairwise_table(
             "ci_high",
             "p_value",
             "p_holm",
+            "test",
             "note",
         ],
     )
@@ -391,5 +393,6 @@ def sweep_verdict(
         "bertnli.verdict.delta_dev": f"{dev['delta']:.4f}",
         "bertnli.verdict.ci_dev": f"[{dev['ci_low']:.4f}, {dev['ci_high']:.4f}]",
         "bertnli.verdict.p_dev": f"{dev['p_value']:.4g}",
+        "bertnli.verdict.test_dev": dev["test"],
         "bertnli.verdict": describe(dev, best, second),
     }

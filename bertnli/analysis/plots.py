@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bertnli.analysis.stats import p_phrase
 from bertnli.tracking.figures import pyplot
 from bertnli.tracking.store import client
 
@@ -96,8 +97,8 @@ def plot_pairwise(pairs: pd.DataFrame):
     """Forest plot of `compare.pairwise_table`: one row per pair and split, delta (pp) with its 95 % CI.
 
     The vertical line at 0 is "no difference": a row whose bar crosses it is not a detectable
-    difference. The Holm-adjusted p is written beside each row because, with k cells, the raw p of
-    the best-looking pair is small by chance alone. Pairs that were refused (a `note`, e.g.
+    difference. The Holm-adjusted p (and its test) is written beside each row because, with k cells,
+    the raw p of the best-looking pair is small by chance alone. Pairs that were refused (a `note`, e.g.
     different data) have no delta and appear only in the table.
     """
     plt = pyplot()
@@ -118,11 +119,12 @@ def plot_pairwise(pairs: pd.DataFrame):
                 label=f"{split}: delta, 95 % CI",
             )
     ax.axvline(0, color="black", linewidth=1)
-    for i, p in enumerate(rows["p_holm"]):
+    tests = rows["test"] if "test" in rows else pd.Series([""] * len(rows))
+    for i, (p, test) in enumerate(zip(rows["p_holm"], tests)):
         ax.text(
             1.01,
             i,
-            "Holm p n/a" if pd.isna(p) else f"Holm p = {float(p):.3g}",
+            "Holm p n/a" if pd.isna(p) else f"Holm {p_phrase(float(p))} ({test})",
             transform=ax.get_yaxis_transform(),
             va="center",
             fontsize=7,

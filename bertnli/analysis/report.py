@@ -16,7 +16,7 @@ import pandas as pd
 
 from bertnli.analysis import plots
 from bertnli.analysis.compare import cell_table, evp_table, overtaking_table, pairwise_table
-from bertnli.analysis.stats import rank_agreement
+from bertnli.analysis.stats import p_text, rank_agreement
 from bertnli.tracking.query import finished_runs
 from bertnli.tracking.store import client
 
@@ -63,45 +63,55 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Two runs whose settings agree on all of these and differ in truncation measure truncation alone.
+PAIRED_ON = [
+    "lr",
+    "epochs",
+    "seed",
+    "max_len",
+    "batch_size",
+    "optimizer",
+    "limit_train",
+    "limit_eval",
+    "train_fraction",
+    "data_sha256",
+]
+TRUNCATIONS = ("longest_first", "ratio")
+EFFECT_COLUMNS = ["model", "pairs", "ratio_minus_longest_first", "std", "min", "max"]
+
+
 def truncation_effect(runs: pd.DataFrame) -> pd.DataFrame:
-    """ratio minus longest_first, per model, paired by (seed, lr, epochs) where possible, with its spread."""
+    """ratio minus longest_first on dev, per model, from pairs of runs that differ in truncation only.
+
+    A sweep's runs differ in learning rate and epochs as well: a difference of their means would credit
+    truncation with what the learning rate did, so unpaired runs give no row (`truncation_effect_note`).
+    """
     rows = []
     f = finished_runs(runs)
+    keys = [k for k in PAIRED_ON if k in f.columns]
     for model, g in f.groupby("model"):
-        keys = ["seed", "lr", "epochs", "max_len"]
-        a = g[g["truncation"] == "longest_first"].groupby(keys)["best_dev_acc"].mean()
-        b = g[g["truncation"] == "ratio"].groupby(keys)["best_dev_acc"].mean()
-        paired = (b - a).dropna()
+        side = {t: g[g["truncation"] == t].groupby(keys, dropna=False)["best_dev_acc"].mean() for t in TRUNCATIONS}
+        paired = (side["ratio"] - side["longest_first"]).dropna()
         if len(paired):
-            rows.append(
-                {
-                    "model": model,
-                    "pairs": len(paired),
-                    "ratio_minus_longest_first": paired.mean(),
-                    "std": paired.std(ddof=1) if len(paired) > 1 else np.nan,
-                    "min": paired.min(),
-                    "max": paired.max(),
-                }
-            )
-        else:
-            la, lb = (
-                g[g["truncation"] == "longest_first"]["best_dev_acc"],
-                g[g["truncation"] == "ratio"]["best_dev_acc"],
-            )
-            if len(la) and len(lb):
-                rows.append(
-                    {
-                        "model": model,
-                        "pairs": 0,
-                        "ratio_minus_longest_first": lb.mean() - la.mean(),
-                        "std": np.sqrt(la.var(ddof=1) / len(la) + lb.var(ddof=1) / len(lb))
-                        if min(len(la), len(lb)) > 1
-                        else np.nan,
-                        "min": np.nan,
-                        "max": np.nan,
-                    }
-                )
-    return pd.DataFrame(rows)
+            spread = paired.std(ddof=1) if len(paired) > 1 else np.nan
+            rows.append([model, len(paired), paired.mean(), spread, paired.min(), paired.max()])
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def truncation_effect_note(runs: pd.DataFrame, effect: pd.DataFrame) -> str:
+    """One line for each model with runs of both truncations but no pair that differs in truncation only."""
+    f = finished_runs(runs)
+    both = [m for m, g in f.groupby("model") if set(TRUNCATIONS) <= set(g["truncation"])]
+    unpaired = [m for m in both if m not in set(effect["model"])]
+    if not unpaired:
+        return ""
+    m = unpaired[0]
+    return (
+        f"truncation effect: no pair of {', '.join(unpaired)} runs differs in truncation only (same lr, epochs, "
+        f"seed, data and limits), so no number is given; compare the cells with `bertnli-exp compare --cell "
+        f"model={m},truncation=ratio --cell model={m},truncation=longest_first`, or train paired runs with "
+        "`bertnli-exp reproduce truncation_ablation`"
+    )
 
 
 CHEAP_RANKING_FAILED = "the cheap ranking did not hold"
@@ -195,16 +205,18 @@ def sampler_note(runs: pd.DataFrame, tracking_uri: str | None = None) -> str:
     )
 
 
-def _note(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None, audit: pd.DataFrame, lower_rungs: int) -> str:
+def _note(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None, tables: dict, lower_rungs: int) -> str:
     """The report's preamble: how to read it, and what it left out."""
+    trunc = truncation_effect_note(runs, tables["truncation_effect"])
     return (
         "Selection is on dev; test accuracy is of the dev-selected run and was never used to choose. "
         "Figures on snli-resplit are not comparable with published SNLI test results. "
         f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI "
-        "over "
-        "seeds x examples, McNemar exact p (pooled over seed pairs) and Holm-adjusted p per split. "
+        "over runs x examples; p from the test named in its row (McNemar exact for one run a side, otherwise a "
+        "permutation of the runs between the two cells with the examples resampled) and Holm-adjusted p per split. "
+        + (f"{trunc[0].upper()}{trunc[1:]}. " if trunc else "")
         + sampler_note(runs, tracking_uri)
-        + audit_note(audit)
+        + audit_note(tables.get("fidelity_audit", pd.DataFrame()))
         + (
             f" Multi-fidelity: the tables and plots hold each study's top rung only ({lower_rungs} "
             "lower-rung runs are in the fidelity audit and runs.csv)."
@@ -226,10 +238,16 @@ def audit_note(audit: pd.DataFrame) -> str:
     return f" WARNING: {CHEAP_RANKING_FAILED}: {where}; promote more configurations or raise min_fraction."
 
 
+P_COLUMNS = ("p_value", "p_holm")
+
+
 def format_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Text for reading: 4 decimals, lr in scientific notation, p as `< 1e-4` rather than 0.0000."""
     out = df.copy()
     for col in out.columns:
-        if out[col].dtype.kind == "f":
+        if col in P_COLUMNS:
+            out[col] = out[col].map(lambda v: "" if pd.isna(v) else p_text(float(v)))
+        elif out[col].dtype.kind == "f":
             whole = out[col].dropna().map(float.is_integer).all() and col not in ("lr", "selected_lr")
             spec = ".0f" if whole else ".2e" if col in ("lr", "selected_lr") else ".4f"
             out[col] = out[col].map(lambda v, spec=spec: "" if pd.isna(v) else format(v, spec))
@@ -285,8 +303,27 @@ def report_tables(
 
 HTML_STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+    ".scroll{overflow-x:auto;max-width:100%}"
     "td,th{white-space:nowrap;padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
 )
+RUN_ID_CHARS = 8
+
+
+def html_table(df: pd.DataFrame) -> str:
+    """A table in its own horizontal scroll box (a wide leaderboard scrolls, the page does not), run ids
+    shortened with the whole id on hover."""
+    t = format_table(df)
+    for col in [c for c in t.columns if c.endswith("run_id")]:
+        t[col] = t[col].map(
+            lambda v: (
+                f'<span title="{html.escape(str(v))}">{html.escape(str(v)[:RUN_ID_CHARS])}</span>'
+                if isinstance(v, str) and v
+                else ""
+            )
+        )
+    escaped = [c for c in t.columns if not c.endswith("run_id")]
+    t[escaped] = t[escaped].map(lambda v: html.escape(str(v)) if isinstance(v, str) else v)
+    return f'<div class="scroll">{t.to_html(index=False, border=0, escape=False, na_rep="")}</div>'
 
 
 def markdown_page(heading: str, tables: dict[str, pd.DataFrame], pngs: dict[str, bytes]) -> str:
@@ -300,7 +337,7 @@ def html_page(heading: str, tables: dict[str, pd.DataFrame], pngs: dict[str, byt
     """One self-contained page: the tables, and the plots embedded as PNG data URIs."""
     body = [f"<h1>bertnli report</h1><p>{html.escape(heading)}</p>"]
     for name, t in tables.items():
-        table = format_table(t).to_html(index=False, border=0) if not t.empty else "<p>no runs</p>"
+        table = html_table(t) if not t.empty else "<p>no runs</p>"
         body.append(f"<h2>{name.replace('_', ' ')}</h2>{table}")
     for n, png in pngs.items():
         data = base64.b64encode(png).decode()
@@ -334,7 +371,7 @@ def write_report(
         fig.savefig(buf, format="png", dpi=100)
         pngs[name] = files[f"{name}.png"] = buf.getvalue()
         plots.close(fig)
-    note = _note(runs, keys, tracking_uri, audit, len(everything) - len(runs))
+    note = _note(runs, keys, tracking_uri, tables, len(everything) - len(runs))
     heading = f"{len(runs)} runs ({len(finished_runs(runs))} finished). {note}"
     if "csv" in formats:
         files |= {f"{name}.csv": t.to_csv(index=False) for name, t in tables.items()}

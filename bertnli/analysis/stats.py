@@ -1,4 +1,5 @@
-"""Statistics for comparing settings: paired bootstrap, McNemar, Holm, expected validation performance.
+"""Statistics for comparing settings: paired bootstrap, McNemar, permutation of runs, Holm, expected validation
+performance.
 
 Pure functions on arrays, no I/O. A gap of 0.4 pp between two settings means nothing until a
 paired test says how often sampling noise (examples) and training noise (seeds) make such a gap
@@ -7,6 +8,7 @@ paired test says how often sampling noise (examples) and training noise (seeds) 
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ class Comparison:
     delta: float
     ci_low: float
     ci_high: float
-    p_value: float  # McNemar exact (pooled over seed pairs when a side has several seeds)
+    p_value: float  # from `test`: one rule for every comparison (`compare_correct`)
+    test: str
     n_examples: int
     seeds_a: int
     seeds_b: int
@@ -56,13 +59,11 @@ def _correct_matrix(correct) -> np.ndarray:
     return c
 
 
-def bootstrap_delta(
-    correct_a, correct_b, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0, chunk: int = 500
-) -> tuple[float, float, float]:
-    """Percentile CI for mean accuracy(A) - mean accuracy(B), resampling examples (paired: the same
-    resampled examples for both sides) and, where a side has several seeds, its seeds too.
+def bootstrap_deltas(correct_a, correct_b, n_boot: int = 10_000, seed: int = 0, chunk: int = 500) -> np.ndarray:
+    """mean accuracy(A) - mean accuracy(B) on `n_boot` resamples of the examples (paired: the same resampled
+    examples for both sides) and, where a side has several runs, of its runs too.
 
-    Resampling seeds as well as examples is what makes the interval cover training noise, not only
+    Resampling runs as well as examples is what makes the interval cover training noise, not only
     the luck of which test pairs were drawn.
     """
     a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
@@ -75,15 +76,30 @@ def bootstrap_delta(
     for start in range(0, n_boot, chunk):
         k = min(chunk, n_boot - start)
         idx = rng.integers(0, n, size=(k, n))
-        # per bootstrap draw: the seeds drawn for each side, weighted by how often each was drawn
+        # per bootstrap draw: the runs drawn for each side, weighted by how often each was drawn
         wa = _seed_weights(rng, a.shape[0], k)
         wb = _seed_weights(rng, b.shape[0], k)
         acc_a = np.einsum("ks,ks->k", wa, _resampled_means(af, idx))
         acc_b = np.einsum("ks,ks->k", wb, _resampled_means(bf, idx))
         deltas[start : start + k] = acc_a - acc_b
-    delta = float(a.mean() - b.mean())
-    lo, hi = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
-    return delta, float(lo), float(hi)
+    return deltas
+
+
+def bootstrap_delta(
+    correct_a, correct_b, n_boot: int = 10_000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+    """The observed delta and its percentile CI over `bootstrap_deltas`."""
+    a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
+    lo, hi = np.quantile(bootstrap_deltas(a, b, n_boot=n_boot, seed=seed), [alpha / 2, 1 - alpha / 2])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
+def bootstrap_p(deltas: np.ndarray) -> float:
+    """The bootstrap's own two-sided p for delta = 0: twice the smaller share of resamples on either side
+    of 0, so p < 0.05 exactly when the percentile 95 % CI from the same resamples excludes 0."""
+    n = len(deltas)
+    below, above = (1 + int((deltas <= 0).sum())) / (1 + n), (1 + int((deltas >= 0).sum())) / (1 + n)
+    return min(1.0, 2 * min(below, above))
 
 
 def _seed_weights(rng: np.random.Generator, seeds: int, k: int) -> np.ndarray:
@@ -93,8 +109,11 @@ def _seed_weights(rng: np.random.Generator, seeds: int, k: int) -> np.ndarray:
 
 
 def _resampled_means(c: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """(k, seeds): each seed's accuracy on each of the k resampled example sets."""
-    return np.stack([row[idx].mean(axis=1) for row in c], axis=1)
+    """(k, runs): each run's accuracy on each of the k resampled example sets (how often each example was
+    drawn, times the runs' correctness: one matrix product instead of a gather per run)."""
+    k, n = idx.shape
+    counts = np.bincount((idx + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
+    return counts @ c.T / n
 
 
 def discordant(correct_a, correct_b) -> tuple[int, int]:
@@ -113,24 +132,77 @@ def discordant(correct_a, correct_b) -> tuple[int, int]:
     return round(a_only * scale), round(b_only * scale)
 
 
-def compare_correct(correct_a, correct_b, n_boot: int = 10_000, seed: int = 0) -> Comparison:
-    """The whole paired comparison of two sides' per-example correctness."""
+MCNEMAR = "McNemar exact"
+RUNS_X_EXAMPLES = "runs x examples"
+
+
+def run_permutation_p(correct_a, correct_b, max_draws: int = 20_000, seed: int = 0) -> float:
+    """Two-sided p that A's and B's runs come from one distribution of runs: the share of relabellings of
+    the runs between the sides whose |delta| reaches the observed one (all of them when there are at most
+    `max_draws`, otherwise that many at random, counting the observed labelling).
+
+    Exact whatever the spread between runs, and honest about few runs: 3 runs against 3 have 20
+    labellings, so p cannot go below 2/20 = 0.1.
+    """
     a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
-    delta, lo, hi = bootstrap_delta(a, b, n_boot=n_boot, seed=seed)
+    acc = np.concatenate([a.mean(axis=1), b.mean(axis=1)])
+    n_runs, n_a = len(acc), a.shape[0]
+    observed = abs(acc[:n_a].mean() - acc[n_a:].mean())
+    if math.comb(n_runs, n_a) <= max_draws:
+        labels = np.zeros((math.comb(n_runs, n_a), n_runs), dtype=bool)
+        for row, chosen in enumerate(itertools.combinations(range(n_runs), n_a)):
+            labels[row, list(chosen)] = True
+    else:
+        rng = np.random.default_rng(seed)
+        labels = np.argsort(rng.random((max_draws, n_runs)), axis=1) < n_a
+        labels[0] = np.arange(n_runs) < n_a
+    delta = (labels * acc).sum(1) / n_a - (~labels * acc).sum(1) / (n_runs - n_a)
+    return float(np.mean(np.abs(delta) >= observed - 1e-12))
+
+
+def compare_correct(correct_a, correct_b, n_boot: int = 10_000, seed: int = 0) -> Comparison:
+    """The whole paired comparison of two sides' per-example correctness, with one rule for its p.
+
+    One run a side: McNemar, exact for that pairing. Several: the runs x examples test, whose p is the
+    larger of the permutation of runs (do the sides differ beyond the spread between their runs?) and
+    the bootstrap's own p (does the difference hold over resampled examples?). Rejecting needs both,
+    an intersection-union test, so its level is kept; the bootstrap alone rejects 2-3 times too often
+    with few runs a side, and McNemar pooled over run pairs counts every example on which two
+    configurations disagree as evidence (tests/analysis/test_stats.py measures both).
+    """
+    a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
+    deltas = bootstrap_deltas(a, b, n_boot=n_boot, seed=seed)
+    lo, hi = np.quantile(deltas, [0.025, 0.975])
     a_only, b_only = discordant(a, b)
+    if a.shape[0] == b.shape[0] == 1:
+        p, test = mcnemar_exact(a_only, b_only), MCNEMAR
+    else:
+        p, test = max(run_permutation_p(a, b, seed=seed), bootstrap_p(deltas)), RUNS_X_EXAMPLES
     return Comparison(
         float(a.mean()),
         float(b.mean()),
-        delta,
-        lo,
-        hi,
-        mcnemar_exact(a_only, b_only),
+        float(a.mean() - b.mean()),
+        float(lo),
+        float(hi),
+        p,
+        test,
         a.shape[1],
         a.shape[0],
         b.shape[0],
         a_only,
         b_only,
     )
+
+
+def p_text(p: float) -> str:
+    """p as a reader needs it: a rounded 0.0000 claims a certainty that no test here gives."""
+    return "< 1e-4" if p < 1e-4 else f"{p:.3g}"
+
+
+def p_phrase(p: float) -> str:
+    """`p = 0.012` or `p < 1e-4`, for sentences."""
+    shown = p_text(p)
+    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
 
 
 def holm(p_values) -> np.ndarray:

@@ -55,6 +55,7 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
         leaderboard,
         top_rung,
         truncation_effect,
+        truncation_effect_note,
         write_report,
     )
     from bertnli.tracking.query import load_runs
@@ -88,8 +89,10 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
         click.echo(format_table(grouped(comparable)).to_string(index=False))
         eff = truncation_effect(comparable)
         if not eff.empty:
-            click.echo("\ntruncation effect (ratio - longest_first, dev accuracy):")
+            click.echo("\ntruncation effect (ratio - longest_first, dev accuracy, paired runs only):")
             click.echo(format_table(eff).to_string(index=False))
+        if truncation_effect_note(comparable, eff):
+            click.echo("\n" + truncation_effect_note(comparable, eff))
         audit = fidelity_audit(runs)
         if not audit.empty:
             click.echo("\nmulti-fidelity audit (each rung's ranking vs the final one):")
@@ -132,7 +135,7 @@ def _check_cell(ctx, param, value):
 @click.option("--boot", type=click.IntRange(min=200), default=10_000, show_default=True, help="bootstrap resamples")
 @tracking_uri_option
 def compare(a, b, cells, experiments, boot, tracking_uri):
-    """Is A better than B? Paired over the same examples (and seeds): delta, 95 % bootstrap CI, McNemar p.
+    """Is A better than B? Paired over the same examples (and runs): delta, 95 % bootstrap CI, p and its test.
 
     A and B are MLflow run ids; or give two --cell groups instead (each across its seeds).
     """

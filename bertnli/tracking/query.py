@@ -18,6 +18,7 @@ PARAMS = [
     "max_len",
     "batch_size",
     "limit_train",
+    "limit_eval",
     "num_layers",
     "optimizer",
     "train_fraction",
@@ -68,7 +69,8 @@ def short_columns(df: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     multi_fidelity = "tags.rung" in df
     out["rung"] = pd.to_numeric(df.get("tags.rung"), errors="coerce") if multi_fidelity else np.nan
     out["config"] = df.get("tags.bertnli.config")
-    for col in ["lr", "epochs", "seed", "max_len", "batch_size", "train_fraction"]:
+    out["data_sha256"] = df.get("tags.data.train.sha256")
+    for col in ["lr", "epochs", "seed", "max_len", "batch_size", "limit_train", "limit_eval", "train_fraction"]:
         out[col] = pd.to_numeric(out[col], errors="coerce")
     return out.reset_index(drop=True)
 
@@ -84,7 +86,8 @@ def load_runs(
     """One row per training run, from `mlflow.search_runs`, with short column names.
 
     Columns: run_id, experiment, run_name, status, model, truncation, lr, epochs, seed, max_len, batch_size,
-    limit_train, best_dev_acc, test_acc, best_epoch, wall_seconds, examples_per_sec, trial, parent_run_id, state.
+    limit_train, limit_eval, best_dev_acc, test_acc, best_epoch, wall_seconds, examples_per_sec, trial,
+    parent_run_id, state, data_sha256.
     """
     import mlflow
 

@@ -4,11 +4,12 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import copy_store
 from tiny_runs import tiny_cfg
 
-from bertnli.analysis.report import grouped, leaderboard, truncation_effect, write_report
+from bertnli.analysis.report import grouped, leaderboard, truncation_effect, truncation_effect_note, write_report
 from bertnli.config import TrackingConfig
 from bertnli.tracking.query import load_runs
 from bertnli.tracking.run import train_run
@@ -45,8 +46,31 @@ def test_load_runs_shape_and_grouping(store):
         assert row["test_of_selected"] == pytest.approx(cell.loc[cell["best_dev_acc"].idxmax(), "test_acc"])
     eff = truncation_effect(runs)
     assert list(eff["pairs"]) == [2, 2]
+    for _, row in eff.iterrows():
+        own = runs[runs["model"] == row["model"]].set_index(["seed", "truncation"])["best_dev_acc"]
+        paired = [own[(s, "ratio")] - own[(s, "longest_first")] for s in (0, 1)]
+        assert row["ratio_minus_longest_first"] == pytest.approx(np.mean(paired))
+    assert runs["data_sha256"].nunique() == 1 and runs["data_sha256"].notna().all()
     board = leaderboard(runs)
     assert list(board["best_dev_acc"]) == sorted(board["best_dev_acc"], reverse=True)
+
+
+def test_runs_that_differ_in_more_than_truncation_give_no_truncation_effect_but_a_line_saying_why(store):
+    """Seen in a 20-trial study: `ratio - longest_first` printed from runs with different lr and epochs (pairs 0)."""
+    uri, _ = store
+    runs = load_runs(["grid"], uri)
+    runs.loc[runs["truncation"] == "ratio", "lr"] *= 3  # a sweep: truncation and lr vary together
+    eff = truncation_effect(runs)
+    assert eff.empty
+    note = truncation_effect_note(runs, eff)
+    assert "no pair of tiny-d2l-random, tiny-random runs differs in truncation only" in note
+    assert "bertnli-exp compare --cell model=tiny-d2l-random,truncation=ratio" in note
+    assert "bertnli-exp reproduce truncation_ablation" in note and not re.search(r"\d\.\d", note)
+    other_data = load_runs(["grid"], uri)
+    other_data.loc[other_data["truncation"] == "ratio", "data_sha256"] = "another"
+    assert truncation_effect(other_data).empty
+    paired = load_runs(["grid"], uri)
+    assert truncation_effect_note(paired, truncation_effect(paired)) == ""
 
 
 def test_filters(store):
@@ -87,10 +111,10 @@ def test_written_report_has_tables_and_embedded_plots(store, tmp_path):
 
 def test_pairwise_forest_plot_shows_every_pair_with_its_ci_and_holm_p(store, tmp_path):
     import matplotlib.image
-    import numpy as np
     import pandas as pd
 
     from bertnli.analysis.plots import plot_pairwise
+    from bertnli.analysis.stats import p_phrase
 
     uri, _ = store
     write_report(load_runs(["grid"], uri), tmp_path / "rep", formats=("csv",), tracking_uri=uri)
@@ -100,7 +124,10 @@ def test_pairwise_forest_plot_shows_every_pair_with_its_ci_and_holm_p(store, tmp
     assert height == round(100 * (0.55 * len(pairs) + 1.6))  # one row per pair and split, at dpi 100
     refused = {"cell_a": "x", "cell_b": "y", "split": "dev", "note": "different data"}  # no delta: table only
     ax = plot_pairwise(pd.concat([pairs, pd.DataFrame([refused])], ignore_index=True)).axes[0]
-    assert [t.get_text() for t in ax.texts] == [f"Holm p = {p:.3g}" for p in pairs["p_holm"]]
+    assert [t.get_text() for t in ax.texts] == [
+        f"Holm {p_phrase(p)} ({t})" for p, t in zip(pairs["p_holm"], pairs["test"])
+    ]
+    assert set(pairs["test"]) == {"runs x examples"}  # two seeds a cell
     assert [t.get_text() for t in ax.get_yticklabels()] == [
         f"{a}\n− {b} ({s})" for a, b, s in zip(pairs["cell_a"], pairs["cell_b"], pairs["split"])
     ]
@@ -119,13 +146,28 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_html_report_images_load_in_headless_chromium(store, tmp_path):
+    """Images load; no table is wider than the page (wide ones scroll in their own box); run ids are
+    shortened with the whole id on hover; no p column reads 0.0000."""
     uri, _ = store
     write_report(load_runs(["grid"], uri), tmp_path / "rep", tracking_uri=uri)
     page = (tmp_path / "rep" / "report.html").read_text()
     probe = (
-        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-        "document.body.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + "
-        "imgs.length); });</script>"
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images]; const b = document.body;"
+        "b.setAttribute('data-loaded', imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + imgs.length);"
+        "const page = document.documentElement.clientWidth;"
+        "b.setAttribute('data-page-overflow', document.documentElement.scrollWidth - page);"
+        "const tables = [...document.querySelectorAll('table')];"
+        "b.setAttribute('data-tables-outside-page', tables.filter(t => t.parentElement.getBoundingClientRect().right"
+        " > page).length + '/' + tables.length);"
+        "b.setAttribute('data-tables-wider-than-box', tables.filter(t => t.scrollWidth > t.parentElement.clientWidth"
+        " && getComputedStyle(t.parentElement).overflowX === 'auto').length);"
+        "const p = []; for (const t of tables) { const heads = [...t.querySelectorAll('th')].map(h => h.textContent);"
+        "for (const r of t.querySelectorAll('tbody tr')) { heads.forEach((h, i) => { if (h.startsWith('p_'))"
+        " p.push(r.children[i].textContent); }); } }"
+        "b.setAttribute('data-p-cells', p.length); b.setAttribute('data-p-zero', p.filter(v => v === '0.0000').length);"
+        "const ids = [...document.querySelectorAll('span[title]')];"
+        "b.setAttribute('data-short-ids', ids.filter(s => s.textContent.length === 8 &&"
+        " s.title.startsWith(s.textContent) && s.title.length === 32).length); });</script>"
     )
     (tmp_path / "probe.html").write_text(page.replace("</body>", probe + "</body>"))
     flags = [
@@ -137,6 +179,7 @@ def test_html_report_images_load_in_headless_chromium(store, tmp_path):
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--window-size=1200,2400",
         f"--user-data-dir={tmp_path / 'profile'}",
     ]
     dom = subprocess.run(
@@ -146,18 +189,26 @@ def test_html_report_images_load_in_headless_chromium(store, tmp_path):
         timeout=120,
     ).stdout
     assert 'data-loaded="6/6"' in dom
+    assert 'data-page-overflow="0"' in dom
+    assert re.search(r'data-tables-outside-page="0/\d+"', dom)
+    assert int(re.search(r'data-tables-wider-than-box="(\d+)"', dom).group(1)) >= 1  # the leaderboard scrolls
+    assert int(re.search(r'data-p-cells="(\d+)"', dom).group(1)) >= 24 and 'data-p-zero="0"' in dom
+    assert int(re.search(r'data-short-ids="(\d+)"', dom).group(1)) >= 8  # the leaderboard's runs
     subprocess.run(
-        [
-            CHROMIUM,
-            *flags,
-            "--window-size=1200,2400",
-            f"--screenshot={tmp_path / 'report.png'}",
-            f"file://{tmp_path / 'rep' / 'report.html'}",
-        ],
+        [CHROMIUM, *flags, f"--screenshot={tmp_path / 'report.png'}", f"file://{tmp_path / 'rep' / 'report.html'}"],
         capture_output=True,
         timeout=120,
     )
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_p_values_read_as_a_bound_below_1e_4_never_as_zero():
+    import pandas as pd
+
+    from bertnli.analysis.report import format_table
+
+    shown = format_table(pd.DataFrame({"p_value": [1e-9, 0.0312, None], "p_holm": [3e-5, 0.09, 1.0]}))
+    assert list(shown["p_value"]) == ["< 1e-4", "0.0312", ""] and list(shown["p_holm"]) == ["< 1e-4", "0.09", "1"]
 
 
 def test_cells_pairwise_and_expected_validation_performance(store):
