@@ -219,3 +219,13 @@ def run_env(**extra) -> dict:
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(extra)
     return env
+
+
+def pytest_collection_modifyitems(items):
+    """Files with the most slow tests first, in their own order: under `-n 2 --dist loadfile` the two workers
+    take the long sweep and process files early and end together on short ones, instead of one worker
+    finishing a long file alone."""
+    slow = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])  # stable: files stay whole, tests keep their order

@@ -87,18 +87,19 @@ def test_multi_fidelity_benchmark_runs_both_studies_on_the_same_configurations(t
     assert s["mf"]["trials"] == 4 and s["full"]["trials"] == 3
     assert 0 < s["examples_ratio"] < 1 and 0 <= s["mf"]["test_acc_of_winner"] <= 1
     assert s["audit"][0]["configurations"] == 3
-    # A rerun that asks for one study again runs that one only: the other, finished, is reused.
+    # A rerun that asks for one study again runs that one only: the other, finished, is reused (the full
+    # study: 3 trials to the multi-fidelity study's 4).
     cmd.insert(cmd.index("--"), "--rerun")
-    cmd.insert(cmd.index("--"), "mf")
+    cmd.insert(cmd.index("--"), "full")
     r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (
-        "--study-name mf-3-s0" in r.stdout and "--study-name full-3-s0" not in r.stdout
+        "--study-name full-3-s0" in r.stdout and "--study-name mf-3-s0" not in r.stdout
     )  # only the one asked for ran again
     again = json.loads((out / "summary.json").read_text())
-    assert again["mf"]["trials"] == 4 and again["mf"]["best_params"] == s["mf"]["best_params"]
+    assert again["full"]["trials"] == 3 and again["full"]["best_params"] == s["full"]["best_params"]
     c = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    runs = c.search_runs([c.get_experiment_by_name("mf-3-s0").experiment_id], max_results=1000)
+    runs = c.search_runs([c.get_experiment_by_name("full-3-s0").experiment_id], max_results=1000)
     assert (
-        sum(r.data.tags.get("bertnli.role") == "sweep-parent" for r in runs) == 1 and len(runs) == 1 + 4
+        sum(r.data.tags.get("bertnli.role") == "sweep-parent" for r in runs) == 1 and len(runs) == 1 + 3
     )  # the first run's are gone

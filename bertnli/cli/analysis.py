@@ -20,6 +20,45 @@ def _check_cell_by(value: str) -> list[str]:
     return keys
 
 
+def _echo_tables(runs, extra: dict, replay: str | None):
+    """The report's tables on the console; returns the fidelity audit (write_report reuses it)."""
+    import pandas as pd
+
+    from bertnli.analysis.report import (
+        audit_note,
+        fidelity_audit,
+        format_table,
+        grouped,
+        leaderboard,
+        top_rung,
+        truncation_effect,
+        truncation_effect_note,
+    )
+
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        comparable = top_rung(runs)  # a multi-fidelity study's lower rungs trained on less data: audited below
+        click.echo("leaderboard (by dev accuracy):")
+        click.echo(format_table(leaderboard(comparable, 10).drop(columns=["run_id"])).to_string(index=False))
+        click.echo("\nby model x truncation:")
+        click.echo(format_table(grouped(comparable)).to_string(index=False))
+        eff = truncation_effect(comparable)
+        if not eff.empty:
+            click.echo("\ntruncation effect (ratio - longest_first, dev accuracy, paired runs only):")
+            click.echo(format_table(eff).to_string(index=False))
+        if truncation_effect_note(comparable, eff):
+            click.echo("\n" + truncation_effect_note(comparable, eff))
+        audit = fidelity_audit(runs)
+        if not audit.empty:
+            click.echo("\nmulti-fidelity audit (each rung's ranking vs the final one):")
+            click.echo(format_table(audit.drop(columns=["parent_run_id"])).to_string(index=False))
+            if audit_note(audit):
+                click.echo(audit_note(audit).strip())
+        for name, table in extra.items():
+            click.echo(f"\n{name.replace('_', ' ')} (study {replay}):")
+            click.echo(format_table(table).to_string(index=False))
+    return audit
+
+
 @click.command()
 @click.option("--experiment", "experiments", multiple=True, help="MLflow experiment(s) [default: all]")
 @click.option("--study", default=None, help="only the trials of this Optuna study")
@@ -47,17 +86,7 @@ def _check_cell_by(value: str) -> list[str]:
 def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, formats, tracking_uri):
     """Tables and plots from recorded runs: leaderboard, cells with CIs over seeds, pairwise tests, expected
     validation performance, and (with --replay-pruners) what other pruners would have done."""
-    from bertnli.analysis.report import (
-        audit_note,
-        fidelity_audit,
-        format_table,
-        grouped,
-        leaderboard,
-        top_rung,
-        truncation_effect,
-        truncation_effect_note,
-        write_report,
-    )
+    from bertnli.analysis.report import write_report
     from bertnli.tracking.query import load_runs
 
     tag_filter = {}
@@ -79,29 +108,7 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
         raise BadInput(
             "no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')"
         )
-    import pandas as pd
-
-    with pd.option_context("display.width", 250, "display.max_columns", 20):
-        comparable = top_rung(runs)  # a multi-fidelity study's lower rungs trained on less data: audited below
-        click.echo("leaderboard (by dev accuracy):")
-        click.echo(format_table(leaderboard(comparable, 10).drop(columns=["run_id"])).to_string(index=False))
-        click.echo("\nby model x truncation:")
-        click.echo(format_table(grouped(comparable)).to_string(index=False))
-        eff = truncation_effect(comparable)
-        if not eff.empty:
-            click.echo("\ntruncation effect (ratio - longest_first, dev accuracy, paired runs only):")
-            click.echo(format_table(eff).to_string(index=False))
-        if truncation_effect_note(comparable, eff):
-            click.echo("\n" + truncation_effect_note(comparable, eff))
-        audit = fidelity_audit(runs)
-        if not audit.empty:
-            click.echo("\nmulti-fidelity audit (each rung's ranking vs the final one):")
-            click.echo(format_table(audit.drop(columns=["parent_run_id"])).to_string(index=False))
-            if audit_note(audit):
-                click.echo(audit_note(audit).strip())
-        for name, table in extra.items():
-            click.echo(f"\n{name.replace('_', ' ')} (study {replay}):")
-            click.echo(format_table(table).to_string(index=False))
+    audit = _echo_tables(runs, extra, replay)
     files = write_report(
         runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra, audit
     )
