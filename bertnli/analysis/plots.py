@@ -124,7 +124,7 @@ def plot_pairwise(pairs: pd.DataFrame):
         ax.text(
             1.01,
             i,
-            "Holm p n/a" if pd.isna(p) else f"Holm {p_phrase(float(p))} ({test})",
+            "Holm p n/a" if pd.isna(p) else f"Holm {p_phrase(float(p))}" + (f" ({test})" if test else ""),
             transform=ax.get_yaxis_transform(),
             va="center",
             fontsize=7,

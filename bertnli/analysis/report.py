@@ -65,6 +65,7 @@ def grouped(runs: pd.DataFrame) -> pd.DataFrame:
 
 # Two runs whose settings agree on all of these and differ in truncation measure truncation alone.
 PAIRED_ON = [
+    "num_layers",
     "lr",
     "epochs",
     "seed",
@@ -323,6 +324,7 @@ def html_table(df: pd.DataFrame) -> str:
         )
     escaped = [c for c in t.columns if not c.endswith("run_id")]
     t[escaped] = t[escaped].map(lambda v: html.escape(str(v)) if isinstance(v, str) else v)
+    t.columns = [html.escape(str(c)) for c in t.columns]
     return f'<div class="scroll">{t.to_html(index=False, border=0, escape=False, na_rep="")}</div>'
 
 

@@ -45,8 +45,9 @@ def _echo_tables(runs, extra: dict, replay: str | None):
         if not eff.empty:
             click.echo("\ntruncation effect (ratio - longest_first, dev accuracy, paired runs only):")
             click.echo(format_table(eff).to_string(index=False))
-        if truncation_effect_note(comparable, eff):
-            click.echo("\n" + truncation_effect_note(comparable, eff))
+        unpaired = truncation_effect_note(comparable, eff)
+        if unpaired:
+            click.echo("\n" + unpaired)
         audit = fidelity_audit(runs)
         if not audit.empty:
             click.echo("\nmulti-fidelity audit (each rung's ranking vs the final one):")

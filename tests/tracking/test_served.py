@@ -154,6 +154,15 @@ def test_models_serve_answers_invocations(served_run, server):
         want = _expected(best)
         assert np.allclose([[p[c] for c in COLUMNS[1:]] for p in preds], want, atol=1e-5)
         assert [p["label"] for p in preds] == [COLUMNS[1:][i] for i in want.argmax(1)]
+        # A null value, and one record of 1,000 without its hypothesis: a 400 naming the row and the column, no
+        # traceback (seen: "unexpected error" with a Python traceback under pandas 3).
+        null = {"dataframe_split": {"columns": ["premise", "hypothesis"], "data": [["A man sings.", None]]}}
+        records = [{"premise": "A man sings.", "hypothesis": "A person sings."}] * 1000
+        records[617] = {"premise": "Two dogs run."}
+        for body, row in ((null, 0), ({"dataframe_records": records}, 617)):
+            r = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+            assert r.status_code == 400 and f"row {row}: hypothesis is" in r.text, r.text[:2000]
+            assert "Traceback" not in r.text, r.text[:2000]
     finally:
         _stop(proc)
 
