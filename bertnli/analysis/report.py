@@ -213,8 +213,9 @@ def _note(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None, tables:
         "Selection is on dev; test accuracy is of the dev-selected run and was never used to choose. "
         "Figures on snli-resplit are not comparable with published SNLI test results. "
         f"Cells group runs by {', '.join(keys)}; pairwise: delta = cell_a - cell_b with a paired bootstrap 95 % CI "
-        "over runs x examples; p from the test named in its row (McNemar exact for one run a side, otherwise a "
-        "permutation of the runs between the two cells with the examples resampled) and Holm-adjusted p per split. "
+        "over runs x examples; p from the test named in its row (McNemar exact for one run a side, otherwise runs "
+        "x examples: the larger of a permutation p of the runs between the two cells and the bootstrap's own p) "
+        "and Holm-adjusted p per split. "
         + (f"{trunc[0].upper()}{trunc[1:]}. " if trunc else "")
         + sampler_note(runs, tracking_uri)
         + audit_note(tables.get("fidelity_audit", pd.DataFrame()))

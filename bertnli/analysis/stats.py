@@ -90,8 +90,13 @@ def bootstrap_delta(
 ) -> tuple[float, float, float]:
     """The observed delta and its percentile CI over `bootstrap_deltas`."""
     a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
-    lo, hi = np.quantile(bootstrap_deltas(a, b, n_boot=n_boot, seed=seed), [alpha / 2, 1 - alpha / 2])
-    return float(a.mean() - b.mean()), float(lo), float(hi)
+    lo, hi = percentile_ci(bootstrap_deltas(a, b, n_boot=n_boot, seed=seed), alpha)
+    return float(a.mean() - b.mean()), lo, hi
+
+
+def percentile_ci(deltas: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    lo, hi = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
 
 
 def bootstrap_p(deltas: np.ndarray) -> float:
@@ -173,7 +178,7 @@ def compare_correct(correct_a, correct_b, n_boot: int = 10_000, seed: int = 0) -
     """
     a, b = _correct_matrix(correct_a), _correct_matrix(correct_b)
     deltas = bootstrap_deltas(a, b, n_boot=n_boot, seed=seed)
-    lo, hi = np.quantile(deltas, [0.025, 0.975])
+    lo, hi = percentile_ci(deltas)
     a_only, b_only = discordant(a, b)
     if a.shape[0] == b.shape[0] == 1:
         p, test = mcnemar_exact(a_only, b_only), MCNEMAR
@@ -183,8 +188,8 @@ def compare_correct(correct_a, correct_b, n_boot: int = 10_000, seed: int = 0) -
         float(a.mean()),
         float(b.mean()),
         float(a.mean() - b.mean()),
-        float(lo),
-        float(hi),
+        lo,
+        hi,
         p,
         test,
         a.shape[1],
