@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -37,9 +38,10 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` (same suffix, so numpy and torch keep the name) that replaces
-    `path` when the block succeeds and is removed when it fails (a full disk leaves nothing behind)."""
+    `path` when the block succeeds and is removed when it fails (a full disk leaves nothing behind).
+    Named per process and thread: a sweep's worker threads may write the same file at once."""
     path = Path(path)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

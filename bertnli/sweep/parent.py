@@ -15,7 +15,7 @@ import hashlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bertnli.analysis.compare import sweep_verdict
 from bertnli.analysis.report import to_markdown
@@ -78,8 +78,12 @@ def parent_run(
     wait_s: float = 10.0,
     settle_s: float = 5.0,
     elector_wait_s: float = 300.0,
+    on_elected: Callable[[], None] = lambda: None,
 ) -> str:
     """The study's parent run id: created by the elector (the process that created the study), else adopted.
+
+    The process whose parent run wins calls `on_elected` before it publishes the run, so what
+    it does there (queue the study's cells) is done once, and done before anyone adopts the parent.
 
     A study that already has a usable parent (a resumed study) keeps it. Where no process
     created the study in this round (it was created beforehand, or its creator died before
@@ -101,10 +105,11 @@ def parent_run(
     mine = _create_parent(cfg, storage_url)
     try:
         if not elector:
-            return _settle(study, cfg, mine, settle_s)
+            return _settle(study, cfg, mine, settle_s, on_elected)
         settled = study.user_attrs.get(PARENT_ATTR)
         if settled and _usable(cfg, settled):  # a fallback election (_settle) ended while we were creating ours
             return _lose(cfg, mine, settled)
+        on_elected()
         study.set_user_attr(PARENT_ATTR, mine)
         return mine
     except BaseException:  # Ctrl-C, SIGTERM or a storage error mid-election: no RUNNING candidate is left behind
@@ -114,7 +119,7 @@ def parent_run(
         raise
 
 
-def _settle(study, cfg: SweepConfig, mine: str, settle_s: float) -> str:
+def _settle(study, cfg: SweepConfig, mine: str, settle_s: float, on_elected: Callable[[], None]) -> str:
     """The fallback election: last candidate written wins, and only its writer makes it the parent.
 
     Every candidate is written to CANDIDATE_ATTR; after `settle_s` the writer whose candidate is
@@ -130,6 +135,7 @@ def _settle(study, cfg: SweepConfig, mine: str, settle_s: float) -> str:
             parent = study.user_attrs.get(PARENT_ATTR)
             if parent and parent != mine and _usable(cfg, parent):
                 return _lose(cfg, mine, parent)
+            on_elected()
             study.set_user_attr(PARENT_ATTR, mine)
             return mine
         deadline = time.time() + settle_s + 30  # the later candidate's writer settles after us

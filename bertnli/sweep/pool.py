@@ -109,15 +109,27 @@ class Sweep:
             )
 
     def seed_cells(self) -> None:
-        """Enqueue every model x truncation cell once per study (other params sampled)."""
+        """Enqueue every model x truncation cell once per study (other params sampled).
+
+        Called only by the process that makes the study's parent run, before it publishes it (every
+        other process waits for that): a check-then-enqueue by every starter let two starters both
+        see no cells and queue each twice.
+        """
         if (
             self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random"
         ):  # enqueued trials are no random draws
             return
-        self.study.set_user_attr("cells_enqueued", True)
         rung0 = {RUNG: 0} if self.rungs else {}
         for cell in cells(self.cfg):
-            self.study.enqueue_trial({**cell, **rung0}, skip_if_exists=True)
+            self.study.enqueue_trial({**cell, **rung0}, skip_if_exists=True)  # a dead seeder's rerun adds the rest
+        self.study.set_user_attr("cells_enqueued", True)
+
+    def join(self) -> str:
+        """This process's place in the sweep: its study folder, stale trials reaped, and the parent run
+        (elected, or adopted once its maker has queued the cells)."""
+        claim_study_dir(self.cfg)  # before anything is adopted from its trial folders
+        self._reap(self.study, force=True)
+        return parent_run(self.study, self.cfg, self.storage_url, self.elector, on_elected=self.seed_cells)
 
     def _counts(self, study) -> tuple[int, int]:
         S = states()
@@ -354,10 +366,7 @@ class Sweep:
         from tqdm import tqdm
 
         t0 = time.time()
-        claim_study_dir(self.cfg)  # before anything is adopted from its trial folders
-        self._reap(self.study, force=True)
-        self.seed_cells()
-        parent = parent_run(self.study, self.cfg, self.storage_url, self.elector)
+        parent = self.join()
         self._write_spec()
         done = done_count(self.study)
         self._announce(parent, done)

@@ -184,3 +184,36 @@ def test_a_live_trial_on_a_host_whose_clock_differs_by_90_s_is_not_reaped(tmp_pa
         time.sleep(0.2)
     assert state(live) == S.RUNNING and state(young) == S.RUNNING
     assert state(dead) == S.FAIL  # a heartbeat that stopped changing for `grace` (our clock) is stale
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_starters_racing_on_a_new_study_queue_each_cell_once(tmp_path, new_store, round_):
+    """Every starter of a sweep used to check "cells queued?" and then queue them; two starters that both
+    checked before either queued put every model x truncation cell in the queue twice (a CI run of two
+    sweep processes on PostgreSQL ended with 2 trials run and 2 duplicates left WAITING). Now only the
+    process that makes the parent run queues them, before anyone can adopt it."""
+    from bertnli.sweep.pool import Sweep
+    from bertnli.sweep.space import cells
+    from bertnli.tracking.store import client, get_or_create_experiment
+
+    new_store(tmp_path / "mlflow.db")
+    cfg = load_sweep_config(
+        None,
+        {"data": str(tmp_path), "model": "tiny-d2l-random"},
+        {"study_name": "s", "out_dir": str(tmp_path / "out"), "storage": str(tmp_path / "journal.log"), "trials": 2},
+        ["truncation=longest_first|ratio", "lr=1e-4:1e-3"],
+        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
+    )
+    get_or_create_experiment(client(cfg.tracking.tracking_uri), "s", cfg.tracking.tracking_uri)
+    gate = threading.Barrier(8)
+
+    def starter(_) -> str:
+        gate.wait()
+        return Sweep(cfg, log=lambda *a: None, progress=False).join()
+
+    with ThreadPoolExecutor(8) as pool:
+        parents = set(pool.map(starter, range(8)))
+    study = optuna.load_study(study_name="s", storage=open_storage(cfg.storage))
+    queued = [t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == S.WAITING]
+    assert len(parents) == 1
+    assert sorted(map(str, queued)) == sorted(map(str, cells(cfg))), queued
