@@ -83,6 +83,13 @@ from bertnli.tracking.store import how_to_see
     help="keep only the best trial's checkpoint, or all",
 )
 @click.option(
+    "--checkpoint-store",
+    default=None,
+    metavar="URI",
+    help="where each trial's epoch checkpoints go, so that a retry on another host resumes: 'run' (the trial's MLflow "
+    "run artifacts), an artifact URI (a shared folder, s3://..., gs://...), or 'none' [default: run]",
+)
+@click.option(
     "--grace",
     "grace_s",
     type=click.FloatRange(min=1),

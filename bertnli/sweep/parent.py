@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from bertnli.analysis.compare import sweep_verdict
 from bertnli.analysis.report import to_markdown
+from bertnli.sweep.checkpoint_store import fetch_best, prune_store, store_uri
 from bertnli.sweep.halving import best_trial, rung_table, rungs_of
 from bertnli.sweep.reaping import retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
@@ -274,7 +275,9 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
         if not logged:
             _log_summary(c, study, cfg, parent_run_id, frame, best, out.get("rungs"), tmp)
         if best is not None:
-            _log_best_checkpoint(c, cfg, best)  # once per trial: it checks the trial's run itself
+            _log_best_checkpoint(c, cfg, best, tmp)  # once per trial: it checks the trial's run itself
+    if status == "FINISHED":
+        prune_store(cfg, study.get_trials(deepcopy=False), best.number if best is not None else None)
     if not logged:  # last: a summary cut short is logged again by the next invocation
         with_retries(lambda: c.set_tag(parent_run_id, SUMMARY_ATTR, digest))
     with_retries(lambda: c.log_metric(parent_run_id, "trials_done", done))
@@ -311,13 +314,16 @@ def _log_rungs(c, table, parent_run_id: str, tmp: Path) -> None:
     with_retries(lambda: c.set_tag(parent_run_id, "mlflow.note.content", text))
 
 
-def _log_best_checkpoint(c, cfg: SweepConfig, best) -> None:
+def _log_best_checkpoint(c, cfg: SweepConfig, best, tmp: Path) -> None:
+    """The winner's weights onto its run, from this host's --out or, trained on another host, the checkpoint store."""
     run_id = best.user_attrs.get("mlflow_run_id")
+    if not run_id or c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":
+        return
     folder = trial_dir(cfg, best.number) / "best"
-    if not run_id or not folder.is_dir():
-        return
-    if c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":
-        return
+    if not folder.is_dir():
+        folder = tmp / "best"
+        if not fetch_best(store_uri(cfg, best.number, run_id), folder, cfg.tracking.tracking_uri):
+            return
     log_selected(c, run_id, folder)  # checkpoint/ artifacts + the pyfunc model (runs:/<id>/model), for --register
     with_retries(lambda: c.set_tag(run_id, "bertnli.checkpoint_logged", "true"))
 

@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 import weakref
@@ -87,6 +86,12 @@ def claim_study_dir(cfg: SweepConfig) -> Path:
 def trial_dir(cfg: SweepConfig, number: int) -> Path:
     """Where trial `number` writes its run folder (and, beside it, `trial-NNN.log`)."""
     return study_dir(cfg) / f"trial-{number:03d}"
+
+
+def host_name() -> str:
+    """This host's name in trial owners: $BERTNLI_HOST, else the hostname. Containers that share a hostname
+    (but not a pid namespace) need distinct names, or each would take the other's live trials for dead."""
+    return os.environ.get("BERTNLI_HOST") or socket.gethostname()
 
 
 def alive(pid: int) -> bool:
@@ -218,21 +223,6 @@ def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: 
     )
 
 
-def carry_checkpoint(cfg: SweepConfig, t, out: Path) -> bool:
-    """A retry starts from the failed attempt's last checkpoint (its best/ too), not from zero."""
-    history = retry_history(t)
-    if not history:
-        return False
-    src = trial_dir(cfg, history[-1])
-    if not (src / "last.pt").is_file():
-        return False
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(
-        src, out, ignore=shutil.ignore_patterns("mlflow_run.json", "trial.json", "result.json", "*.tmp", "*.tmp.*")
-    )
-    return True
-
-
 def fail_and_retry(study, storage, cfg: SweepConfig, t, why: str, log=print) -> None:
     from optuna.exceptions import UpdateFinishedTrialError
 
@@ -295,7 +285,7 @@ def reap(study, storage, cfg: SweepConfig, log=print) -> None:
     Another host's clock is never compared with ours (Sightings).
     """
     S = states()
-    host, seen = socket.gethostname(), sightings_of(storage)
+    host, seen = host_name(), sightings_of(storage)
     judged = storage.connected_for() >= cfg.grace_s
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         owner = t.user_attrs.get("worker")

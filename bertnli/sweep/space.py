@@ -63,6 +63,8 @@ class SweepConfig:
     pruner_startup_trials: int = 4
     pruner_warmup_epochs: int = 0
     keep_checkpoints: str = "best"  # "best" or "all"
+    checkpoint_store: str = "run"  # where epoch checkpoints go for retries on other hosts: "run" (its MLflow run's
+    # artifacts), "none", or an artifact URI (a folder, s3://..., gs://...)
     grace_s: float = 60.0  # heartbeat age after which a RUNNING trial of another host is stale
     max_retries: int = 2  # a failed configuration is tried again at most this often
     fail_limit: int = 3  # stop after this many configurations in a row failed every try (a broken setup)

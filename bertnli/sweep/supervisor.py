@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from bertnli.retry import policy
+from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
 from bertnli.sweep.reaping import (
-    carry_checkpoint,
     end_orphan_run,
+    host_name,
     retry,
     retry_history,
     states,
@@ -76,7 +76,7 @@ class TrialRun:
 
     def start(self) -> None:
         frozen = self._frozen()
-        resume = carry_checkpoint(self.cfg, frozen, self.out)
+        resume = carry_checkpoint(self.cfg, self.study, frozen, self.out)
         if not resume:
             import shutil
 
@@ -221,12 +221,14 @@ class TrialRun:
                 set_own_attr(self.trial, "examples_seen", s["train_examples"] * s.get("epochs_trained", 1))
             set_own_attr(self.trial, "mlflow_run_id", s["run_id"])
             tell(values=s["value"])
+            settle(self.cfg, self.study, frozen, s["run_id"], keep_best=True)
             return Outcome(n, "COMPLETE", s["value"], params, seconds, s["test_acc"], s["train_seconds"])
         last = max(frozen.intermediate_values.items(), default=(0, None))[1]
         if rc in (PRUNED_EXIT, DIVERGED_EXIT):
             if rc == DIVERGED_EXIT:  # the configuration diverges: told to the sampler (PRUNED), never retried
                 set_own_attr(self.trial, "diverged", True)
             tell(state=S.PRUNED)
+            settle(self.cfg, self.study, frozen, trial_run_id(self.cfg, frozen), keep_best=False)
             return Outcome(n, "PRUNED", last, params, seconds, error="diverged" if rc == DIVERGED_EXIT else "")
         if ended == "timeout":
             error = f"timed out after {self.cfg.trial_timeout:g} s (--trial-timeout)"
@@ -256,4 +258,4 @@ class TrialRun:
 
 
 def owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    return {"host": host_name(), "pid": os.getpid()}

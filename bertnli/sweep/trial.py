@@ -24,6 +24,7 @@ from pathlib import Path
 from bertnli import BertnliError
 from bertnli.config import TrackingConfig
 from bertnli.files import atomic_write
+from bertnli.sweep.checkpoint_store import EpochUpload, store_uri
 from bertnli.sweep.halving import config_key, rungs_of
 from bertnli.sweep.reaping import storage_key, trial_identity
 from bertnli.sweep.rungs import RUNG
@@ -115,6 +116,7 @@ def run_trial(a: argparse.Namespace) -> int:
         cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags
     )
     relay = PruneRelay(a.report_fd, a.decide_fd, a.parent_pid, train_cfg.epochs)
+    upload = EpochUpload(lambda run_id: store_uri(cfg, a.number, run_id), out, cfg.tracking.tracking_uri)
     try:
         result, run_id = train_run(
             train_cfg,
@@ -122,7 +124,7 @@ def run_trial(a: argparse.Namespace) -> int:
             tracking,
             resume=a.resume,
             parent_run_id=a.parent_run,
-            callbacks=[relay],
+            callbacks=[upload, relay],  # uploaded before the pruner is asked
             classify=classify,
             keep_checkpoint=cfg.keep_checkpoints == "all",
             progress=False,

@@ -131,6 +131,7 @@ def run_info(
         "digests": prep.digests,
         "out_dir": str(out_dir),
         "resumed": resumed,
+        "start_epoch": state.epoch,  # a resumed run trains from here: the epochs before it came from the checkpoint
         "precision": precision,
         "attention": attention_name(device),
         "history": [asdict(h) for h in state.history],

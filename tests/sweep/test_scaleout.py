@@ -3,6 +3,7 @@ two sweep processes sharing one study through them. Skips where PostgreSQL's bin
 (.ci/run installs Debian's postgresql)."""
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import requests
-from conftest import ROOT, run_env
+from conftest import ROOT, make_rows, run_env, write_jsonl_gz
 from mlflow import MlflowClient
 from tiny_sweeps import S, ran, retry_of, write_toml
 
@@ -77,7 +78,7 @@ def pg(tmp_path_factory):
         shutil.chown(server.sock, "postgres")
     as_postgres(PG_BIN / "initdb", "-D", server.data, "-U", "postgres", "--auth=trust")
     server.start()
-    for db in ("optuna", "mlflow", "optuna_outage"):
+    for db in ("optuna", "mlflow", "optuna_outage", "optuna_hosts"):
         as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", server.port, "-U", "postgres", db)
     yield server
     server.stop("immediate")
@@ -267,3 +268,61 @@ def test_four_workers_ride_out_a_90_s_database_outage(tmp_path, tiny_snli, pg, m
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [t.number for t in ran(trials)]
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+
+
+def test_a_trial_retried_on_another_host_resumes_from_the_checkpoint_store(tmp_path, pg, mlflow_server):
+    """Two "hosts" (their own --out and host name) on one PostgreSQL study and one `mlflow server`. Host A is
+    killed (SIGKILL) after its trial finished epoch 1 of 3; host B retries the trial. Before: B's --out held no
+    checkpoint, so the retry trained from epoch 1. Now it resumes at epoch 2 from the checkpoint A put in the
+    store (the trial run's artifacts on the server): each epoch is logged once and no epoch is trained twice."""
+    data = tmp_path / "snli"
+    data.mkdir()
+    for split, n in (("train", 3000), ("dev", 80), ("test", 80)):  # epochs long enough to kill A inside epoch 2
+        write_jsonl_gz(data / f"snli_1.0_{split}.jsonl.gz", make_rows(n, len(split)))
+    toml = write_toml(tmp_path, data, trials=1, space="lr = [2e-3]\nepochs = [3]", extra="grace_s = 10")
+    toml.write_text(toml.read_text().replace('study_name = "s"', 'study_name = "hosts"'))
+    storage = f"{pg.url}/optuna_hosts"
+
+    def host(name: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--storage", storage]
+        cmd += ["--tracking-uri", mlflow_server, "--out", str(tmp_path / name), "--no-progress"]
+        return subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=run_env(BERTNLI_HOST=name),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its trial process in its group: one kill ends the host
+        )
+
+    c = MlflowClient(mlflow_server)
+    a, marker = host("host-a"), tmp_path / "host-a" / "hosts" / "trial-000" / "mlflow_run.json"
+    deadline, first = time.time() + 300, None
+    while time.time() < deadline and a.poll() is None:
+        if first is None and marker.is_file():
+            first = json.loads(marker.read_text())["run_id"]
+        if first and any(f.path.endswith("done.json") for f in c.list_artifacts(first, "resume/epoch-001")):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("host A's trial never stored epoch 1: " + (a.communicate()[0] or "")[-2000:])
+    os.killpg(a.pid, signal.SIGSTOP)  # at once: epoch 2 has just begun
+    os.killpg(a.pid, signal.SIGKILL)
+    a.wait()
+    b = host("host-b")
+    out, _ = b.communicate(timeout=600)
+    assert b.returncode == 0, out[-3000:]
+    st = optuna.load_study(study_name="hosts", storage=storage)
+    done = [t for t in st.get_trials() if t.state == S.COMPLETE]
+    assert len(done) == 1 and retry_of(done[0]) == 0, [(t.number, t.state) for t in st.get_trials()]
+    retry_run = c.get_run(done[0].user_attrs["mlflow_run_id"])
+    assert [m.step for m in c.get_metric_history(first, "dev_acc")] == [1]  # A finished epoch 1 only
+    assert sorted(m.step for m in c.get_metric_history(retry_run.info.run_id, "dev_acc")) == [1, 2, 3]
+    assert retry_run.data.tags["bertnli.start_epoch"] == "2"  # B trained epochs 2 and 3: 3 epochs of steps in all
+    assert "resuming from epoch 1 of the checkpoint store" in out
+    # Only the winner's weights stay in the store; the killed attempt's checkpoint is gone.
+    assert not c.list_artifacts(first, "resume")
+    kept = [f.path for f in c.list_artifacts(retry_run.info.run_id, "resume/epoch-003")]
+    assert kept and not [p for p in kept if p.endswith("last.pt")]
+    assert c.list_artifacts(retry_run.info.run_id, "checkpoint")  # the winner's weights were logged
