@@ -116,16 +116,28 @@ from bertnli.tracking.store import how_to_see
     callback=check_model_name,
     help="register the study's best model in the MLflow Model Registry as NAME, alias champion",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="print what the sweep would do (space, queued cells, workers, URIs, trials done) and check that every URI "
+    "answers; changes nothing",
+)
 @progress_option
-def sweep(config_path, tracking_uri, experiment, space, register_name, sampler_seed, progress, **options):
+def sweep(config_path, tracking_uri, experiment, space, register_name, sampler_seed, progress, dry_run, **options):
     """An Optuna study over the engine; rerun the same command to resume it."""
     from bertnli.sweep.pool import Sweep
-    from bertnli.sweep.space import SWEEP_KEYS, load_sweep_config
+    from bertnli.sweep.space import SWEEP_KEYS, check_runnable, load_sweep_config
 
     overrides = train_overrides(options)  # the TrainConfig options; the rest are SweepConfig fields
     sweep_overrides = {"seed": sampler_seed, **{k: v for k, v in options.items() if k in SWEEP_KEYS}}
     tracking = TrackingConfig(tracking_uri, experiment)
     cfg = load_sweep_config(config_path, overrides, sweep_overrides, list(space), tracking)
+    if dry_run:
+        from bertnli.sweep.dry_run import dry_run as plan
+
+        check_runnable(cfg)
+        click.echo("\n".join(plan(cfg)))
+        return
     handle_sigterm()
     summary = Sweep(cfg, log=click.echo, progress=progress).run()
     print_summary(cfg, summary, tracking_uri)

@@ -1,0 +1,73 @@
+"""`sweep --dry-run`: what a sweep would do, read from the real storage and stores, and nothing written."""
+
+import socket
+
+import optuna
+from tiny_sweeps import S, sweep_in_process, write_toml
+
+
+def files(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_a_dry_run_of_a_new_study_prints_the_plan_and_creates_nothing(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=4)
+    before = files(tmp_path)
+    r = sweep_in_process(tmp_path, toml, "--dry-run", "--workers", "2")
+    assert r.exit_code == 0, r.output
+    assert "study s: new; 4 trials to run" in r.output
+    assert "cells queued first: truncation=longest_first, truncation=ratio" in r.output
+    assert "this host: 2 worker(s)" in r.output and "space: lr" in r.output
+    assert "mlflow.db (created on first run)" in r.output
+    assert files(tmp_path) == before  # no journal, no MLflow store, no study folder
+
+
+def test_a_dry_run_of_a_study_under_way_counts_its_trials_and_changes_nothing(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=4)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.create_study(
+        study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))), direction="maximize"
+    )
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 5e-3, log=True)}
+    for value in (0.5, 0.6):
+        study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, distributions=dist, value=value))
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, distributions=dist, state=S.RUNNING))
+    study.set_user_attr("cells_enqueued", True)
+    before = files(tmp_path)
+    r = sweep_in_process(tmp_path, toml, "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "study s: 2 of 4 trials complete or pruned, 1 running" in r.output
+    assert "cells queued first: none (queued when the study began)" in r.output
+    assert files(tmp_path) == before
+
+
+def test_a_dry_run_names_an_unreachable_database_in_one_line(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli)
+    url = f"postgresql://postgres:secret@127.0.0.1:{closed_port()}/optuna"
+    r = sweep_in_process(tmp_path, toml, "--dry-run", "--storage", url)  # the last --storage wins
+    assert r.exit_code == 2, r.output
+    (line,) = r.output.strip().splitlines()
+    assert "--storage" in line and "unreachable" in line and "secret" not in line
+
+
+def test_a_dry_run_names_an_unreachable_mlflow_server_in_one_line(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli)
+    r = sweep_in_process(tmp_path, toml, "--dry-run", "--tracking-uri", f"http://127.0.0.1:{closed_port()}")
+    assert r.exit_code == 2, r.output
+    (line,) = r.output.strip().splitlines()
+    assert "--tracking-uri" in line and "unreachable" in line
+
+
+def test_a_dry_run_names_a_checkpoint_store_it_cannot_read(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli)
+    r = sweep_in_process(tmp_path, toml, "--dry-run", "--checkpoint-store", "nosuchscheme://bucket/ckpt")
+    assert r.exit_code == 2, r.output
+    (line,) = r.output.strip().splitlines()
+    assert "--checkpoint-store nosuchscheme://bucket/ckpt" in line
