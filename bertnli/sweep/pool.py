@@ -21,7 +21,16 @@ from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoints import prune_checkpoints
 from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_parent_metrics
-from bertnli.sweep.reaping import claim_study_dir, reap, retry, retry_history, stale_callback, states, study_dir
+from bertnli.sweep.reaping import (
+    Sightings,
+    claim_study_dir,
+    reap,
+    retry,
+    retry_history,
+    stale_callback,
+    states,
+    study_dir,
+)
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
@@ -89,6 +98,7 @@ class Sweep:
         self.rungs = halving.rungs_of(cfg)  # None: one fidelity (every trial on the whole train split)
         self.target = self.rungs.total if self.rungs else cfg.trials
         self.next_reap = 0.0
+        self.seen = Sightings()  # heartbeats this process has watched, on its own clock (reaping.Sightings)
 
     def _check_settings(self) -> None:
         """A study keeps the fidelity settings it was created with (a plain study made before they were
@@ -162,7 +172,7 @@ class Sweep:
             return
         self.next_reap = time.time() + max(5.0, self.cfg.grace_s / 4)
         try:
-            reap(study, self.storage, self.cfg, self.log)
+            reap(study, self.storage, self.cfg, self.seen, self.log)
         except Exception as e:
             from mlflow.exceptions import MlflowException
 

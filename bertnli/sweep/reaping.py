@@ -17,7 +17,6 @@ import json
 import os
 import socket
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -269,23 +268,16 @@ class Sightings:
         return now - self.seen[key][1]
 
 
-_sightings: "weakref.WeakKeyDictionary[Any, Sightings]" = weakref.WeakKeyDictionary()
-
-
-def sightings_of(storage) -> Sightings:
-    """One memory per storage handle, so every reap of a sweep (any worker thread) shares it."""
-    return _sightings.setdefault(storage, Sightings())
-
-
-def reap(study, storage, cfg: SweepConfig, log=print) -> None:
+def reap(study, storage, cfg: SweepConfig, seen: Sightings, log=print) -> None:
     """Look at every RUNNING trial once: adopt, fail + retry, or leave it to its live owner.
 
     Staleness (another host's trial) is judged only after this process has seen `grace`
     seconds of working storage: an outage stops every heartbeat, also those of live workers.
-    Another host's clock is never compared with ours (Sightings).
+    Another host's clock is never compared with ours: `seen` is what this process has watched of each
+    trial (one Sightings per sweep process, shared by its worker threads).
     """
     S = states()
-    host, seen = host_name(), sightings_of(storage)
+    host = host_name()
     judged = storage.connected_for() >= cfg.grace_s
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         owner = t.user_attrs.get("worker")

@@ -8,7 +8,6 @@ import select
 import subprocess
 import threading
 import time
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 import optuna
@@ -150,10 +149,12 @@ def test_a_trial_failed_by_another_process_is_lost_at_its_next_epoch_report_not_
         run.close()
 
 
-def test_a_live_trial_on_a_host_whose_clock_differs_by_90_s_is_not_reaped(tmp_path, monkeypatch, new_store):
-    """Another host's heartbeat (and a trial's datetime_start) are written on that host's clock. Before:
-    the reaper compared them with its own clock, so a host 90 s ahead failed every live trial of the
-    others (grace 60 s) and they ran twice. A dead worker's trial must still be reaped."""
+@pytest.mark.parametrize("skew", [-90.0, 90.0])
+def test_a_live_trial_on_a_host_whose_clock_differs_by_90_s_is_not_reaped(tmp_path, new_store, skew):
+    """Another host's heartbeat is written on that host's clock, here `skew` seconds off ours; the reaper
+    runs on its own clock, untouched. A reaper that compared the heartbeat with its own clock (as it once
+    did) fails the live trial of a host 90 s behind (grace 1 s) and it runs twice; one that judges by
+    sightings on its own monotonic clock does not. A dead worker's trial must still be reaped."""
     from bertnli.sweep import reaping
 
     grace = 1.0
@@ -161,26 +162,28 @@ def test_a_live_trial_on_a_host_whose_clock_differs_by_90_s_is_not_reaped(tmp_pa
     cfg = sweep_cfg(tmp_path, grace_s=grace)
     storage = open_storage(str(tmp_path / "journal.log"))
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    other_clock = lambda: time.time() + skew  # noqa: E731 - the other host's
     live, dead, young = study.ask(), study.ask(), study.ask()
     for t in (live, dead):
         t.set_user_attr("worker", {"host": "another-host", "pid": 12345})
-        t.set_user_attr("heartbeat", time.time())  # on the other host's clock
+        t.set_user_attr("heartbeat", other_clock())
     # `young` was just asked: its worker has not written itself down yet.
-    real = time.time
-    monkeypatch.setattr(reaping, "time", types.SimpleNamespace(time=lambda: real() + 90, monotonic=time.monotonic))
+    seen = reaping.Sightings()
     time.sleep(grace + 0.1)  # the reaper judges staleness only after `grace` of working storage
+    for t in (live,):
+        t.set_user_attr("heartbeat", other_clock())  # beats on
 
     state = lambda t: study.get_trials()[t.number].state  # noqa: E731
-    reaping.reap(study, storage, cfg, log=lambda *_: None)
-    assert state(live) == S.RUNNING, "a fresh heartbeat judged by a clock 90 s ahead"
-    assert state(young) == S.RUNNING, "a trial asked a moment ago failed as an orphan by a clock 90 s ahead"
+    reaping.reap(study, storage, cfg, seen, log=lambda *_: None)
+    assert state(live) == S.RUNNING, f"a fresh heartbeat from a clock {skew:+.0f} s off judged stale"
+    assert state(young) == S.RUNNING, "a trial asked a moment ago failed as an orphan"
     young.set_user_attr("worker", {"host": "another-host", "pid": 12345})  # its worker writes itself down
-    young.set_user_attr("heartbeat", real())
-    deadline = real() + 4 * grace
-    while real() < deadline:
+    young.set_user_attr("heartbeat", other_clock())
+    deadline = time.time() + 4 * grace
+    while time.time() < deadline:
         for t in (live, young):
-            t.set_user_attr("heartbeat", real())  # their workers beat on
-        reaping.reap(study, storage, cfg, log=lambda *_: None)
+            t.set_user_attr("heartbeat", other_clock())  # their workers beat on
+        reaping.reap(study, storage, cfg, seen, log=lambda *_: None)
         time.sleep(0.2)
     assert state(live) == S.RUNNING and state(young) == S.RUNNING
     assert state(dead) == S.FAIL  # a heartbeat that stopped changing for `grace` (our clock) is stale

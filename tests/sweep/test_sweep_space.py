@@ -125,7 +125,9 @@ def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkey
         study.ask()
     assert len(study.get_trials()) == 1  # before: 2, the retried write made a duplicate RUNNING trial
 
-    from bertnli.sweep.reaping import reap
+    from bertnli.sweep.reaping import Sightings, reap
+
+    seen = Sightings()  # one memory of the trials, as one sweep process keeps
 
     cfg = load_sweep_config(
         None,
@@ -134,10 +136,10 @@ def test_a_write_whose_acknowledgement_was_lost_is_not_repeated(tmp_path, monkey
         [],
         TrackingConfig(new_store(tmp_path / "mlflow.db")),
     )
-    reap(study, storage, cfg, log=lambda *_: None)  # the reaper starts watching the ownerless trial ...
+    reap(study, storage, cfg, seen, log=lambda *_: None)  # the reaper starts watching the ownerless trial ...
     assert study.get_trials()[0].state == S.RUNNING
     time.sleep(0.5)
-    reap(study, storage, cfg, log=lambda *_: None)  # ... and fails it once it has stayed ownerless for `grace`
+    reap(study, storage, cfg, seen, log=lambda *_: None)  # ... and fails it once it has stayed ownerless for `grace`
     orphan = study.get_trials()[0]
     assert orphan.state == S.FAIL and orphan.user_attrs["orphan"] is True
     assert [
