@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from bertnli.analysis.compare import sweep_verdict
 from bertnli.analysis.report import to_markdown
 from bertnli.sweep.checkpoint_store import fetch_best, prune_store, store_uri
 from bertnli.sweep.halving import best_trial, rung_table, rungs_of
-from bertnli.sweep.reaping import retry_history, states, trial_dir
+from bertnli.sweep.reaping import host_name, retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
 from bertnli.tracking.figures import pyplot
@@ -162,9 +163,9 @@ def start_parent_metrics(cfg: SweepConfig, parent_run_id: str):
     process that runs workers; processes sharing a study sample into the one series (processes
     that start together may log the same steps). `resume` starts after the steps already logged
     (a resumed study's earlier invocations) instead of at step 0. MLflow's monitor stops by itself
-    once the parent is no longer RUNNING, so the first process to finish the parent ends every
-    process's sampling. Off under --no-system-metrics / BERTNLI_SYSTEM_METRICS=0,
-    the same switch as the trials'.
+    once the parent is no longer RUNNING, so a process that stops while others still run trials
+    leaves the parent RUNNING (`others_at_work`): the last one ends it. Off under --no-system-metrics /
+    BERTNLI_SYSTEM_METRICS=0, the same switch as the trials'.
     """
     if not system_metrics_on(cfg.tracking):
         return None
@@ -281,8 +282,19 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
     if not logged:  # last: a summary cut short is logged again by the next invocation
         with_retries(lambda: c.set_tag(parent_run_id, SUMMARY_ATTR, digest))
     with_retries(lambda: c.log_metric(parent_run_id, "trials_done", done))
-    with_retries(lambda: c.set_terminated(parent_run_id, status))
+    if status != "FINISHED" and others_at_work(study):
+        out["parent_left_running"] = True  # the last process at work ends it; its system metrics go on till then
+    else:
+        with_retries(lambda: c.set_terminated(parent_run_id, status))
     return out
+
+
+def others_at_work(study) -> bool:
+    """Another process runs a trial of the study: this one stopping early (a timeout, SIGTERM) must not end
+    the parent run under it (MLflow stops every process's system metrics once the parent is not RUNNING)."""
+    me = {"host": host_name(), "pid": os.getpid()}
+    running = study.get_trials(deepcopy=False, states=(states().RUNNING,))
+    return any(t.user_attrs.get("worker") not in (None, me) for t in running)
 
 
 def _log_summary(c, study, cfg: SweepConfig, parent_run_id: str, frame, best, rung_frame, tmp: Path) -> None:

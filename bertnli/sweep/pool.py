@@ -361,11 +361,12 @@ class Sweep:
                 f"warning: no configuration completed the top rung; the best is from rung {rung} "
                 f"({self.rungs.fractions[rung]:.3g} of the train split, no test figure)"
             )
+        left = summary.get("parent_left_running")
+        if left:
+            self.log("other processes still run trials of this study: the parent run stays RUNNING until the last ends")
         if self.crashed:
-            raise BertnliError(
-                f"{self.crashed[0]}; its trial is marked FAIL and the parent run FAILED; rerun the same "
-                "command to resume"
-            )
+            parent = "" if left else " and the parent run FAILED"
+            raise BertnliError(f"{self.crashed[0]}; its trial is marked FAIL{parent}; rerun the same command to resume")
         if broken:
             raise BertnliError(
                 f"stopped: the last {len(self.failed_in_a_row)} trials all failed (a broken setup, not "

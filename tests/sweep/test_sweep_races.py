@@ -220,3 +220,40 @@ def test_starters_racing_on_a_new_study_queue_each_cell_once(tmp_path, new_store
     queued = [t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == S.WAITING]
     assert len(parents) == 1
     assert sorted(map(str, queued)) == sorted(map(str, cells(cfg))), queued
+
+
+def test_a_process_that_stops_early_leaves_the_parent_running_for_the_process_still_at_work(tmp_path, new_store):
+    """Before: the first process to end (a --timeout, SIGTERM) set the parent run KILLED while another process
+    still ran a trial, and MLflow's monitor in that process stopped sampling the parent. Now the parent stays
+    RUNNING until the last process at work ends it, and the other process's system metrics go on."""
+    import dataclasses
+
+    from bertnli.sweep.parent import finish_parent, start_parent_metrics
+    from bertnli.tracking.store import client, get_or_create_experiment
+    from bertnli.tracking.system_metrics import stop_system_metrics
+
+    new_store(tmp_path / "mlflow.db")
+    cfg = sweep_cfg(tmp_path)
+    cfg = dataclasses.replace(
+        cfg, tracking=dataclasses.replace(cfg.tracking, system_metrics=True, system_metrics_interval=0.5)
+    )
+    uri = cfg.tracking.tracking_uri
+    c = client(uri)
+    parent = c.create_run(get_or_create_experiment(c, "s", uri), tags={"bertnli.role": "sweep-parent"}).info.run_id
+    study = optuna.create_study(study_name="s", storage=open_storage(str(tmp_path / "journal.log")))
+    theirs = study.ask()
+    theirs.set_user_attr("worker", {"host": "host-b", "pid": 4242})  # another process's live trial
+    monitor = start_parent_metrics(cfg, parent)  # that process samples the parent
+
+    def samples() -> int:
+        return len(c.get_metric_history(parent, "system/cpu_utilization_percentage"))
+
+    finish_parent(study, cfg, parent, "KILLED", 0)  # this process stops early
+    assert c.get_run(parent).info.status == "RUNNING"
+    seen = samples()
+    time.sleep(3)
+    assert samples() > seen, "the other process's system metrics stopped with the first process's end"
+    study.tell(theirs, 0.5)  # the other process's trial ends, and then that process
+    stop_system_metrics(monitor)
+    finish_parent(study, cfg, parent, "FINISHED", 1)
+    assert c.get_run(parent).info.status == "FINISHED"
