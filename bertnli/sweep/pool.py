@@ -33,42 +33,9 @@ from bertnli.sweep.reaping import (
 )
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
-from bertnli.sweep.storage import default_storage, is_outage, open_storage, sampler_for
+from bertnli.sweep.storage import default_storage, is_outage, open_storage, open_study, study_sampler
 from bertnli.sweep.supervisor import Outcome, TrialRun, owner, patiently
 from bertnli.tracking.system_metrics import stop_system_metrics
-
-
-def study_sampler(cfg: SweepConfig):
-    """The per-trial-seeded sampler; under multi-fidelity every sampled configuration starts at rung 0."""
-    base = sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler)
-    if cfg.fidelity != "data":
-        return base
-    import warnings
-
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # experimental since Optuna 2.4, unchanged through 5.0
-        return optuna.samplers.PartialFixedSampler({RUNG: 0}, base)
-
-
-def open_study(cfg: SweepConfig, storage):
-    """(study, created): `created` is True for exactly one process, the one whose create_study won."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # A random design is i.i.d. only unpruned; multi-fidelity prunes by its rungs (median pruning across
-    # rungs would compare dev accuracies reached on different amounts of data).
-    pruner = (
-        optuna.pruners.NopPruner()
-        if cfg.sampler == "random" or cfg.fidelity == "data"
-        else optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials)
-    )
-    kw = dict(study_name=cfg.study_name, storage=storage, sampler=study_sampler(cfg), pruner=pruner)
-    try:
-        return optuna.create_study(direction="maximize", **kw), True
-    except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(**kw), False
 
 
 def done_count(study) -> int:

@@ -173,6 +173,18 @@ def _check_fidelity(cfg: SweepConfig, schedule_set_outside: bool) -> None:
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def _check_store_uri(uri: str) -> None:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(uri)
+    except Exception as e:  # noqa: BLE001 - an unknown scheme, a malformed URI
+        raise BadInput(
+            f"bad sweep: --checkpoint-store {uri} is no artifact store MLflow knows ({str(e).splitlines()[0][:120]}); "
+            "give run, none, a folder or a URI such as s3://bucket/ckpt"
+        ) from None
+
+
 def _check_settings(cfg: SweepConfig) -> None:
     if not STUDY_NAME.fullmatch(cfg.study_name):  # it names a folder under --out: a path would escape it
         raise BadInput(
@@ -183,6 +195,8 @@ def _check_settings(cfg: SweepConfig) -> None:
         raise BadInput("bad sweep: trials, workers and fail_limit must be at least 1")
     if cfg.keep_checkpoints not in ("best", "all"):
         raise BadInput("bad sweep: keep_checkpoints is best or all")
+    if cfg.checkpoint_store not in ("run", "none"):
+        _check_store_uri(cfg.checkpoint_store)
     if cfg.sampler not in ("tpe", "random"):
         raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
     if cfg.fidelity not in ("none", "data"):

@@ -26,6 +26,7 @@ IMPOSSIBLE_TEXT = {
     ("sweep", "config_path"): ("/nope.toml", "config file /nope.toml not found"),
     ("sweep", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
     ("sweep", "storage"): ("bogus://x", "is not a usable database URL"),
+    ("sweep", "checkpoint_store"): ("bogus://x", "--checkpoint-store bogus://x is no artifact store MLflow knows"),
     ("sweep", "space"): ("lr=abc", "bad sweep space for lr"),
     ("reproduce", "name"): ("no-such-experiment", "config file experiments/no-such-experiment.toml not found"),
     ("reproduce", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
