@@ -39,7 +39,7 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` (same suffix, so numpy and torch keep the name) that replaces
     `path` when the block succeeds and is removed when it fails (a full disk leaves nothing behind).
-    Named per process and thread: a sweep's worker threads may write the same file at once."""
+    Named per process and thread, so two threads writing the same file never share a temporary."""
     path = Path(path)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
     try:

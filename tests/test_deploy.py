@@ -53,17 +53,24 @@ def stand_ins(folder: Path) -> Path:
 
 
 @pytest.mark.slow  # starts bash and stand-in processes
-def test_the_slurm_script_runs_a_valid_sweep_and_requeues_itself_on_sigterm(tmp_path):
+@pytest.mark.parametrize(
+    "slurm, task",
+    [
+        ({"SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "80"}, "77_3"),
+        ({"SLURM_JOB_ID": "81"}, "81"),
+    ],
+    ids=["array", "single"],
+)
+def test_the_slurm_script_runs_a_valid_sweep_and_requeues_itself_on_sigterm(tmp_path, slurm, task):
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLURM")},
         "PATH": f"{stand_ins(tmp_path)}:{os.environ['PATH']}",
         "BERTNLI_STORAGE": "postgresql://u:p@db/optuna",
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
         "BERTNLI_CONFIG": str(ROOT / "experiments" / "sweep.toml"),
-        "SLURM_ARRAY_JOB_ID": "77",
-        "SLURM_ARRAY_TASK_ID": "3",
         "SLURMD_NODENAME": "gpu-node-1",
         "SLURM_TMPDIR": str(tmp_path / "scratch"),
+        **slurm,
     }
     script = subprocess.Popen(["bash", str(SBATCH)], env=env, cwd=ROOT)
     deadline = time.time() + 30
@@ -71,11 +78,11 @@ def test_the_slurm_script_runs_a_valid_sweep_and_requeues_itself_on_sigterm(tmp_
         time.sleep(0.05)
     params = parse_sweep(["bertnli-exp", *(tmp_path / "argv").read_text().splitlines()])
     assert params["storage"] == env["BERTNLI_STORAGE"] and params["tracking_uri"] == env["MLFLOW_TRACKING_URI"]
-    assert params["out_dir"] == str(tmp_path / "scratch" / "bertnli-77_3") and params["workers"] == 1
-    assert (tmp_path / "host").read_text().strip() == "gpu-node-1-77_3"  # one name per task, not per node
+    assert params["out_dir"] == str(tmp_path / "scratch" / f"bertnli-{task}") and params["workers"] == 1
+    assert (tmp_path / "host").read_text().strip() == f"gpu-node-1-{task}"  # one name per task, not per node
     script.send_signal(signal.SIGTERM)  # what SLURM sends 120 s before preemption or the time limit
     assert script.wait(timeout=30) == 0
-    assert (tmp_path / "scontrol").read_text().split() == ["requeue", "77_3"]
+    assert (tmp_path / "scontrol").read_text().split() == ["requeue", task]
 
 
 def test_the_slurm_script_names_a_missing_setting_in_one_line(tmp_path):
@@ -103,6 +110,10 @@ def test_the_kubernetes_job_is_a_batch_v1_job_running_a_valid_sweep(tmp_path):
     assert len(jobs) == 1 and jobs[0]["apiVersion"] == "batch/v1"
     spec = jobs[0]["spec"]
     assert spec["parallelism"] > 1 and spec["backoffLimit"] > 0
+    # Evictions and preemptions replace the pod without using up backoffLimit; a failure is a new pod (a new name).
+    rule = spec["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "Ignore" and rule["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
     (container,) = spec["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     params = parse_sweep(expand(container["command"], container["env"]))

@@ -87,7 +87,8 @@ from bertnli.tracking.store import how_to_see
     default=None,
     metavar="URI",
     help="where each trial's epoch checkpoints go, so that a retry on another host resumes: 'run' (the trial's MLflow "
-    "run artifacts), an artifact URI (a shared folder, s3://..., gs://...), or 'none' [default: run]",
+    "run artifacts), an artifact URI (a shared folder, s3://..., gs://...), or 'none' [default: auto: run with an "
+    "MLflow server, none with a local store]",
 )
 @click.option(
     "--grace",

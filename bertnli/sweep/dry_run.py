@@ -7,12 +7,14 @@ found before any job waits on it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from bertnli import BadInput
 from bertnli.sweep import halving
+from bertnli.sweep.checkpoint_store import store_kind
 from bertnli.sweep.parent import PARENT_ATTR
-from bertnli.sweep.reaping import states
 from bertnli.sweep.space import SweepConfig, cells
 from bertnli.sweep.storage import default_storage
 from bertnli.tracking.store import default_tracking_uri
@@ -23,36 +25,54 @@ def _shown(url: str) -> str:
     return url.split("@")[-1] if "://" in url and "@" in url else url
 
 
-def _study(cfg: SweepConfig, url: str):
-    """The study as stored now, or None where it does not exist yet (read-only: nothing is created)."""
-    import optuna
+def _summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
+    """Trial counts and the study attributes the plan needs; None where the study does not exist yet.
 
+    Read-only: a journal through Optuna (reading writes nothing), a database through plain SQL, since
+    opening an RDBStorage creates its tables and version rows."""
     if "://" not in url:
         if not Path(url).is_file():
             return None
+        import optuna
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        storage = JournalStorage(JournalFileBackend(url))
-    else:
-        import sqlalchemy
-
         try:
-            engine = sqlalchemy.create_engine(url)
-            with engine.connect():
-                has_tables = sqlalchemy.inspect(engine).has_table("studies")
-        except Exception as e:  # noqa: BLE001 - any failure to connect is the one line the user needs
-            raise BadInput(
-                f"--storage {_shown(url)} is unreachable ({str(e).splitlines()[0][:160]}); start the database "
-                "or fix the URL"
-            ) from None
-        if not has_tables:
+            study = optuna.load_study(study_name=cfg.study_name, storage=JournalStorage(JournalFileBackend(url)))
+        except KeyError:
             return None
-        storage = optuna.storages.RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return {"counts": counts, "attrs": study.user_attrs}
+    return _rdb_summary(cfg, url)
+
+
+def _rdb_summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
+    import sqlalchemy
+
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None  # connecting would create the file
     try:
-        return optuna.load_study(study_name=cfg.study_name, storage=storage)
-    except KeyError:
-        return None
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as db:
+            if not sqlalchemy.inspect(engine).has_table("studies"):
+                return None
+            sid = db.execute(
+                sqlalchemy.text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": cfg.study_name}
+            ).scalar()
+            if sid is None:
+                return None
+            q = "SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"
+            counts = {str(state).split(".")[-1]: n for state, n in db.execute(sqlalchemy.text(q), {"s": sid})}
+            q = "SELECT key, value_json FROM study_user_attributes WHERE study_id = :s"
+            attrs = {k: json.loads(v) for k, v in db.execute(sqlalchemy.text(q), {"s": sid})}
+    except Exception as e:  # noqa: BLE001 - any failure to connect is the one line the user needs
+        raise BadInput(
+            f"--storage {_shown(url)} is unreachable ({str(e).splitlines()[0][:160]}); start the database "
+            "or fix the URL"
+        ) from None
+    return {"counts": counts, "attrs": attrs}
 
 
 def _check_tracking(uri: str) -> str:
@@ -74,25 +94,43 @@ def _check_tracking(uri: str) -> str:
     return uri
 
 
-STORE_DEFAULTS = {
-    "run": "each trial's MLflow run artifacts (resume/)",
-    "none": "none (a retry resumes on its host only)",
-}
-
-
-def _check_store(cfg: SweepConfig) -> str:
-    if cfg.checkpoint_store in STORE_DEFAULTS:
-        return STORE_DEFAULTS[cfg.checkpoint_store]
+def _check_store(cfg: SweepConfig, tracking_uri: str) -> str:
+    """One line on the checkpoint store: where it is, and that it can be read (an unreadable one is BadInput)."""
+    kind = store_kind(cfg)
+    if kind == "none":
+        return "none (a retry resumes on its own host only)"
+    if kind == "run":
+        return "each trial's MLflow run artifacts (resume/)" + _artifact_warning(cfg, tracking_uri)
+    if "://" not in kind or kind.startswith("file://"):
+        folder = Path(kind.removeprefix("file://"))
+        return f"{kind} ({'exists' if folder.is_dir() else 'made on the first upload'})"
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     try:
-        get_artifact_repository(cfg.checkpoint_store).list_artifacts()
+        get_artifact_repository(kind).list_artifacts()
     except Exception as e:  # noqa: BLE001 - a missing client library, credentials, a bad bucket
         raise BadInput(
-            f"--checkpoint-store {cfg.checkpoint_store} cannot be read ({str(e).splitlines()[0][:160]}); fix the URI "
+            f"--checkpoint-store {_shown(kind)} cannot be read ({str(e).splitlines()[0][:160]}); fix the URI "
             "or its credentials"
         ) from None
-    return f"{cfg.checkpoint_store} (readable)"
+    return f"{_shown(kind)} (readable)"
+
+
+def _artifact_warning(cfg: SweepConfig, tracking_uri: str) -> str:
+    """Run artifacts reach every host only through a server that proxies them (mlflow-artifacts:/, or a
+    bucket); an experiment whose artifact location is a plain path is one host's disk."""
+    from bertnli.tracking.store import client
+
+    try:
+        exp = client(tracking_uri).get_experiment_by_name(cfg.tracking.experiment or cfg.study_name)
+    except Exception:  # noqa: BLE001 - reachability was checked above; this is advice only
+        return ""
+    if exp is None or "://" in exp.artifact_location or exp.artifact_location.startswith("mlflow-artifacts:"):
+        return ""
+    return (
+        f"; warning: experiment artifacts are at {exp.artifact_location}, a path other hosts may not see: start "
+        "the server with --artifacts-destination, or give --checkpoint-store"
+    )
 
 
 def dry_run(cfg: SweepConfig) -> list[str]:
@@ -100,18 +138,16 @@ def dry_run(cfg: SweepConfig) -> list[str]:
     storage_url = cfg.storage or default_storage()
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri()
     lines = [f"storage: {_shown(storage_url)}", f"tracking: {_check_tracking(tracking_uri)}"]
-    lines.append(f"checkpoint store: {_check_store(cfg)}")
-    study = _study(cfg, storage_url)
+    lines.append(f"checkpoint store: {_check_store(cfg, tracking_uri)}")
+    summary = _summary(cfg, storage_url)
     rungs = halving.rungs_of(cfg)
     target = rungs.total if rungs else cfg.trials
-    S = states()
-    trials = study.get_trials(deepcopy=False) if study else []
-    done = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
-    running = sum(t.state == S.RUNNING for t in trials)
-    if study is None:
+    if summary is None:
         lines.append(f"study {cfg.study_name}: new; {target} trials to run")
     else:
-        parent = study.user_attrs.get(PARENT_ATTR, "none yet")
+        n = summary["counts"]
+        done, running = n.get("COMPLETE", 0) + n.get("PRUNED", 0), n.get("RUNNING", 0)
+        parent = summary["attrs"].get(PARENT_ATTR, "none yet")
         lines.append(
             f"study {cfg.study_name}: {done} of {target} trials complete or pruned, {running} running; "
             f"parent run {parent}"
@@ -119,7 +155,7 @@ def dry_run(cfg: SweepConfig) -> list[str]:
     lines.append(f"space: {'; '.join(p.describe() for p in cfg.space)}")
     if cfg.sampler == "random":
         lines.append("cells queued first: none (a random design draws every trial)")
-    elif study is not None and study.user_attrs.get("cells_enqueued"):
+    elif summary is not None and summary["attrs"].get("cells_enqueued"):
         lines.append("cells queued first: none (queued when the study began)")
     else:
         shown = [" ".join(f"{k}={v}" for k, v in c.items()) for c in cells(cfg)]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from bertnli.analysis.compare import sweep_verdict
 from bertnli.analysis.report import to_markdown
 from bertnli.sweep.checkpoint_store import fetch_best, prune_store, store_uri
 from bertnli.sweep.halving import best_trial, rung_table, rungs_of
-from bertnli.sweep.reaping import host_name, retry_history, states, trial_dir
+from bertnli.sweep.reaping import is_mine, retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
 from bertnli.tracking.figures import pyplot
@@ -112,6 +111,9 @@ def parent_run(
         if settled and _usable(cfg, settled):  # a fallback election (_settle) ended while we were creating ours
             return _lose(cfg, mine, settled)
         on_elected()
+        settled = study.user_attrs.get(PARENT_ATTR)  # again: on_elected may have waited out an outage
+        if settled and settled != mine and _usable(cfg, settled):
+            return _lose(cfg, mine, settled)
         study.set_user_attr(PARENT_ATTR, mine)
         return mine
     except BaseException:  # Ctrl-C, SIGTERM or a storage error mid-election: no RUNNING candidate is left behind
@@ -128,7 +130,8 @@ def _settle(study, cfg: SweepConfig, mine: str, settle_s: float, on_elected: Cal
     still there (the last write) makes it the parent, unless a parent appeared meanwhile; the
     others delete theirs and adopt it. Were candidates adopted directly, a starter arriving between
     two candidate writes would adopt the first, which its writer then deletes (children under a
-    deleted run). Two parents would need the winner's parent write to lag its read by `settle_s`.
+    deleted run). Two parents would need the winner's parent write to lag its read by `settle_s`;
+    the winner reads again after `on_elected` (which may wait out an outage), just before it writes.
     """
     while True:
         study.set_user_attr(CANDIDATE_ATTR, mine)
@@ -138,6 +141,11 @@ def _settle(study, cfg: SweepConfig, mine: str, settle_s: float, on_elected: Cal
             if parent and parent != mine and _usable(cfg, parent):
                 return _lose(cfg, mine, parent)
             on_elected()
+            parent = study.user_attrs.get(PARENT_ATTR)  # again: on_elected may have waited out an outage
+            if parent and parent != mine and _usable(cfg, parent):
+                return _lose(cfg, mine, parent)
+            if study.user_attrs.get(CANDIDATE_ATTR) != mine:
+                continue  # another candidate stood meanwhile: settle again
             study.set_user_attr(PARENT_ATTR, mine)
             return mine
         deadline = time.time() + settle_s + 30  # the later candidate's writer settles after us
@@ -276,9 +284,9 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
         if not logged:
             _log_summary(c, study, cfg, parent_run_id, frame, best, out.get("rungs"), tmp)
         if best is not None:
-            _log_best_checkpoint(c, cfg, best, tmp)  # once per trial: it checks the trial's run itself
+            _log_best_checkpoint(c, cfg, best, tmp, status == "FINISHED")  # once per trial: it checks the run
     if status == "FINISHED":
-        prune_store(cfg, study.get_trials(deepcopy=False), best.number if best is not None else None)
+        prune_store(cfg, study, best.number if best is not None else None)
     if not logged:  # last: a summary cut short is logged again by the next invocation
         with_retries(lambda: c.set_tag(parent_run_id, SUMMARY_ATTR, digest))
     with_retries(lambda: c.log_metric(parent_run_id, "trials_done", done))
@@ -292,9 +300,8 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
 def others_at_work(study) -> bool:
     """Another process runs a trial of the study: this one stopping early (a timeout, SIGTERM) must not end
     the parent run under it (MLflow stops every process's system metrics once the parent is not RUNNING)."""
-    me = {"host": host_name(), "pid": os.getpid()}
     running = study.get_trials(deepcopy=False, states=(states().RUNNING,))
-    return any(t.user_attrs.get("worker") not in (None, me) for t in running)
+    return any(t.user_attrs.get("worker") and not is_mine(t) for t in running)
 
 
 def _log_summary(c, study, cfg: SweepConfig, parent_run_id: str, frame, best, rung_frame, tmp: Path) -> None:
@@ -326,13 +333,16 @@ def _log_rungs(c, table, parent_run_id: str, tmp: Path) -> None:
     with_retries(lambda: c.set_tag(parent_run_id, "mlflow.note.content", text))
 
 
-def _log_best_checkpoint(c, cfg: SweepConfig, best, tmp: Path) -> None:
-    """The winner's weights onto its run, from this host's --out or, trained on another host, the checkpoint store."""
+def _log_best_checkpoint(c, cfg: SweepConfig, best, tmp: Path, final: bool) -> None:
+    """The winner's weights onto its run, from this host's --out or, trained on another host and the sweep
+    done (`final`), the checkpoint store: a process stopping early (SIGTERM before a requeue) has no time for it."""
     run_id = best.user_attrs.get("mlflow_run_id")
     if not run_id or c.get_run(run_id).data.tags.get("bertnli.checkpoint_logged") == "true":
         return
     folder = trial_dir(cfg, best.number) / "best"
     if not folder.is_dir():
+        if not final:
+            return
         folder = tmp / "best"
         if not fetch_best(store_uri(cfg, best.number, run_id), folder, cfg.tracking.tracking_uri):
             return

@@ -7,6 +7,7 @@ of such processes, on any number of hosts, may share one study.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_
 from bertnli.sweep.reaping import (
     Sightings,
     claim_study_dir,
+    owner,
     reap,
     retry,
     retry_history,
@@ -34,7 +36,7 @@ from bertnli.sweep.reaping import (
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, open_study, study_sampler
-from bertnli.sweep.supervisor import Outcome, TrialRun, owner, patiently
+from bertnli.sweep.supervisor import Outcome, TrialRun, patiently
 from bertnli.tracking.system_metrics import stop_system_metrics
 
 
@@ -370,6 +372,9 @@ class Sweep:
             broken = self.stop.is_set() and bool(self.failed_in_a_row)
             if status == "FINISHED" and (self.crashed or not self.complete(self.study)):
                 status = "FAILED" if self.crashed or broken else "KILLED"
+            if status != "FINISHED":  # trials of dead workers are no work in progress (parent.others_at_work)
+                with contextlib.suppress(Exception):
+                    self._reap(self.study, force=True)
             summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study), self.rungs)
         summary |= {"wall_seconds": time.time() - t0, "target": self.target, "outcomes": self.outcomes}
         self._outcome(summary, status, broken)

@@ -93,6 +93,17 @@ def host_name() -> str:
     return os.environ.get("BERTNLI_HOST") or socket.gethostname()
 
 
+def owner() -> dict[str, Any]:
+    """This process, as a trial's `worker` attribute names it."""
+    return {"host": host_name(), "pid": os.getpid()}
+
+
+def is_mine(t) -> bool:
+    """Trial `t` is run by this process (host and pid; the attribute may carry more)."""
+    worker = t.user_attrs.get("worker") or {}
+    return (worker.get("host"), worker.get("pid")) == (host_name(), os.getpid())
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -21,7 +21,6 @@ from bertnli.retry import policy
 from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
 from bertnli.sweep.reaping import (
     end_orphan_run,
-    host_name,
     retry,
     retry_history,
     states,
@@ -255,7 +254,3 @@ class TrialRun:
         set_own_attr(self.trial, "error", why)
         patiently(lambda: self.study.tell(self.trial, state=states().FAIL, skip_if_finished=True))
         end_orphan_run(self.cfg, trial_run_id(self.cfg, self._frozen()), why)
-
-
-def owner() -> dict[str, Any]:
-    return {"host": host_name(), "pid": os.getpid()}

@@ -124,7 +124,7 @@ def run_trial(a: argparse.Namespace) -> int:
             tracking,
             resume=a.resume,
             parent_run_id=a.parent_run,
-            callbacks=[upload, relay],  # uploaded before the pruner is asked
+            callbacks=[relay, upload],  # a pruned epoch is not uploaded
             classify=classify,
             keep_checkpoint=cfg.keep_checkpoints == "all",
             progress=False,

@@ -65,9 +65,31 @@ def test_a_dry_run_names_an_unreachable_mlflow_server_in_one_line(tmp_path, tiny
     assert "--tracking-uri" in line and "unreachable" in line
 
 
-def test_a_dry_run_names_a_checkpoint_store_it_cannot_read(tmp_path, tiny_snli):
+def test_a_dry_run_names_a_checkpoint_store_it_cannot_read(tmp_path, tiny_snli, monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     toml = write_toml(tmp_path, tiny_snli)
-    r = sweep_in_process(tmp_path, toml, "--dry-run", "--checkpoint-store", "nosuchscheme://bucket/ckpt")
+    r = sweep_in_process(tmp_path, toml, "--dry-run", "--checkpoint-store", "s3://no-such-bucket/ckpt")
     assert r.exit_code == 2, r.output
     (line,) = r.output.strip().splitlines()
-    assert "--checkpoint-store nosuchscheme://bucket/ckpt" in line
+    assert "--checkpoint-store s3://no-such-bucket/ckpt cannot be read" in line
+
+
+def test_a_dry_run_reads_a_sqlite_study_without_writing_to_it(tmp_path, tiny_snli):
+    """Opening an RDBStorage writes (tables, version rows); the dry run reads with plain SQL."""
+    toml = write_toml(tmp_path, tiny_snli, trials=3)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    study.set_user_attr("cells_enqueued", True)
+    del study
+    before = (tmp_path / "optuna.db").read_bytes()
+    r = sweep_in_process(tmp_path, toml, "--dry-run", "--storage", url)
+    assert r.exit_code == 0, r.output
+    assert "study s: 1 of 3 trials complete or pruned, 0 running" in r.output
+    assert (tmp_path / "optuna.db").read_bytes() == before
+    missing = f"sqlite:///{tmp_path / 'new.db'}"
+    r = sweep_in_process(tmp_path, toml, "--dry-run", "--storage", missing)
+    assert r.exit_code == 0 and "study s: new" in r.output and not (tmp_path / "new.db").exists()
