@@ -221,11 +221,20 @@ def run_env(**extra) -> dict:
     return env
 
 
+def expected_seconds(item) -> float:
+    """What a test takes on the 2-core machine: `@pytest.mark.slow(SECONDS)` where it was measured (the
+    longest ones), else 30 for a slow test and half a second for the rest."""
+    marker = item.get_closest_marker("slow")
+    if marker is None:
+        return 0.5
+    return float(marker.args[0]) if marker.args else 30.0
+
+
 def pytest_collection_modifyitems(items):
-    """Files with the most slow tests first, in their own order: under `-n 2 --dist loadfile` the two workers
-    take the long sweep and process files early and end together on short ones, instead of one worker
-    finishing a long file alone."""
-    slow = {}
+    """The longest files first, in their own order: under `-n 2 --dist loadfile` each worker takes the next
+    file when it is free, so the files that wait most (a 90 s database outage, a benchmark's studies) overlap
+    the other worker's work from the start and both workers end together on short files."""
+    cost = {}
     for item in items:
-        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
-    items.sort(key=lambda item: -slow[item.path])  # stable: files stay whole, tests keep their order
+        cost[item.path] = cost.get(item.path, 0.0) + expected_seconds(item)
+    items.sort(key=lambda item: -cost[item.path])  # stable: files stay whole, tests keep their order

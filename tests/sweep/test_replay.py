@@ -89,7 +89,7 @@ def test_pruner_tag_parses():
 # ---------------------------------------------------------------- from a real sweep recorded in MLflow
 
 
-@pytest.mark.slow
+@pytest.mark.slow(85)  # seconds on the 2-core machine: conftest runs the longest files first
 def test_replay_of_a_real_sweep_reproduces_its_live_pruning(tiny_snli, tmp_path, new_store):
     """A real one-worker sweep (journal storage, MLflow store, trial processes); the replay reads MLflow only."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage

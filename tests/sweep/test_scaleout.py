@@ -191,6 +191,7 @@ def test_two_sweep_processes_share_a_study_through_postgres_and_mlflow_server(
     ]  # artifacts went through the server
 
 
+@pytest.mark.slow(190)  # seconds on the 2-core machine, 90 of them waiting: conftest runs this file first
 def test_four_workers_ride_out_a_90_s_database_outage(tmp_path, tiny_snli, pg, mlflow_server):
     """Two sweep processes x --workers 2 on one study; PostgreSQL (Optuna storage and MLflow's backend)
     is stopped for 90 s while trials run, longer than `grace` (60 s). Before: the first worker back
@@ -270,6 +271,7 @@ def test_four_workers_ride_out_a_90_s_database_outage(tmp_path, tiny_snli, pg, m
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
 
 
+@pytest.mark.slow(50)
 def test_a_trial_retried_on_another_host_resumes_from_the_checkpoint_store(tmp_path, pg, mlflow_server):
     """Two "hosts" (their own --out and host name) on one PostgreSQL study and one `mlflow server`. Host A is
     killed (SIGKILL) after its trial finished epoch 1 of 3; host B retries the trial. Before: B's --out held no

@@ -32,7 +32,7 @@ def test_space_parsing_and_cells(tiny_snli):
     assert len(cells(cfg)) == 4 and cfg.base.data == str(tiny_snli)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(70)
 def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli, new_store):
     # one lr that learns this toy data within an epoch and one that cannot, queued in that order
     # (as a user may queue configurations): the median pruner must stop the second at epoch 1;

@@ -122,7 +122,7 @@ def test_a_diverging_trial_is_told_to_the_sampler_and_not_retried(tmp_path, tiny
     assert_consistent(st, parents, children, 1)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(65)
 def test_a_hung_trial_times_out_and_the_study_goes_on(tmp_path, tiny_snli, new_store):
     """A stopped trial process stands for a deadlock: the worker's heartbeat kept it looking alive forever.
     The timeout must let a normal trial (process start to exit: seconds) finish on a loaded machine too."""

@@ -195,7 +195,7 @@ def by_rung(st):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(90)
 def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_and_mlflow_records_the_rungs(
     tmp_path, tiny_snli, new_store
 ):
