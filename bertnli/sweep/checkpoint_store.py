@@ -23,10 +23,11 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from bertnli.files import replace_folder
 from bertnli.retry import policy
-from bertnli.sweep.reaping import retry_history, storage_key, trial_dir, trial_run_id
+from bertnli.sweep.reaping import retry_history, states, storage_key, trial_dir, trial_run_id
 from bertnli.sweep.space import SweepConfig
 from bertnli.tracking.store import client, default_tracking_uri
 
@@ -52,7 +53,10 @@ def store_uri(cfg: SweepConfig, number: int, run_id: str | None) -> str | None:
         return f"{kind.rstrip('/')}/{cfg.study_name}-{storage_key(cfg)}/trial-{number:03d}"
     if not run_id:
         return None
-    return f"{client(cfg.tracking.tracking_uri).get_run(run_id).info.artifact_uri.rstrip('/')}/{RESUME_PATH}"
+    artifacts = client(cfg.tracking.tracking_uri).get_run(run_id).info.artifact_uri.rstrip("/")
+    if urlparse(artifacts).scheme in ("", "file"):  # a server that does not proxy artifacts: one host's disk
+        return None
+    return f"{artifacts}/{RESUME_PATH}"
 
 
 def attempt_uri(cfg: SweepConfig, study, number: int) -> str | None:
@@ -72,7 +76,11 @@ def _repo(uri: str, tracking_uri: str | None):
 def _numbered(repo, prefix: str) -> dict[int, str]:
     """The store's `prefix-NNN` folders by number."""
     names = {f.path.rsplit("/", 1)[-1]: f.path for f in repo.list_artifacts() if f.is_dir}
-    return {int(n.split("-", 1)[1]): p for n, p in names.items() if n.startswith(prefix + "-")}
+    return {
+        int(n.split("-", 1)[1]): p
+        for n, p in names.items()
+        if n.startswith(prefix + "-") and n.split("-", 1)[1].isdigit()
+    }
 
 
 def _done(repo) -> tuple[int, int]:
@@ -89,6 +97,7 @@ def _done(repo) -> tuple[int, int]:
 
 
 def _best_epoch(out: Path) -> int:
+    """The epoch whose weights `out/best` holds (the engine writes it in meta.json); 0 for none yet."""
     meta = out / "best" / "meta.json"
     return int(json.loads(meta.read_text()).get("epoch", 0)) if meta.is_file() else 0
 
@@ -97,23 +106,23 @@ def upload(uri: str, out: Path, epoch: int, tracking_uri: str | None, patience_s
     """`out`'s state after `epoch` into the store, retried for up to `patience_s`; then what it replaces goes."""
     repo = _repo(uri, tracking_uri)
     best = _best_epoch(out)
-    stored_bests = _numbered(repo, "best")
 
     def put() -> None:
         repo.log_artifact(str(out / "last.pt"), f"epoch-{epoch:03d}")
-        if best and best not in stored_bests:
+        if best and best not in _numbered(repo, "best"):
             repo.log_artifacts(str(out / "best"), f"best-{best:03d}")
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / DONE).write_text(json.dumps({"epoch": epoch, "best": best}))
             repo.log_artifact(str(Path(tmp) / DONE), f"epoch-{epoch:03d}")
 
     policy(Exception, patience_s=patience_s)(put)
-    for older, path in _numbered(repo, "epoch").items():
-        if older < epoch:
-            drop(repo, path)
-    for other, path in _numbered(repo, "best").items():
-        if other != best:
-            drop(repo, path)
+    try:  # what the new epoch replaces; left behind, it only takes space until the trial is settled
+        stale = [p for e, p in _numbered(repo, "epoch").items() if e < epoch]
+        stale += [p for b, p in _numbered(repo, "best").items() if b != best]
+    except Exception:  # noqa: BLE001
+        return
+    for path in stale:
+        drop(repo, path)
 
 
 def newest(uri: str, tracking_uri: str | None) -> int:
@@ -129,10 +138,11 @@ def download(uri: str, dst: Path, tracking_uri: str | None) -> int:
     repo = _repo(uri, tracking_uri)
     epoch, best = _done(repo)
     dst.mkdir(parents=True)
+    fetch = policy(Exception, patience_s=60.0)  # a network blip; a file the store lost fails after a minute
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.move(repo.download_artifacts(f"epoch-{epoch:03d}/last.pt", tmp), dst / "last.pt")
+        shutil.move(fetch(repo.download_artifacts, f"epoch-{epoch:03d}/last.pt", tmp), dst / "last.pt")
         if best:
-            shutil.move(repo.download_artifacts(f"best-{best:03d}", tmp), dst / "best")
+            shutil.move(fetch(repo.download_artifacts, f"best-{best:03d}", tmp), dst / "best")
     return epoch
 
 
@@ -150,7 +160,7 @@ def forget(uri: str | None, tracking_uri: str | None, keep_best: bool = False) -
         return
     try:
         repo = _repo(uri, tracking_uri)
-        best = _done(repo)[1] if keep_best else 0
+        best = (_done(repo)[1] or max(_numbered(repo, "best"), default=0)) if keep_best else 0  # forgotten once
         paths = [*_numbered(repo, "epoch").values(), *(p for n, p in _numbered(repo, "best").items() if n != best)]
     except Exception:  # noqa: BLE001 - nothing there, or no store
         return
@@ -178,7 +188,8 @@ def prune_store(cfg: SweepConfig, study, best_number: int | None) -> None:
     --keep-checkpoints all); failed attempts that were never retried go too."""
     if store_kind(cfg) == "none":
         return
-    for t in study.get_trials(deepcopy=False):
+    ended = (states().COMPLETE, states().PRUNED, states().FAIL)  # a trial still running elsewhere keeps its store
+    for t in study.get_trials(deepcopy=False, states=ended):
         if t.number != best_number:
             try:
                 forget(attempt_uri(cfg, study, t.number), cfg.tracking.tracking_uri, cfg.keep_checkpoints == "all")
@@ -241,8 +252,8 @@ def carry_checkpoint(cfg: SweepConfig, study, t, out: Path) -> bool:
                 skip = shutil.ignore_patterns("mlflow_run.json", "trial.json", "result.json", "*.tmp", "*.tmp.*")
                 shutil.copytree(source, tmp, ignore=skip)
             else:
-                download(source, tmp, cfg.tracking.tracking_uri)
-                print(f"resuming from epoch {epochs} of the checkpoint store {source}", file=sys.stderr)
+                got = download(source, tmp, cfg.tracking.tracking_uri)
+                print(f"resuming from epoch {got} of the checkpoint store {source}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - try the next newest
             print(f"warning: cannot resume from {source}: {str(e)[:200]}", file=sys.stderr)
             continue

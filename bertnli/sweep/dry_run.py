@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from bertnli import BadInput
 from bertnli.sweep import halving
@@ -49,6 +50,7 @@ def _summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
 
 
 def _rdb_summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
+    """What `_summary` reads, from Optuna's tables by plain SQL; None where the database has no such study."""
     import sqlalchemy
 
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
@@ -58,15 +60,20 @@ def _rdb_summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
         with engine.connect() as db:
             if not sqlalchemy.inspect(engine).has_table("studies"):
                 return None
+            col, table = sqlalchemy.column, sqlalchemy.table  # quoted per database (`key` is reserved in MySQL)
+            studies = table("studies", col("study_id"), col("study_name"))
+            trials = table("trials", col("study_id"), col("state"))
+            attrs_t = table("study_user_attributes", col("study_id"), col("key"), col("value_json"))
             sid = db.execute(
-                sqlalchemy.text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": cfg.study_name}
+                sqlalchemy.select(studies.c.study_id).where(studies.c.study_name == cfg.study_name)
             ).scalar()
             if sid is None:
                 return None
-            q = "SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state"
-            counts = {str(state).split(".")[-1]: n for state, n in db.execute(sqlalchemy.text(q), {"s": sid})}
-            q = "SELECT key, value_json FROM study_user_attributes WHERE study_id = :s"
-            attrs = {k: json.loads(v) for k, v in db.execute(sqlalchemy.text(q), {"s": sid})}
+            q = sqlalchemy.select(trials.c.state, sqlalchemy.func.count()).where(trials.c.study_id == sid)
+            counts = {str(state).split(".")[-1]: n for state, n in db.execute(q.group_by(trials.c.state))}
+            q = sqlalchemy.select(attrs_t.c.key, attrs_t.c.value_json).where(attrs_t.c.study_id == sid)
+            attrs = {k: json.loads(v) for k, v in db.execute(q)}
+        engine.dispose()
     except Exception as e:  # noqa: BLE001 - any failure to connect is the one line the user needs
         raise BadInput(
             f"--storage {_shown(url)} is unreachable ({str(e).splitlines()[0][:160]}); start the database "
@@ -125,7 +132,7 @@ def _artifact_warning(cfg: SweepConfig, tracking_uri: str) -> str:
         exp = client(tracking_uri).get_experiment_by_name(cfg.tracking.experiment or cfg.study_name)
     except Exception:  # noqa: BLE001 - reachability was checked above; this is advice only
         return ""
-    if exp is None or "://" in exp.artifact_location or exp.artifact_location.startswith("mlflow-artifacts:"):
+    if exp is None or urlparse(exp.artifact_location).scheme not in ("", "file"):
         return ""
     return (
         f"; warning: experiment artifacts are at {exp.artifact_location}, a path other hosts may not see: start "

@@ -145,7 +145,7 @@ def _settle(study, cfg: SweepConfig, mine: str, settle_s: float, on_elected: Cal
             if parent and parent != mine and _usable(cfg, parent):
                 return _lose(cfg, mine, parent)
             if study.user_attrs.get(CANDIDATE_ATTR) != mine:
-                continue  # another candidate stood meanwhile: settle again
+                continue  # another stood meanwhile: stand again (on_elected may run twice; it is idempotent)
             study.set_user_attr(PARENT_ATTR, mine)
             return mine
         deadline = time.time() + settle_s + 30  # the later candidate's writer settles after us

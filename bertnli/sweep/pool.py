@@ -372,7 +372,8 @@ class Sweep:
             broken = self.stop.is_set() and bool(self.failed_in_a_row)
             if status == "FINISHED" and (self.crashed or not self.complete(self.study)):
                 status = "FAILED" if self.crashed or broken else "KILLED"
-            if status != "FINISHED":  # trials of dead workers are no work in progress (parent.others_at_work)
+            if status != "FINISHED" and not self.interrupted.is_set():  # dead workers' trials are no work in
+                # progress (parent.others_at_work); after SIGTERM there is no time for it
                 with contextlib.suppress(Exception):
                     self._reap(self.study, force=True)
             summary = finish_parent(self.study, self.cfg, parent, status, done_count(self.study), self.rungs)

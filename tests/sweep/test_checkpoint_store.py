@@ -3,6 +3,7 @@ epochs complete or not at all, best weights uploaded once, what a retry finds, w
 
 import json
 import shutil
+import types
 from pathlib import Path
 
 import optuna
@@ -61,6 +62,8 @@ def test_forget_keeps_only_the_best_weights_and_fetch_best_finds_them(tmp_path):
     store.upload(uri, out, 2, None)
     store.forget(uri, None, keep_best=True)
     assert names(uri) == ["best-002"] and store.newest(uri, None) == 0  # nothing to resume from any more
+    store.forget(uri, None, keep_best=True)  # settled, then pruned at the sweep's end with --keep-checkpoints all
+    assert names(uri) == ["best-002"]
     assert store.fetch_best(uri, tmp_path / "winner" / "best", None)
     assert (tmp_path / "winner" / "best" / "model.safetensors").read_bytes() == b"weights-2"
     store.forget(uri, None)
@@ -110,3 +113,23 @@ def test_a_store_that_cannot_be_read_leaves_the_retry_with_the_local_checkpoint(
     out = tmp_path / "out" / "s" / "trial-001"
     assert store.carry_checkpoint(cfg, study, study.get_trials()[1], out)  # epoch 2 is gone: epoch 1, local
     assert store.local_epoch(out) == 1 and not (out.parent / "trial-001.carry").exists()
+
+
+def test_auto_stores_checkpoints_only_with_an_mlflow_server(tmp_path):
+    def kind(uri):
+        cfg = load_sweep_config(None, {"data": str(tmp_path)}, {}, [], TrackingConfig(uri))
+        return store.store_kind(cfg)
+
+    assert kind("http://mlflow:5000") == "run"  # every host reaches the run's artifacts through it
+    assert kind(f"sqlite:///{tmp_path / 'mlflow.db'}") == "none"  # one host: --out holds every checkpoint
+
+
+def test_an_upload_that_fails_for_good_turns_uploads_off_and_the_trial_trains_on(tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    out = tmp_path / "trial-000"
+    run_folder(out, 1, best=1)
+    upload = store.EpochUpload(lambda run_id: str(blocker / "store"), out, None, patience_s=0.5)
+    upload.on_fit_start({})
+    upload.on_epoch_end(types.SimpleNamespace(epoch=1))  # no exception: training goes on
+    assert upload.uri is None and "not uploaded to the checkpoint store" in capsys.readouterr().err

@@ -70,6 +70,7 @@ def test_a_dry_run_names_a_checkpoint_store_it_cannot_read(tmp_path, tiny_snli, 
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     toml = write_toml(tmp_path, tiny_snli)
     r = sweep_in_process(tmp_path, toml, "--dry-run", "--checkpoint-store", "s3://no-such-bucket/ckpt")
     assert r.exit_code == 2, r.output
@@ -78,7 +79,8 @@ def test_a_dry_run_names_a_checkpoint_store_it_cannot_read(tmp_path, tiny_snli, 
 
 
 def test_a_dry_run_reads_a_sqlite_study_without_writing_to_it(tmp_path, tiny_snli):
-    """Opening an RDBStorage writes (tables, version rows); the dry run reads with plain SQL."""
+    """The dry run reads a database with plain SQL (opening an RDBStorage may write its tables and version
+    rows): the file stays byte for byte the same, and a database that does not exist is not created."""
     toml = write_toml(tmp_path, tiny_snli, trials=3)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
