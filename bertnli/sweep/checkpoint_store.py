@@ -138,12 +138,17 @@ def download(uri: str, dst: Path, tracking_uri: str | None) -> int:
     repo = _repo(uri, tracking_uri)
     epoch, best = _done(repo)
     dst.mkdir(parents=True)
-    fetch = policy(Exception, patience_s=60.0)  # a network blip; a file the store lost fails after a minute
+    fetch = policy(lambda e: not _lost(e), patience_s=60.0)  # a network blip is waited out, a lost file is not
     with tempfile.TemporaryDirectory() as tmp:
         shutil.move(fetch(repo.download_artifacts, f"epoch-{epoch:03d}/last.pt", tmp), dst / "last.pt")
         if best:
             shutil.move(fetch(repo.download_artifacts, f"best-{best:03d}", tmp), dst / "best")
     return epoch
+
+
+def _lost(e: BaseException) -> bool:
+    """The store answered that the file is not there (a local or mounted folder, or the MLflow server's 404)."""
+    return isinstance(e, FileNotFoundError) or getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
 
 
 def drop(repo, path: str | None = None) -> None:
