@@ -59,12 +59,11 @@ def store_uri(cfg: SweepConfig, number: int, run_id: str | None) -> str | None:
     return f"{artifacts}/{RESUME_PATH}"
 
 
-def attempt_uri(cfg: SweepConfig, study, number: int) -> str | None:
-    """The store of trial `number` (an earlier attempt), found from any host."""
+def attempt_uri(cfg: SweepConfig, attempt) -> str | None:
+    """The store of trial `attempt` (an earlier attempt, or any ended trial), found from any host."""
     if store_kind(cfg) != "run":
-        return store_uri(cfg, number, None)
-    attempt = study.get_trials(deepcopy=False)[number]
-    return store_uri(cfg, number, attempt.user_attrs.get("mlflow_run_id") or trial_run_id(cfg, attempt))
+        return store_uri(cfg, attempt.number, None)
+    return store_uri(cfg, attempt.number, attempt.user_attrs.get("mlflow_run_id") or trial_run_id(cfg, attempt))
 
 
 def _repo(uri: str, tracking_uri: str | None):
@@ -177,9 +176,10 @@ def settle(cfg: SweepConfig, study, t, run_id: str | None, keep_best: bool) -> N
     """Trial `t` ended for good: its earlier attempts' checkpoints go, and its own (all but its best
     weights where `keep_best`: the study's winner may be logged from them on any host)."""
     tracking_uri, keep_all = cfg.tracking.tracking_uri, cfg.keep_checkpoints == "all"
+    trials = study.get_trials(deepcopy=False)
     for number in retry_history(t):
         try:
-            forget(attempt_uri(cfg, study, number), tracking_uri, keep_best=keep_all)
+            forget(attempt_uri(cfg, trials[number]), tracking_uri, keep_best=keep_all)
         except Exception:  # noqa: BLE001 - what is left only takes space; the study is unharmed
             continue
     try:
@@ -197,7 +197,7 @@ def prune_store(cfg: SweepConfig, study, best_number: int | None) -> None:
     for t in study.get_trials(deepcopy=False, states=ended):
         if t.number != best_number:
             try:
-                forget(attempt_uri(cfg, study, t.number), cfg.tracking.tracking_uri, cfg.keep_checkpoints == "all")
+                forget(attempt_uri(cfg, t), cfg.tracking.tracking_uri, cfg.keep_checkpoints == "all")
             except Exception:  # noqa: BLE001 - a run deleted from MLflow, or an unreachable store
                 continue
 
@@ -239,10 +239,11 @@ def carry_checkpoint(cfg: SweepConfig, study, t, out: Path) -> bool:
     local. A candidate that cannot be fetched (the store went away) gives way to the next; `out` is
     replaced only by a complete copy."""
     found = []  # (epochs, local first, source)
+    trials = study.get_trials(deepcopy=False)
     for number in retry_history(t):
         found.append((local_epoch(trial_dir(cfg, number)), 1, str(trial_dir(cfg, number))))
         try:
-            uri = attempt_uri(cfg, study, number)
+            uri = attempt_uri(cfg, trials[number])
         except Exception:  # noqa: BLE001 - an unreachable store: resume from what this host has
             uri = None
         if uri:

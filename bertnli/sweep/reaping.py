@@ -101,7 +101,7 @@ def owner() -> dict[str, Any]:
 def is_mine(t) -> bool:
     """Trial `t` is run by this process (host and pid; the attribute may carry more)."""
     worker = t.user_attrs.get("worker") or {}
-    return (worker.get("host"), worker.get("pid")) == (host_name(), os.getpid())
+    return all(worker.get(k) == v for k, v in owner().items())
 
 
 def alive(pid: int) -> bool:
