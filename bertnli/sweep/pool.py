@@ -21,6 +21,7 @@ from bertnli import BadInput, BertnliError
 from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoints import prune_checkpoints
+from bertnli.sweep.launcher import warm_up
 from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_parent_metrics
 from bertnli.sweep.reaping import (
     Sightings,
@@ -346,6 +347,8 @@ class Sweep:
         from tqdm import tqdm
 
         t0 = time.time()
+        if self.cfg.trial_start == "fork" and done_count(self.study) < self.target:
+            warm_up()  # the server imports while this process joins the parent run
         parent = self.join()
         self._write_spec()
         done = done_count(self.study)

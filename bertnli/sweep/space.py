@@ -65,6 +65,7 @@ class SweepConfig:
     keep_checkpoints: str = "best"  # "best" or "all"
     checkpoint_store: str = "auto"  # where epoch checkpoints go for retries on other hosts: "run" (its MLflow run's
     # artifacts), "none", an artifact URI (a folder, s3://..., gs://...); "auto": run with an MLflow server, else none
+    trial_start: str = "fork"  # "fork": from a server that imported torch and MLflow once; "exec": a fresh interpreter
     grace_s: float = 60.0  # heartbeat age after which a RUNNING trial of another host is stale
     max_retries: int = 2  # a failed configuration is tried again at most this often
     fail_limit: int = 3  # stop after this many configurations in a row failed every try (a broken setup)
@@ -195,6 +196,8 @@ def _check_settings(cfg: SweepConfig) -> None:
         raise BadInput("bad sweep: trials, workers and fail_limit must be at least 1")
     if cfg.keep_checkpoints not in ("best", "all"):
         raise BadInput("bad sweep: keep_checkpoints is best or all")
+    if cfg.trial_start not in ("fork", "exec"):
+        raise BadInput(f"bad sweep: trial_start {cfg.trial_start!r}; use fork or exec")
     if cfg.checkpoint_store not in ("auto", "run", "none"):
         _check_store_uri(cfg.checkpoint_store)
     if cfg.sampler not in ("tpe", "random"):

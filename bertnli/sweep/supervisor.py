@@ -11,7 +11,6 @@ import json
 import os
 import select
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from bertnli.retry import policy
 from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
+from bertnli.sweep.launcher import ROOT, ForkedTrial, start_trial
 from bertnli.sweep.reaping import (
     end_orphan_run,
     retry,
@@ -67,7 +67,7 @@ class TrialRun:
         self.spec_path, self.parent_run_id, self.ticks = spec_path, parent_run_id, ticks
         self.out = trial_dir(cfg, trial.number)
         self.logf = self.out.with_name(self.out.name + ".log")
-        self.proc: subprocess.Popen | None = None
+        self.proc: ForkedTrial | subprocess.Popen | None = None
         self.run_id_recorded = False
 
     def _frozen(self):
@@ -84,46 +84,15 @@ class TrialRun:
         report_r, report_w = os.pipe()
         decide_r, decide_w = os.pipe()
         # The trial runs this very bertnli, wherever it was imported from (a checkout, a worktree).
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])
-            ),
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "bertnli.sweep",
-            "trial",
-            "--spec",
-            str(self.spec_path),
-            "--number",
-            str(self.trial.number),
-            "--params",
-            json.dumps(self.trial.params),
-            "--out",
-            str(self.out),
-            "--parent-run",
-            self.parent_run_id,
-            "--parent-pid",
-            str(os.getpid()),
-            "--report-fd",
-            str(report_w),
-            "--decide-fd",
-            str(decide_r),
-        ]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        args = ["--spec", str(self.spec_path), "--number", str(self.trial.number), "--params"]
+        args += [json.dumps(self.trial.params), "--out", str(self.out), "--parent-run", self.parent_run_id]
         if history:
-            cmd += ["--retry-of", str(history[0])]
+            args += ["--retry-of", str(history[0])]
         if resume:
-            cmd += ["--resume"]
+            args += ["--resume"]
         self.logf.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.logf, "a" if resume else "w") as log_handle:
-            # No preexec_fn: forking from a threaded process may only exec; the trial sets its own PDEATHSIG.
-            self.proc = subprocess.Popen(
-                cmd, stdout=log_handle, stderr=subprocess.STDOUT, env=env, pass_fds=(report_w, decide_r)
-            )
-        os.close(report_w)
-        os.close(decide_r)
+        self.proc = start_trial(self.cfg.trial_start, args, env, self.logf, bool(resume), (report_w, decide_r))
         self.reports, self.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)
 
     def decide_epoch(self, msg: dict) -> str:

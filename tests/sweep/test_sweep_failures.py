@@ -26,9 +26,20 @@ def wait_for(predicate, timeout=300, what="condition"):
 
 
 def children_of(pid: int) -> list[int]:
-    """The trial processes a sweep process started (not, say, its `git rev-parse`)."""
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "bertnli.sweep trial" in line]
+    """The trial processes a sweep process started (forked from its forkserver, or exec'ed), not, say,
+    its `git rev-parse`."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()]
+    parent = {int(r[0]): int(r[1]) for r in rows}
+
+    def descends(p: int) -> bool:
+        while p > 1:
+            p = parent.get(p, 0)
+            if p == pid:
+                return True
+        return False
+
+    return [int(r[0]) for r in rows if r[2:] == ["bertnli-trial"] and descends(int(r[0]))]
 
 
 @pytest.mark.slow
