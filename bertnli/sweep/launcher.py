@@ -2,9 +2,10 @@
 
 A fresh interpreter spends about 7 s of its trial's time importing torch, MLflow, pandas and
 matplotlib (benchmarks/trial_start.py). With short trials (a small model on a GPU, a data
-subset, the test suite) that is a large share of a sweep. Python's forkserver is itself started
-by exec, never forked from the sweep's threads, so forking it is safe; each trial still gets its own process, memory, exit
-code, log file and SIGTERM handling, as a `python -m bertnli.sweep trial` process would.
+subset, the test suite) that is a large share of a sweep. Python's forkserver is itself
+started by exec, never forked from the sweep's threads, so forking it is safe. Each trial
+still gets its own process, memory, exit code, log file and SIGTERM handling, as a
+`python -m bertnli.sweep trial` process would.
 """
 
 from __future__ import annotations
