@@ -1,0 +1,82 @@
+"""Trial processes, forked from the forkserver or exec'ed: what each one receives, and how it ends."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from bertnli.sweep import launcher
+from bertnli.sweep.launcher import start_trial
+
+
+def _wait(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _start(how, tmp_path, spec: Path):
+    report_r, report_w = os.pipe()
+    decide_r, decide_w = os.pipe()
+    args = ["--spec", str(spec), "--number", "7", "--params", "{}", "--out", str(tmp_path / "t"), "--parent-run", "x"]
+    proc = start_trial(how, args, dict(os.environ), tmp_path / "trial.log", False, (report_w, decide_r))
+    return proc, (report_r, decide_w)
+
+
+def _comm(pid) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+@pytest.mark.parametrize("how", ["fork", "exec"])
+def test_a_trial_process_is_named_runs_in_the_workers_folder_and_ends_killed(how, tmp_path, monkeypatch):
+    """A trial blocked reading its spec (a FIFO): named bertnli-trial, in the worker's cwd (the
+    forkserver was started in another one); SIGKILL reads as -9, as with Popen."""
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.fifo"
+    os.mkfifo(spec)
+    proc, ends = _start(how, tmp_path, spec)
+    try:
+        assert _wait(lambda: _comm(proc.pid) == "bertnli-trial"), _comm(proc.pid)
+        assert os.readlink(f"/proc/{proc.pid}/cwd") == str(tmp_path)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert (b"-m\0bertnli.sweep\0trial" in cmdline) == (how == "exec"), cmdline  # fork: the forkserver's
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        assert proc.wait() == -signal.SIGKILL
+        assert proc.returncode == -signal.SIGKILL
+        for fd in ends:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["fork", "exec"])
+def test_a_trial_that_fails_exits_1_with_its_error_in_its_log(how, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text("{not json")
+    proc, ends = _start(how, tmp_path, spec)
+    assert proc.wait() == 1
+    assert "JSONDecodeError" in (tmp_path / "trial.log").read_text()
+    for fd in ends:
+        os.close(fd)
+
+
+def test_a_forkserver_that_imported_another_checkout_execs_this_one(tmp_path, monkeypatch):
+    """The worker's bertnli is not the one the forkserver imported (a worktree, a checkout on
+    PYTHONPATH): the forked child execs `python -m bertnli.sweep trial` instead of running stale code."""
+    monkeypatch.setattr(launcher, "ROOT", tmp_path / "another-checkout")
+    spec = tmp_path / "spec.fifo"
+    os.mkfifo(spec)
+    proc, ends = _start("fork", tmp_path, spec)
+    try:
+        assert _wait(lambda: b"-m\0bertnli.sweep\0trial" in Path(f"/proc/{proc.pid}/cmdline").read_bytes())
+        assert _wait(lambda: _comm(proc.pid) == "bertnli-trial")
+    finally:
+        proc.kill()
+        proc.wait()
+        for fd in ends:
+            os.close(fd)
