@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from bertnli import BadInput
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoint_store import store_kind
-from bertnli.sweep.parent import PARENT_ATTR
+from bertnli.sweep.election import PARENT_ATTR
 from bertnli.sweep.space import SweepConfig, cells
 from bertnli.sweep.storage import default_storage
 from bertnli.tracking.store import default_tracking_uri

@@ -1,21 +1,11 @@
-"""The study's MLflow parent run: exactly one per study, elected through the Optuna storage.
-
-Election: `optuna.create_study(load_if_exists=False)` succeeds for exactly one process (a
-unique constraint in an RDB, the journal's order in a file); that process creates the parent
-run and stores its id as a study attribute, and every other process waits for the attribute.
-A study nobody created in this round elects through a settled last-write (`_settle`).
-Not "the earliest start_time among MLflow runs": two processes that missed each other's runs
-(or whose clocks differ) would both win.
-"""
+"""The study's MLflow parent run once elected (election.py): system metrics, summary, plots, verdict, its end."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bertnli.analysis.compare import sweep_verdict
 from bertnli.analysis.report import to_markdown
@@ -25,141 +15,12 @@ from bertnli.sweep.reaping import is_mine, retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
 from bertnli.tracking.figures import pyplot
-from bertnli.tracking.lineage import provenance, source_tags
 from bertnli.tracking.models import log_selected
 from bertnli.tracking.query import load_runs
-from bertnli.tracking.store import client, default_tracking_uri, get_or_create_experiment, with_retries
+from bertnli.tracking.store import client, default_tracking_uri, with_retries
 from bertnli.tracking.system_metrics import start_system_metrics, system_metrics_on
 
-PARENT_ATTR = "mlflow_parent_run_id"
-ELECTOR_ATTR = "mlflow_parent_elector"
-CANDIDATE_ATTR = "mlflow_parent_candidate"
 SUMMARY_ATTR = "bertnli.summary_digest"  # parent run tag: the study state (space + trials table) its summary shows
-
-
-def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
-    from mlflow.entities import Param as MParam
-
-    uri = cfg.tracking.tracking_uri or default_tracking_uri()
-    c = client(uri)
-    exp = get_or_create_experiment(c, cfg.tracking.experiment or cfg.study_name, uri)
-    tags = {
-        **source_tags(),
-        "bertnli.role": "sweep-parent",
-        "bertnli.study": cfg.study_name,
-        "bertnli.storage": storage_url,
-        "bertnli.sampler": sampler_tag(cfg),
-        "bertnli.pruner": pruner_tag(cfg),
-        "bertnli.space": "; ".join(p.describe() for p in cfg.space),
-        **provenance(),
-    }
-    run = c.create_run(exp, run_name=f"sweep-{cfg.study_name}", tags=tags)
-    fixed = {k: v for k, v in cfg.base.to_flat_dict().items() if k not in {p.name for p in cfg.space}}
-    c.log_batch(run.info.run_id, params=[MParam(f"fixed.{k}", str(v)) for k, v in fixed.items()])
-    return run.info.run_id
-
-
-def _usable(cfg: SweepConfig, run_id: str) -> bool:
-    try:
-        run = client(cfg.tracking.tracking_uri).get_run(run_id)
-    except Exception:  # noqa: BLE001 - deleted from MLflow, or another store
-        return False
-    if run.info.lifecycle_stage != "active":
-        return False
-    if run.info.status != "RUNNING":
-        client(cfg.tracking.tracking_uri).update_run(run_id, status="RUNNING")
-    return True
-
-
-def parent_run(
-    study,
-    cfg: SweepConfig,
-    storage_url: str,
-    elector: bool,
-    wait_s: float = 10.0,
-    settle_s: float = 5.0,
-    elector_wait_s: float = 300.0,
-    on_elected: Callable[[], None] = lambda: None,
-) -> str:
-    """The study's parent run id: created by the elector (the process that created the study), else adopted.
-
-    The process whose parent run wins calls `on_elected` before it publishes the run, so what
-    it does there (queue the study's cells) is done once, and done before anyone adopts the parent.
-
-    A study that already has a usable parent (a resumed study) keeps it. Where no process
-    created the study in this round (it was created beforehand, or its creator died before
-    writing the attribute), the processes that waited in vain hold a fallback election (_settle).
-    Only a settled parent is ever adopted.
-    """
-    start = time.time()
-    while True:
-        attrs = study.user_attrs
-        run_id = attrs.get(PARENT_ATTR)
-        if run_id and _usable(cfg, run_id):
-            return run_id
-        # An elector that announced itself is creating the parent (a fresh MLflow store takes a while).
-        announced = attrs.get(ELECTOR_ATTR, {}).get("at", 0)
-        patience = elector_wait_s if time.time() - announced < elector_wait_s else wait_s
-        if elector or run_id or time.time() - start > patience:
-            break
-        time.sleep(0.5)
-    mine = _create_parent(cfg, storage_url)
-    try:
-        if not elector:
-            return _settle(study, cfg, mine, settle_s, on_elected)
-        settled = study.user_attrs.get(PARENT_ATTR)
-        if settled and _usable(cfg, settled):  # a fallback election (_settle) ended while we were creating ours
-            return _lose(cfg, mine, settled)
-        on_elected()
-        settled = study.user_attrs.get(PARENT_ATTR)  # again: on_elected may have waited out an outage
-        if settled and settled != mine and _usable(cfg, settled):
-            return _lose(cfg, mine, settled)
-        study.set_user_attr(PARENT_ATTR, mine)
-        return mine
-    except BaseException:  # Ctrl-C, SIGTERM or a storage error mid-election: no RUNNING candidate is left behind
-        with contextlib.suppress(Exception):  # the storage may be what failed; the candidate is then left as it is
-            if study.user_attrs.get(PARENT_ATTR) != mine:
-                _lose(cfg, mine, "")
-        raise
-
-
-def _settle(study, cfg: SweepConfig, mine: str, settle_s: float, on_elected: Callable[[], None]) -> str:
-    """The fallback election: last candidate written wins, and only its writer makes it the parent.
-
-    Every candidate is written to CANDIDATE_ATTR; after `settle_s` the writer whose candidate is
-    still there (the last write) makes it the parent, unless a parent appeared meanwhile; the
-    others delete theirs and adopt it. Were candidates adopted directly, a starter arriving between
-    two candidate writes would adopt the first, which its writer then deletes (children under a
-    deleted run). Two parents would need the winner's parent write to lag its read by `settle_s`;
-    the winner reads again after `on_elected` (which may wait out an outage), just before it writes.
-    """
-    while True:
-        study.set_user_attr(CANDIDATE_ATTR, mine)
-        time.sleep(settle_s)
-        if study.user_attrs.get(CANDIDATE_ATTR) == mine:
-            parent = study.user_attrs.get(PARENT_ATTR)
-            if parent and parent != mine and _usable(cfg, parent):
-                return _lose(cfg, mine, parent)
-            on_elected()
-            parent = study.user_attrs.get(PARENT_ATTR)  # again: on_elected may have waited out an outage
-            if parent and parent != mine and _usable(cfg, parent):
-                return _lose(cfg, mine, parent)
-            if study.user_attrs.get(CANDIDATE_ATTR) != mine:
-                continue  # another stood meanwhile: stand again (on_elected may run twice; it is idempotent)
-            study.set_user_attr(PARENT_ATTR, mine)
-            return mine
-        deadline = time.time() + settle_s + 30  # the later candidate's writer settles after us
-        while time.time() < deadline:
-            parent = study.user_attrs.get(PARENT_ATTR)
-            if parent and _usable(cfg, parent):
-                return parent if parent == mine else _lose(cfg, mine, parent)
-            time.sleep(0.5)
-        # that writer died before making its candidate the parent: stand again
-
-
-def _lose(cfg: SweepConfig, mine: str, winner: str) -> str:
-    client(cfg.tracking.tracking_uri).delete_run(mine)
-    return winner
 
 
 def start_parent_metrics(cfg: SweepConfig, parent_run_id: str):

@@ -21,8 +21,9 @@ from bertnli import BadInput, BertnliError
 from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoints import prune_checkpoints
+from bertnli.sweep.election import parent_run
 from bertnli.sweep.launcher import warm_up
-from bertnli.sweep.parent import ELECTOR_ATTR, finish_parent, parent_run, start_parent_metrics
+from bertnli.sweep.parent import finish_parent, start_parent_metrics
 from bertnli.sweep.reaping import (
     Sightings,
     claim_study_dir,
@@ -53,8 +54,6 @@ class Sweep:
         self.storage_url = cfg.storage or default_storage()
         self.storage = open_storage(cfg.storage, cfg.grace_s, stale_callback(cfg, log))
         self.study, self.elector = open_study(cfg, self.storage)
-        if self.elector:
-            self.study.set_user_attr(ELECTOR_ATTR, {**owner(), "at": time.time()})  # the others wait for its parent run
         self._check_settings()
         self.lock = threading.Lock()
         self.outcomes: list[Outcome] = []
@@ -109,7 +108,9 @@ class Sweep:
         (elected, or adopted once its maker has queued the cells)."""
         claim_study_dir(self.cfg)  # before anything is adopted from its trial folders
         self._reap(self.study, force=True)
-        return parent_run(self.study, self.cfg, self.storage_url, self.elector, on_elected=self.seed_cells)
+        return parent_run(
+            self.study, self.storage, self.cfg, self.storage_url, self.elector, on_elected=self.seed_cells
+        )
 
     def _counts(self, study) -> tuple[int, int]:
         S = states()

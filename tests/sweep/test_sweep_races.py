@@ -33,14 +33,18 @@ def sweep_cfg(tmp_path, **sweep):
     )
 
 
-def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every_process_uses(tmp_path, new_store):
+def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every_process_uses(
+    tmp_path, new_store, monkeypatch
+):
     """Nobody's create_study wins on a study made beforehand (queued trials, `optuna create-study`), so
-    every starter runs the fallback election. Before: six starters wrote candidates one after another,
-    and a seventh, arriving at the first write, adopted that candidate, which its writer deleted on
+    every starter stands for the parent at once. Before (last write won): six starters wrote candidates
+    one after another, and a seventh, arriving at the first write, adopted that candidate, which its writer deleted on
     losing to a later write: the seventh's children would sit under a deleted run."""
-    from bertnli.sweep.parent import parent_run
+    from bertnli.sweep import election
+    from bertnli.sweep.election import parent_run
     from bertnli.tracking.store import client, get_or_create_experiment
 
+    monkeypatch.setattr(election, "WAIT_S", 0.0)  # every starter stands at once
     new_store(tmp_path / "mlflow.db")
     cfg = sweep_cfg(tmp_path)
     uri = cfg.tracking.tracking_uri
@@ -49,10 +53,8 @@ def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every
     optuna.create_study(study_name="s", storage=open_storage(journal), direction="maximize")
 
     def starter(_=None) -> str:
-        study = optuna.load_study(study_name="s", storage=open_storage(journal))  # a process's own handle
-        return parent_run(
-            study, cfg, "journal", elector=False, wait_s=0, settle_s=3.0
-        )  # margin for a loaded 2-core machine
+        storage = open_storage(journal)  # a process's own handle
+        return parent_run(optuna.load_study(study_name="s", storage=storage), storage, cfg, "journal", elector=False)
 
     def latecomer() -> str:
         """Starts the moment the study's attributes first change (the first write of the election)."""
@@ -257,3 +259,59 @@ def test_a_process_that_stops_early_leaves_the_parent_running_for_the_process_st
     stop_system_metrics(monitor)
     finish_parent(study, cfg, parent, "FINISHED", 1)
     assert c.get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("late", ["waited past elector_wait_s", "clock 120 s ahead"])
+def test_a_starter_that_gives_up_on_a_slow_elector_adopts_its_parent(tmp_path, new_store, monkeypatch, late):
+    """The study's creator is slow to make its parent run (a fresh store, an outage, here slow to queue the
+    cells). Before: a starter that had waited past `elector_wait_s`, or whose clock ran ahead of the
+    creator's announced time, held a fallback election of its own while the creator was still at work:
+    both queued the cells, and each could publish its own parent. Now the parent is the first one stood
+    for in the storage (one write, no read-then-write), timed on nobody's clock but the watcher's own."""
+    from bertnli.sweep import election, pool
+    from bertnli.sweep.pool import Sweep
+    from bertnli.tracking.store import client, get_or_create_experiment
+
+    new_store(tmp_path / "mlflow.db")
+    cfg = load_sweep_config(
+        None,
+        {"data": str(tmp_path), "model": "tiny-d2l-random"},
+        {"study_name": "s", "out_dir": str(tmp_path / "out"), "storage": str(tmp_path / "journal.log"), "trials": 2},
+        ["truncation=longest_first|ratio", "lr=1e-4:1e-3"],
+        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
+    )
+    get_or_create_experiment(client(cfg.tracking.tracking_uri), "s", cfg.tracking.tracking_uri)
+    monkeypatch.setattr(election, "WAIT_S", 1.0)
+    monkeypatch.setattr(election, "ELECTOR_WAIT_S", 1.5 if late.startswith("waited") else 60.0)
+    seeded, queue = [], pool.Sweep.seed_cells
+
+    def slow_seed(self):
+        seeded.append(threading.current_thread().name)
+        time.sleep(4.0)  # longer than the late starter's patience
+        queue(self)
+
+    monkeypatch.setattr(pool.Sweep, "seed_cells", slow_seed)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + (120 if threading.current_thread().name == "late" else 0))
+    creator = Sweep(cfg, log=lambda *a: None, progress=False)  # creates the study: the elector
+    assert creator.elector
+    chosen = {}
+
+    def join(name, sweep_factory):
+        chosen[name] = sweep_factory().join()
+
+    first = threading.Thread(target=join, args=("creator", lambda: creator), name="creator")
+    second = threading.Thread(
+        target=join, args=("late", lambda: Sweep(cfg, log=lambda *a: None, progress=False)), name="late"
+    )
+    first.start()
+    time.sleep(0.5)
+    second.start()
+    first.join(120)
+    second.join(120)
+    c = MlflowClient(cfg.tracking.tracking_uri)
+    runs = c.search_runs([c.get_experiment_by_name("s").experiment_id], run_view_type=ViewType.ALL)
+    live = [r.info.run_id for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent"]
+    live = [r for r in live if c.get_run(r).info.lifecycle_stage == "active"]
+    assert len(live) == 1 and set(chosen.values()) == set(live), (chosen, live)
+    assert seeded == ["creator"], seeded  # the cells are queued once, by the process whose parent it is

@@ -152,20 +152,18 @@ def test_one_parent_run_even_when_a_late_starter_runs_60_s_behind(tmp_path, monk
     Before: the earliest start_time won, so a starter whose clock runs 60 s behind took over."""
     from mlflow import MlflowClient
 
-    from bertnli.sweep.parent import parent_run
+    from bertnli.sweep.election import parent_run
     from bertnli.sweep.storage import open_storage
 
     uri = new_store(tmp_path / "mlflow.db")
     cfg = load_sweep_config(None, {"data": str(tmp_path)}, {"study_name": "s"}, [], TrackingConfig(uri, None))
     storage = open_storage(str(tmp_path / "journal.log"))
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    first = parent_run(study, cfg, "journal", elector=False, wait_s=0, settle_s=0.2)
+    first = parent_run(study, storage, cfg, "journal", elector=True)
     real = time.time
     with monkeypatch.context() as m:
         m.setattr(time, "time", lambda: real() - 60)  # the second host's clock
-        second = parent_run(
-            optuna.load_study(study_name="s", storage=storage), cfg, "journal", elector=False, wait_s=0, settle_s=0.2
-        )
+        second = parent_run(optuna.load_study(study_name="s", storage=storage), storage, cfg, "journal", elector=False)
     c = MlflowClient(uri)
     parents = [
         r
