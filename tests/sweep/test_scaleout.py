@@ -78,7 +78,7 @@ def pg(tmp_path_factory):
         shutil.chown(server.sock, "postgres")
     as_postgres(PG_BIN / "initdb", "-D", server.data, "-U", "postgres", "--auth=trust")
     server.start()
-    for db in ("optuna", "mlflow", "optuna_outage", "optuna_hosts"):
+    for db in ("optuna", "mlflow", "optuna_outage", "optuna_hosts", "optuna_election"):
         as_postgres(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", server.port, "-U", "postgres", db)
     yield server
     server.stop("immediate")
@@ -192,6 +192,43 @@ def test_two_sweep_processes_share_a_study_through_postgres_and_mlflow_server(
 
 
 @pytest.mark.slow(190)  # seconds on the 2-core machine, 90 of them waiting: conftest runs this file first
+def test_starters_racing_for_the_parent_on_postgres_agree_on_one(tmp_path, postgres, new_store, monkeypatch):
+    """The election's order on an RDB is the lock Optuna takes on the study row while it numbers a
+    trial: eight starters with their own connections stand at once and all use the first candidate."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from mlflow.entities import ViewType
+
+    from bertnli.config import TrackingConfig
+    from bertnli.sweep import election
+    from bertnli.sweep.space import load_sweep_config
+    from bertnli.sweep.storage import open_storage
+    from bertnli.tracking.store import client, get_or_create_experiment
+
+    monkeypatch.setattr(election, "WAIT_S", 0.0)  # nobody waits for anybody: all stand
+    uri = new_store(tmp_path / "mlflow.db")
+    cfg = load_sweep_config(None, {"data": str(tmp_path)}, {"study_name": "e"}, [], TrackingConfig(uri, None))
+    get_or_create_experiment(client(uri), "e", uri)
+    url = f"{postgres}/optuna_election"
+    optuna.create_study(study_name="e", storage=open_storage(url), direction="maximize")
+    gate = Barrier(8)
+
+    def starter(_) -> str:
+        storage = open_storage(url)
+        study = optuna.load_study(study_name="e", storage=storage)
+        gate.wait()
+        return election.parent_run(study, storage, cfg, url, elector=False)
+
+    with ThreadPoolExecutor(8) as pool:
+        chosen = list(pool.map(starter, range(8)))
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("e").experiment_id], run_view_type=ViewType.ALL)
+    live = [r.info.run_id for r in runs if r.info.lifecycle_stage == "active"]
+    assert len(runs) >= 2, "the starters did not race"
+    assert len(live) == 1 and set(chosen) == set(live), (chosen, live)
+
+
 def test_four_workers_ride_out_a_90_s_database_outage(tmp_path, tiny_snli, pg, mlflow_server):
     """Two sweep processes x --workers 2 on one study; PostgreSQL (Optuna storage and MLflow's backend)
     is stopped for 90 s while trials run, longer than `grace` (60 s). Before: the first worker back
