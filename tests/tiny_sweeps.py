@@ -1,8 +1,11 @@
 """Helpers of the sweep tests: a tiny study's TOML, the `bertnli-exp sweep` command, the study and runs it
 left, consistency checks."""
 
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -113,3 +116,27 @@ def assert_consistent(st, parents, children, n):
             assert r.info.status == "KILLED" and r.data.tags["optuna.state"] == "PRUNED"
         elif t.state == S.FAIL and r is not None:  # an interrupted trial's run is KILLED (and the trial is resumed)
             assert r.info.status == ("KILLED" if t.user_attrs.get("interrupted") else "FAILED")
+
+
+def trial_processes(folder: Path) -> list[int]:
+    """Live processes named bertnli-trial whose output goes to a log under `folder` (this test's trials,
+    whoever their parent is now)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or (proc / "comm").read_text().strip() != "bertnli-trial":
+                continue
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if os.readlink(proc / "fd" / "1").startswith(str(folder)):
+                found.append(int(proc.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return found
+
+
+def wait_until_no_trial_runs(folder: Path, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while trial_processes(folder) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not trial_processes(folder), "a trial process outlived its sweep"

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Callable
 
+from bertnli import BertnliError
 from bertnli.sweep.parent import pruner_tag, sampler_tag
 from bertnli.sweep.reaping import owner
 from bertnli.sweep.space import SweepConfig
@@ -55,10 +56,19 @@ def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
 
 
 def _usable(cfg: SweepConfig, run_id: str) -> bool:
+    """False only for a parent MLflow says is gone (deleted, or from another store): a store that
+    does not answer must not make a process elect a second parent while the others keep the first."""
+    from mlflow.exceptions import MlflowException
+
     try:
         run = client(cfg.tracking.tracking_uri).get_run(run_id)
-    except Exception:  # noqa: BLE001 - deleted from MLflow, or another store
-        return False
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise BertnliError(
+            f"MLflow could not say whether the study's parent run {run_id} exists ({str(e).splitlines()[0][:120]}); "
+            "rerun once the tracking server answers"
+        ) from None
     if run.info.lifecycle_stage != "active":
         return False
     if run.info.status != "RUNNING":
@@ -86,7 +96,7 @@ class Watch:
 
 @contextlib.contextmanager
 def _beating(study):
-    """Bump BEAT_ATTR every BEAT_S while this process makes the parent run, so the others wait for it."""
+    """Bump BEAT_ATTR every BEAT_S while this process makes or publishes the parent, so the others wait."""
     stop = threading.Event()
 
     def beat():
@@ -104,14 +114,18 @@ def _beating(study):
         yield
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=BEAT_S)  # a beat stuck in an outage is left to end on its own
 
 
 def _ballot(storage, study_name: str, previous: str | None) -> int:
-    """The side study whose first trial names the parent; a parent that became unusable gets a new one."""
+    """The side study whose first trial names the parent. Its name holds the study's id (a study deleted
+    and made again holds a new election) and a "/", which bertnli refuses in study names, so it cannot
+    be a user's study; a parent that became unusable gets a ballot of its own."""
     import optuna
 
-    name = f"{study_name}.parent" + (f"-after-{previous}" if previous else "")
+    name = f"{study_name}/parent/{storage.get_study_id_from_name(study_name)}" + (
+        f"/after/{previous}" if previous else ""
+    )
     try:
         return storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
     except optuna.exceptions.DuplicatedStudyError:
@@ -119,11 +133,13 @@ def _ballot(storage, study_name: str, previous: str | None) -> int:
 
 
 def _first_candidate(storage, ballot: int) -> str | None:
-    trials = storage.get_all_trials(ballot, deepcopy=False)
+    """The run id of the first candidate in the storage's order (trial numbers), if any stood."""
+    trials = [t for t in storage.get_all_trials(ballot, deepcopy=False) if "run_id" in t.user_attrs]
     return min(trials, key=lambda t: t.number).user_attrs["run_id"] if trials else None
 
 
 def _stand(storage, ballot: int, run_id: str) -> None:
+    """One write, with the run id in it: there is no moment at which a candidate is half recorded."""
     from optuna.trial import create_trial
 
     storage.create_new_trial(ballot, template_trial=create_trial(value=0.0, user_attrs={"run_id": run_id, **owner()}))
@@ -136,7 +152,8 @@ def parent_run(
 
     The study's creator (`elector`) stands at once; another starter stands only when no candidate
     has appeared and nothing beats. The winner calls `on_elected` (queue the study's cells) before
-    it publishes the parent, so that is done once, and before anyone adopts the parent.
+    it publishes the parent, so that is done before anyone adopts the parent; should the winner
+    stop before publishing, the first starter to see its beat stand still does both.
     """
     previous = study.user_attrs.get(PARENT_ATTR)
     while not (previous and _usable(cfg, previous)):
@@ -153,23 +170,28 @@ def _elect(study, storage, cfg: SweepConfig, storage_url: str, elector: bool, on
                 try:
                     _stand(storage, ballot, mine)
                 finally:  # also on Ctrl-C, SIGTERM or a storage error: no losing candidate is left RUNNING
-                    winner = _first_candidate(storage, ballot)
-                    if winner != mine:
-                        _lose(cfg, mine, winner)
+                    with contextlib.suppress(Exception):  # the storage may be what failed: the run is left then
+                        if _first_candidate(storage, ballot) != mine:
+                            _lose(cfg, mine)
+                winner = _first_candidate(storage, ballot)
                 if winner == mine:
-                    on_elected()
-                    study.set_user_attr(PARENT_ATTR, mine)
+                    _publish(study, mine, on_elected)
                     return mine
             break
         time.sleep(0.5)
     while (attrs := study.user_attrs).get(PARENT_ATTR) != winner:  # its maker is queueing the cells
-        if watch.gone(attrs.get(BEAT_ATTR)):  # it stopped before publishing: its cells stay unqueued
-            study.set_user_attr(PARENT_ATTR, winner)
+        if watch.gone(attrs.get(BEAT_ATTR)):  # it stopped before publishing (killed, or this is its rerun)
+            with _beating(study):
+                _publish(study, winner, on_elected)
             break
         time.sleep(0.5)
     return winner
 
 
-def _lose(cfg: SweepConfig, mine: str, winner: str) -> str:
+def _publish(study, run_id: str, on_elected: Callable[[], None]) -> None:
+    on_elected()
+    study.set_user_attr(PARENT_ATTR, run_id)
+
+
+def _lose(cfg: SweepConfig, mine: str) -> None:
     client(cfg.tracking.tracking_uri).delete_run(mine)
-    return winner

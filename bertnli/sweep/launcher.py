@@ -22,21 +22,38 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder that holds this very bertnli
 _CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(["bertnli.sweep.preload"])
-# multiprocessing's Process bookkeeping is not thread-safe: two threads polling one process can
-# both read its exit status from the forkserver, and the second then sees 255.
-_LOCK = threading.Lock()
+_START = threading.Lock()  # multiprocessing's start and its list of children are not thread-safe
 
 
 def warm_up() -> None:
-    """Start the forkserver now: it imports (about 10 s of CPU) while the sweep does other work."""
-    multiprocessing.forkserver.ensure_running()
+    """Start the forkserver now: it imports (about 10 s of CPU) while the sweep does other work.
+
+    It is started with this bertnli first on its PYTHONPATH (the environment it inherits), so that
+    it imports the checkout the sweep runs, not another one that is installed."""
+    _CTX.set_forkserver_preload(["bertnli.sweep.preload"])
+    with _START:
+        os.environ["PYTHONPATH"] = python_path(os.environ)
+        multiprocessing.forkserver.ensure_running()
+
+
+def python_path(env) -> str:
+    """PYTHONPATH with this bertnli first: a trial runs the very bertnli its sweep imported."""
+    return os.pathsep.join(dict.fromkeys(filter(None, [str(ROOT), *env.get("PYTHONPATH", "").split(os.pathsep)])))
+
+
+def forkable() -> bool:
+    """Whether a forked child may import this process's main module, as multiprocessing makes it do:
+    none (python -c, a notebook), a module run with -m, or the bertnli-exp script guard their entry
+    with `__name__ == "__main__"`; a user's script may not, and would run again in every trial."""
+    main = sys.modules["__main__"]
+    path = getattr(main, "__file__", None)
+    return getattr(main, "__spec__", None) is not None or path is None or Path(path).name == "bertnli-exp"
 
 
 def start_trial(how: str, args: list[str], env: dict[str, str], log_path: Path, append: bool, fds: tuple[int, int]):
     """`python -m bertnli.sweep trial ARGS` with its report/decide pipe ends `fds`, its output in `log_path`:
     forked ("fork") or a fresh interpreter ("exec"); either way a Popen-like handle. Closes `fds` here."""
-    if how == "fork":
+    if how == "fork" and forkable():
         return ForkedTrial(args, env, log_path, append, fds)
     ends = ["--report-fd", str(fds[0]), "--decide-fd", str(fds[1])]
     cmd = [sys.executable, "-m", "bertnli.sweep", "trial", *args, "--parent-pid", str(os.getpid()), *ends]
@@ -56,9 +73,11 @@ class ForkedTrial:
         self._p = _CTX.Process(
             target=_forked, args=(str(ROOT), args, env, str(log_path), append, *ends), name="bertnli-trial"
         )
-        with _LOCK:
+        self._lock = threading.Lock()  # two threads reading one exit status from the forkserver: the second sees 255
+        warm_up()
+        with _START:
             self._p.start()
-            # The worker ends its trials itself (kill, SIGTERM, PDEATHSIG), as with Popen:
+            # The worker ends its trials itself (kill, SIGTERM, the decide pipe), as with Popen:
             # multiprocessing must not join them when the sweep exits, nor poll them from other threads.
             multiprocessing.process._children.discard(self._p)
         for end in ends:
@@ -66,7 +85,7 @@ class ForkedTrial:
         self.pid = self._p.pid
 
     def poll(self) -> int | None:
-        with _LOCK:
+        with self._lock:
             return self._p.exitcode
 
     def wait(self) -> int:
@@ -74,8 +93,9 @@ class ForkedTrial:
         return self.poll()
 
     def kill(self) -> None:
-        with _LOCK:
-            self._p.kill()
+        with self._lock:
+            if self._p.exitcode is None:  # the forkserver reaps at once: a pid it reaped may be reused
+                self._p.kill()
 
     @property
     def returncode(self) -> int | None:
@@ -97,7 +117,10 @@ def _forked(
     decide.close()
     argv = ["trial", *args, "--parent-pid", str(os.getppid()), "--report-fd", str(report_fd)]
     argv += ["--decide-fd", str(decide_fd)]
-    if str(ROOT) != root:  # the server imported another checkout than the worker's: run the worker's
+    torch = sys.modules.get("torch")
+    if str(ROOT) != root or (torch is not None and torch.cuda.is_initialized()):
+        # The server imported another checkout than the worker's (run the worker's), or initialised
+        # CUDA, which a forked process cannot use: a fresh interpreter instead.
         os.set_inheritable(report_fd, True)
         os.set_inheritable(decide_fd, True)
         os.execve(sys.executable, [sys.executable, "-m", "bertnli.sweep", *argv], env)

@@ -90,9 +90,10 @@ class Sweep:
     def seed_cells(self) -> None:
         """Enqueue every model x truncation cell once per study (other params sampled).
 
-        Called only by the process that makes the study's parent run, before it publishes it (every
-        other process waits for that): a check-then-enqueue by every starter let two starters both
-        see no cells and queue each twice.
+        Called only by the process that publishes the study's parent run, before it publishes it
+        (every other process waits for that): a check-then-enqueue by every starter let two
+        starters both see no cells and queue each twice. A publisher that was stopped midway is
+        taken over by the first starter to see it gone, which queues the rest.
         """
         if (
             self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random"

@@ -18,7 +18,7 @@ from typing import Any
 
 from bertnli.retry import policy
 from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
-from bertnli.sweep.launcher import ROOT, ForkedTrial, start_trial
+from bertnli.sweep.launcher import ForkedTrial, python_path, start_trial
 from bertnli.sweep.reaping import (
     end_orphan_run,
     retry,
@@ -83,8 +83,7 @@ class TrialRun:
         history = retry_history(frozen)
         report_r, report_w = os.pipe()
         decide_r, decide_w = os.pipe()
-        # The trial runs this very bertnli, wherever it was imported from (a checkout, a worktree).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "PYTHONPATH": python_path(os.environ)}
         args = ["--spec", str(self.spec_path), "--number", str(self.trial.number), "--params"]
         args += [json.dumps(self.trial.params), "--out", str(self.out), "--parent-run", self.parent_run_id]
         if history:

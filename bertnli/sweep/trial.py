@@ -17,8 +17,10 @@ import argparse
 import ctypes
 import json
 import os
+import select
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -47,17 +49,16 @@ class Diverged(Exception):
 class PruneRelay:
     """Engine callback: each epoch's dev accuracy to the worker, its decision back."""
 
-    def __init__(self, report_fd: int, decide_fd: int, parent_pid: int, epochs: int):
+    def __init__(self, report_fd: int, decide_fd: int, epochs: int):
         self.report = os.fdopen(report_fd, "w", buffering=1)
         self.decide = os.fdopen(decide_fd, "r")
-        self.parent_pid, self.epochs = parent_pid, epochs
+        self.epochs = epochs
 
     def on_fit_start(self, info):
         pass
 
     def on_step(self, step, loss):
-        if os.getppid() != self.parent_pid:  # our worker is gone: stop
-            os._exit(1)
+        pass
 
     def on_epoch_end(self, m):
         self.report.write(json.dumps({"epoch": m.epoch, "dev_acc": m.dev_acc}) + "\n")
@@ -95,6 +96,21 @@ def _die_with_worker() -> None:
         pass
 
 
+def _exit_when_the_worker_is_gone(decide_fd: int) -> None:
+    """End this process the moment its worker's end of the decide pipe closes (the worker's
+    process died, even by SIGKILL). PDEATHSIG alone does not cover it: a forked trial's parent is
+    the forkserver, which every trial keeps alive."""
+
+    def watch():
+        poller = select.poll()
+        poller.register(decide_fd, 0)  # no events asked: poll reports only the hang-up
+        while True:
+            if any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll()):
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="worker-lifeline").start()
+
+
 def run_trial(a: argparse.Namespace) -> int:
     """Train with the trial's params; the exit code says how it ended (see the module docstring)."""
     cfg = spec_from_json(json.loads(Path(a.spec).read_text()))
@@ -119,7 +135,7 @@ def run_trial(a: argparse.Namespace) -> int:
     tracking = TrackingConfig(
         cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags
     )
-    relay = PruneRelay(a.report_fd, a.decide_fd, a.parent_pid, train_cfg.epochs)
+    relay = PruneRelay(a.report_fd, a.decide_fd, train_cfg.epochs)
     upload = EpochUpload(lambda run_id: store_uri(cfg, a.number, run_id), out, cfg.tracking.tracking_uri)
     try:
         result, run_id = train_run(
@@ -172,6 +188,7 @@ def main(argv: list[str]) -> int:
     _die_with_worker()
     if os.getppid() != a.parent_pid:  # the process that started us died before PDEATHSIG was set
         return 1
+    _exit_when_the_worker_is_gone(a.decide_fd)
     # Both end the run KILLED (resumable). SIGINT is set explicitly: a process started in the
     # background of a non-interactive shell inherits SIGINT ignored, and Python keeps it so.
     signal.signal(signal.SIGINT, signal.default_int_handler)

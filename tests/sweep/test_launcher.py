@@ -80,3 +80,49 @@ def test_a_forkserver_that_imported_another_checkout_execs_this_one(tmp_path, mo
         proc.wait()
         for fd in ends:
             os.close(fd)
+
+
+SWEEP_STAND_IN = """
+import os, sys, time
+from pathlib import Path
+from bertnli.sweep.launcher import start_trial
+report_r, report_w = os.pipe()
+decide_r, decide_w = os.pipe()
+args = ["--spec", sys.argv[2], "--number", "0", "--params", "{}", "--out", sys.argv[3], "--parent-run", "x"]
+proc = start_trial(sys.argv[1], args, dict(os.environ), Path(sys.argv[3] + ".log"), False, (report_w, decide_r))
+print(proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow  # starts a stand-in sweep process
+@pytest.mark.parametrize("how", ["fork", "exec"])
+def test_a_trial_ends_when_its_sweep_process_is_killed(how, tmp_path):
+    """Before: a forked trial outlived a sweep killed with SIGKILL (every forkserver child holds the
+    forkserver's lifeline open, so the forkserver, its parent, stayed, and PDEATHSIG never fired); it
+    trained on until its next epoch end. Here the trial waits on its spec (a FIFO) and never gets there."""
+    import subprocess
+    import sys
+
+    from conftest import run_env
+
+    spec = tmp_path / "spec.fifo"
+    os.mkfifo(spec)
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", SWEEP_STAND_IN, how, str(spec), str(tmp_path / "t")],
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    trial = int(sweep.stdout.readline())
+    assert _wait(lambda: _comm(trial) == "bertnli-trial")
+    sweep.kill()
+    sweep.wait()
+    assert _wait(lambda: _gone(trial), timeout=15), "the trial outlived its sweep"
+
+
+def _gone(pid) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

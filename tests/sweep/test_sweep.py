@@ -10,7 +10,18 @@ import optuna
 import pytest
 from conftest import ROOT, run_env
 from mlflow import MlflowClient
-from tiny_sweeps import S, all_runs, assert_consistent, ran, retry_of, run_sweep, state, sweep_cmd, write_toml
+from tiny_sweeps import (
+    S,
+    all_runs,
+    assert_consistent,
+    ran,
+    retry_of,
+    run_sweep,
+    state,
+    sweep_cmd,
+    wait_until_no_trial_runs,
+    write_toml,
+)
 
 from bertnli.config import TrackingConfig
 from bertnli.sweep.space import cells, load_sweep_config, parse_param
@@ -91,7 +102,7 @@ def test_sigkill_mid_trial_then_rerun_ends_with_exactly_n(tmp_path, tiny_snli, n
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(1)  # the trial process dies with its worker (PDEATHSIG)
+    wait_until_no_trial_runs(tmp_path)  # a trial ends with its sweep process (it watches its worker's pipe)
     st, _, children = state(tmp_path)
     assert any(t.state == S.RUNNING for t in st.get_trials())  # the kill really left a trial behind
     run_sweep(tmp_path, toml)

@@ -28,7 +28,7 @@ def wait_for(predicate, timeout=300, what="condition"):
 def children_of(pid: int) -> list[int]:
     """The trial processes a sweep process started (forked from its forkserver, or exec'ed), not, say,
     its `git rev-parse`."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,stat=,comm="], capture_output=True, text=True).stdout
     rows = [line.split() for line in out.splitlines()]
     parent = {int(r[0]): int(r[1]) for r in rows}
 
@@ -39,7 +39,7 @@ def children_of(pid: int) -> list[int]:
                 return True
         return False
 
-    return [int(r[0]) for r in rows if r[2:] == ["bertnli-trial"] and descends(int(r[0]))]
+    return [int(r[0]) for r in rows if r[3:] == ["bertnli-trial"] and "Z" not in r[2] and descends(int(r[0]))]
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 a real SQLite MLflow store, real (stand-in) trial processes. No sweep is run: each test drives the
 one piece of the sweep that decides the race."""
 
+import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -228,8 +230,6 @@ def test_a_process_that_stops_early_leaves_the_parent_running_for_the_process_st
     """Before: the first process to end (a --timeout, SIGTERM) set the parent run KILLED while another process
     still ran a trial, and MLflow's monitor in that process stopped sampling the parent. Now the parent stays
     RUNNING until the last process at work ends it, and the other process's system metrics go on."""
-    import dataclasses
-
     from bertnli.sweep.parent import finish_parent, start_parent_metrics
     from bertnli.tracking.store import client, get_or_create_experiment
     from bertnli.tracking.system_metrics import stop_system_metrics
@@ -281,6 +281,7 @@ def test_a_starter_that_gives_up_on_a_slow_elector_adopts_its_parent(tmp_path, n
         TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
     )
     get_or_create_experiment(client(cfg.tracking.tracking_uri), "s", cfg.tracking.tracking_uri)
+    monkeypatch.setattr(election, "BEAT_S", 0.2)
     monkeypatch.setattr(election, "WAIT_S", 1.0)
     monkeypatch.setattr(election, "ELECTOR_WAIT_S", 1.5 if late.startswith("waited") else 60.0)
     seeded, queue = [], pool.Sweep.seed_cells
@@ -305,13 +306,54 @@ def test_a_starter_that_gives_up_on_a_slow_elector_adopts_its_parent(tmp_path, n
         target=join, args=("late", lambda: Sweep(cfg, log=lambda *a: None, progress=False)), name="late"
     )
     first.start()
-    time.sleep(0.5)
+    deadline = time.time() + 60
+    while not seeded and time.time() < deadline:  # the creator has won and is queueing the cells
+        time.sleep(0.05)
     second.start()
     first.join(120)
     second.join(120)
+    assert not first.is_alive() and not second.is_alive() and set(chosen) == {"creator", "late"}, chosen
     c = MlflowClient(cfg.tracking.tracking_uri)
     runs = c.search_runs([c.get_experiment_by_name("s").experiment_id], run_view_type=ViewType.ALL)
     live = [r.info.run_id for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent"]
     live = [r for r in live if c.get_run(r).info.lifecycle_stage == "active"]
     assert len(live) == 1 and set(chosen.values()) == set(live), (chosen, live)
     assert seeded == ["creator"], seeded  # the cells are queued once, by the process whose parent it is
+
+
+def test_a_deleted_parent_is_replaced_once_and_a_silent_store_elects_nobody(tmp_path, new_store, monkeypatch):
+    """A parent deleted in MLflow gets one successor, which every later starter uses. A tracking server
+    that does not answer is an error, not a reason to elect a second parent while others keep the first."""
+    from bertnli import BertnliError
+    from bertnli.sweep import election
+    from bertnli.tracking.store import client, get_or_create_experiment
+
+    monkeypatch.setattr(election, "WAIT_S", 0.0)
+    new_store(tmp_path / "mlflow.db")
+    cfg = sweep_cfg(tmp_path)
+    uri = cfg.tracking.tracking_uri
+    get_or_create_experiment(client(uri), "s", uri)
+    storage = open_storage(str(tmp_path / "journal.log"))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    first = election.parent_run(study, storage, cfg, "journal", elector=True)
+    client(uri).delete_run(first)
+    second = election.parent_run(study, storage, cfg, "journal", elector=False)
+    third = election.parent_run(optuna.load_study(study_name="s", storage=storage), storage, cfg, "j", elector=False)
+    assert second != first and third == second and study.user_attrs[election.PARENT_ATTR] == second
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket_closed_port() as port:
+        silent = dataclasses.replace(cfg, tracking=TrackingConfig(f"http://127.0.0.1:{port}", None))
+        with pytest.raises(BertnliError, match="could not say whether the study's parent run"):
+            election.parent_run(study, storage, silent, "journal", elector=False)
+    assert study.user_attrs[election.PARENT_ATTR] == second
+
+
+@contextlib.contextmanager
+def socket_closed_port():
+    """A port on 127.0.0.1 that nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
