@@ -180,7 +180,7 @@ def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli, ne
         space=f'model = ["hf:{broken}", "tiny-d2l-random"]\nlr = {{low = 1e-3, high = 3e-3}}',
         extra="max_retries = 1\nfail_limit = 20",
     )  # half the space is broken: not a broken setup; its cell is queued first (it fails, is retried, fails)
-    run_sweep(tmp_path, toml)
+    run_sweep(tmp_path, toml, "--trial-start", "exec")  # trial processes as fresh interpreters (fork elsewhere)
     st, parents, children = state(tmp_path)
     failed = [t for t in ran(st.get_trials()) if t.state == S.FAIL]
     assert len(failed) >= 2 and all(t.params["model"] == f"hf:{broken}" for t in failed)
