@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from typing import Callable
 
 from bertnli import BertnliError
@@ -117,15 +118,15 @@ def _beating(study):
         thread.join(timeout=BEAT_S)  # a beat stuck in an outage is left to end on its own
 
 
-def _ballot(storage, study_name: str, previous: str | None) -> int:
-    """The side study whose first trial names the parent. Its name holds the study's id (a study deleted
-    and made again holds a new election) and a "/", which bertnli refuses in study names, so it cannot
-    be a user's study; a parent that became unusable gets a ballot of its own."""
+def _ballot(storage, study_name: str, previous: str | None, what: str = "") -> int:
+    """A side study whose first trial decides: the parent, or (`what`) who publishes it. Its name holds
+    the study's id (a study deleted and made again holds a new election) and a "/", which bertnli
+    refuses in study names, so it cannot be a user's study; a parent that became unusable gets a
+    ballot of its own."""
     import optuna
 
-    name = f"{study_name}/parent/{storage.get_study_id_from_name(study_name)}" + (
-        f"/after/{previous}" if previous else ""
-    )
+    name = f"{study_name}/parent/{storage.get_study_id_from_name(study_name)}"
+    name += (f"/after/{previous}" if previous else "") + (f"/{what}" if what else "")
     try:
         return storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
     except optuna.exceptions.DuplicatedStudyError:
@@ -179,13 +180,29 @@ def _elect(study, storage, cfg: SweepConfig, storage_url: str, elector: bool, on
                     return mine
             break
         time.sleep(0.5)
-    while (attrs := study.user_attrs).get(PARENT_ATTR) != winner:  # its maker is queueing the cells
-        if watch.gone(attrs.get(BEAT_ATTR)):  # it stopped before publishing (killed, or this is its rerun)
-            with _beating(study):
-                _publish(study, winner, on_elected)
-            break
+    return _adopt(study, storage, cfg, winner, on_elected, previous, watch)
+
+
+def _adopt(study, storage, cfg: SweepConfig, winner: str, on_elected, previous, watch: Watch) -> str:
+    """Wait for the winner's maker to queue the cells and publish it. Should it stop before, one
+    process, itself elected through a ballot, takes over (queues and publishes); should that one
+    stop too, the next process to see it publishes the winner without the cells."""
+    taker, token = None, uuid.uuid4().hex
+    while (published := study.user_attrs.get(PARENT_ATTR)) in (None, previous):
+        if watch.gone(study.user_attrs.get(BEAT_ATTR)):  # stopped before publishing (killed, or this is its rerun)
+            if taker is None:
+                taker = _ballot(storage, cfg.study_name, previous, "publish")
+                _stand(storage, taker, token)
+                if _first_candidate(storage, taker) == token:
+                    with _beating(study):
+                        _publish(study, winner, on_elected)
+                    return winner
+                watch = Watch()  # another process took over: wait for it in turn
+            else:
+                study.set_user_attr(PARENT_ATTR, winner)
+                return winner
         time.sleep(0.5)
-    return winner
+    return published  # the winner, or a successor published meanwhile (parent_run checks it)
 
 
 def _publish(study, run_id: str, on_elected: Callable[[], None]) -> None:

@@ -32,8 +32,15 @@ def warm_up() -> None:
     it imports the checkout the sweep runs, not another one that is installed."""
     _CTX.set_forkserver_preload(["bertnli.sweep.preload"])
     with _START:
+        before = os.environ.get("PYTHONPATH")
         os.environ["PYTHONPATH"] = python_path(os.environ)
-        multiprocessing.forkserver.ensure_running()
+        try:
+            multiprocessing.forkserver.ensure_running()  # the server copies the environment as it starts
+        finally:
+            if before is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = before
 
 
 def python_path(env) -> str:

@@ -22,7 +22,7 @@ from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoints import prune_checkpoints
 from bertnli.sweep.election import parent_run
-from bertnli.sweep.launcher import warm_up
+from bertnli.sweep.launcher import forkable, warm_up
 from bertnli.sweep.parent import finish_parent, start_parent_metrics
 from bertnli.sweep.reaping import (
     Sightings,
@@ -297,6 +297,8 @@ class Sweep:
         Waits on the workers' own events, not Thread.join: in CPython 3.11 a join that a
         KeyboardInterrupt cut short can leave the thread looking finished, and the process
         would exit (killing the trials) before any worker had recorded its trial."""
+        with contextlib.suppress(ValueError):  # a second SIGTERM (a scheduler's, then its script's) must not
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # cut short the wait for the trials to record
         self.interrupted.set()
         self.stop.set()
         for run in list(self.runs.values()):
@@ -349,7 +351,7 @@ class Sweep:
         from tqdm import tqdm
 
         t0 = time.time()
-        if self.cfg.trial_start == "fork" and done_count(self.study) < self.target:
+        if self.cfg.trial_start == "fork" and forkable() and done_count(self.study) < self.target:
             warm_up()  # the server imports while this process joins the parent run
         parent = self.join()
         self._write_spec()

@@ -101,9 +101,11 @@ def _exit_when_the_worker_is_gone(decide_fd: int) -> None:
     process died, even by SIGKILL). PDEATHSIG alone does not cover it: a forked trial's parent is
     the forkserver, which every trial keeps alive."""
 
+    own = os.dup(decide_fd)  # its own descriptor: the relay closing its file must not leave a reused number here
+
     def watch():
         poller = select.poll()
-        poller.register(decide_fd, 0)  # no events asked: poll reports only the hang-up
+        poller.register(own, 0)  # no events asked: poll reports only the hang-up
         while True:
             if any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll()):
                 os._exit(1)

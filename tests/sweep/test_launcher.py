@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from bertnli.sweep import launcher
-from bertnli.sweep.launcher import start_trial
+from bertnli.sweep.launcher import ForkedTrial, start_trial
+
+
+@pytest.fixture(autouse=True)
+def forkable(monkeypatch):
+    """pytest's console script is a main module a forked child would import again: such a sweep execs.
+    These tests are about the forked path itself."""
+    monkeypatch.setattr(launcher, "forkable", lambda: True)
 
 
 def _wait(predicate, timeout=120):
@@ -25,6 +32,7 @@ def _start(how, tmp_path, spec: Path):
     decide_r, decide_w = os.pipe()
     args = ["--spec", str(spec), "--number", "7", "--params", "{}", "--out", str(tmp_path / "t"), "--parent-run", "x"]
     proc = start_trial(how, args, dict(os.environ), tmp_path / "trial.log", False, (report_w, decide_r))
+    assert isinstance(proc, ForkedTrial) == (how == "fork")
     return proc, (report_r, decide_w)
 
 
@@ -115,10 +123,16 @@ def test_a_trial_ends_when_its_sweep_process_is_killed(how, tmp_path):
         text=True,
     )
     trial = int(sweep.stdout.readline())
-    assert _wait(lambda: _comm(trial) == "bertnli-trial")
-    sweep.kill()
-    sweep.wait()
-    assert _wait(lambda: _gone(trial), timeout=15), "the trial outlived its sweep"
+    try:
+        assert _wait(lambda: _comm(trial) == "bertnli-trial")
+    finally:
+        sweep.kill()
+        sweep.wait()
+    try:
+        assert _wait(lambda: _gone(trial), timeout=15), "the trial outlived its sweep"
+    finally:
+        if not _gone(trial):
+            os.kill(trial, signal.SIGKILL)
 
 
 def _gone(pid) -> bool:

@@ -357,3 +357,42 @@ def socket_closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+def test_a_winner_killed_before_publishing_is_taken_over_once_and_its_cells_are_queued(
+    tmp_path, new_store, monkeypatch
+):
+    """The first candidate stood, then its process died before it queued the cells and published the
+    parent (here: a candidate written by hand, nobody beating). Before: the next starters published it
+    without the cells, so they were never queued. Now one of them, elected in turn, queues and publishes."""
+    from bertnli.sweep import election
+    from bertnli.sweep.pool import Sweep
+    from bertnli.sweep.space import cells
+    from bertnli.tracking.store import client, get_or_create_experiment
+
+    monkeypatch.setattr(election, "WAIT_S", 0.5)
+    new_store(tmp_path / "mlflow.db")
+    cfg = load_sweep_config(
+        None,
+        {"data": str(tmp_path), "model": "tiny-d2l-random"},
+        {"study_name": "s", "out_dir": str(tmp_path / "out"), "storage": str(tmp_path / "journal.log"), "trials": 2},
+        ["truncation=longest_first|ratio", "lr=1e-4:1e-3"],
+        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
+    )
+    get_or_create_experiment(client(cfg.tracking.tracking_uri), "s", cfg.tracking.tracking_uri)
+    storage = open_storage(cfg.storage)
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    dead = election._create_parent(cfg, "journal")
+    election._stand(storage, election._ballot(storage, "s", None), dead)
+    gate = threading.Barrier(4)
+
+    def starter(_) -> str:
+        gate.wait()
+        return Sweep(cfg, log=lambda *a: None, progress=False).join()
+
+    with ThreadPoolExecutor(4) as pool:
+        parents = set(pool.map(starter, range(4)))
+    study = optuna.load_study(study_name="s", storage=open_storage(cfg.storage))
+    queued = [t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == S.WAITING]
+    assert parents == {dead} and study.user_attrs[election.PARENT_ATTR] == dead
+    assert sorted(map(str, queued)) == sorted(map(str, cells(cfg))), queued  # queued, and once
