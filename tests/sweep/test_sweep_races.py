@@ -80,6 +80,41 @@ def test_racing_elections_on_a_study_made_beforehand_leave_one_parent_that_every
     assert set(chosen) == set(live), f"starters use {len(set(chosen))} parents: {chosen}"  # every child goes under it
 
 
+def cells_cfg(tmp_path):
+    """A study with two model x truncation cells to queue, its MLflow experiment made."""
+    from bertnli.tracking.store import client, get_or_create_experiment
+
+    cfg = load_sweep_config(
+        None,
+        {"data": str(tmp_path), "model": "tiny-d2l-random"},
+        {"study_name": "s", "out_dir": str(tmp_path / "out"), "storage": str(tmp_path / "journal.log"), "trials": 2},
+        ["truncation=longest_first|ratio", "lr=1e-4:1e-3"],
+        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
+    )
+    get_or_create_experiment(client(cfg.tracking.tracking_uri), "s", cfg.tracking.tracking_uri)
+    return cfg
+
+
+def starters_at_once(cfg, n: int) -> set[str]:
+    """The parent runs that n sweep starters (threads, each its own Sweep) joined, released together."""
+    from bertnli.sweep.pool import Sweep
+
+    gate = threading.Barrier(n)
+
+    def starter(_) -> str:
+        gate.wait()
+        return Sweep(cfg, log=lambda *a: None, progress=False).join()
+
+    with ThreadPoolExecutor(n) as pool:
+        return set(pool.map(starter, range(n)))
+
+
+def queued_cells(cfg):
+    """The study, and the fixed params of its WAITING trials."""
+    study = optuna.load_study(study_name="s", storage=open_storage(cfg.storage))
+    return study, [t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == S.WAITING]
+
+
 class StandIn:
     """A trial process that trains nothing: it lives until killed, as a trial mid-epoch does."""
 
@@ -199,29 +234,12 @@ def test_starters_racing_on_a_new_study_queue_each_cell_once(tmp_path, new_store
     checked before either queued put every model x truncation cell in the queue twice (a CI run of two
     sweep processes on PostgreSQL ended with 2 trials run and 2 duplicates left WAITING). Now only the
     process that makes the parent run queues them, before anyone can adopt it."""
-    from bertnli.sweep.pool import Sweep
     from bertnli.sweep.space import cells
-    from bertnli.tracking.store import client, get_or_create_experiment
 
     new_store(tmp_path / "mlflow.db")
-    cfg = load_sweep_config(
-        None,
-        {"data": str(tmp_path), "model": "tiny-d2l-random"},
-        {"study_name": "s", "out_dir": str(tmp_path / "out"), "storage": str(tmp_path / "journal.log"), "trials": 2},
-        ["truncation=longest_first|ratio", "lr=1e-4:1e-3"],
-        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
-    )
-    get_or_create_experiment(client(cfg.tracking.tracking_uri), "s", cfg.tracking.tracking_uri)
-    gate = threading.Barrier(8)
-
-    def starter(_) -> str:
-        gate.wait()
-        return Sweep(cfg, log=lambda *a: None, progress=False).join()
-
-    with ThreadPoolExecutor(8) as pool:
-        parents = set(pool.map(starter, range(8)))
-    study = optuna.load_study(study_name="s", storage=open_storage(cfg.storage))
-    queued = [t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == S.WAITING]
+    cfg = cells_cfg(tmp_path)
+    parents = starters_at_once(cfg, 8)
+    study, queued = queued_cells(cfg)
     assert len(parents) == 1
     assert sorted(map(str, queued)) == sorted(map(str, cells(cfg))), queued
 
@@ -270,17 +288,9 @@ def test_a_starter_that_gives_up_on_a_slow_elector_adopts_its_parent(tmp_path, n
     for in the storage (one write, no read-then-write), timed on nobody's clock but the watcher's own."""
     from bertnli.sweep import election, pool
     from bertnli.sweep.pool import Sweep
-    from bertnli.tracking.store import client, get_or_create_experiment
 
     new_store(tmp_path / "mlflow.db")
-    cfg = load_sweep_config(
-        None,
-        {"data": str(tmp_path), "model": "tiny-d2l-random"},
-        {"study_name": "s", "out_dir": str(tmp_path / "out"), "storage": str(tmp_path / "journal.log"), "trials": 2},
-        ["truncation=longest_first|ratio", "lr=1e-4:1e-3"],
-        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
-    )
-    get_or_create_experiment(client(cfg.tracking.tracking_uri), "s", cfg.tracking.tracking_uri)
+    cfg = cells_cfg(tmp_path)
     monkeypatch.setattr(election, "BEAT_S", 0.2)
     monkeypatch.setattr(election, "WAIT_S", 1.0)
     monkeypatch.setattr(election, "ELECTOR_WAIT_S", 1.5 if late.startswith("waited") else 60.0)
@@ -366,33 +376,16 @@ def test_a_winner_killed_before_publishing_is_taken_over_once_and_its_cells_are_
     parent (here: a candidate written by hand, nobody beating). Before: the next starters published it
     without the cells, so they were never queued. Now one of them, elected in turn, queues and publishes."""
     from bertnli.sweep import election
-    from bertnli.sweep.pool import Sweep
     from bertnli.sweep.space import cells
-    from bertnli.tracking.store import client, get_or_create_experiment
 
     monkeypatch.setattr(election, "WAIT_S", 0.5)
     new_store(tmp_path / "mlflow.db")
-    cfg = load_sweep_config(
-        None,
-        {"data": str(tmp_path), "model": "tiny-d2l-random"},
-        {"study_name": "s", "out_dir": str(tmp_path / "out"), "storage": str(tmp_path / "journal.log"), "trials": 2},
-        ["truncation=longest_first|ratio", "lr=1e-4:1e-3"],
-        TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
-    )
-    get_or_create_experiment(client(cfg.tracking.tracking_uri), "s", cfg.tracking.tracking_uri)
+    cfg = cells_cfg(tmp_path)
     storage = open_storage(cfg.storage)
     optuna.create_study(study_name="s", storage=storage, direction="maximize")
     dead = election._create_parent(cfg, "journal")
     election._stand(storage, election._ballot(storage, "s", None), dead)
-    gate = threading.Barrier(4)
-
-    def starter(_) -> str:
-        gate.wait()
-        return Sweep(cfg, log=lambda *a: None, progress=False).join()
-
-    with ThreadPoolExecutor(4) as pool:
-        parents = set(pool.map(starter, range(4)))
-    study = optuna.load_study(study_name="s", storage=open_storage(cfg.storage))
-    queued = [t.system_attrs["fixed_params"] for t in study.get_trials() if t.state == S.WAITING]
+    parents = starters_at_once(cfg, 4)
+    study, queued = queued_cells(cfg)
     assert parents == {dead} and study.user_attrs[election.PARENT_ATTR] == dead
     assert sorted(map(str, queued)) == sorted(map(str, cells(cfg))), queued  # queued, and once
