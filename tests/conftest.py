@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-pytest_plugins = ["ci_servers"]  # under CI=true, PostgreSQL/Chromium tests may not skip
+pytest_plugins = ["ci_servers", "cpu_timeline"]  # CI=true: PostgreSQL/Chromium tests may not skip; per-test CPU
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -146,7 +146,8 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
     st, parents, children = state(tmp_path)
     trials = ran(st.get_trials())
     assert sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials) == n  # exactly N, however the workers raced
-    assert not [t for t in trials if t.state in (S.RUNNING, S.FAIL)]
+    unfinished = {t.number: (t.state.name, t.user_attrs) for t in trials if t.state in (S.RUNNING, S.FAIL)}
+    assert not unfinished, unfinished
     assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.WAITING)]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(int(r.data.tags["optuna.trial"]) for r in children) == [
