@@ -14,11 +14,12 @@ from mlflow import MlflowClient
 
 
 @pytest.mark.slow
-def test_gpu_benchmark_without_cuda_says_so_and_exits_0():
+@pytest.mark.parametrize("script", ["gpu.py", "sweep_gpus.py"])
+def test_gpu_benchmarks_without_cuda_say_so_and_exit_0(script):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     r = subprocess.run(
-        [sys.executable, "benchmarks/gpu.py"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120
+        [sys.executable, f"benchmarks/{script}"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0 and "no CUDA GPU here" in r.stdout
 

@@ -42,7 +42,28 @@ from bertnli.tracking.store import how_to_see
     "--timeout", type=click.FloatRange(min=1), default=None, help="stop starting trials after this many seconds"
 )
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=None, help="trial processes at once on this host [default: 1]"
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="trial processes at once on this host [default: one per device slot: GPUs x --trials-per-gpu; 1 on a CPU]",
+)
+@click.option(
+    "--gpus",
+    default=None,
+    metavar="0,1,..",
+    help="CUDA indices the trials may use, each trial process seeing only its own [default: every GPU CUDA sees]",
+)
+@click.option(
+    "--trials-per-gpu",
+    type=click.IntRange(min=1),
+    default=None,
+    help="trials that share one GPU at a time (small models leave most of a GPU idle) [default: 1]",
+)
+@click.option(
+    "--gpus-per-trial",
+    type=click.IntRange(min=1),
+    default=None,
+    help="GPUs each trial sees [default: 1]",
 )
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
 @click.option(

@@ -16,6 +16,7 @@ from bertnli import BadInput
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoint_store import store_kind
 from bertnli.sweep.election import PARENT_ATTR
+from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, cells
 from bertnli.sweep.storage import default_storage
 from bertnli.tracking.store import default_tracking_uri
@@ -169,5 +170,19 @@ def dry_run(cfg: SweepConfig) -> list[str]:
         lines.append(f"cells queued first: {', '.join(shown) or 'none (no model or truncation choice)'}")
     if rungs:
         lines.append(f"rungs: {', '.join(f'{f:.3g}' for f in rungs.fractions)} of the train split")
-    lines.append(f"this host: {cfg.workers} worker(s), one trial process each; checkpoints under {cfg.out_dir}")
+    lines.append(f"this host: {_slots_line(cfg)}; checkpoints under {cfg.out_dir}")
     return lines
+
+
+def _slots_line(cfg: SweepConfig) -> str:
+    """The workers and where their trial processes run (an impossible --gpus setting is one line, as in a sweep)."""
+    slots = slots_of(cfg)
+    workers = cfg.workers or slots.count
+    groups = [g for g in slots.free if g]
+    if not groups:
+        return f"{workers} worker(s), one trial process each, on {cfg.base.device}"
+    shown = " ".join(",".join(map(str, g)) for g in groups)
+    return (
+        f"{workers} worker(s) over {slots.count} slot(s): GPU(s) {shown}, {cfg.trials_per_gpu} trial(s) per GPU, "
+        "each trial process seeing only its own (CUDA_VISIBLE_DEVICES)"
+    )

@@ -22,7 +22,6 @@ from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoints import prune_checkpoints
 from bertnli.sweep.election import parent_run
-from bertnli.sweep.launcher import forkable, warm_up
 from bertnli.sweep.parent import finish_parent, start_parent_metrics
 from bertnli.sweep.reaping import (
     Sightings,
@@ -36,6 +35,7 @@ from bertnli.sweep.reaping import (
     study_dir,
 )
 from bertnli.sweep.rungs import RUNG
+from bertnli.sweep.slots import Placement, slots_of
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import default_storage, is_outage, open_storage, open_study, study_sampler
 from bertnli.sweep.supervisor import Outcome, TrialRun, patiently
@@ -50,6 +50,7 @@ def done_count(study) -> int:
 class Sweep:
     def __init__(self, cfg: SweepConfig, log=print, progress: bool = True):
         check_runnable(cfg)
+        self.slots = slots_of(cfg)  # before the study is made: impossible --gpus settings change nothing
         self.cfg, self.log, self.progress = cfg, log, progress
         self.storage_url = cfg.storage or default_storage()
         self.storage = open_storage(cfg.storage, cfg.grace_s, stale_callback(cfg, log))
@@ -236,30 +237,36 @@ class Sweep:
         while not self.stop.is_set():
             if self.deadline and time.time() > self.deadline:
                 return
-            asked = False
-            with self.lock:
-                try:
-                    decision = self._next(study)
-                    if decision == "done":
-                        return
-                    asked = decision == "ask"
-                    trial = self._ask(study) if asked else None
-                except Exception as e:
-                    if not is_outage(e):
-                        raise
-                    trial = None  # the storage is away: look again (an orphan it left is reaped later)
-            if asked and trial is None:
-                time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
-                continue
-            if trial is None:  # others are still running trials that may fail: wait and look again
-                time.sleep(1.0)
-                with self.lock:
-                    self._reap(study)
-                continue
-            self._record(self._run_one(study, trial, parent_run_id), bar)
+            with self.slots.take() as placement:  # given back however the trial ends, or if none was asked
+                if self._step(study, parent_run_id, bar, placement) == "done":
+                    return
 
-    def _run_one(self, study, trial, parent_run_id: str) -> Outcome:
-        run = TrialRun(self.cfg, study, self.storage, trial, self.spec_path, parent_run_id, self.ticks)
+    def _step(self, study, parent_run_id: str, bar, placement: Placement) -> str:
+        """Ask one trial and run it on `placement`; or wait a moment; or say the study is done."""
+        asked = False
+        with self.lock:
+            try:
+                decision = self._next(study)
+                if decision == "done":
+                    return "done"
+                asked = decision == "ask"
+                trial = self._ask(study) if asked else None
+            except Exception as e:
+                if not is_outage(e):
+                    raise
+                trial = None  # the storage is away: look again (an orphan it left is reaped later)
+        if asked and trial is None:
+            time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
+        elif trial is None:  # others are still running trials that may fail: wait and look again
+            time.sleep(1.0)
+            with self.lock:
+                self._reap(study)
+        else:
+            self._record(self._run_one(study, trial, parent_run_id, placement), bar)
+        return "go on"
+
+    def _run_one(self, study, trial, parent_run_id: str, placement: Placement) -> Outcome:
+        run = TrialRun(self.cfg, study, self.storage, trial, self.spec_path, parent_run_id, self.ticks, placement)
         self.runs[threading.get_ident()] = run
         t0 = time.time()
         try:
@@ -351,8 +358,6 @@ class Sweep:
         from tqdm import tqdm
 
         t0 = time.time()
-        if self.cfg.trial_start == "fork" and forkable() and done_count(self.study) < self.target:
-            warm_up()  # the server imports while this process joins the parent run
         parent = self.join()
         self._write_spec()
         done = done_count(self.study)
@@ -360,7 +365,7 @@ class Sweep:
         bar = tqdm(
             total=self.target, initial=min(done, self.target), desc="trials", unit="trial", disable=not self.progress
         )
-        finished = [threading.Event() for _ in range(self.cfg.workers)]
+        finished = [threading.Event() for _ in range(self.cfg.workers or self.slots.count)]
         threads = [threading.Thread(target=self._worker, args=(parent, bar, done), daemon=True) for done in finished]
         status = "FINISHED"
         monitor = start_parent_metrics(self.cfg, parent)

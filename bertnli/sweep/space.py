@@ -57,7 +57,10 @@ class SweepConfig:
     study_name: str = "bertnli-sweep"
     storage: str | None = None  # None: a journal file under mlruns/
     seed: int = 0
-    workers: int = 1
+    workers: int | None = None  # trial processes at once on this host; None: one per device slot (slots.py)
+    gpus: str | None = None  # CUDA indices trials may use, "0,1,3"; None: every GPU CUDA sees (none: the CPU)
+    trials_per_gpu: int = 1  # trials that share one GPU at a time
+    gpus_per_trial: int = 1  # GPUs one trial sees
     timeout: float | None = None  # seconds for this invocation
     trial_timeout: float | None = None  # seconds one trial may run before it is killed and FAILED "timed out"
     pruner_startup_trials: int = 4
@@ -192,7 +195,7 @@ def _check_settings(cfg: SweepConfig) -> None:
             f"bad sweep: study name {cfg.study_name!r} is not a name; use letters, digits, '.', '_' and '-' "
             "(not starting with '.' or '-')"
         )
-    if cfg.trials < 1 or cfg.workers < 1 or cfg.fail_limit < 1:
+    if cfg.trials < 1 or (cfg.workers is not None and cfg.workers < 1) or cfg.fail_limit < 1:
         raise BadInput("bad sweep: trials, workers and fail_limit must be at least 1")
     if cfg.keep_checkpoints not in ("best", "all"):
         raise BadInput("bad sweep: keep_checkpoints is best or all")

@@ -27,6 +27,7 @@ from bertnli.sweep.reaping import (
     trial_dir,
     trial_run_id,
 )
+from bertnli.sweep.slots import UNPLACED, Placement
 from bertnli.sweep.space import SweepConfig, report_step
 from bertnli.sweep.storage import HEARTBEAT_S, is_outage, trial_id, uses_heartbeat
 from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, PRUNED_EXIT
@@ -62,8 +63,18 @@ def set_own_attr(trial, key: str, value) -> None:
 class TrialRun:
     """Runs one asked trial to its end; `current` lets the pool end it if this worker crashes."""
 
-    def __init__(self, cfg: SweepConfig, study, storage, trial, spec_path: Path, parent_run_id: str, ticks: int):
-        self.cfg, self.study, self.storage, self.trial = cfg, study, storage, trial
+    def __init__(
+        self,
+        cfg: SweepConfig,
+        study,
+        storage,
+        trial,
+        spec_path: Path,
+        parent_run_id: str,
+        ticks: int,
+        placement: Placement = UNPLACED,
+    ):
+        self.cfg, self.study, self.storage, self.trial, self.placement = cfg, study, storage, trial, placement
         self.spec_path, self.parent_run_id, self.ticks = spec_path, parent_run_id, ticks
         self.out = trial_dir(cfg, trial.number)
         self.logf = self.out.with_name(self.out.name + ".log")
@@ -83,13 +94,17 @@ class TrialRun:
         history = retry_history(frozen)
         report_r, report_w = os.pipe()
         decide_r, decide_w = os.pipe()
-        env = {**os.environ, "PYTHONPATH": python_path(os.environ)}
+        env = self.placement.env({**os.environ, "PYTHONPATH": python_path(os.environ)})
+        if self.placement.gpus:  # where it ran, in the study too (the trial's run records what it saw)
+            set_own_attr(self.trial, "gpus", list(self.placement.gpus))
         args = ["--spec", str(self.spec_path), "--number", str(self.trial.number), "--params"]
         args += [json.dumps(self.trial.params), "--out", str(self.out), "--parent-run", self.parent_run_id]
         if history:
             args += ["--retry-of", str(history[0])]
         if resume:
             args += ["--resume"]
+        if self.placement.gpus:
+            args += ["--gpus", ",".join(map(str, self.placement.gpus))]
         self.logf.parent.mkdir(parents=True, exist_ok=True)
         self.proc = start_trial(self.cfg.trial_start, args, env, self.logf, bool(resume), (report_w, decide_r))
         self.reports, self.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)

@@ -29,7 +29,7 @@ from bertnli.config import TrackingConfig
 from bertnli.files import atomic_write
 from bertnli.sweep.checkpoint_store import EpochUpload, store_uri
 from bertnli.sweep.halving import config_key, rungs_of
-from bertnli.sweep.reaping import storage_key, trial_identity
+from bertnli.sweep.reaping import host_name, storage_key, trial_identity
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import spec_from_json
 from bertnli.tracking.run import default_classify, train_run
@@ -113,6 +113,21 @@ def _exit_when_the_worker_is_gone(decide_fd: int) -> None:
     threading.Thread(target=watch, daemon=True, name="worker-lifeline").start()
 
 
+def placement_tags(gpus: str | None) -> dict[str, str]:
+    """Where this trial runs: the host, its slot's GPU indices (as the sweep numbers them), and the
+    CUDA_VISIBLE_DEVICES this process received, with the names of the GPUs it shows where CUDA answers."""
+    tags = {"bertnli.host": host_name(), **({"bertnli.gpus": gpus} if gpus else {})}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return tags
+    tags["bertnli.cuda_visible_devices"] = visible
+    import torch
+
+    if torch.cuda.is_available():
+        tags["bertnli.gpu_names"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    return tags
+
+
 def run_trial(a: argparse.Namespace) -> int:
     """Train with the trial's params; the exit code says how it ended (see the module docstring)."""
     cfg = spec_from_json(json.loads(Path(a.spec).read_text()))
@@ -125,6 +140,7 @@ def run_trial(a: argparse.Namespace) -> int:
         "optuna.study": cfg.study_name,
         "bertnli.role": "sweep-trial",
         "bertnli.study_storage": storage_key(cfg),
+        **placement_tags(a.gpus),
     }
     if rung is not None:  # multi-fidelity: the rung's share of the train split; test only where the winner is chosen
         rungs = rungs_of(cfg)
@@ -185,6 +201,7 @@ def main(argv: list[str]) -> int:
     for name in ("--number", "--parent-pid", "--report-fd", "--decide-fd"):
         ap.add_argument(name, type=int, required=True)
     ap.add_argument("--retry-of", type=int, default=None)
+    ap.add_argument("--gpus", default=None)
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
     _die_with_worker()
