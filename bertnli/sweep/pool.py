@@ -37,7 +37,7 @@ from bertnli.sweep.reaping import (
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.slots import Placement, slots_of
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
-from bertnli.sweep.storage import default_storage, is_outage, open_storage, open_study, study_sampler
+from bertnli.sweep.storage import HEARTBEAT_S, default_storage, is_outage, open_storage, open_study, study_sampler
 from bertnli.sweep.supervisor import Outcome, TrialRun, patiently
 from bertnli.tracking.system_metrics import stop_system_metrics
 
@@ -238,11 +238,23 @@ class Sweep:
             if self.deadline and time.time() > self.deadline:
                 return
             with self.slots.take() as placement:  # given back however the trial ends, or if none was asked
-                if self._step(study, parent_run_id, bar, placement) == "done":
+                trial = self._next_trial(study)
+                if trial == "done":
                     return
+                if trial is None:
+                    continue
+                if not (placement.shared and trial.user_attrs.get("gpu_alone")):
+                    self._record(self._run_one(study, trial, parent_run_id, placement), bar)
+                    continue
+            # It ran out of memory beside other trials: its shared slot is given back, and it waits for a GPU
+            # to itself (beating meanwhile: it is asked, and other hosts must see it alive).
+            waiting = TrialRun(self.cfg, study, self.storage, trial, self.spec_path, parent_run_id, self.ticks)
+            with self.slots.take(alone=True, beat=waiting.beat, beat_s=HEARTBEAT_S) as placement:
+                self._record(self._run_one(study, trial, parent_run_id, placement), bar)
 
-    def _step(self, study, parent_run_id: str, bar, placement: Placement) -> str:
-        """Ask one trial and run it on `placement`; or wait a moment; or say the study is done."""
+    def _next_trial(self, study):
+        """A trial asked for this worker; None after a moment's wait (others run trials that may still
+        fail, or two workers both stepped aside); "done" when the study holds what it should."""
         asked = False
         with self.lock:
             try:
@@ -257,13 +269,11 @@ class Sweep:
                 trial = None  # the storage is away: look again (an orphan it left is reaped later)
         if asked and trial is None:
             time.sleep(random.uniform(0.2, 2.0))  # two that both stepped aside do not collide again
-        elif trial is None:  # others are still running trials that may fail: wait and look again
+        elif trial is None:
             time.sleep(1.0)
             with self.lock:
                 self._reap(study)
-        else:
-            self._record(self._run_one(study, trial, parent_run_id, placement), bar)
-        return "go on"
+        return trial
 
     def _run_one(self, study, trial, parent_run_id: str, placement: Placement) -> Outcome:
         run = TrialRun(self.cfg, study, self.storage, trial, self.spec_path, parent_run_id, self.ticks, placement)
@@ -281,7 +291,7 @@ class Sweep:
     def _record(self, outcome: Outcome, bar) -> None:
         with self.lock:
             self.outcomes.append(outcome)
-            if outcome.state == "FAIL" and not self.interrupted.is_set():
+            if outcome.state == "FAIL" and outcome.counted and not self.interrupted.is_set():
                 self.failed_in_a_row.append(outcome)
             elif outcome.state in ("COMPLETE", "PRUNED"):
                 self.failed_in_a_row = []

@@ -40,6 +40,7 @@ ATTEMPT_ATTRS = (
     "diverged",
     "adopted",
     "orphan",
+    "oom_beside_others",
     "train_examples",
     "examples_seen",
 )
@@ -222,15 +223,14 @@ def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: 
         return
     if int(t.params.get(RUNG, 0)) > 0 and not by_plan:
         return
-    history = retry_history(t)
-    if not always and len(history) >= cfg.max_retries:
-        log(f"trial {t.number}: configuration failed {len(history) + 1} times; not retried again")
+    trials = study.get_trials(deepcopy=False)
+    counted = [n for n in [*retry_history(t), t.number] if not trials[n].user_attrs.get("oom_beside_others")]
+    if not always and len(counted) > cfg.max_retries:  # tries that ran out of memory beside others do not count
+        log(f"trial {t.number}: configuration failed {len(counted)} times; not retried again")
         return
     clean = copy.deepcopy(t)
     clean.user_attrs = {k: v for k, v in t.user_attrs.items() if k not in ATTEMPT_ATTRS}
-    RetryHeartbeatStaleTrialCallback(max_retry=None if always else cfg.max_retries, inherit_intermediate_values=True)(
-        study, clean
-    )
+    RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, clean)
 
 
 def fail_and_retry(study, storage, cfg: SweepConfig, t, why: str, log=print) -> None:

@@ -106,24 +106,41 @@ class Slots:
         self.per_group, self.inherited = per_group, inherited
         self.free = {g: per_group for g in groups}
         self.cond = threading.Condition()
+        self.waiting_alone = 0  # trials that wait for a GPU to themselves go first
 
     @property
     def count(self) -> int:
         return len(self.free) * self.per_group
 
     @contextlib.contextmanager
-    def take(self):
+    def take(self, alone: bool = False, beat=None, beat_s: float = 5.0):
         """A placement for one trial, on the group with the most room (trials spread before they pack);
-        it waits while every GPU holds its --trials-per-gpu."""
+        it waits while every GPU holds its --trials-per-gpu.
+
+        `alone`: a group with no other trial, held whole (a trial that ran out of memory beside others).
+        It may wait for other trials to end, so `beat()` is called every `beat_s` meanwhile (the trial
+        is already asked: other hosts must see it alive), and plain takes wait behind it."""
+        need = self.per_group if alone else 1
+        room = lambda: max(self.free.values()) >= need and (alone or not self.waiting_alone)  # noqa: E731
         with self.cond:
-            self.cond.wait_for(lambda: max(self.free.values()) > 0)
-            group = max(self.free, key=self.free.get)  # the first of the roomiest, in --gpus order
-            self.free[group] -= 1
+            self.waiting_alone += alone
         try:
-            yield Placement(group, visible_devices(group, self.inherited), bool(group) and self.per_group > 1)
+            while True:
+                with self.cond:
+                    if self.cond.wait_for(room, timeout=beat_s if beat else None):
+                        group = max(self.free, key=self.free.get)  # the first of the roomiest, in --gpus order
+                        self.free[group] -= need
+                        break
+                beat()
         finally:
             with self.cond:
-                self.free[group] += 1
+                self.waiting_alone -= alone
+                self.cond.notify_all()
+        try:
+            yield Placement(group, visible_devices(group, self.inherited), bool(group) and need < self.per_group)
+        finally:
+            with self.cond:
+                self.free[group] += need
                 self.cond.notify_all()
 
 

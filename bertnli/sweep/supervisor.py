@@ -30,7 +30,7 @@ from bertnli.sweep.reaping import (
 from bertnli.sweep.slots import UNPLACED, Placement
 from bertnli.sweep.space import SweepConfig, report_step
 from bertnli.sweep.storage import HEARTBEAT_S, is_outage, trial_id, uses_heartbeat
-from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, PRUNED_EXIT
+from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT, PRUNED_EXIT
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Outcome:
     test_acc: float | None = None
     train_seconds: float = 0.0
     error: str = ""
+    counted: bool = True  # a failure that says nothing of the configuration (out of memory beside others) is not
 
 
 def patiently(call, patience_s: float = 300.0):
@@ -105,6 +106,10 @@ class TrialRun:
             args += ["--resume"]
         if self.placement.gpus:
             args += ["--gpus", ",".join(map(str, self.placement.gpus))]
+        if self.placement.shared:
+            args += ["--gpu-sharing", "shared"]
+        elif self.placement.gpus and self.trial.user_attrs.get("gpu_alone"):
+            args += ["--gpu-sharing", "alone after running out of memory"]
         self.logf.parent.mkdir(parents=True, exist_ok=True)
         self.proc = start_trial(self.cfg.trial_start, args, env, self.logf, bool(resume), (report_w, decide_r))
         self.reports, self.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)
@@ -218,6 +223,10 @@ class TrialRun:
         elif interrupted or rc == INTERRUPTED_EXIT:
             error = "interrupted"
             set_own_attr(self.trial, "interrupted", True)
+        elif rc == OOM_EXIT and self.placement.shared:  # the neighbours' memory, not the configuration's
+            error = "out of GPU memory beside other trials; retried with the GPU to itself"
+            set_own_attr(self.trial, "oom_beside_others", True)
+            set_own_attr(self.trial, "gpu_alone", True)  # carried by the retry
         else:
             tail = self.logf.read_text()[-400:].strip().splitlines()[-1:] if self.logf.is_file() else []
             error = tail[0] if tail else f"exit {rc}"
@@ -227,7 +236,8 @@ class TrialRun:
             self.cfg, trial_run_id(self.cfg, frozen), error, "KILLED" if error == "interrupted" else "FAILED"
         )
         retry(self.study, self._frozen(), self.cfg, log, always=error == "interrupted")
-        return Outcome(n, "FAIL", None, params, seconds, error=f"{error} ({self.logf})")
+        counted = not self.trial.user_attrs.get("oom_beside_others")
+        return Outcome(n, "FAIL", None, params, seconds, error=f"{error} ({self.logf})", counted=counted)
 
     def abandon(self, why: str) -> None:
         """This worker crashed: end the trial process and mark the trial and its run FAILED."""

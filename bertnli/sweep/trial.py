@@ -8,7 +8,8 @@ crash, NaN or OOM ends that process only and frees all its memory.
 
 Exit codes: 0 trained (summary in `trial.json`), PRUNED_EXIT pruned, DIVERGED_EXIT the loss
 became NaN/inf (a property of the configuration: told to the sampler, not retried),
-INTERRUPTED_EXIT Ctrl-C/SIGTERM (resumable), anything else failed.
+INTERRUPTED_EXIT Ctrl-C/SIGTERM (resumable), OOM_EXIT out of GPU memory (on a shared GPU the
+worker retries it alone), anything else failed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
+import torch
+
 from bertnli import BertnliError
 from bertnli.config import TrackingConfig
 from bertnli.files import atomic_write
@@ -35,7 +38,8 @@ from bertnli.sweep.space import spec_from_json
 from bertnli.tracking.run import default_classify, train_run
 from bertnli.train.state import TrainingDiverged
 
-PRUNED_EXIT, DIVERGED_EXIT, INTERRUPTED_EXIT = 3, 4, 5
+PRUNED_EXIT, DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT = 3, 4, 5, 6
+STAND_IN_OOM = "BERTNLI_STAND_IN_OOM"  # set: a trial on a shared GPU runs out of memory at once (CPU tests)
 
 
 class Pruned(Exception):
@@ -80,6 +84,8 @@ def classify(exc: BaseException) -> tuple[str, dict[str, str]]:
         return "KILLED", {"optuna.state": "PRUNED", "bertnli.end": str(exc)}
     if isinstance(exc, TrainingDiverged):
         return "KILLED", {"optuna.state": "PRUNED", "bertnli.end": f"diverged: {exc}", "bertnli.diverged": "true"}
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "FAILED", {"optuna.state": "FAIL", "bertnli.end": "out of GPU memory", "bertnli.oom": "true"}
     status, tags = default_classify(exc)
     return status, {**tags, "optuna.state": "FAIL"}
 
@@ -113,16 +119,33 @@ def _exit_when_the_worker_is_gone(decide_fd: int) -> None:
     threading.Thread(target=watch, daemon=True, name="worker-lifeline").start()
 
 
-def placement_tags(gpus: str | None) -> dict[str, str]:
-    """Where this trial runs: the host, its slot's GPU indices (as the sweep numbers them), and the
-    CUDA_VISIBLE_DEVICES this process received, with the names of the GPUs it shows where CUDA answers."""
+class StandInOutOfMemory:
+    """Engine callback for tests on a machine without CUDA: CUDA running out of memory on a shared GPU."""
+
+    def on_fit_start(self, info):
+        raise torch.OutOfMemoryError("CUDA out of memory (a stand-in: BERTNLI_STAND_IN_OOM is set)")
+
+    def on_step(self, step, loss):
+        pass
+
+    def on_epoch_end(self, m):
+        pass
+
+    def on_fit_end(self, result):
+        pass
+
+
+def placement_tags(gpus: str | None, sharing: str | None) -> dict[str, str]:
+    """Where this trial runs: the host, its slot's GPU indices (as the sweep numbers them), whether other
+    trials share them, and the CUDA_VISIBLE_DEVICES this process received, with the names of the GPUs it
+    shows where CUDA answers."""
     tags = {"bertnli.host": host_name(), **({"bertnli.gpus": gpus} if gpus else {})}
+    if sharing:
+        tags["bertnli.gpu_sharing"] = sharing
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return tags
     tags["bertnli.cuda_visible_devices"] = visible
-    import torch
-
     if torch.cuda.is_available():
         tags["bertnli.gpu_names"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     return tags
@@ -140,7 +163,7 @@ def run_trial(a: argparse.Namespace) -> int:
         "optuna.study": cfg.study_name,
         "bertnli.role": "sweep-trial",
         "bertnli.study_storage": storage_key(cfg),
-        **placement_tags(a.gpus),
+        **placement_tags(a.gpus, a.gpu_sharing),
     }
     if rung is not None:  # multi-fidelity: the rung's share of the train split; test only where the winner is chosen
         rungs = rungs_of(cfg)
@@ -154,6 +177,7 @@ def run_trial(a: argparse.Namespace) -> int:
         cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags
     )
     relay = PruneRelay(a.report_fd, a.decide_fd, train_cfg.epochs)
+    stand_in = [StandInOutOfMemory()] if os.environ.get(STAND_IN_OOM) and a.gpu_sharing == "shared" else []
     upload = EpochUpload(lambda run_id: store_uri(cfg, a.number, run_id), out, cfg.tracking.tracking_uri)
     try:
         result, run_id = train_run(
@@ -162,7 +186,7 @@ def run_trial(a: argparse.Namespace) -> int:
             tracking,
             resume=a.resume,
             parent_run_id=a.parent_run,
-            callbacks=[relay, upload],  # a pruned epoch is not uploaded
+            callbacks=[relay, upload, *stand_in],  # a pruned epoch is not uploaded
             classify=classify,
             keep_checkpoint=cfg.keep_checkpoints == "all",
             progress=False,
@@ -174,6 +198,9 @@ def run_trial(a: argparse.Namespace) -> int:
         return DIVERGED_EXIT
     except KeyboardInterrupt:
         return INTERRUPTED_EXIT
+    except torch.OutOfMemoryError as e:
+        print(f"out of GPU memory: {str(e).splitlines()[0]}", flush=True)
+        return OOM_EXIT
     summary = {
         "value": result.best_dev_acc,
         "test_acc": result.test.acc if result.test else None,
@@ -202,6 +229,7 @@ def main(argv: list[str]) -> int:
         ap.add_argument(name, type=int, required=True)
     ap.add_argument("--retry-of", type=int, default=None)
     ap.add_argument("--gpus", default=None)
+    ap.add_argument("--gpu-sharing", choices=["shared", "alone after running out of memory"], default=None)
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
     _die_with_worker()

@@ -82,6 +82,32 @@ def test_slots_spread_then_pack_never_exceed_the_limit_and_come_back_after_an_er
     assert slots.free == {(0,): 1, (1,): 0}
 
 
+def test_a_trial_that_needs_a_gpu_alone_beats_while_it_waits_and_goes_before_plain_trials():
+    slots = Slots([(0,), (1,)], per_group=2, inherited=None)
+    held = [slots.take() for _ in range(3)]
+    for cm in held:
+        cm.__enter__()  # GPU 0 holds two trials, GPU 1 one
+    beats, got, kept = [], [], []
+
+    def wait(alone):
+        kept.append(slots.take(alone=alone, beat=lambda: beats.append(time.time()), beat_s=0.1))
+        got.append((alone, kept[-1].__enter__()))
+
+    alone = threading.Thread(target=wait, args=(True,))
+    alone.start()
+    time.sleep(0.5)
+    plain = threading.Thread(target=wait, args=(False,))  # GPU 1 has room, but the waiting trial goes first
+    plain.start()
+    time.sleep(0.5)
+    assert not got and len(beats) >= 3  # the asked trial keeps beating while it waits
+    held[1].__exit__(None, None, None)  # GPU 1 is empty now
+    alone.join(timeout=5)
+    assert [(a, p.gpus, p.shared) for a, p in got] == [(True, (1,), False)]
+    held[0].__exit__(None, None, None)  # GPU 0 has room: the plain trial goes there
+    plain.join(timeout=5)
+    assert [(a, p.gpus, p.shared) for a, p in got][1:] == [(False, (0,), True)]
+
+
 def _sweep_with_deadline(tmp_path, toml, *extra, timeout=300):
     """The in-process sweep, ended by SIGALRM if it hangs: a slot that never came back would hang it."""
 
@@ -146,3 +172,36 @@ def test_more_workers_than_slots_is_refused_before_anything_is_made(tmp_path, ti
     r = sweep_in_process(tmp_path, toml, "--gpus-per-trial", "2")
     assert r.exit_code == 2 and "a sweep trial runs on one GPU" in r.output
     assert not (tmp_path / "journal.log").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_trial_out_of_memory_beside_others_is_retried_with_the_gpu_to_itself_and_not_counted(
+    tmp_path, tiny_snli, new_store, monkeypatch
+):
+    monkeypatch.setenv("BERTNLI_HOST_GPUS", "Fake A")
+    monkeypatch.setenv("BERTNLI_STAND_IN_OOM", "1")  # where CUDA would run out: any trial sharing the GPU
+    new_store(tmp_path / "mlflow.db")
+    # No retries and a fail limit of one: a counted failure would not be retried, and would stop the sweep.
+    toml = write_toml(
+        tmp_path, tiny_snli, trials=2, space="lr = {low = 1e-3, high = 3e-3}", extra="max_retries = 0\nfail_limit = 1"
+    )
+    r = _sweep_with_deadline(tmp_path, toml, "--trials-per-gpu", "2", "--no-progress")  # two slots on one GPU
+    assert r.exit_code == 0, r.output[-3000:]
+    st, _, children = state(tmp_path)
+    trials = ran(st.get_trials())
+    failed = [t for t in trials if t.state == S.FAIL]
+    done = [t for t in trials if t.state == S.COMPLETE]
+    assert len(done) == 2 and len(failed) >= 2
+    assert all(t.user_attrs.get("oom_beside_others") for t in failed)
+    assert all("out of GPU memory beside other trials" in t.user_attrs["error"] for t in failed)
+    assert {retry_of(t) for t in done} <= {t.number for t in failed} and all(t.user_attrs["gpu_alone"] for t in done)
+    runs = {int(r.data.tags["optuna.trial"]): r for r in children}
+    for t in failed:  # its run says what happened
+        tags = runs[t.number].data.tags
+        assert runs[t.number].info.status == "FAILED" and tags["bertnli.oom"] == "true"
+        assert tags["bertnli.gpu_sharing"] == "shared"
+    for t in done:  # the retry had the GPU to itself: no other trial's run overlapped its run
+        alone = runs[t.number]
+        assert alone.data.tags["bertnli.gpu_sharing"] == "alone after running out of memory"
+        others = [r for n, r in runs.items() if n != t.number]
+        assert all(r.info.end_time <= alone.info.start_time or r.info.start_time >= alone.info.end_time for r in others)
