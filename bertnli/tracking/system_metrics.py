@@ -25,8 +25,39 @@ def start_system_metrics(run_id: str, uri: str, interval: float, resume: bool):
     except Exception as e:  # noqa: BLE001 - e.g. psutil missing: the run goes on without them, and says so
         print(f"note: system metrics are off ({str(e).splitlines()[0][:120]})")
         return None
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None and any(hasattr(m, "gpu_handles") for m in monitor.monitors):
+        try:
+            keep_own_gpus(monitor, _cuda_uuids(), _nvml_uuid)
+        except Exception as e:  # noqa: BLE001 - metrics never decide a run's status
+            print(f"note: GPU metrics may include other processes' GPUs ({str(e).splitlines()[0][:120]})")
     monitor.start()
     return monitor
+
+
+def keep_own_gpus(monitor, own_uuids: list[str], uuid_of) -> None:
+    """Only this process's GPUs in its `system/gpu_*` metrics, numbered from 0 as it sees them.
+
+    NVML lists every GPU of the host whatever CUDA_VISIBLE_DEVICES says, so a sweep trial given one
+    GPU of four would log all four, its neighbours' load included. Matched by UUID: CUDA and NVML
+    may number the same GPUs differently."""
+    want = {u.removeprefix("GPU-") for u in own_uuids}
+    for m in monitor.monitors:
+        if hasattr(m, "gpu_handles"):  # MLflow's NVIDIA monitor
+            m.gpu_handles = [h for h in m.gpu_handles if uuid_of(h).removeprefix("GPU-") in want]
+            m.num_gpus = len(m.gpu_handles)
+
+
+def _cuda_uuids() -> list[str]:
+    import torch
+
+    return [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+
+
+def _nvml_uuid(handle) -> str:
+    import pynvml
+
+    uuid = pynvml.nvmlDeviceGetUUID(handle)
+    return uuid.decode() if isinstance(uuid, bytes) else uuid
 
 
 def stop_system_metrics(monitor) -> None:
