@@ -98,6 +98,14 @@ from bertnli.tracking.store import how_to_see
     "above it (0.12 with eta 3: 1/3 and 1) [default: 1/9]",
 )
 @click.option(
+    "--promotion",
+    type=click.Choice(["sync", "async"]),
+    default=None,
+    help="multi-fidelity: sync starts a rung once the one below has ended; async (ASHA) promotes a configuration as "
+    "soon as it ranks in the best 1/eta of its rung's finished trials, so no worker waits for the slowest "
+    "[default: sync]",
+)
+@click.option(
     "--keep-checkpoints",
     type=click.Choice(["best", "all"]),
     default=None,

@@ -5,11 +5,14 @@ configurations get rung 0 through Optuna's `PartialFixedSampler`; a promoted con
 queued with `enqueue_trial` (its params plus its new rung). So the sampler, the queue, retries,
 reaping and the exactly-N guarantees work as in every sweep, through public API only.
 
-Synchronous halving: rung k + 1 starts once every trial of rung k has ended, with the best
-1/eta of rung k by dev accuracy (rungs.promoted). What the study holds decides what comes
-next (`plan`), so a killed sweep, rerun, continues the rung it was in: a configuration that
-completed a rung is never trained at that rung again, and one killed mid-rung resumes from its
-checkpoint (a retry, reaping.py).
+Synchronous halving (the default): rung k + 1 starts once every trial of rung k has ended, with
+the best 1/eta of rung k by dev accuracy (rungs.promoted). Asynchronous (`--promotion async`,
+ASHA: Li et al., MLSys 2020): a configuration goes up as soon as it ranks in the best 1/eta of
+the trials of its rung finished so far, so no worker waits for a rung's slowest trial; once a
+rung has ended, the rung above is filled with its best not yet promoted, so both train the same
+number of configurations per rung. What the study holds decides what comes next (`plan`), so a
+killed sweep, rerun, continues where it was: a configuration that completed a rung is never
+trained at that rung again, and one killed mid-rung resumes from its checkpoint (a retry, reaping.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from bertnli.sweep.space import SweepConfig
 class Rungs:
     fractions: tuple[float, ...]  # training-set fraction per rung, the last 1
     sizes: tuple[int, ...]  # configurations per rung
+    asynchronous: bool = False  # ASHA promotions instead of rung barriers
+    eta: int = 3  # async: a configuration goes up once it ranks in the best 1/eta of its rung's finished trials
 
     @property
     def total(self) -> int:
@@ -45,7 +50,8 @@ def settings(cfg: SweepConfig) -> dict[str, Any]:
     """What a study's trials mean, fixed when it is created: a rerun with other settings would mix schedules."""
     if cfg.fidelity != "data":
         return {"fidelity": "none"}
-    return {"fidelity": "data", "eta": cfg.eta, "min_fraction": cfg.min_fraction, "trials": cfg.trials}
+    made = {"fidelity": "data", "eta": cfg.eta, "min_fraction": cfg.min_fraction, "trials": cfg.trials}
+    return made | ({"promotion": "async"} if cfg.promotion == "async" else {})  # studies made before it: sync
 
 
 def rungs_of(cfg: SweepConfig) -> Rungs | None:
@@ -53,7 +59,8 @@ def rungs_of(cfg: SweepConfig) -> Rungs | None:
     if cfg.fidelity != "data":
         return None
     fractions = rung_fractions(cfg.eta, cfg.min_fraction)
-    return Rungs(tuple(fractions), tuple(rung_sizes(cfg.trials, cfg.eta, len(fractions))))
+    sizes = tuple(rung_sizes(cfg.trials, cfg.eta, len(fractions)))
+    return Rungs(tuple(fractions), sizes, asynchronous=cfg.promotion == "async", eta=cfg.eta)
 
 
 def params_of(t) -> dict[str, Any]:
@@ -111,36 +118,97 @@ def chosen(trials, k: int, rungs: Rungs, max_retries: int) -> list[str]:
     return promoted([(config_key(params_of(t)), t.value, t.number) for t in below], rungs.sizes[k])
 
 
+LIVE = ("COMPLETE", "PRUNED", "RUNNING")
+
+
+def _configs(trials, k: int, *names: str) -> set[str]:
+    return {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state.name in names}
+
+
+def wanted(trials, k: int, rungs: Rungs, max_retries: int) -> list[str]:
+    """Rung k's configurations as far as they are decided now, in the order they are queued.
+
+    Synchronous: `chosen` (rung k - 1 has ended). Asynchronous: those already promoted, then the best
+    n // eta of the n trials of rung k - 1 finished so far (all of rung k's size once it has ended)."""
+    if not rungs.asynchronous:
+        return chosen(trials, k, rungs, max_retries)
+    gone = _exhausted(trials, k, max_retries)
+    so_far = sorted(
+        config_key(params_of(t))
+        for t in trials
+        if rung_of(t) == k and (t.state.name in LIVE or _failed_try(t)) and config_key(params_of(t)) not in gone
+    )
+    below = [t for t in trials if rung_of(t) == k - 1 and t.state == states().COMPLETE]
+    finished = [t for t in below if config_key(params_of(t)) not in gone]
+    n = min(rungs.sizes[k], len(finished) // rungs.eta)
+    if _ended(trials, k - 1, rungs, max_retries):
+        n = rungs.sizes[k]
+    best = promoted([(config_key(params_of(t)), t.value, t.number) for t in finished], n)
+    return so_far + [c for c in best if c not in so_far]
+
+
+def _todo(trials, k: int, rungs: Rungs, max_retries: int) -> list[str]:
+    """Configurations rung k still needs (queued ones included); async: no more than the rung has room for."""
+    live, waiting = _configs(trials, k, *LIVE), _configs(trials, k, "WAITING")
+    todo = [c for c in wanted(trials, k, rungs, max_retries) if c not in live]
+    if rungs.asynchronous:
+        room = max(0, rungs.sizes[k] - len(live | waiting))
+        todo = [c for c in todo if c in waiting] + [c for c in todo if c not in waiting][:room]
+    return todo
+
+
+def _ended(trials, k: int, rungs: Rungs, max_retries: int) -> bool:
+    """Rung k will take no more trials and none of its trials runs."""
+    if _configs(trials, k, "RUNNING", "WAITING"):
+        return False
+    if k == 0:
+        return len([t for t in trials if rung_of(t) == 0 and t.state.name in LIVE]) >= rungs.sizes[0]
+    return _ended(trials, k - 1, rungs, max_retries) and not _todo(trials, k, rungs, max_retries)
+
+
+def _queue(trials, k: int, todo: list[str]) -> Plan:
+    """Plan "ask" for rung k's `todo`: queued already, queued fresh, or (failed there) its last try resumed."""
+    queued = _configs(trials, k, "WAITING")
+    decision = Plan("ask")
+    for c in todo:
+        if c in queued:
+            continue
+        tries = [t for t in trials if rung_of(t) == k and _failed_try(t) and config_key(params_of(t)) == c]
+        if tries:
+            decision.retries.append(max(t.number for t in tries))
+        else:
+            decision.enqueue.append({**json.loads(c), RUNG: k})
+    return decision
+
+
 def plan(trials, rungs: Rungs, max_retries: int) -> Plan:
     """What the study needs next, from its trials alone (any process, any time, after any kill).
 
     At rung 0 the queue (cells, retries) and then the sampler fill N slots. At a higher rung the
-    plan alone queues work: a chosen configuration not yet trained there is queued fresh, or, if
-    it failed there, as a retry of its last attempt (Optuna's retry attributes: it resumes from
-    that attempt's checkpoint). `reaping.retry` leaves those to the plan, so nothing is queued twice.
+    plan alone queues work: a configuration it promotes and that is not yet trained there is queued
+    fresh, or, if it failed there, as a retry of its last attempt (Optuna's retry attributes: it
+    resumes from that attempt's checkpoint). `reaping.retry` leaves those to the plan, so nothing is
+    queued twice. Asynchronous: promotions first, highest rung first, then rung 0; "wait" only
+    when nothing can start.
     """
+    if rungs.asynchronous:
+        for k in range(rungs.top, 0, -1):
+            todo = _todo(trials, k, rungs, max_retries)
+            if todo:
+                return _queue(trials, k, todo)
+        if len([t for t in trials if rung_of(t) == 0 and t.state.name in LIVE]) < rungs.sizes[0]:
+            return Plan("ask")
+        return Plan("wait") if any(t.state == states().RUNNING for t in trials) else Plan("done")
     S = states()
-    live = (S.COMPLETE, S.PRUNED, S.RUNNING)
     for k, size in enumerate(rungs.sizes):
-        members = [t for t in trials if rung_of(t) == k and t.state in live]
+        members = [t for t in trials if rung_of(t) == k and t.state.name in LIVE]
         if k == 0:
             if len(members) < size:
                 return Plan("ask")
         else:
-            have = {config_key(params_of(t)) for t in members}
-            todo = [c for c in chosen(trials, k, rungs, max_retries) if c not in have]
+            todo = _todo(trials, k, rungs, max_retries)
             if todo:
-                queued = {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state == S.WAITING}
-                decision = Plan("ask")
-                for c in todo:
-                    if c in queued:
-                        continue
-                    tries = [t for t in trials if rung_of(t) == k and _failed_try(t) and config_key(params_of(t)) == c]
-                    if tries:
-                        decision.retries.append(max(t.number for t in tries))
-                    else:
-                        decision.enqueue.append({**json.loads(c), RUNG: k})
-                return decision
+                return _queue(trials, k, todo)
         if any(t.state == S.RUNNING for t in members):
             return Plan("wait")  # synchronous halving: the next rung is chosen from this whole rung
     return Plan("done")
@@ -148,42 +216,44 @@ def plan(trials, rungs: Rungs, max_retries: int) -> Plan:
 
 def excess(trials, number: int, rungs: Rungs, max_retries: int) -> bool:
     """After `ask()`: should trial `number` not run? One too many at its rung (racing workers), a second copy
-    of a configuration, a configuration the plan did not choose, or a rung that is closed (the next has begun).
+    of a configuration, a configuration the plan did not choose, or a rung that is closed.
 
     Counted like the plain sweep's exactly-N check: of two racing trials the later to check
     always sees the other, so both never stay.
     """
-    S = states()
     me = trials[number]
     k = rung_of(me)
     if k > rungs.top:
         return True
-    if not is_open(trials, k):
+    if not rungs.asynchronous and not is_open(trials, k, rungs):
         return True  # a leftover of a rung that has ended (e.g. a queued retry nobody needed)
-    members = [t for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED, S.RUNNING)]
+    members = [t for t in trials if rung_of(t) == k and t.state.name in LIVE]
     if len(members) > rungs.sizes[k]:
         return True
     if k == 0:
         return False
     mine = config_key(params_of(me))
-    return (
-        mine not in chosen(trials, k, rungs, max_retries) or sum(config_key(params_of(t)) == mine for t in members) > 1
-    )
+    if sum(config_key(params_of(t)) == mine for t in members) > 1:
+        return True
+    if rungs.asynchronous:  # promoted when it was queued, whatever has finished since
+        return mine not in _configs(trials, k - 1, "COMPLETE")
+    return mine not in chosen(trials, k, rungs, max_retries)
 
 
 def awaiting_retry(trials, rungs: Rungs, max_retries: int) -> set[int]:
     """Failed attempts above rung 0 that the plan will queue again (their checkpoints must stay)."""
-    S = states()
     out = set()
     for k in range(1, rungs.top + 1):
-        done = {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED)}
-        wanted = set(chosen(trials, k, rungs, max_retries)) - done
-        out |= {t.number for t in trials if rung_of(t) == k and _failed_try(t) and config_key(params_of(t)) in wanted}
+        still = set(wanted(trials, k, rungs, max_retries)) - _configs(trials, k, "COMPLETE", "PRUNED")
+        out |= {t.number for t in trials if rung_of(t) == k and _failed_try(t) and config_key(params_of(t)) in still}
     return out
 
 
-def is_open(trials, k: int) -> bool:
-    """Rung k still takes trials: no trial of a higher rung exists yet."""
+def is_open(trials, k: int, rungs: Rungs | None = None) -> bool:
+    """Rung k still takes trials. Synchronous: no trial of a higher rung exists yet. Asynchronous: it
+    holds fewer than its size."""
+    if rungs is not None and rungs.asynchronous:
+        return len([t for t in trials if rung_of(t) == k and t.state.name in LIVE]) < rungs.sizes[k]
     S = states()
     return not any(rung_of(t) > k and (t.state != S.FAIL or _failed_try(t)) for t in trials)
 

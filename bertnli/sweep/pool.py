@@ -171,7 +171,7 @@ class Sweep:
         frozen = trials[trial.number]
         trial.set_user_attr("stepped_aside", True)
         patiently(lambda: study.tell(trial, state=S.FAIL, skip_if_finished=True))
-        if self.rungs and (halving.rung_of(frozen) > 0 or not halving.is_open(trials, 0)):
+        if self.rungs and (halving.rung_of(frozen) > 0 or not halving.is_open(trials, 0, self.rungs)):
             return True  # the plan queues a promotion again if it is still missing; a closed rung takes nothing more
         if "fixed_params" in frozen.system_attrs:  # it came from the queue (a cell or a retry): queue it again
             if retry_history(frozen):

@@ -81,6 +81,7 @@ class SweepConfig:
     )
     eta: int = 3  # multi-fidelity: the best 1/eta of a rung is promoted, on eta times the data
     min_fraction: float = 1 / 9  # multi-fidelity: the smallest rung's share of the train split (rungs eta^-k >= this)
+    promotion: str = "sync"  # multi-fidelity: "sync" (a rung starts when the one below has ended) or "async" (ASHA)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -130,10 +131,11 @@ def _fidelity_table(sweep_doc: dict) -> dict:
         return {}
     table = dict(sweep_doc.pop("fidelity"))
     sweep_doc["fidelity"] = table.pop("resource", "data")
-    unknown = set(table) - {"eta", "min_fraction"}
+    unknown = set(table) - {"eta", "min_fraction", "promotion"}
     if unknown:
         raise BadInput(
-            f"bad [sweep.fidelity] setting(s) {', '.join(sorted(unknown))}; known: eta, min_fraction, resource"
+            f"bad [sweep.fidelity] setting(s) {', '.join(sorted(unknown))}; "
+            "known: eta, min_fraction, promotion, resource"
         )
     sweep_doc |= table
     return table
@@ -151,10 +153,12 @@ def _space_doc(sweep_doc: dict, space_overrides: list[str]) -> dict:
 
 
 def _check_fidelity(cfg: SweepConfig, schedule_set_outside: bool) -> None:
+    if cfg.promotion not in ("sync", "async"):
+        raise BadInput(f"bad sweep: promotion {cfg.promotion!r}; use sync or async")
     if cfg.fidelity != "data":
         if schedule_set_outside:  # (`--fidelity none` over a [sweep.fidelity] table is a full-data run)
             raise BadInput(
-                "bad sweep: eta and min_fraction set a multi-fidelity schedule; add --fidelity data "
+                "bad sweep: eta, min_fraction and promotion set a multi-fidelity schedule; add --fidelity data "
                 "(or a [sweep.fidelity] table), or drop them"
             )
         return
@@ -238,7 +242,8 @@ def load_sweep_config(
     cfg = SweepConfig(base=base, space=space, tracking=tracking, **values)
     _check_settings(cfg)
     outside = any(
-        sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table) for k in ("eta", "min_fraction")
+        sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table)
+        for k in ("eta", "min_fraction", "promotion")
     )
     _check_fidelity(cfg, outside)
     return cfg

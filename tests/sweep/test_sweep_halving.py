@@ -53,6 +53,37 @@ def test_promotions_follow_eta():
     assert best_trial(st.get_trials(), SCHED).params == {"lr": lrs[5], "rung": 2}  # the winner is chosen at full data
 
 
+ASYNC = Schedule((1 / 9, 1 / 3, 1.0), (9, 3, 1), asynchronous=True, eta=3)
+
+
+def test_async_promotes_the_best_third_of_what_has_finished_without_waiting_for_the_rung():
+    lrs = [1e-4 * (i + 1) for i in range(9)]
+    rows = [(lrs[0], 0, S.COMPLETE, 0.60), (lrs[1], 0, S.COMPLETE, 0.70), (lrs[2], 0, S.RUNNING, None)]
+    assert plan(study_with(rows[:2]).get_trials(), ASYNC, 2).action == "ask"  # 2 finished: none yet; rung 0 grows
+    rows += [(lrs[3], 0, S.COMPLETE, 0.65)]
+    p = plan(study_with(rows).get_trials(), ASYNC, 2)  # 3 finished, one running: the best of the 3 goes up now
+    assert [(x["lr"], x["rung"]) for x in p.enqueue] == [(lrs[1], 1)]
+    assert (
+        plan(study_with(rows).get_trials(), SCHED, 2).action == "ask"
+        and not plan(  # sync: rung 0 first
+            study_with(rows).get_trials(), SCHED, 2
+        ).enqueue
+    )
+    rows += [(lrs[1], 1, S.RUNNING, None)] + [(lr, 0, S.COMPLETE, 0.1) for lr in lrs[4:7]]  # 6 finished at rung 0
+    p = plan(study_with(rows).get_trials(), ASYNC, 2)
+    assert [(x["lr"], x["rung"]) for x in p.enqueue] == [(lrs[3], 1)]  # the second best; the first is up already
+    rows += [(lrs[3], 1, S.COMPLETE, 0.9)] + [(lr, 0, S.RUNNING, None) for lr in lrs[7:]]
+    p = plan(study_with(rows).get_trials(), ASYNC, 2)
+    assert p.action == "wait"  # rung 0 is full and its best 6 // 3 are up: nothing can start
+    rows = [r for r in rows if r[0] not in (lrs[2], *lrs[7:])] + [(lr, 0, S.COMPLETE, 0.2) for lr in (lrs[2], *lrs[7:])]
+    rows = [(lr, k, S.COMPLETE if lr == lrs[1] else st_, 0.8 if lr == lrs[1] else v) for lr, k, st_, v in rows]
+    p = plan(study_with(rows).get_trials(), ASYNC, 2)  # rung 0 ended: rung 1 is filled with the best not yet up
+    assert [(x["lr"], x["rung"]) for x in p.enqueue] == [(lrs[0], 1)]
+    t = study_with(rows + [(lrs[0], 1, S.RUNNING, None), (lrs[2], 1, S.RUNNING, None)]).get_trials()
+    assert excess(t, len(t) - 1, ASYNC, 2)  # a fourth at rung 1 (racing workers) steps aside
+    assert not excess(t[:-1], len(t) - 2, ASYNC, 2)
+
+
 def test_a_rung_waits_for_every_member_and_queued_promotions_are_not_queued_twice():
     rows = [(1e-4 * (i + 1), 0, S.COMPLETE, 0.5 + i / 100) for i in range(8)] + [(9e-3, 0, S.RUNNING, None)]
     st = study_with(rows)
@@ -196,8 +227,9 @@ def by_rung(st):
 
 
 @pytest.mark.slow(90)
+@pytest.mark.parametrize("promotion", ["sync", "async"])
 def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_and_mlflow_records_the_rungs(
-    tmp_path, tiny_snli, new_store
+    tmp_path, tiny_snli, new_store, promotion
 ):
     new_store(tmp_path / "mlflow.db")
     toml = write_toml(
@@ -205,7 +237,7 @@ def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_
     )
     with open(tmp_path / "first.log", "w") as log:
         p = subprocess.Popen(
-            sweep_cmd(tmp_path, toml, "--sampler", "random"),
+            sweep_cmd(tmp_path, toml, "--sampler", "random", "--promotion", promotion),
             cwd=ROOT,
             env=run_env(),
             stdout=log,
@@ -235,7 +267,7 @@ def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_
     )
     os.killpg(p.pid, signal.SIGKILL)  # the sweep, its worker and its trial process, mid-rung, with no warning
     p.wait()
-    r = run_sweep(tmp_path, toml, "--sampler", "random")
+    r = run_sweep(tmp_path, toml, "--sampler", "random", "--promotion", promotion)
     assert "rungs at 0.25, 0.5, 1 of the train split, 4 -> 2 -> 1 configurations" in r.stdout
     st, parents, children = state(tmp_path)
     groups = by_rung(st)
@@ -250,12 +282,17 @@ def test_a_kill_in_the_middle_of_a_rung_trains_each_configuration_once_per_rung_
     assert "resuming from" in log  # it went on from the killed attempt's checkpoint, not from zero
     assert not [t for t in st.get_trials() if t.state in (S.RUNNING, S.WAITING)]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    # Promotion: the best half of each rung by dev accuracy went up.
+    # Promotion: sync, the best half of each rung by dev accuracy went up; async (ASHA), each went up from its rung
+    # when it was in the best half of what had finished there (later results may rank above it).
     for k in (0, 1):
         ranked = sorted(
             (t.value, -t.number, c) for (kk, c), ts in groups.items() if kk == k for t in ts if t.state == S.COMPLETE
         )
-        assert {c for (kk, c) in groups if kk == k + 1} == {c for _, _, c in ranked[-[2, 1][k] :]}
+        up = {c for (kk, c) in groups if kk == k + 1}
+        if promotion == "sync":
+            assert up == {c for _, _, c in ranked[-[2, 1][k] :]}
+        else:
+            assert up <= {c for _, _, c in ranked} and len(up) == [2, 1][k]
     # Nested fractions: each rung trained on its share of the train split.
     done = [t for t in st.get_trials() if t.state == S.COMPLETE]
     sizes = {k: {t.user_attrs["train_examples"] for t in done if rung_of(t) == k} for k in range(3)}
