@@ -169,7 +169,10 @@ def dry_run(cfg: SweepConfig) -> list[str]:
         shown = [" ".join(f"{k}={v}" for k, v in c.items()) for c in cells(cfg)]
         lines.append(f"cells queued first: {', '.join(shown) or 'none (no model or truncation choice)'}")
     if rungs:
-        lines.append(f"rungs: {', '.join(f'{f:.3g}' for f in rungs.fractions)} of the train split")
+        promotion = "asynchronous (ASHA)" if rungs.asynchronous else "synchronous"
+        lines.append(
+            f"rungs: {', '.join(f'{f:.3g}' for f in rungs.fractions)} of the train split, {promotion} promotions"
+        )
     lines.append(f"this host: {_slots_line(cfg)}; checkpoints under {cfg.out_dir}")
     return lines
 

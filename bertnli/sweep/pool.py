@@ -340,7 +340,7 @@ class Sweep:
             )
             self.log(
                 f"multi-fidelity: rungs at {fractions} of the train split, {sizes} configurations "
-                f"(eta {self.cfg.eta}), {self.target} trials"
+                f"(eta {self.cfg.eta}, {self.cfg.promotion} promotions), {self.target} trials"
             )
 
     def _outcome(self, summary: dict[str, Any], status: str, broken: bool) -> None:
