@@ -6,7 +6,7 @@ draws the same configuration in both studies) are studied twice with `--workers 
 the machine falls on both. Per study: the sweep command's wall time, the winner's dev accuracy (at
 the top rung), and the training examples seen (each trial's subset size x epochs trained).
 
-    python benchmarks/promotion.py --seeds 0 1 2 --configs 9 --limit-train 3000 --limit-eval 500
+    python benchmarks/promotion.py --seeds 0 1 --configs 9 --limit-train 6000 --limit-eval 1000
 
 Goals (issue #22): async wall time <= 0.8x sync's, best dev within 1 pp. Prints one JSON line per
 study and a summary line.
@@ -37,7 +37,7 @@ def study(a, seed: int, promotion: str, out: Path) -> dict:
     cmd += ["--storage", str(out / "journal.log"), "--tracking-uri", f"sqlite:///{out / 'mlflow.db'}"]
     cmd += ["--out", str(out / "sweeps"), "--no-eval-test", "--no-progress", "--data", a.data]
     cmd += ["--space", f"model={a.model}", "--space", "epochs=1", "--space", "lr=1e-5:3e-4:log"]
-    cmd += ["--limit-train", str(a.limit_train), "--limit-eval", str(a.limit_eval)]
+    cmd += ["--limit-train", str(a.limit_train), "--limit-eval", str(a.limit_eval), "--max-len", str(a.max_len)]
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     wall = time.time() - t0
@@ -71,8 +71,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--model", default="minilm-l3")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "snli-resplit"))
-    ap.add_argument("--limit-train", type=int, default=3000)
-    ap.add_argument("--limit-eval", type=int, default=500)
+    ap.add_argument("--limit-train", type=int, default=6000)
+    ap.add_argument("--limit-eval", type=int, default=1000)
+    ap.add_argument("--max-len", type=int, default=32, help="as experiments/sweep_cpu_mf.toml (fast on the CPU)")
     a = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -72,6 +72,9 @@ def main() -> None:
         print(json.dumps({k: v for k, v in r.items() if k != "configurations"}))
     first = rows[0]
     same = all(r["configurations"] == first["configurations"] for r in rows)
+    if any(r["best_dev"] is None for r in rows):
+        print("sweep_gpus: a study completed no trial; see the sweep's output above")
+        return
     for r in rows[1:]:
         ratio = r["trials_per_hour"] / first["trials_per_hour"]
         print(

@@ -19,12 +19,23 @@ import pytest
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 
 
-def _own_cgroup() -> Path | None:
-    group = CPUACCT / f"bertnli-tests-{os.getpid()}"
+def _current_cgroup() -> Path:
+    """This process's cpuacct cgroup (a child of it keeps any limits the machine sets on it)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpuacct" in controllers.split(","):
+            return CPUACCT / path.lstrip("/")
+    return CPUACCT
+
+
+def _own_cgroup() -> tuple[Path, Path] | None:
+    """A cgroup of its own under the current one, and the current one (to move back to at the end)."""
+    parent = _current_cgroup()
+    group = parent / f"bertnli-tests-{os.getpid()}"
     try:
         group.mkdir(exist_ok=True)
         (group / "cgroup.procs").write_text(str(os.getpid()))
-        return group
+        return group, parent
     except OSError:
         return None
 
@@ -32,10 +43,20 @@ def _own_cgroup() -> Path | None:
 class CpuTimeline:
     def __init__(self, path: Path, worker: str):
         self.path, self.worker = path, worker
-        self.group = _own_cgroup()
+        self.group, self.parent = _own_cgroup() or (None, None)
 
     def _cpu_s(self) -> float | None:
         return int((self.group / "cpuacct.usage").read_text()) / 1e9 if self.group else None
+
+    def pytest_unconfigure(self, config):
+        """Back to the cgroup it came from; the empty group goes (one a straggler still holds stays)."""
+        if self.group is None:
+            return
+        try:
+            (self.parent / "cgroup.procs").write_text(str(os.getpid()))
+            self.group.rmdir()
+        except OSError:
+            pass
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item):

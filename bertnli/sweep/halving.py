@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from bertnli import BadInput
 from bertnli.sweep.reaping import states
 from bertnli.sweep.rungs import RUNG, promoted, rung_fractions, rung_sizes
 from bertnli.sweep.space import SweepConfig
@@ -52,6 +53,25 @@ def settings(cfg: SweepConfig) -> dict[str, Any]:
         return {"fidelity": "none"}
     made = {"fidelity": "data", "eta": cfg.eta, "min_fraction": cfg.min_fraction, "trials": cfg.trials}
     return made | ({"promotion": "async"} if cfg.promotion == "async" else {})  # studies made before it: sync
+
+
+def keep_settings(study, cfg: SweepConfig) -> None:
+    """A study keeps the fidelity settings it was created with (a plain study made before they were
+    recorded counts as plain); a rerun with others is refused in one line."""
+    mine = settings(cfg)
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            stored = {"fidelity": "none"}
+        else:
+            study.set_user_attr(SETTINGS_ATTR, mine)
+            return
+    if stored != mine:
+        said = lambda d: " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())  # noqa: E731
+        raise BadInput(
+            f"study {cfg.study_name} was created with {said(stored)}, not {said(mine)}; rerun it with "
+            f"the same settings, or start another with --study-name"
+        )
 
 
 def rungs_of(cfg: SweepConfig) -> Rungs | None:
@@ -92,8 +112,9 @@ def _failed_try(t) -> bool:
 
 
 def _is_attempt(t) -> bool:
-    """A failed try that counts against its configuration's retries (an interruption does not)."""
-    return _failed_try(t) and not t.user_attrs.get("interrupted")
+    """A failed try that counts against its configuration's retries (an interruption, or running out of GPU
+    memory beside other trials, does not)."""
+    return _failed_try(t) and not (t.user_attrs.get("interrupted") or t.user_attrs.get("oom_beside_others"))
 
 
 def _exhausted(trials, k: int, max_retries: int) -> set[str]:
@@ -133,10 +154,14 @@ def wanted(trials, k: int, rungs: Rungs, max_retries: int) -> list[str]:
     if not rungs.asynchronous:
         return chosen(trials, k, rungs, max_retries)
     gone = _exhausted(trials, k, max_retries)
-    so_far = sorted(
-        config_key(params_of(t))
-        for t in trials
-        if rung_of(t) == k and (t.state.name in LIVE or _failed_try(t)) and config_key(params_of(t)) not in gone
+    so_far = sorted(  # promoted already: running or done there, queued there, or failed there (to be resumed)
+        {
+            config_key(params_of(t))
+            for t in trials
+            if rung_of(t) == k
+            and (t.state.name in (*LIVE, "WAITING") or _failed_try(t))
+            and config_key(params_of(t)) not in gone
+        }
     )
     below = [t for t in trials if rung_of(t) == k - 1 and t.state == states().COMPLETE]
     finished = [t for t in below if config_key(params_of(t)) not in gone]
@@ -158,8 +183,9 @@ def _todo(trials, k: int, rungs: Rungs, max_retries: int) -> list[str]:
 
 
 def _ended(trials, k: int, rungs: Rungs, max_retries: int) -> bool:
-    """Rung k will take no more trials and none of its trials runs."""
-    if _configs(trials, k, "RUNNING", "WAITING"):
+    """Rung k will take no more trials and none of its trials runs (a queued copy of a configuration that
+    is already there is a leftover, stepped aside when asked)."""
+    if _configs(trials, k, "RUNNING") or _configs(trials, k, "WAITING") - _configs(trials, k, *LIVE):
         return False
     if k == 0:
         return len([t for t in trials if rung_of(t) == 0 and t.state.name in LIVE]) >= rungs.sizes[0]

@@ -39,7 +39,8 @@ def start_parent_metrics(cfg: SweepConfig, parent_run_id: str):
     if not system_metrics_on(cfg.tracking):
         return None
     uri = cfg.tracking.tracking_uri or default_tracking_uri()
-    return start_system_metrics(parent_run_id, uri, cfg.tracking.system_metrics_interval, resume=True)
+    # every GPU of the host: the sweep's slots are all of them, and CUDA is never started in a sweep process
+    return start_system_metrics(parent_run_id, uri, cfg.tracking.system_metrics_interval, resume=True, own_gpus=False)
 
 
 # ---------------------------------------------------------------- the parent's summary

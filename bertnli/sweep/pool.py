@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from bertnli import BadInput, BertnliError
+from bertnli import BertnliError
 from bertnli.files import atomic_write
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoints import prune_checkpoints
@@ -35,7 +35,7 @@ from bertnli.sweep.reaping import (
     study_dir,
 )
 from bertnli.sweep.rungs import RUNG
-from bertnli.sweep.slots import Placement, slots_of
+from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import HEARTBEAT_S, default_storage, is_outage, open_storage, open_study, study_sampler
 from bertnli.sweep.supervisor import Outcome, TrialRun, patiently
@@ -55,7 +55,7 @@ class Sweep:
         self.storage_url = cfg.storage or default_storage()
         self.storage = open_storage(cfg.storage, cfg.grace_s, stale_callback(cfg, log))
         self.study, self.elector = open_study(cfg, self.storage)
-        self._check_settings()
+        halving.keep_settings(self.study, cfg)
         self.lock = threading.Lock()
         self.outcomes: list[Outcome] = []
         self.stop = threading.Event()
@@ -69,24 +69,6 @@ class Sweep:
         self.target = self.rungs.total if self.rungs else cfg.trials
         self.next_reap = 0.0
         self.seen = Sightings()  # heartbeats this process has watched, on its own clock (reaping.Sightings)
-
-    def _check_settings(self) -> None:
-        """A study keeps the fidelity settings it was created with (a plain study made before they were
-        recorded counts as plain); a rerun with others is refused in one line."""
-        mine = halving.settings(self.cfg)
-        stored = self.study.user_attrs.get(halving.SETTINGS_ATTR)
-        if stored is None:
-            if self.study.get_trials(deepcopy=False):
-                stored = {"fidelity": "none"}
-            else:
-                self.study.set_user_attr(halving.SETTINGS_ATTR, mine)
-                return
-        if stored != mine:
-            said = lambda d: " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())  # noqa: E731
-            raise BadInput(
-                f"study {self.cfg.study_name} was created with {said(stored)}, not {said(mine)}; rerun it with "
-                f"the same settings, or start another with --study-name"
-            )
 
     def seed_cells(self) -> None:
         """Enqueue every model x truncation cell once per study (other params sampled).
@@ -243,14 +225,22 @@ class Sweep:
                     return
                 if trial is None:
                     continue
+                run = TrialRun(
+                    self.cfg, study, self.storage, trial, self.spec_path, parent_run_id, self.ticks, placement
+                )
+                self.runs[threading.get_ident()] = run  # from here on, a crash of this worker fails the trial
                 if not (placement.shared and trial.user_attrs.get("gpu_alone")):
-                    self._record(self._run_one(study, trial, parent_run_id, placement), bar)
+                    self._record(self._run_one(run), bar)
                     continue
             # It ran out of memory beside other trials: its shared slot is given back, and it waits for a GPU
-            # to itself (beating meanwhile: it is asked, and other hosts must see it alive).
-            waiting = TrialRun(self.cfg, study, self.storage, trial, self.spec_path, parent_run_id, self.ticks)
-            with self.slots.take(alone=True, beat=waiting.beat, beat_s=HEARTBEAT_S) as placement:
-                self._record(self._run_one(study, trial, parent_run_id, placement), bar)
+            # to itself, beating meanwhile (it is asked: other hosts must see it alive).
+            with self.slots.take(alone=True, beat=run.beat, stop=self.stop, beat_s=HEARTBEAT_S) as placement:
+                if placement is None:  # the sweep is stopping, or another process failed the trial meanwhile
+                    self._record(run.never_started(lost=not self.stop.is_set(), log=self.log), bar)
+                    self.runs.pop(threading.get_ident(), None)
+                    continue
+                run.placement = placement
+                self._record(self._run_one(run), bar)
 
     def _next_trial(self, study):
         """A trial asked for this worker; None after a moment's wait (others run trials that may still
@@ -275,9 +265,7 @@ class Sweep:
                 self._reap(study)
         return trial
 
-    def _run_one(self, study, trial, parent_run_id: str, placement: Placement) -> Outcome:
-        run = TrialRun(self.cfg, study, self.storage, trial, self.spec_path, parent_run_id, self.ticks, placement)
-        self.runs[threading.get_ident()] = run
+    def _run_one(self, run: TrialRun) -> Outcome:
         t0 = time.time()
         try:
             run.start()

@@ -41,6 +41,7 @@ ATTEMPT_ATTRS = (
     "adopted",
     "orphan",
     "oom_beside_others",
+    "gpus",
     "train_examples",
     "examples_seen",
 )

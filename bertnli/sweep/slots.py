@@ -113,29 +113,35 @@ class Slots:
         return len(self.free) * self.per_group
 
     @contextlib.contextmanager
-    def take(self, alone: bool = False, beat=None, beat_s: float = 5.0):
+    def take(self, alone: bool = False, beat=None, stop: threading.Event | None = None, beat_s: float = 5.0):
         """A placement for one trial, on the group with the most room (trials spread before they pack);
         it waits while every GPU holds its --trials-per-gpu.
 
         `alone`: a group with no other trial, held whole (a trial that ran out of memory beside others).
-        It may wait for other trials to end, so `beat()` is called every `beat_s` meanwhile (the trial
-        is already asked: other hosts must see it alive), and plain takes wait behind it."""
+        It may wait for other trials to end, so meanwhile `beat()` is called every `beat_s` (the trial
+        is already asked: other hosts must see it alive), and plain takes wait behind it. It gives up,
+        yielding None, once `stop` is set or `beat()` says the trial was lost."""
         need = self.per_group if alone else 1
         room = lambda: max(self.free.values()) >= need and (alone or not self.waiting_alone)  # noqa: E731
+        group = None
         with self.cond:
             self.waiting_alone += alone
         try:
-            while True:
+            while not (stop is not None and stop.is_set()):
                 with self.cond:
                     if self.cond.wait_for(room, timeout=beat_s if beat else None):
                         group = max(self.free, key=self.free.get)  # the first of the roomiest, in --gpus order
                         self.free[group] -= need
                         break
-                beat()
+                if not beat():
+                    break
         finally:
             with self.cond:
                 self.waiting_alone -= alone
                 self.cond.notify_all()
+        if group is None:
+            yield None
+            return
         try:
             yield Placement(group, visible_devices(group, self.inherited), bool(group) and need < self.per_group)
         finally:

@@ -239,6 +239,19 @@ class TrialRun:
         counted = not self.trial.user_attrs.get("oom_beside_others")
         return Outcome(n, "FAIL", None, params, seconds, error=f"{error} ({self.logf})", counted=counted)
 
+    def never_started(self, lost: bool, log=print) -> Outcome:
+        """Asked, but no process was started for it: another process failed it meanwhile (`lost`), or the sweep
+        stopped while it waited for a GPU to itself (failed as interrupted, queued again, not counted)."""
+        params, n = dict(self._frozen().params), self.trial.number
+        if lost:
+            return Outcome(n, "LOST", None, params, 0.0, error="another process failed this trial meanwhile")
+        why = "interrupted before it started"
+        set_own_attr(self.trial, "interrupted", True)
+        set_own_attr(self.trial, "error", why)
+        patiently(lambda: self.study.tell(self.trial, state=states().FAIL, skip_if_finished=True))
+        retry(self.study, self._frozen(), self.cfg, log, always=True)
+        return Outcome(n, "FAIL", None, params, 0.0, error=why, counted=False)
+
     def abandon(self, why: str) -> None:
         """This worker crashed: end the trial process and mark the trial and its run FAILED."""
         if self.proc is not None and self.proc.poll() is None:

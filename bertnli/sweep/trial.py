@@ -151,6 +151,17 @@ def placement_tags(gpus: str | None, sharing: str | None) -> dict[str, str]:
     return tags
 
 
+def trial_tags(cfg, a: argparse.Namespace) -> dict[str, str]:
+    """The run's tags that tie it to its study and trial, and where it runs."""
+    return {
+        "optuna.trial": str(a.number),
+        "optuna.study": cfg.study_name,
+        "bertnli.role": "sweep-trial",
+        "bertnli.study_storage": storage_key(cfg),
+        **placement_tags(a.gpus, a.gpu_sharing),
+    }
+
+
 def run_trial(a: argparse.Namespace) -> int:
     """Train with the trial's params; the exit code says how it ended (see the module docstring)."""
     cfg = spec_from_json(json.loads(Path(a.spec).read_text()))
@@ -158,13 +169,7 @@ def run_trial(a: argparse.Namespace) -> int:
     rung = params.pop(RUNG, None)
     train_cfg = cfg.base.replace(**params)
     out = Path(a.out)
-    tags = {
-        "optuna.trial": str(a.number),
-        "optuna.study": cfg.study_name,
-        "bertnli.role": "sweep-trial",
-        "bertnli.study_storage": storage_key(cfg),
-        **placement_tags(a.gpus, a.gpu_sharing),
-    }
+    tags = trial_tags(cfg, a)
     if rung is not None:  # multi-fidelity: the rung's share of the train split; test only where the winner is chosen
         rungs = rungs_of(cfg)
         train_cfg = train_cfg.replace(

@@ -15,7 +15,7 @@ def system_metrics_on(tracking: TrackingConfig) -> bool:
     return parse_bool(os.environ.get("BERTNLI_SYSTEM_METRICS", "1"))
 
 
-def start_system_metrics(run_id: str, uri: str, interval: float, resume: bool):
+def start_system_metrics(run_id: str, uri: str, interval: float, resume: bool, own_gpus: bool = True):
     """MLflow's own monitor (CPU, memory, disk, network; GPU where NVML answers) as system/* metrics."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -25,7 +25,8 @@ def start_system_metrics(run_id: str, uri: str, interval: float, resume: bool):
     except Exception as e:  # noqa: BLE001 - e.g. psutil missing: the run goes on without them, and says so
         print(f"note: system metrics are off ({str(e).splitlines()[0][:120]})")
         return None
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None and any(hasattr(m, "gpu_handles") for m in monitor.monitors):
+    gpu_monitor = any(hasattr(m, "gpu_handles") for m in monitor.monitors)
+    if own_gpus and os.environ.get("CUDA_VISIBLE_DEVICES") is not None and gpu_monitor:
         try:
             keep_own_gpus(monitor, _cuda_uuids(), _nvml_uuid)
         except Exception as e:  # noqa: BLE001 - metrics never decide a run's status
@@ -35,15 +36,15 @@ def start_system_metrics(run_id: str, uri: str, interval: float, resume: bool):
 
 
 def keep_own_gpus(monitor, own_uuids: list[str], uuid_of) -> None:
-    """Only this process's GPUs in its `system/gpu_*` metrics, numbered from 0 as it sees them.
+    """Only this process's GPUs in its `system/gpu_*` metrics, in CUDA's order (gpu_0 is its cuda:0).
 
     NVML lists every GPU of the host whatever CUDA_VISIBLE_DEVICES says, so a sweep trial given one
     GPU of four would log all four, its neighbours' load included. Matched by UUID: CUDA and NVML
     may number the same GPUs differently."""
-    want = {u.removeprefix("GPU-") for u in own_uuids}
     for m in monitor.monitors:
         if hasattr(m, "gpu_handles"):  # MLflow's NVIDIA monitor
-            m.gpu_handles = [h for h in m.gpu_handles if uuid_of(h).removeprefix("GPU-") in want]
+            by_uuid = {uuid_of(h).removeprefix("GPU-"): h for h in m.gpu_handles}
+            m.gpu_handles = [by_uuid[u.removeprefix("GPU-")] for u in own_uuids if u.removeprefix("GPU-") in by_uuid]
             m.num_gpus = len(m.gpu_handles)
 
 

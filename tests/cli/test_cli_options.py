@@ -28,7 +28,7 @@ IMPOSSIBLE_TEXT = {
     ("sweep", "storage"): ("bogus://x", "is not a usable database URL"),
     ("sweep", "checkpoint_store"): ("bogus://x", "--checkpoint-store bogus://x is no artifact store MLflow knows"),
     ("sweep", "space"): ("lr=abc", "bad sweep space for lr"),
-    ("sweep", "gpus"): ("5", "--gpus 5: CUDA on this host sees no GPU"),
+    ("sweep", "gpus"): ("99", "--gpus 99: CUDA on this host sees"),
     ("reproduce", "name"): ("no-such-experiment", "config file experiments/no-such-experiment.toml not found"),
     ("reproduce", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
     ("report", "experiments"): ("no-such-experiment", "no MLflow experiment no-such-experiment"),

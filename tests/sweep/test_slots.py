@@ -90,7 +90,7 @@ def test_a_trial_that_needs_a_gpu_alone_beats_while_it_waits_and_goes_before_pla
     beats, got, kept = [], [], []
 
     def wait(alone):
-        kept.append(slots.take(alone=alone, beat=lambda: beats.append(time.time()), beat_s=0.1))
+        kept.append(slots.take(alone=alone, beat=lambda: beats.append(time.time()) or True, beat_s=0.1))
         got.append((alone, kept[-1].__enter__()))
 
     alone = threading.Thread(target=wait, args=(True,))
@@ -106,6 +106,21 @@ def test_a_trial_that_needs_a_gpu_alone_beats_while_it_waits_and_goes_before_pla
     held[0].__exit__(None, None, None)  # GPU 0 has room: the plain trial goes there
     plain.join(timeout=5)
     assert [(a, p.gpus, p.shared) for a, p in got][1:] == [(False, (0,), True)]
+
+
+def test_a_wait_for_a_gpu_alone_gives_up_when_the_sweep_stops_or_the_trial_is_lost():
+    slots = Slots([(0,)], per_group=2, inherited=None)
+    held = slots.take()
+    held.__enter__()  # one trial on the only GPU: an alone trial has to wait
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    with slots.take(alone=True, beat=lambda: True, stop=stop, beat_s=0.05) as placement:
+        assert placement is None  # stopped: nothing taken
+    lost = iter([True, True, False])  # another process failed the trial at the third beat
+    with slots.take(alone=True, beat=lambda: next(lost), beat_s=0.05) as placement:
+        assert placement is None
+    held.__exit__(None, None, None)
+    assert slots.free == {(0,): 2} and slots.waiting_alone == 0  # nothing held, nobody counted as waiting
 
 
 def _sweep_with_deadline(tmp_path, toml, *extra, timeout=300):

@@ -22,7 +22,7 @@ def test_only_the_gpus_this_process_sees_are_monitored_matched_by_uuid(mlflow_ur
     nvml = {"h0": "GPU-aaaa", "h1": "GPU-bbbb", "h2": "GPU-cccc", "h3": "GPU-dddd"}  # NVML's order
     gpu = StandInGpuMonitor(nvml)
     monitor.monitors.append(gpu)
-    keep_own_gpus(monitor, ["dddd", "bbbb"], nvml.get)  # CUDA's UUIDs (no prefix), in CUDA's own order
-    assert gpu.gpu_handles == ["h1", "h3"] and gpu.num_gpus == 2
+    keep_own_gpus(monitor, ["dddd", "GPU-bbbb", "eeee"], nvml.get)  # CUDA's UUIDs in CUDA's order; eeee: not NVML's
+    assert gpu.gpu_handles == ["h3", "h1"] and gpu.num_gpus == 2  # gpu_0 is the process's cuda:0
     others = [m for m in monitor.monitors if m is not gpu]
     assert others and not any(hasattr(m, "gpu_handles") for m in others)  # CPU, disk, network: untouched
