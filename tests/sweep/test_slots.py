@@ -205,7 +205,7 @@ def test_a_trial_out_of_memory_beside_others_is_retried_with_the_gpu_to_itself_a
     st, _, children = state(tmp_path)
     trials = ran(st.get_trials())
     failed = [t for t in trials if t.state == S.FAIL]
-    done = [t for t in trials if t.state == S.COMPLETE]
+    done = [t for t in trials if t.state in (S.COMPLETE, S.PRUNED)]  # the median pruner may stop the second
     assert len(done) == 2 and len(failed) >= 2
     assert all(t.user_attrs.get("oom_beside_others") for t in failed)
     assert all("out of GPU memory beside other trials" in t.user_attrs["error"] for t in failed)
