@@ -142,6 +142,11 @@ def chosen(trials, k: int, rungs: Rungs, max_retries: int) -> list[str]:
 LIVE = ("COMPLETE", "PRUNED", "RUNNING")
 
 
+def _members(trials, k: int) -> list:
+    """Rung k's trials that hold a place there: complete, pruned or running."""
+    return [t for t in trials if rung_of(t) == k and t.state.name in LIVE]
+
+
 def _configs(trials, k: int, *names: str) -> set[str]:
     return {config_key(params_of(t)) for t in trials if rung_of(t) == k and t.state.name in names}
 
@@ -188,7 +193,7 @@ def _ended(trials, k: int, rungs: Rungs, max_retries: int) -> bool:
     if _configs(trials, k, "RUNNING") or _configs(trials, k, "WAITING") - _configs(trials, k, *LIVE):
         return False
     if k == 0:
-        return len([t for t in trials if rung_of(t) == 0 and t.state.name in LIVE]) >= rungs.sizes[0]
+        return len(_members(trials, 0)) >= rungs.sizes[0]
     return _ended(trials, k - 1, rungs, max_retries) and not _todo(trials, k, rungs, max_retries)
 
 
@@ -222,12 +227,12 @@ def plan(trials, rungs: Rungs, max_retries: int) -> Plan:
             todo = _todo(trials, k, rungs, max_retries)
             if todo:
                 return _queue(trials, k, todo)
-        if len([t for t in trials if rung_of(t) == 0 and t.state.name in LIVE]) < rungs.sizes[0]:
+        if len(_members(trials, 0)) < rungs.sizes[0]:
             return Plan("ask")
         return Plan("wait") if any(t.state == states().RUNNING for t in trials) else Plan("done")
     S = states()
     for k, size in enumerate(rungs.sizes):
-        members = [t for t in trials if rung_of(t) == k and t.state.name in LIVE]
+        members = _members(trials, k)
         if k == 0:
             if len(members) < size:
                 return Plan("ask")
@@ -253,7 +258,7 @@ def excess(trials, number: int, rungs: Rungs, max_retries: int) -> bool:
         return True
     if not rungs.asynchronous and not is_open(trials, k, rungs):
         return True  # a leftover of a rung that has ended (e.g. a queued retry nobody needed)
-    members = [t for t in trials if rung_of(t) == k and t.state.name in LIVE]
+    members = _members(trials, k)
     if len(members) > rungs.sizes[k]:
         return True
     if k == 0:
@@ -279,7 +284,7 @@ def is_open(trials, k: int, rungs: Rungs | None = None) -> bool:
     """Rung k still takes trials. Synchronous: no trial of a higher rung exists yet. Asynchronous: it
     holds fewer than its size."""
     if rungs is not None and rungs.asynchronous:
-        return len([t for t in trials if rung_of(t) == k and t.state.name in LIVE]) < rungs.sizes[k]
+        return len(_members(trials, k)) < rungs.sizes[k]
     S = states()
     return not any(rung_of(t) > k and (t.state != S.FAIL or _failed_try(t)) for t in trials)
 

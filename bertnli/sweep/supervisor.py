@@ -96,15 +96,14 @@ class TrialRun:
         report_r, report_w = os.pipe()
         decide_r, decide_w = os.pipe()
         env = self.placement.env({**os.environ, "PYTHONPATH": python_path(os.environ)})
-        if self.placement.gpus:  # where it ran, in the study too (the trial's run records what it saw)
-            set_own_attr(self.trial, "gpus", list(self.placement.gpus))
         args = ["--spec", str(self.spec_path), "--number", str(self.trial.number), "--params"]
         args += [json.dumps(self.trial.params), "--out", str(self.out), "--parent-run", self.parent_run_id]
         if history:
             args += ["--retry-of", str(history[0])]
         if resume:
             args += ["--resume"]
-        if self.placement.gpus:
+        if self.placement.gpus:  # where it ran, in the study too (the trial's run records what it saw)
+            set_own_attr(self.trial, "gpus", list(self.placement.gpus))
             args += ["--gpus", ",".join(map(str, self.placement.gpus))]
         if self.placement.shared:
             args += ["--gpu-sharing", "shared"]
