@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,17 +65,38 @@ def split_datasets(folder: str | Path, digests: dict[str, str], examples: dict[s
 
 
 def log_split_inputs(c, run_id: str, folder: str | Path, digests: dict[str, str], examples: dict[str, int]) -> None:
-    """`log_input` for each split not yet on the run (a resumed run already has them)."""
-    from mlflow.entities import DatasetInput, InputTag
+    """`log_input` for each split not yet on the run (a resumed run already has them).
 
-    have = {(i.dataset.name, i.dataset.digest) for i in c.get_run(run_id).inputs.dataset_inputs}
-    inputs = [
-        DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", ds.name)])
-        for ds in split_datasets(folder, digests, examples)
-        if (ds.name, ds.digest) not in have
-    ]
-    if inputs:
-        c.log_inputs(run_id, datasets=inputs)
+    MLflow looks an experiment's dataset up and inserts it when absent, so trials that start together both insert
+    it and all but one fail on the unique key. Trying again finds the row the winner inserted."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(DATASET_RACE_TRIES):
+        have = {(i.dataset.name, i.dataset.digest) for i in c.get_run(run_id).inputs.dataset_inputs}
+        inputs = [
+            DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", ds.name)])
+            for ds in split_datasets(folder, digests, examples)
+            if (ds.name, ds.digest) not in have
+        ]
+        if not inputs:
+            return
+        try:
+            c.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            if attempt == DATASET_RACE_TRIES - 1 or not _lost_insert_race(e):
+                raise
+            time.sleep(random.uniform(0.05, 0.5))
+
+
+DATASET_RACE_TRIES = 4
+
+
+def _lost_insert_race(e: Exception) -> bool:
+    """A unique-key error, as SQLite, PostgreSQL and MySQL word it (directly or relayed by an MLflow server)."""
+    text = str(e).lower()
+    return any(k in text for k in ("unique constraint", "duplicate key", "duplicate entry", "integrityerror"))
 
 
 def run_split_digests(c, run_id: str) -> dict[str, str]:

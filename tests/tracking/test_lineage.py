@@ -2,8 +2,10 @@
 and `reproduce` checking the data digests."""
 
 import hashlib
+import multiprocessing
 import shutil
 import subprocess
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -115,3 +117,36 @@ def test_reproduce_checks_data_digests(tmp_path, tiny_snli, mlflow_uri, monkeypa
     write_jsonl_gz(data / "snli_1.0_dev.jsonl.gz", make_rows(60, 9))
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and "saw other data (dev is" in r.output, r.output
+
+
+
+def _log_rounds(uri, run_ids, folder, digests, barrier):
+    """One trial process per column: in each round, wait until every process is ready, then log the splits."""
+    c = MlflowClient(uri)
+    c.search_experiments(max_results=1)  # connect before the race, not in it
+    for run_id in run_ids:
+        barrier.wait(60)
+        log_split_inputs(c, run_id, folder, digests, {"train": 8})
+
+
+@pytest.mark.slow  # starts processes
+def test_trials_starting_together_log_the_same_datasets_without_a_duplicate_key_error(tmp_path, new_store, tiny_snli):
+    """MLflow looks for an experiment's dataset and inserts it when absent, so two trials of a new sweep that log
+    the same splits at once both insert it and one dies of a unique-key error (a CI failure of the OOM test)."""
+    uri = new_store(tmp_path / "mlflow.db")
+    c = MlflowClient(uri)
+    digests = {s: hashlib.sha256(s.encode()).hexdigest() for s in ("train", "dev", "test")}
+    procs, rounds = 4, 4  # each round a new experiment, so its datasets are new to every process
+    exps = [c.create_experiment(f"race-{r}") for r in range(rounds)]
+    runs = [[c.create_run(e).info.run_id for _ in range(procs)] for e in exps]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    ps = [ctx.Process(target=_log_rounds, args=(uri, [runs[r][p] for r in range(rounds)], str(tiny_snli), digests, barrier))
+          for p in range(procs)]
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join(120)
+    assert [p.exitcode for p in ps] == [0] * procs
+    for run_id in (r for rnd in runs for r in rnd):
+        assert {i.dataset.name for i in c.get_run(run_id).inputs.dataset_inputs} == set(digests)
