@@ -5,7 +5,6 @@ import hashlib
 import multiprocessing
 import shutil
 import subprocess
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -119,7 +118,6 @@ def test_reproduce_checks_data_digests(tmp_path, tiny_snli, mlflow_uri, monkeypa
     assert r.exit_code == 0 and "saw other data (dev is" in r.output, r.output
 
 
-
 def _log_rounds(uri, run_ids, folder, digests, barrier):
     """One trial process per column: in each round, wait until every process is ready, then log the splits."""
     c = MlflowClient(uri)
@@ -141,8 +139,8 @@ def test_trials_starting_together_log_the_same_datasets_without_a_duplicate_key_
     runs = [[c.create_run(e).info.run_id for _ in range(procs)] for e in exps]
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(procs)
-    ps = [ctx.Process(target=_log_rounds, args=(uri, [runs[r][p] for r in range(rounds)], str(tiny_snli), digests, barrier))
-          for p in range(procs)]
+    columns = [[rnd[p] for rnd in runs] for p in range(procs)]
+    ps = [ctx.Process(target=_log_rounds, args=(uri, col, str(tiny_snli), digests, barrier)) for col in columns]
     for p in ps:
         p.start()
     for p in ps:
