@@ -23,12 +23,34 @@ MODEL_NAME = "model"  # runs:/<run_id>/model
 EXAMPLE = {"premise": ["A man is playing a guitar on stage."], "hypothesis": ["A man is performing music."]}
 
 
+SERVED_NEEDS = (
+    ("torch",),
+    ("mlflow", "mlflow-skinny"),  # MLflow may be installed as mlflow-skinny
+    ("pandas",),
+    ("numpy",),
+    ("tokenizers",),
+    ("safetensors",),
+    ("tqdm",),
+    ("requests",),
+    ("click",),
+)
+
+
+def pin(distributions: tuple[str, ...]) -> str:
+    """`name==version` of the first of these distributions that is installed (a local tag such as +cpu dropped)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in distributions:
+        try:
+            return f"{name}=={version(name).split('+')[0]}"
+        except PackageNotFoundError:
+            continue
+    raise BadInput(f"{distributions[0]} is not installed, and a served model needs it: pip install {distributions[0]}")
+
+
 def _requirements() -> list[str]:
     """Pinned where it matters; given explicitly so MLflow does not load the model in a subprocess to infer them."""
-    from importlib.metadata import version
-
-    names = ("torch", "mlflow", "pandas", "numpy", "tokenizers", "safetensors", "tqdm", "requests", "click")
-    return [f"{n}=={version(n).split('+')[0]}" for n in names]
+    return [pin(d) for d in SERVED_NEEDS]
 
 
 def signature():

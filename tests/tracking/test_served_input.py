@@ -8,7 +8,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 from tiny_runs import tiny_cfg
 
+from bertnli import BadInput
 from bertnli.config import TrackingConfig
+from bertnli.tracking.models import pin
 from bertnli.tracking.run import train_run
 
 
@@ -37,3 +39,14 @@ def test_a_missing_value_names_its_row_and_column(pyfunc, column):
 def test_an_empty_frame_gives_an_empty_result(pyfunc):
     out = pyfunc.predict(pd.DataFrame({"premise": pd.Series(dtype=str), "hypothesis": pd.Series(dtype=str)}))
     assert out.empty and list(out.columns) == ["label", "entailment", "contradiction", "neutral"]
+
+
+def test_a_served_model_pins_whichever_distribution_provides_a_package():
+    """MLflow installed as mlflow-skinny has no `mlflow` distribution: the pin falls back to the one that is there
+    instead of failing at the end of a sweep (as it did on a host with mlflow-skinny)."""
+    from importlib.metadata import version
+
+    assert pin(("bertnli-no-such-distribution", "pytest")) == f"pytest=={version('pytest')}"
+    assert pin(("torch",)) == f"torch=={version('torch').split('+')[0]}"  # the local +cpu tag is no pip pin
+    with pytest.raises(BadInput, match="pip install bertnli-no-such-distribution"):
+        pin(("bertnli-no-such-distribution",))
