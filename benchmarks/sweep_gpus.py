@@ -35,12 +35,15 @@ def run_study(a, per_gpu: int, out: Path) -> dict:
     cmd += ["--sampler", "random", "--sampler-seed", "0", "--storage", str(out / "journal.log")]
     cmd += ["--tracking-uri", f"sqlite:///{out / 'mlflow.db'}", "--out", str(out / "sweeps"), "--no-eval-test"]
     cmd += ["--data", a.data, "--space", f"model={a.model}", "--space", "epochs=1", "--space", "lr=2e-5:2e-4:log"]
-    cmd += ["--gpus", "0", "--trials-per-gpu", str(per_gpu), "--no-progress"]
+    cmd += ["--gpus", "0", "--trials-per-gpu", str(per_gpu), "--no-progress", "--experiment", name]
     if a.limit_train:
         cmd += ["--limit-train", str(a.limit_train)]
     t0 = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    with open(out / f"{name}.log", "w") as log:
+        r = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - t0
+    if r.returncode != 0:
+        sys.exit(f"sweep_gpus: the sweep with {per_gpu} per GPU failed:\n{(out / f'{name}.log').read_text()[-3000:]}")
     study = optuna.load_study(study_name=name, storage=open_storage(str(out / "journal.log")))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return {
@@ -49,7 +52,28 @@ def run_study(a, per_gpu: int, out: Path) -> dict:
         "wall_s": round(wall, 1),
         "trials_per_hour": round(len(done) / wall * 3600, 2),
         "best_dev": max((t.value for t in done), default=None),
+        "trial_s": sorted(round((t.datetime_complete - t.datetime_start).total_seconds(), 1) for t in done),
+        "placement": placement(out, name),
         "configurations": sorted(json.dumps(t.params, sort_keys=True) for t in done),
+    }
+
+
+def placement(out: Path, experiment: str) -> dict:
+    """What the trial runs recorded about their GPU, from the study's MLflow store: the evidence that each
+    trial saw its slot, with the names NVML gave and per-trial GPU metrics."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = c.get_experiment_by_name(experiment)
+    runs = [r for r in c.search_runs([exp.experiment_id]) if "bertnli.gpus" in r.data.tags]
+    tag = lambda k: sorted({r.data.tags.get(k, "-") for r in runs})  # noqa: E731
+    return {
+        "runs": len(runs),
+        "gpus": tag("bertnli.gpus"),
+        "cuda_visible_devices": tag("bertnli.cuda_visible_devices"),
+        "gpu_names": tag("bertnli.gpu_names"),
+        "gpu_sharing": tag("bertnli.gpu_sharing"),
+        "gpu_metrics": sorted({k for r in runs for k in r.data.metrics if "gpu" in k}),
     }
 
 
@@ -66,10 +90,11 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("sweep_gpus: no CUDA GPU here; nothing measured (run it on a GPU host)")
         return
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run_study(a, k, Path(tmp)) for k in a.per_gpu]
-    for r in rows:
-        print(json.dumps({k: v for k, v in r.items() if k != "configurations"}))
+        for k in a.per_gpu:  # each study's line as soon as it ends: a cut-short run keeps what it measured
+            rows.append(run_study(a, k, Path(tmp)))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "configurations"}), flush=True)
     first = rows[0]
     same = all(r["configurations"] == first["configurations"] for r in rows)
     if any(r["best_dev"] is None for r in rows):
