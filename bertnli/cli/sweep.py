@@ -63,7 +63,14 @@ from bertnli.tracking.store import how_to_see
     "--gpus-per-trial",
     type=click.IntRange(min=1),
     default=None,
-    help="GPUs each trial sees [default: 1]",
+    help="GPUs each trial trains on, one data-parallel process per GPU (as torchrun would) [default: 1]",
+)
+@click.option(
+    "--procs-per-trial",
+    type=click.IntRange(min=1),
+    default=None,
+    help="data-parallel processes per trial on the CPU (gloo): the path of --gpus-per-trial on a host "
+    "without a GPU [default: 1]",
 )
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
 @click.option(

@@ -183,9 +183,13 @@ def _slots_line(cfg: SweepConfig) -> str:
     workers = cfg.workers or slots.count
     groups = [g for g in slots.free if g]
     if not groups:
-        return f"{workers} worker(s), one trial process each, on {cfg.base.device}"
+        procs = "one trial process" if slots.cpu_ranks == 1 else f"a trial of {slots.cpu_ranks} processes (gloo)"
+        return f"{workers} worker(s), {procs} each, on {cfg.base.device}"
     shown = " ".join(",".join(map(str, g)) for g in groups)
+    each = (
+        "each trial process" if cfg.gpus_per_trial == 1 else f"each trial {cfg.gpus_per_trial} processes, one per GPU,"
+    )
     return (
         f"{workers} worker(s) over {slots.count} slot(s): GPU(s) {shown}, {cfg.trials_per_gpu} trial(s) per GPU, "
-        "each trial process seeing only its own (CUDA_VISIBLE_DEVICES)"
+        f"{each} seeing only its own (CUDA_VISIBLE_DEVICES)"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import threading
@@ -307,11 +306,7 @@ class Sweep:
         self.interrupted.set()
         self.stop.set()
         for run in list(self.runs.values()):
-            try:
-                if run.proc is not None and run.proc.poll() is None:
-                    os.kill(run.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            run.terminate()
         deadline = time.time() + 60
         for done in finished:
             done.wait(timeout=max(0.0, deadline - time.time()))

@@ -11,6 +11,7 @@ finished is trained again:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -153,6 +154,13 @@ def end_orphan_run(cfg: SweepConfig, run_id: str | None, why: str, status: str =
             c.set_terminated(run_id, status)
     except Exception:  # noqa: BLE001 - a run that cannot be found has nothing to end
         pass
+
+
+def tag_run(cfg: SweepConfig, run_id: str | None, key: str, value: str) -> None:
+    """A tag on a trial's run, whatever its status (best effort: a run that cannot be found keeps none)."""
+    if run_id:
+        with contextlib.suppress(Exception):
+            client(cfg.tracking.tracking_uri).set_tag(run_id, key, value)
 
 
 def recorded_result(cfg: SweepConfig, t) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ class Placement:
     gpus: tuple[int, ...]
     visible: str | None  # the trial's CUDA_VISIBLE_DEVICES, None to leave the environment as it is
     shared: bool  # other trials may run on these GPUs at the same time
+    ranks: int = 1  # data-parallel processes of the trial: one per GPU of a group, or --procs-per-trial on the CPU
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
         return base if self.visible is None else {**base, "CUDA_VISIBLE_DEVICES": self.visible}
@@ -102,8 +103,8 @@ def visible_devices(group: tuple[int, ...], inherited: str | None) -> str | None
 class Slots:
     """The free capacity of each GPU group; workers take a slot per trial and always give it back."""
 
-    def __init__(self, groups: list[tuple[int, ...]], per_group: int, inherited: str | None):
-        self.per_group, self.inherited = per_group, inherited
+    def __init__(self, groups: list[tuple[int, ...]], per_group: int, inherited: str | None, cpu_ranks: int = 1):
+        self.per_group, self.inherited, self.cpu_ranks = per_group, inherited, cpu_ranks
         self.free = {g: per_group for g in groups}
         self.cond = threading.Condition()
         self.waiting_alone = 0  # trials that wait for a GPU to themselves go first
@@ -143,7 +144,9 @@ class Slots:
             yield None
             return
         try:
-            yield Placement(group, visible_devices(group, self.inherited), bool(group) and need < self.per_group)
+            shared = bool(group) and need < self.per_group
+            ranks = len(group) if group else self.cpu_ranks
+            yield Placement(group, visible_devices(group, self.inherited), shared, ranks)
         finally:
             with self.cond:
                 self.free[group] += need
@@ -152,18 +155,25 @@ class Slots:
 
 def slots_of(cfg) -> Slots:
     """This host's slots for sweep config `cfg` (checked: impossible settings are one-line errors)."""
-    if cfg.trials_per_gpu < 1 or cfg.gpus_per_trial < 1:
-        raise BadInput("--trials-per-gpu and --gpus-per-trial must be at least 1")
+    if cfg.trials_per_gpu < 1 or cfg.gpus_per_trial < 1 or cfg.procs_per_trial < 1:
+        raise BadInput("--trials-per-gpu, --gpus-per-trial and --procs-per-trial must be at least 1")
     gpus = parse_gpus(cfg.gpus)
     seen = host_gpu_count() if cfg.base.device in ("auto", "cuda") else 0
     groups = plan_groups(gpus, cfg.gpus_per_trial, seen, cfg.base.device)
-    if groups != [()] and cfg.gpus_per_trial > 1:
+    on_cpu = groups == [()] and (cfg.base.device == "cpu" or (cfg.base.device == "auto" and not seen))
+    if cfg.procs_per_trial > 1 and not on_cpu:
         raise BadInput(
-            f"--gpus-per-trial {cfg.gpus_per_trial}: a sweep trial runs on one GPU; for one run over several GPUs "
-            "use `torchrun --nproc-per-node G -m bertnli.cli train`"
+            f"--procs-per-trial {cfg.procs_per_trial} is for trials on the CPU; on GPUs a trial runs one process "
+            "per GPU: use --gpus-per-trial (or --device cpu)"
+        )
+    ranks = max(cfg.gpus_per_trial, cfg.procs_per_trial)
+    if cfg.base.batch_size % ranks:
+        raise BadInput(
+            f"--batch-size {cfg.base.batch_size} does not split over the {ranks} processes of a trial; "
+            f"choose a multiple of {ranks}"
         )
     per_group = cfg.trials_per_gpu if groups != [()] else max(1, cfg.workers or 1)
-    slots = Slots(groups, per_group, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    slots = Slots(groups, per_group, os.environ.get("CUDA_VISIBLE_DEVICES"), cfg.procs_per_trial)
     if cfg.workers is not None and cfg.workers > slots.count:
         raise BadInput(
             f"--workers {cfg.workers} is more than this host's {slots.count} slot(s) "

@@ -60,7 +60,8 @@ class SweepConfig:
     workers: int | None = None  # trial processes at once on this host; None: one per device slot (slots.py)
     gpus: str | None = None  # CUDA indices trials may use, "0,1,3"; None: every GPU CUDA sees (none: the CPU)
     trials_per_gpu: int = 1  # trials that share one GPU at a time
-    gpus_per_trial: int = 1  # GPUs one trial sees
+    gpus_per_trial: int = 1  # GPUs one trial sees, one process (rank) per GPU
+    procs_per_trial: int = 1  # processes (gloo ranks) per trial on the CPU: the multi-GPU path without a GPU
     timeout: float | None = None  # seconds for this invocation
     trial_timeout: float | None = None  # seconds one trial may run before it is killed and FAILED "timed out"
     pruner_startup_trials: int = 4

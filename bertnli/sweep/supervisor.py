@@ -7,9 +7,12 @@ status that agree (README, guarantees).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from bertnli.sweep.reaping import (
     retry,
     retry_history,
     states,
+    tag_run,
     trial_dir,
     trial_run_id,
 )
@@ -31,6 +35,23 @@ from bertnli.sweep.slots import UNPLACED, Placement
 from bertnli.sweep.space import SweepConfig, report_step
 from bertnli.sweep.storage import HEARTBEAT_S, is_outage, trial_id, uses_heartbeat
 from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT, PRUNED_EXIT
+
+RANK_GRACE_S = 3.0  # after one rank of a trial failed, or rank 0 ended: how long the others get to end by themselves
+SIBLING_ENDS = (0, DIVERGED_EXIT, INTERRUPTED_EXIT)  # a rank other than 0 that ended with its trial, not on its own
+
+
+def rank_envs(ranks: int) -> list[dict[str, str]]:
+    """torchrun's variables for each process of a trial over `ranks` processes ({} for one): a rendezvous on
+    a port of this host that is free now, as `torchrun --standalone` picks one."""
+    if ranks <= 1:
+        return [{}]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = {"WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1"}
+    if "OMP_NUM_THREADS" not in os.environ:  # torchrun's default for several processes per host
+        common["OMP_NUM_THREADS"] = "1"
+    return [{**common, "MASTER_PORT": str(port), "RANK": str(k), "LOCAL_RANK": str(k)} for k in range(ranks)]
 
 
 @dataclass
@@ -79,7 +100,11 @@ class TrialRun:
         self.spec_path, self.parent_run_id, self.ticks = spec_path, parent_run_id, ticks
         self.out = trial_dir(cfg, trial.number)
         self.logf = self.out.with_name(self.out.name + ".log")
-        self.proc: ForkedTrial | subprocess.Popen | None = None
+        self.proc: ForkedTrial | subprocess.Popen | None = None  # rank 0: the trial process the worker talks to
+        self.siblings: list[ForkedTrial | subprocess.Popen] = []  # ranks 1.. of a trial over several processes
+        self.lifelines: list[int] = []  # our ends of the siblings' decide pipes: closed, they exit
+        self.rank_failure: tuple[int, int] | None = None  # (rank, exit code) of the first sibling that failed
+        self.stopping = False  # SIGTERM sent to every rank: their ends are not failures
         self.run_id_recorded = False
 
     def _frozen(self):
@@ -110,8 +135,23 @@ class TrialRun:
         elif self.placement.gpus and self.trial.user_attrs.get("gpu_alone"):
             args += ["--gpu-sharing", "alone after running out of memory"]
         self.logf.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = start_trial(self.cfg.trial_start, args, env, self.logf, bool(resume), (report_w, decide_r))
+        ranks = rank_envs(self.placement.ranks)
+        self.proc = start_trial(
+            self.cfg.trial_start, args, {**env, **ranks[0]}, self.logf, bool(resume), (report_w, decide_r)
+        )
         self.reports, self.decide = os.fdopen(report_r, "r"), os.fdopen(decide_w, "w", buffering=1)
+        for k, rank_env in enumerate(ranks[1:], 1):  # no report is read from them; the decide pipe is a lifeline
+            silent_r, silent_w = os.pipe()
+            lifeline_r, lifeline_w = os.pipe()
+            log = self.rank_log(k)
+            self.siblings.append(
+                start_trial(self.cfg.trial_start, args, {**env, **rank_env}, log, bool(resume), (silent_w, lifeline_r))
+            )
+            os.close(silent_r)
+            self.lifelines.append(lifeline_w)
+
+    def rank_log(self, k: int) -> Path:
+        return self.logf.with_name(f"{self.out.name}.rank{k}.log")
 
     def decide_epoch(self, msg: dict) -> str:
         """Report at the fraction of this trial's own schedule (space.report_step), then ask the pruner.
@@ -150,6 +190,8 @@ class TrialRun:
         """
         next_beat = 0.0
         while True:
+            if self._rank_failed():
+                return self._end("rank")
             if time.time() >= next_beat:
                 if not self.beat():
                     return self._end("lost")
@@ -172,10 +214,55 @@ class TrialRun:
             elif self.proc.poll() is not None:
                 return None
 
+    def _rank_failed(self) -> bool:
+        """A sibling rank failed (crashed, was killed, ran out of memory) while rank 0 runs: rank 0 and the
+        others would wait for it in their next collective, maybe for ever (NCCL), so all end. Rank 0 gets
+        RANK_GRACE_S to end by itself first: gloo tells it at once, and then its run records why."""
+        if not self.siblings or self.stopping:
+            return False
+        if self.rank_failure is None:
+            for k, p in enumerate(self.siblings, 1):
+                rc = p.poll()
+                if rc is not None and rc not in SIBLING_ENDS:
+                    self.rank_failure, self.rank_failed_at = (k, rc), time.time()
+                    break
+        return self.rank_failure is not None and time.time() - self.rank_failed_at >= RANK_GRACE_S
+
+    def _rank_that_died(self) -> tuple[int, int] | None:
+        """A sibling that a signal or running out of memory ended before rank 0 did, which then ended of
+        the broken connection on its own (gloo tells at once): the cause, not rank 0's own error."""
+        if self.stopping:
+            return None
+        ended = [(k, p.poll()) for k, p in enumerate(self.siblings, 1)]
+        return next(((k, rc) for k, rc in ended if rc is not None and (rc < 0 or rc == OOM_EXIT)), None)
+
+    def terminate(self) -> None:
+        """SIGTERM to every rank (Ctrl-C or SIGTERM to the sweep): each ends its run KILLED, resumable."""
+        self.stopping = True
+        for p in [self.proc, *self.siblings]:
+            try:
+                if p is not None and p.poll() is None:
+                    os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def _end(self, why: str) -> str:
-        self.proc.kill()
-        self.proc.wait()
+        for p in [self.proc, *self.siblings]:
+            p.kill()
+        for p in [self.proc, *self.siblings]:
+            p.wait()
         return why
+
+    def _reap_siblings(self) -> None:
+        """After rank 0 ended: the other ranks end with it; any still running (in a collective that will
+        never complete) after a few seconds is killed."""
+        deadline = time.time() + RANK_GRACE_S
+        for p in self.siblings:
+            while p.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
     def close(self) -> None:
         for f in (getattr(self, "reports", None), getattr(self, "decide", None)):
@@ -184,10 +271,16 @@ class TrialRun:
                     f.close()
             except OSError:
                 pass
+        for fd in self.lifelines:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.lifelines = []
 
     def finish(self, ended: str | None, seconds: float, interrupted: bool, log=print) -> Outcome:
         """Tell Optuna how the trial ended, and make its MLflow run agree."""
         S = states()
+        self.rank_failure = self.rank_failure or self._rank_that_died()
+        self._reap_siblings()
         rc, frozen = self.proc.returncode, self._frozen()
         params, n = dict(frozen.params), self.trial.number
         tell = lambda **kw: patiently(lambda: self.study.tell(self.trial, skip_if_finished=True, **kw))  # noqa: E731
@@ -222,10 +315,16 @@ class TrialRun:
         elif interrupted or rc == INTERRUPTED_EXIT:
             error = "interrupted"
             set_own_attr(self.trial, "interrupted", True)
-        elif rc == OOM_EXIT and self.placement.shared:  # the neighbours' memory, not the configuration's
-            error = "out of GPU memory beside other trials; retried with the GPU to itself"
+        elif OOM_EXIT in (rc, self.rank_failure and self.rank_failure[1]) and self.placement.shared:
+            error = "out of GPU memory beside other trials; retried with the GPU to itself"  # not the configuration's
             set_own_attr(self.trial, "oom_beside_others", True)
             set_own_attr(self.trial, "gpu_alone", True)  # carried by the retry
+        elif self.rank_failure:
+            k, code = self.rank_failure
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"failed (exit {code})"
+            tail = self.rank_log(k).read_text()[-400:].strip().splitlines()[-1:] if code > 0 else []
+            error = f"rank {k} of {self.placement.ranks} {how}{': ' + tail[0] if tail else ''}; its siblings were ended"
+            tag_run(self.cfg, trial_run_id(self.cfg, frozen), "bertnli.rank_failure", error)  # rank 0 may have ended it
         else:
             tail = self.logf.read_text()[-400:].strip().splitlines()[-1:] if self.logf.is_file() else []
             error = tail[0] if tail else f"exit {rc}"
@@ -252,10 +351,11 @@ class TrialRun:
         return Outcome(n, "FAIL", None, params, 0.0, error=why, counted=False)
 
     def abandon(self, why: str) -> None:
-        """This worker crashed: end the trial process and mark the trial and its run FAILED."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """This worker crashed: end the trial's processes and mark the trial and its run FAILED."""
+        for p in [self.proc, *self.siblings]:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
         set_own_attr(self.trial, "error", why)
         patiently(lambda: self.study.tell(self.trial, state=states().FAIL, skip_if_finished=True))
         end_orphan_run(self.cfg, trial_run_id(self.cfg, self._frozen()), why)

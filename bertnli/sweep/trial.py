@@ -10,6 +10,10 @@ Exit codes: 0 trained (summary in `trial.json`), PRUNED_EXIT pruned, DIVERGED_EX
 became NaN/inf (a property of the configuration: told to the sampler, not retried),
 INTERRUPTED_EXIT Ctrl-C/SIGTERM (resumable), OOM_EXIT out of GPU memory (on a shared GPU the
 worker retries it alone), anything else failed.
+
+A trial over several GPUs (or several CPU processes) is one such process per rank, with torchrun's
+variables (RANK, WORLD_SIZE, MASTER_ADDR...). Rank 0 is the trial process above; the others train
+their share of each batch, write nothing, and exit 0 when they ended with rank 0.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from bertnli.sweep.reaping import host_name, storage_key, trial_identity
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import spec_from_json
 from bertnli.tracking.run import default_classify, train_run
+from bertnli.train.fit import StoppedWithRankZero, fit
 from bertnli.train.state import TrainingDiverged
 
 PRUNED_EXIT, DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT = 3, 4, 5, 6
@@ -162,22 +167,33 @@ def trial_tags(cfg, a: argparse.Namespace) -> dict[str, str]:
     }
 
 
+def trial_config(cfg, params: dict):
+    """The trial's TrainConfig and the tags of its rung: in a multi-fidelity study, the rung's share of the
+    train split, and test only where the winner is chosen."""
+    params = dict(params)
+    rung = params.pop(RUNG, None)
+    train_cfg = cfg.base.replace(**params)
+    if rung is None:
+        return train_cfg, {}
+    rungs = rungs_of(cfg)
+    test_here = cfg.base.eval_test and rung == rungs.top
+    train_cfg = train_cfg.replace(train_fraction=rungs.fractions[rung], eval_test=test_here)
+    return train_cfg, {RUNG: str(rung), "bertnli.config": config_key(params)}
+
+
 def run_trial(a: argparse.Namespace) -> int:
     """Train with the trial's params; the exit code says how it ended (see the module docstring)."""
     cfg = spec_from_json(json.loads(Path(a.spec).read_text()))
-    params = json.loads(a.params)
-    rung = params.pop(RUNG, None)
-    train_cfg = cfg.base.replace(**params)
+    train_cfg, rung_tags = trial_config(cfg, json.loads(a.params))
     out = Path(a.out)
-    tags = trial_tags(cfg, a)
-    if rung is not None:  # multi-fidelity: the rung's share of the train split; test only where the winner is chosen
-        rungs = rungs_of(cfg)
-        train_cfg = train_cfg.replace(
-            train_fraction=rungs.fractions[rung], eval_test=cfg.base.eval_test and rung == rungs.top
-        )
-        tags |= {RUNG: str(rung), "bertnli.config": config_key(params)}
+    tags = trial_tags(cfg, a) | rung_tags
     if a.retry_of is not None:
         tags["bertnli.retry_of"] = str(a.retry_of)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        print(f"rank {rank} of {world}, pid {os.getpid()}", flush=True)
+    if rank:
+        return run_rank(train_cfg, out, a.resume)
     tracking = TrackingConfig(
         cfg.tracking.tracking_uri, cfg.tracking.experiment or cfg.study_name, f"trial-{a.number:03d}", tags
     )
@@ -221,6 +237,24 @@ def run_trial(a: argparse.Namespace) -> int:
     return 0
 
 
+def run_rank(train_cfg, out: Path, resume: bool) -> int:
+    """A trial's data-parallel rank other than 0: it trains its share and says nothing; rank 0 talks to the
+    worker and MLflow, and its callbacks' end (a prune) reaches this rank through the engine."""
+    try:
+        fit(train_cfg, out, resume=resume, progress=False)
+    except StoppedWithRankZero as e:
+        print(e, flush=True)
+    except TrainingDiverged as e:  # every rank sees it (the check is all-reduced)
+        print(f"diverged: {e}", flush=True)
+        return DIVERGED_EXIT
+    except KeyboardInterrupt:
+        return INTERRUPTED_EXIT
+    except torch.OutOfMemoryError as e:
+        print(f"out of GPU memory: {str(e).splitlines()[0]}", flush=True)
+        return OOM_EXIT
+    return 0
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
@@ -241,6 +275,9 @@ def main(argv: list[str]) -> int:
     if os.getppid() != a.parent_pid:  # the process that started us died before PDEATHSIG was set
         return 1
     _exit_when_the_worker_is_gone(a.decide_fd)
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) != torch.get_num_threads():  # forked: torch read it in the forkserver
+        torch.set_num_threads(int(threads))
     # Both end the run KILLED (resumable). SIGINT is set explicitly: a process started in the
     # background of a non-interactive shell inherits SIGINT ignored, and Python keeps it so.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -217,8 +217,7 @@ def fit(
     reporting = (callbacks or []) if is_main else []
     loop = Loop(device, precision, total_steps, rank, world, reporting, checkpoint, progress and is_main)
     info = run_info(cfg, prep, state, device, world, out_dir, resumed, precision)
-    for cb in loop.callbacks:
-        cb.on_fit_start(info)
+    callbacks_agreed(lambda: [cb.on_fit_start(info) for cb in loop.callbacks], distributed, is_main, "at its start")
     model, train_model = state.model, training_forward(state.model, cfg, device, distributed)
     evaluate_on = evaluator(cfg, device)
     with attention_context(device):
@@ -228,9 +227,11 @@ def fit(
             train_epoch(state, train_model, prep.train, batches, cfg, loop)
             dev = evaluate_on(model, prep.dev, progress=progress and is_main, desc="dev")
             end_epoch(state, dev, distributed, is_main, prep, out_dir, cfg)
-            checkpoint(state)
-            for cb in loop.callbacks:
-                cb.on_epoch_end(state.history[-1])  # may raise (a sweep's pruner): the checkpoint above is already safe
+            checkpoint(state)  # a callback may end the run here (a sweep's pruner): the checkpoint is already safe
+            m = state.history[-1]
+            callbacks_agreed(
+                lambda: [cb.on_epoch_end(m) for cb in loop.callbacks], distributed, is_main, f"after epoch {m.epoch}"
+            )
 
     test_progress = progress and is_main
     dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, test_progress, state.best_dev)
@@ -241,6 +242,28 @@ def fit(
     for cb in loop.callbacks:
         cb.on_fit_end(result)
     return result
+
+
+class StoppedWithRankZero(BertnliError):
+    """Rank 0's callback ended the run; this rank ends with it."""
+
+
+def callbacks_agreed(call: Callable[[], None], distributed: bool, is_main: bool, where: str) -> None:
+    """`call` (rank 0's callbacks) on rank 0; under DDP every rank then learns whether it ended the run (a
+    pruner's answer, an MLflow outage, a GPU out of memory), so all ranks stop together instead of the
+    others waiting in the next collective for a rank that has gone."""
+    error: BaseException | None = None
+    try:
+        call()
+    except BaseException as e:  # re-raised below, once every rank knows
+        error = e
+    if distributed:
+        verdict = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(verdict, src=0)
+        if verdict[0] is not None and not is_main:
+            raise StoppedWithRankZero(f"rank 0 ended the run {where} ({verdict[0]})")
+    if error is not None:
+        raise error
 
 
 def end_epoch(

@@ -184,8 +184,10 @@ def test_more_workers_than_slots_is_refused_before_anything_is_made(tmp_path, ti
     r = sweep_in_process(tmp_path, toml, "--workers", "5", "--trials-per-gpu", "2")
     assert r.exit_code == 2
     assert "--workers 5 is more than this host's 4 slot(s)" in r.output
-    r = sweep_in_process(tmp_path, toml, "--gpus-per-trial", "2")
-    assert r.exit_code == 2 and "a sweep trial runs on one GPU" in r.output
+    r = sweep_in_process(tmp_path, toml, "--procs-per-trial", "2")
+    assert r.exit_code == 2 and "--procs-per-trial 2 is for trials on the CPU; on GPUs" in r.output
+    r = sweep_in_process(tmp_path, toml, "--procs-per-trial", "3", "--device", "cpu")  # batch_size 16
+    assert r.exit_code == 2 and "--batch-size 16 does not split over the 3 processes" in r.output
     assert not (tmp_path / "journal.log").exists() and not (tmp_path / "out").exists()
 
 
