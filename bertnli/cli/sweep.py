@@ -72,6 +72,13 @@ from bertnli.tracking.store import how_to_see
     help="data-parallel processes per trial on the CPU (gloo): the path of --gpus-per-trial on a host "
     "without a GPU [default: 1]",
 )
+@click.option(
+    "--enqueue",
+    multiple=True,
+    metavar="NAME=VALUE,..",
+    help="a known configuration to run first, e.g. lr=2e-5,epochs=3 (repeatable; after the TOML's "
+    "[[sweep.enqueue]]; parameters it leaves out are sampled); queued once per study, however often it is resumed",
+)
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
 @click.option(
     "--sampler",

@@ -77,6 +77,7 @@ class Sweep:
         starters both see no cells and queue each twice. A publisher that was stopped midway is
         taken over by the first starter to see it gone, which queues the rest.
         """
+        self.queue_known()  # the user's known configurations go first
         if (
             self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random"
         ):  # enqueued trials are no random draws
@@ -86,14 +87,23 @@ class Sweep:
             self.study.enqueue_trial({**cell, **rung0}, skip_if_exists=True)  # a dead seeder's rerun adds the rest
         self.study.set_user_attr("cells_enqueued", True)
 
+    def queue_known(self) -> None:
+        """`--enqueue` configurations that the study holds no trial of yet: on the first start by the
+        process that publishes the parent run (before anyone adopts it), on a resume by each process
+        (one that adds an entry then queues it once; two resuming at the same moment may both queue it)."""
+        for params in self.cfg.enqueue:
+            self.study.enqueue_trial(params, skip_if_exists=True)
+
     def join(self) -> str:
         """This process's place in the sweep: its study folder, stale trials reaped, and the parent run
         (elected, or adopted once its maker has queued the cells)."""
         claim_study_dir(self.cfg)  # before anything is adopted from its trial folders
         self._reap(self.study, force=True)
-        return parent_run(
+        parent = parent_run(
             self.study, self.storage, self.cfg, self.storage_url, self.elector, on_elected=self.seed_cells
         )
+        self.queue_known()  # a resume that adds --enqueue entries
+        return parent
 
     def _counts(self, study) -> tuple[int, int]:
         S = states()

@@ -62,6 +62,7 @@ class SweepConfig:
     trials_per_gpu: int = 1  # trials that share one GPU at a time
     gpus_per_trial: int = 1  # GPUs one trial sees, one process (rank) per GPU
     procs_per_trial: int = 1  # processes (gloo ranks) per trial on the CPU: the multi-GPU path without a GPU
+    enqueue: tuple[dict[str, Any], ...] = ()  # known configurations, run first; queued once per study
     timeout: float | None = None  # seconds for this invocation
     trial_timeout: float | None = None  # seconds one trial may run before it is killed and FAILED "timed out"
     pruner_startup_trials: int = 4
@@ -124,6 +125,49 @@ def parse_param(name: str, spec: Any) -> Param:
     if not low < high or (log and low <= 0):
         raise BadInput(f"bad sweep space for {name}: need low < high (and low > 0 for log)")
     return Param(name, "int" if "int" in kind_of else "float", low, high, log)
+
+
+def known_configuration(item: str | dict, space: tuple[Param, ...]) -> dict[str, Any]:
+    """`--enqueue "lr=2e-5,epochs=3"` or a `[[sweep.enqueue]]` table -> params typed as the space has them.
+    Space parameters it leaves out are sampled."""
+    where = f"--enqueue {item}" if isinstance(item, str) else f"[[sweep.enqueue]] {item}"
+    if isinstance(item, str):
+        pairs = [kv.split("=", 1) for kv in item.split(",") if kv.strip()]
+        if not pairs or any(len(kv) != 2 for kv in pairs):
+            raise BadInput(f"bad {where}: write NAME=VALUE pairs separated by commas, e.g. lr=2e-5,epochs=3")
+        item = {k.strip(): v.strip() for k, v in pairs}
+    params = {p.name: p for p in space}
+    out = {}
+    for name, value in item.items():
+        p = params.get(name)
+        if p is None:
+            raise BadInput(f"bad {where}: {name} is not in the sweep space ({', '.join(params)}); add it with --space")
+        out[name] = _known_value(p, value, where)
+    return out
+
+
+def _known_value(p: Param, value: Any, where: str) -> Any:
+    if p.kind == "categorical":
+        match = [c for c in p.choices if c == value or str(c) == str(value) or _same_number(c, value)]
+        if not match:
+            raise BadInput(f"bad {where}: {p.name}={value} is not one of {p.describe()}")
+        return match[0]
+    try:
+        v = int(value) if p.kind == "int" else float(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"bad {where}: {p.name}={value} is not a number") from None
+    if not p.low <= v <= p.high:
+        raise BadInput(f"bad {where}: {p.name}={value} is outside the space {p.describe()}")
+    return v
+
+
+def _same_number(choice: Any, value: Any) -> bool:
+    if isinstance(choice, bool) or not isinstance(choice, (int, float)):
+        return isinstance(choice, bool) and str(value).lower() == str(choice).lower()
+    try:
+        return float(value) == choice
+    except (TypeError, ValueError):
+        return False
 
 
 def _fidelity_table(sweep_doc: dict) -> dict:
@@ -215,6 +259,10 @@ def _check_settings(cfg: SweepConfig) -> None:
             f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set "
             "fraction) or none"
         )
+    if cfg.enqueue and cfg.fidelity == "data":
+        raise BadInput("bad sweep: --enqueue with --fidelity data is not supported; queue them in a full-data study")
+    if len(cfg.enqueue) > cfg.trials:
+        raise BadInput(f"bad sweep: {len(cfg.enqueue)} configurations to enqueue but --trials {cfg.trials}; raise it")
     if pruning_ticks(cfg) > 2**31 - 1:  # Optuna's RDB storage keeps steps as 32-bit integers
         raise BadInput(
             "bad sweep: the epochs range is too wide for the pruning clock (lcm of its values over 2^31); "
@@ -238,9 +286,16 @@ def load_sweep_config(
     unknown = set(sweep_doc) - SWEEP_KEYS
     if unknown:
         raise BadInput(f"bad [sweep] setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SWEEP_KEYS))}")
+    sweep_overrides = dict(sweep_overrides)
+    table_known = sweep_doc.pop("enqueue", [])  # [[sweep.enqueue]] tables, then each --enqueue
+    known = [
+        *([table_known] if isinstance(table_known, dict) else table_known),
+        *(sweep_overrides.pop("enqueue", None) or ()),
+    ]
     values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
     space = tuple(parse_param(k, v) for k, v in space_doc.items())
-    cfg = SweepConfig(base=base, space=space, tracking=tracking, **values)
+    enqueue = tuple(known_configuration(item, space) for item in known)
+    cfg = SweepConfig(base=base, space=space, tracking=tracking, enqueue=enqueue, **values)
     _check_settings(cfg)
     outside = any(
         sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table)
@@ -300,4 +355,5 @@ def spec_from_json(d: dict) -> SweepConfig:
     d["base"] = TrainConfig(**d["base"])
     d["space"] = tuple(Param(**{**p, "choices": tuple(p["choices"])}) for p in d["space"])
     d["tracking"] = TrackingConfig(**d["tracking"])
+    d["enqueue"] = tuple(d.get("enqueue", ()))
     return SweepConfig(**d)
