@@ -79,6 +79,19 @@ from bertnli.tracking.store import how_to_see
     help="a known configuration to run first, e.g. lr=2e-5,epochs=3 (repeatable; after the TOML's "
     "[[sweep.enqueue]]; parameters it leaves out are sampled); queued once per study, however often it is resumed",
 )
+@click.option(
+    "--warm-start",
+    multiple=True,
+    metavar="SOURCE",
+    help="start from an earlier study's complete trials (never trained again): NAME@STORAGE, or "
+    "mlflow:PARENT_RUN_ID or mlflow:EXPERIMENT; repeatable",
+)
+@click.option(
+    "--warm-start-mode",
+    type=click.Choice(["strict", "loose"]),
+    default=None,
+    help="strict: only trials trained with this study's other settings and data; loose: all [default: strict]",
+)
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
 @click.option(
     "--sampler",

@@ -16,6 +16,7 @@ from bertnli import BadInput
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoint_store import store_kind
 from bertnli.sweep.election import PARENT_ATTR
+from bertnli.sweep.seeding import CELLS_ATTR
 from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, cells
 from bertnli.sweep.storage import default_storage
@@ -163,7 +164,7 @@ def dry_run(cfg: SweepConfig) -> list[str]:
     lines.append(f"space: {'; '.join(p.describe() for p in cfg.space)}")
     if cfg.sampler == "random":
         lines.append("cells queued first: none (a random design draws every trial)")
-    elif summary is not None and summary["attrs"].get("cells_enqueued"):
+    elif summary is not None and summary["attrs"].get(CELLS_ATTR):
         lines.append("cells queued first: none (queued when the study began)")
     else:
         shown = [" ".join(f"{k}={v}" for k, v in c.items()) for c in cells(cfg)]

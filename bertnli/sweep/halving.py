@@ -25,6 +25,7 @@ from bertnli import BadInput
 from bertnli.sweep.reaping import states
 from bertnli.sweep.rungs import RUNG, promoted, rung_fractions, rung_sizes
 from bertnli.sweep.space import SweepConfig
+from bertnli.sweep.warm_start import trained_here
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ def is_open(trials, k: int, rungs: Rungs | None = None) -> bool:
 def best_trial(trials, rungs: Rungs | None):
     """The study's winner: the best complete trial at the highest rung any reached (full data when the study ended)."""
     S = states()
-    complete = [t for t in trials if t.state == S.COMPLETE]
+    complete = [t for t in trained_here(trials) if t.state == S.COMPLETE]  # an imported trial's weights are not here
     if rungs is not None and complete:
         top = max(rung_of(t) for t in complete)
         complete = [t for t in complete if rung_of(t) == top]

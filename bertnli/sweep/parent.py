@@ -14,6 +14,7 @@ from bertnli.sweep.halving import best_trial, rung_table, rungs_of
 from bertnli.sweep.reaping import is_mine, retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
+from bertnli.sweep.warm_start import IMPORTED
 from bertnli.tracking.figures import pyplot
 from bertnli.tracking.models import log_selected
 from bertnli.tracking.query import load_runs
@@ -65,9 +66,20 @@ def trials_frame(study):
                 "seconds": t.user_attrs.get("trial_wall_seconds"),
                 "train_seconds": t.user_attrs.get("train_seconds"),
                 "error": t.user_attrs.get("error"),
+                "imported_from": t.user_attrs.get(IMPORTED),
             }
         )
     return pd.DataFrame(rows)
+
+
+def link_sources(cfg: SweepConfig, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    """The parent run names the studies it was warm-started from (tag) and lists the trials it imported
+    (warm_start.csv); their MLflow runs stay where they are."""
+    import pandas as pd
+
+    c = client(cfg.tracking.tracking_uri or default_tracking_uri())
+    with_retries(lambda: c.set_tag(parent_run_id, "bertnli.warm_start", ", ".join(cfg.warm_start)))
+    with_retries(lambda: c.log_text(parent_run_id, pd.DataFrame(rows).to_csv(index=False), "warm_start.csv"))
 
 
 def searched_params(study) -> list[str]:

@@ -18,10 +18,10 @@ from typing import Any
 
 from bertnli import BertnliError
 from bertnli.files import atomic_write
-from bertnli.sweep import halving
+from bertnli.sweep import halving, seeding, warm_start
 from bertnli.sweep.checkpoints import prune_checkpoints
 from bertnli.sweep.election import parent_run
-from bertnli.sweep.parent import finish_parent, start_parent_metrics
+from bertnli.sweep.parent import finish_parent, link_sources, start_parent_metrics
 from bertnli.sweep.reaping import (
     Sightings,
     claim_study_dir,
@@ -35,21 +35,24 @@ from bertnli.sweep.reaping import (
 )
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.slots import slots_of
-from bertnli.sweep.space import SweepConfig, cells, check_runnable, pruning_ticks, spec_to_json
+from bertnli.sweep.space import SweepConfig, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import HEARTBEAT_S, default_storage, is_outage, open_storage, open_study, study_sampler
 from bertnli.sweep.supervisor import Outcome, TrialRun, patiently
+from bertnli.sweep.warm_start import trained_here
 from bertnli.tracking.system_metrics import stop_system_metrics
 
 
 def done_count(study) -> int:
     S = states()
-    return sum(t.state in (S.COMPLETE, S.PRUNED) for t in study.get_trials(deepcopy=False))
+    return sum(t.state in (S.COMPLETE, S.PRUNED) for t in trained_here(study.get_trials(deepcopy=False)))
 
 
 class Sweep:
     def __init__(self, cfg: SweepConfig, log=print, progress: bool = True):
         check_runnable(cfg)
         self.slots = slots_of(cfg)  # before the study is made: impossible --gpus settings change nothing
+        self.warm_plans = warm_start.plan_all(cfg)  # likewise a warm-start source not found or on other data
+        self.imported_rows: list[dict[str, Any]] = []
         self.cfg, self.log, self.progress = cfg, log, progress
         self.storage_url = cfg.storage or default_storage()
         self.storage = open_storage(cfg.storage, cfg.grace_s, stale_callback(cfg, log))
@@ -69,30 +72,12 @@ class Sweep:
         self.next_reap = 0.0
         self.seen = Sightings()  # heartbeats this process has watched, on its own clock (reaping.Sightings)
 
-    def seed_cells(self) -> None:
-        """Enqueue every model x truncation cell once per study (other params sampled).
-
-        Called only by the process that publishes the study's parent run, before it publishes it
-        (every other process waits for that): a check-then-enqueue by every starter let two
-        starters both see no cells and queue each twice. A publisher that was stopped midway is
-        taken over by the first starter to see it gone, which queues the rest.
-        """
-        self.queue_known()  # the user's known configurations go first
-        if (
-            self.study.user_attrs.get("cells_enqueued") or self.cfg.sampler == "random"
-        ):  # enqueued trials are no random draws
-            return
-        rung0 = {RUNG: 0} if self.rungs else {}
-        for cell in cells(self.cfg):
-            self.study.enqueue_trial({**cell, **rung0}, skip_if_exists=True)  # a dead seeder's rerun adds the rest
-        self.study.set_user_attr("cells_enqueued", True)
-
-    def queue_known(self) -> None:
-        """`--enqueue` configurations that the study holds no trial of yet: on the first start by the
-        process that publishes the parent run (before anyone adopts it), on a resume by each process
-        (one that adds an entry then queues it once; two resuming at the same moment may both queue it)."""
-        for params in self.cfg.enqueue:
-            self.study.enqueue_trial(params, skip_if_exists=True)
+    def seed_study(self) -> None:
+        """Warm-start trials, known configurations, then the cells (seeding.py): by the process that publishes the
+        parent run, before it does."""
+        self.imported_rows += seeding.add_warm_start(self.study, self.warm_plans, self.log)
+        seeding.queue_known(self.study, self.cfg)  # run first
+        seeding.queue_cells(self.study, self.cfg, self.rungs is not None)
 
     def join(self) -> str:
         """This process's place in the sweep: its study folder, stale trials reaped, and the parent run
@@ -100,14 +85,17 @@ class Sweep:
         claim_study_dir(self.cfg)  # before anything is adopted from its trial folders
         self._reap(self.study, force=True)
         parent = parent_run(
-            self.study, self.storage, self.cfg, self.storage_url, self.elector, on_elected=self.seed_cells
+            self.study, self.storage, self.cfg, self.storage_url, self.elector, on_elected=self.seed_study
         )
-        self.queue_known()  # a resume that adds --enqueue entries
+        self.imported_rows += seeding.add_warm_start(self.study, self.warm_plans, self.log)  # a resume adding a source
+        seeding.queue_known(self.study, self.cfg)  # or --enqueue entries
+        if self.imported_rows:
+            link_sources(self.cfg, parent, self.imported_rows)
         return parent
 
     def _counts(self, study) -> tuple[int, int]:
         S = states()
-        trials = study.get_trials(deepcopy=False)
+        trials = trained_here(study.get_trials(deepcopy=False))
         return sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials), sum(t.state == S.RUNNING for t in trials)
 
     def complete(self, study) -> bool:
@@ -157,7 +145,7 @@ class Sweep:
         if self.rungs:
             if not halving.excess(trials, trial.number, self.rungs, self.cfg.max_retries):
                 return False
-        elif sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trials) <= self.cfg.trials:
+        elif sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trained_here(trials)) <= self.cfg.trials:
             return False
         frozen = trials[trial.number]
         trial.set_user_attr("stepped_aside", True)

@@ -63,6 +63,8 @@ class SweepConfig:
     gpus_per_trial: int = 1  # GPUs one trial sees, one process (rank) per GPU
     procs_per_trial: int = 1  # processes (gloo ranks) per trial on the CPU: the multi-GPU path without a GPU
     enqueue: tuple[dict[str, Any], ...] = ()  # known configurations, run first; queued once per study
+    warm_start: tuple[str, ...] = ()  # earlier studies whose complete trials the sampler starts from (warm_start.py)
+    warm_start_mode: str = "strict"  # "loose": also trials trained with other settings or data
     timeout: float | None = None  # seconds for this invocation
     trial_timeout: float | None = None  # seconds one trial may run before it is killed and FAILED "timed out"
     pruner_startup_trials: int = 4
@@ -259,6 +261,10 @@ def _check_settings(cfg: SweepConfig) -> None:
             f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set "
             "fraction) or none"
         )
+    if cfg.warm_start_mode not in ("strict", "loose"):
+        raise BadInput(f"bad sweep: warm_start_mode {cfg.warm_start_mode!r}; use strict or loose")
+    if cfg.warm_start and cfg.fidelity == "data":
+        raise BadInput("bad sweep: --warm-start with --fidelity data is not supported; warm-start a full-data study")
     if cfg.enqueue and cfg.fidelity == "data":
         raise BadInput("bad sweep: --enqueue with --fidelity data is not supported; queue them in a full-data study")
     if len(cfg.enqueue) > cfg.trials:
@@ -292,10 +298,12 @@ def load_sweep_config(
         *([table_known] if isinstance(table_known, dict) else table_known),
         *(sweep_overrides.pop("enqueue", None) or ()),
     ]
+    in_toml = sweep_doc.pop("warm_start", [])
+    warm = (*([in_toml] if isinstance(in_toml, str) else in_toml), *(sweep_overrides.pop("warm_start", None) or ()))
     values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
     space = tuple(parse_param(k, v) for k, v in space_doc.items())
     enqueue = tuple(known_configuration(item, space) for item in known)
-    cfg = SweepConfig(base=base, space=space, tracking=tracking, enqueue=enqueue, **values)
+    cfg = SweepConfig(base=base, space=space, tracking=tracking, enqueue=enqueue, warm_start=warm, **values)
     _check_settings(cfg)
     outside = any(
         sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table)
@@ -356,4 +364,5 @@ def spec_from_json(d: dict) -> SweepConfig:
     d["space"] = tuple(Param(**{**p, "choices": tuple(p["choices"])}) for p in d["space"])
     d["tracking"] = TrackingConfig(**d["tracking"])
     d["enqueue"] = tuple(d.get("enqueue", ()))
+    d["warm_start"] = tuple(d.get("warm_start", ()))
     return SweepConfig(**d)

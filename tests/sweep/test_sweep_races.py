@@ -294,14 +294,14 @@ def test_a_starter_that_gives_up_on_a_slow_elector_adopts_its_parent(tmp_path, n
     monkeypatch.setattr(election, "BEAT_S", 0.2)
     monkeypatch.setattr(election, "WAIT_S", 1.0)
     monkeypatch.setattr(election, "ELECTOR_WAIT_S", 1.5 if late.startswith("waited") else 60.0)
-    seeded, queue = [], pool.Sweep.seed_cells
+    seeded, queue = [], pool.Sweep.seed_study
 
     def slow_seed(self):
         seeded.append(threading.current_thread().name)
         time.sleep(4.0)  # longer than the late starter's patience
         queue(self)
 
-    monkeypatch.setattr(pool.Sweep, "seed_cells", slow_seed)
+    monkeypatch.setattr(pool.Sweep, "seed_study", slow_seed)
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + (120 if threading.current_thread().name == "late" else 0))
     creator = Sweep(cfg, log=lambda *a: None, progress=False)  # creates the study: the elector

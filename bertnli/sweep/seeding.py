@@ -1,0 +1,50 @@
+"""What a study holds before its sampler draws: warm-start trials, the user's known configurations, and
+every model x truncation cell, each added once per study.
+
+On a first start the process that publishes the study's parent run seeds it, before it publishes
+(every other process waits for that): a check-then-add by every starter let two starters both see
+nothing and add everything twice. A publisher stopped midway is taken over by the first starter to
+see it gone, which adds the rest. A resume that adds a warm-start source or an `--enqueue` entry
+adds just that, in each process that starts (two resuming at the same moment may both add it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bertnli.sweep.rungs import RUNG
+from bertnli.sweep.space import SweepConfig, cells
+from bertnli.sweep.warm_start import DONE_ATTR, Imported
+
+CELLS_ATTR = "cells_enqueued"
+
+
+def add_warm_start(study, plans: list[Imported], log=print) -> list[dict[str, Any]]:
+    """The sources' planned trials, each source once per study; returns the rows of what was added."""
+    done, rows = set(study.user_attrs.get(DONE_ATTR, [])), []
+    for plan in plans:
+        if plan.source.label in done:
+            continue
+        study.add_trials(plan.trials)
+        log(plan.summary())
+        rows += plan.rows
+        done.add(plan.source.label)
+        study.set_user_attr(DONE_ATTR, sorted(done))
+    return rows
+
+
+def queue_known(study, cfg: SweepConfig) -> None:
+    """`--enqueue` configurations the study holds no trial of yet (Optuna compares the queued params)."""
+    for params in cfg.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+
+
+def queue_cells(study, cfg: SweepConfig, multi_fidelity: bool) -> None:
+    """Every model x truncation cell once per study (other params sampled); none for the random sampler,
+    whose trials must stay independent draws."""
+    if study.user_attrs.get(CELLS_ATTR) or cfg.sampler == "random":
+        return
+    rung0 = {RUNG: 0} if multi_fidelity else {}
+    for cell in cells(cfg):
+        study.enqueue_trial({**cell, **rung0}, skip_if_exists=True)  # a dead seeder's rerun adds the rest
+    study.set_user_attr(CELLS_ATTR, True)

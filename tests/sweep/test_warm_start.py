@@ -1,0 +1,94 @@
+"""Warm starts: an earlier study's complete trials become trials of the new one (counted by the sampler, never
+trained), only where they were trained the same way unless loose, and each source once per study."""
+
+import optuna
+import pytest
+from conftest import make_rows, write_jsonl_gz
+from mlflow import MlflowClient
+from optuna.trial import TrialState as S
+from tiny_sweeps import run_sweep, sweep_in_process, write_toml
+
+from bertnli.sweep.space import parse_param
+from bertnli.sweep.storage import open_storage
+from bertnli.sweep.warm_start import IMPORTED, distribution
+
+SPACE = "lr = {low = 1e-4, high = 5e-3, log = true}\nepochs = [1]"
+
+
+def _study(tmp_path, name):
+    return optuna.load_study(study_name=name, storage=open_storage(str(tmp_path / "journal.log")))
+
+
+def _sweep(tmp_path, toml, name, *extra):
+    r = run_sweep(tmp_path, toml, "--study-name", name, "--no-progress", *extra)
+    return r.stdout
+
+
+@pytest.mark.slow(120)  # five sweeps
+def test_a_warm_start_imports_what_was_trained_alike_once_and_trains_only_its_own_trials(
+    tmp_path, tiny_snli, new_store
+):
+    new_store(tmp_path / "mlflow.db")
+    toml = write_toml(tmp_path, tiny_snli, trials=2, space=SPACE)
+    _sweep(tmp_path, toml, "cheap", "--limit-train", "64")  # the cheap study: 64 pairs
+    source = f"cheap@{tmp_path / 'journal.log'}"
+
+    # strict (the default): trials trained on 64 pairs say nothing of a study on all of them
+    out = _sweep(tmp_path, toml, "strict", "--trials", "1", "--warm-start", source)
+    assert "warm start from cheap@" in out, out[:600]
+    assert "0 trial(s) imported; skipped 2 (limit_train 64 vs unset)" in out
+    assert not [t for t in _study(tmp_path, "strict").get_trials() if IMPORTED in t.user_attrs]
+
+    # the same settings: imported, counted by the sampler under this study's distributions, never trained
+    out = _sweep(tmp_path, toml, "alike", "--trials", "1", "--limit-train", "64", "--warm-start", source)
+    assert "2 trial(s) imported" in out
+    trials = _study(tmp_path, "alike").get_trials()
+    imported = [t for t in trials if IMPORTED in t.user_attrs]
+    cheap = {t.number: t for t in _study(tmp_path, "cheap").get_trials()}
+    assert len(imported) == 2 and all(t.state == S.COMPLETE for t in imported)
+    for t in imported:
+        was = cheap[int(t.user_attrs[IMPORTED].rsplit("#", 1)[1])]
+        assert (t.value, t.params) == (was.value, was.params)
+        assert t.distributions["lr"] == distribution(parse_param("lr", "1e-4:5e-3:log"))
+    trained = [t for t in trials if IMPORTED not in t.user_attrs]
+    assert len(trained) == 1 and trained[0].state == S.COMPLETE  # --trials 1 counts its own trials only
+
+    # loose: imported whatever the settings; the parent links the source; a rerun imports nothing again
+    for _ in range(2):
+        out = _sweep(tmp_path, toml, "loose", "--trials", "1", "--warm-start", source, "--warm-start-mode", "loose")
+    trials = _study(tmp_path, "loose").get_trials()
+    assert sum(IMPORTED in t.user_attrs for t in trials) == 2 and len(trials) == 3
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("loose")
+    runs = c.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent")
+    assert parent.data.tags["bertnli.warm_start"] == source
+    assert "warm_start.csv" in [a.path for a in c.list_artifacts(parent.info.run_id)]
+    assert len([r for r in runs if r.data.tags.get("bertnli.role") == "sweep-trial"]) == 1  # none for imported trials
+
+    # a study on other data is refused in one line, before anything is made
+    other = tmp_path / "other-data"
+    other.mkdir()
+    for split, seed in (("train", 7), ("dev", 8), ("test", 9)):
+        write_jsonl_gz(other / f"snli_1.0_{split}.jsonl.gz", make_rows(240 if split == "train" else 80, seed))
+    r = sweep_in_process(tmp_path, toml, "--study-name", "elsewhere", "--data", str(other), "--warm-start", source)
+    assert r.exit_code == 2 and "its trials were trained on other data (train, dev digests differ" in r.output
+    assert "elsewhere" not in optuna.get_all_study_names(open_storage(str(tmp_path / "journal.log")))
+
+
+@pytest.mark.parametrize(
+    "source, needle",
+    [
+        ("cheap", "--warm-start cheap: write NAME@STORAGE"),
+        ("nosuch@{journal}", "no study 'nosuch' in"),
+        ("mlflow:0123456789abcdef", "no run or experiment 0123456789abcdef in the MLflow store"),
+    ],
+)
+def test_a_warm_start_source_not_found_is_one_line(tmp_path, tiny_snli, new_store, source, needle):
+    new_store(tmp_path / "mlflow.db")
+    journal = tmp_path / "journal.log"
+    optuna.create_study(study_name="there", storage=open_storage(str(journal)))
+    toml = write_toml(tmp_path, tiny_snli, trials=1, space=SPACE)
+    r = sweep_in_process(tmp_path, toml, "--warm-start", source.format(journal=journal))
+    assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert optuna.get_all_study_names(open_storage(str(journal))) == ["there"]
