@@ -109,11 +109,31 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
         raise BadInput(
             "no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')"
         )
+    _say_what_was_imported(experiments, tracking_uri, study or replay)
     audit = _echo_tables(runs, extra, replay)
     files = write_report(
         runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra, audit
     )
     click.echo(f"\nwrote {len(files)} files to {Path(out_dir)} (open {Path(out_dir) / 'report.html'})")
+
+
+def _say_what_was_imported(experiments, tracking_uri, study: str | None) -> None:
+    """A warm-started study's imported trials have no runs here: every table, the EVP and the pruner replay
+    read this study's own runs only, and the reader should know."""
+    from bertnli.tracking.query import experiment_ids, run_filter
+    from bertnli.tracking.store import client
+
+    if not study:
+        return
+    c = client(tracking_uri)
+    mine = run_filter(None, None, {"bertnli.study": study, "bertnli.role": "sweep-parent"})
+    parents = c.search_runs(list(experiment_ids(c, list(experiments) or None)), mine, max_results=100)
+    sources = sorted({r.data.tags["bertnli.warm_start"] for r in parents if "bertnli.warm_start" in r.data.tags})
+    if sources:
+        click.echo(
+            f"study {study} was warm-started from {'; '.join(sources)}: the trials it imported were trained in "
+            "their own study, so these tables, the EVP and the pruner replay leave them out"
+        )
 
 
 def _check_cell(ctx, param, value):

@@ -66,6 +66,16 @@ def test_a_warm_start_imports_what_was_trained_alike_once_and_trains_only_its_ow
     assert "warm_start.csv" in [a.path for a in c.list_artifacts(parent.info.run_id)]
     assert len([r for r in runs if r.data.tags.get("bertnli.role") == "sweep-trial"]) == 1  # none for imported trials
 
+    # the report reads this study's own runs, and says the imported trials are not among them
+    from click.testing import CliRunner
+
+    from bertnli.cli import main
+
+    args = ["report", "--study", "loose", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "report"), "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    assert f"study loose was warm-started from {source}: the trials it imported were trained in" in r.output
+
     # a study on other data is refused in one line, before anything is made
     other = tmp_path / "other-data"
     other.mkdir()
@@ -92,3 +102,25 @@ def test_a_warm_start_source_not_found_is_one_line(tmp_path, tiny_snli, new_stor
     r = sweep_in_process(tmp_path, toml, "--warm-start", source.format(journal=journal))
     assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert optuna.get_all_study_names(open_storage(str(journal))) == ["there"]
+
+
+def test_a_value_outside_the_new_space_is_dropped_and_counted():
+    from collections import Counter
+
+    from bertnli.sweep.warm_start import Source, _as_new_trial
+
+    space = {p.name: p for p in (parse_param("lr", "1e-4:1e-3:log"), parse_param("truncation", "ratio|longest_first"))}
+    old = optuna.trial.create_trial(
+        params={"lr": 3e-3, "truncation": "ratio", "epochs": 2},
+        distributions={
+            "lr": distribution(parse_param("lr", "1e-5:1e-2:log")),
+            "truncation": distribution(parse_param("truncation", "ratio|longest_first")),
+            "epochs": distribution(parse_param("epochs", "1:3")),
+        },
+        value=0.7,
+    )
+    dropped = Counter()
+    new = _as_new_trial(old, space, Source("cheap", "j.log", "cheap@j.log"), dropped)
+    assert new.params == {"truncation": "ratio"} and new.value == 0.7  # epochs is not searched here: not kept
+    assert dropped == {"lr=0.003 outside lr=0.0001:0.001:log": 1}
+    assert new.user_attrs[IMPORTED] == "cheap@j.log#0"
