@@ -123,4 +123,4 @@ def test_a_value_outside_the_new_space_is_dropped_and_counted():
     new = _as_new_trial(old, space, Source("cheap", "j.log", "cheap@j.log"), dropped)
     assert new.params == {"truncation": "ratio"} and new.value == 0.7  # epochs is not searched here: not kept
     assert dropped == {"lr=0.003 outside lr=0.0001:0.001:log": 1}
-    assert new.user_attrs[IMPORTED] == "cheap@j.log#0"
+    assert new.user_attrs[IMPORTED] == f"cheap@j.log#{old.number}"
