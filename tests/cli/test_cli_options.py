@@ -29,6 +29,8 @@ IMPOSSIBLE_TEXT = {
     ("sweep", "checkpoint_store"): ("bogus://x", "--checkpoint-store bogus://x is no artifact store MLflow knows"),
     ("sweep", "space"): ("lr=abc", "bad sweep space for lr"),
     ("sweep", "gpus"): ("99", "--gpus 99: CUDA on this host sees"),
+    ("sweep", "enqueue"): ("nosuch=1", "--enqueue nosuch=1: nosuch is not in the sweep space"),
+    ("sweep", "warm_start"): ("nosuch", "--warm-start nosuch: write NAME@STORAGE"),
     ("reproduce", "name"): ("no-such-experiment", "config file experiments/no-such-experiment.toml not found"),
     ("reproduce", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
     ("report", "experiments"): ("no-such-experiment", "no MLflow experiment no-such-experiment"),
