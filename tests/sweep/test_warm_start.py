@@ -20,11 +20,21 @@ def _study(tmp_path, name):
 
 
 def _sweep(tmp_path, toml, name, *extra):
-    r = run_sweep(tmp_path, toml, "--study-name", name, "--no-progress", *extra)
-    return r.stdout
+    return run_sweep(tmp_path, toml, "--study-name", name, "--no-progress", *extra)
 
 
-@pytest.mark.slow(120)  # five sweeps
+def _plans(tmp_path, toml, source, mode, **train):
+    """The warm start's plan as `sweep` makes it before anything else, read from the real storage and store."""
+    from bertnli.config import TrackingConfig
+    from bertnli.sweep.space import load_sweep_config
+    from bertnli.sweep.warm_start import plan_all
+
+    tracking = TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None)
+    overrides = {"warm_start": (source,), "warm_start_mode": mode, "storage": str(tmp_path / "journal.log")}
+    return plan_all(load_sweep_config(toml, train, overrides, [], tracking))
+
+
+@pytest.mark.slow(80)  # three sweeps
 def test_a_warm_start_imports_what_was_trained_alike_once_and_trains_only_its_own_trials(
     tmp_path, tiny_snli, new_store
 ):
@@ -33,15 +43,18 @@ def test_a_warm_start_imports_what_was_trained_alike_once_and_trains_only_its_ow
     _sweep(tmp_path, toml, "cheap", "--limit-train", "64")  # the cheap study: 64 pairs
     source = f"cheap@{tmp_path / 'journal.log'}"
 
-    # strict (the default): trials trained on 64 pairs say nothing of a study on all of them
-    out = _sweep(tmp_path, toml, "strict", "--trials", "1", "--warm-start", source)
-    assert "warm start from cheap@" in out, out[:600]
-    assert "0 trial(s) imported; skipped 2 (limit_train 64 vs unset)" in out
-    assert not [t for t in _study(tmp_path, "strict").get_trials() if IMPORTED in t.user_attrs]
+    # strict (the default): trials trained on 64 pairs say nothing of a study on all of them; loose takes them
+    (strict,) = _plans(tmp_path, toml, source, "strict")
+    assert strict.summary() == f"warm start from {source}: 0 trial(s) imported; skipped 2 (limit_train 64 vs unset)"
+    (loose,) = _plans(tmp_path, toml, source, "loose")
+    assert len(loose.trials) == 2 and not loose.skipped
 
-    # the same settings: imported, counted by the sampler under this study's distributions, never trained
-    out = _sweep(tmp_path, toml, "alike", "--trials", "1", "--limit-train", "64", "--warm-start", source)
-    assert "2 trial(s) imported" in out
+    # the same settings: imported, counted by the sampler under this study's distributions, never trained;
+    # the parent links the source; a rerun imports nothing again
+    out = _sweep(tmp_path, toml, "alike", "--trials", "1", "--limit-train", "64", "--warm-start", source).stdout
+    assert f"warm start from {source}: 2 trial(s) imported" in out
+    again = _sweep(tmp_path, toml, "alike", "--trials", "1", "--limit-train", "64", "--warm-start", source).stdout
+    assert "warm start" not in again
     trials = _study(tmp_path, "alike").get_trials()
     imported = [t for t in trials if IMPORTED in t.user_attrs]
     cheap = {t.number: t for t in _study(tmp_path, "cheap").get_trials()}
@@ -52,15 +65,8 @@ def test_a_warm_start_imports_what_was_trained_alike_once_and_trains_only_its_ow
         assert t.distributions["lr"] == distribution(parse_param("lr", "1e-4:5e-3:log"))
     trained = [t for t in trials if IMPORTED not in t.user_attrs]
     assert len(trained) == 1 and trained[0].state == S.COMPLETE  # --trials 1 counts its own trials only
-
-    # loose: imported whatever the settings; the parent links the source; a rerun imports nothing again
-    for _ in range(2):
-        out = _sweep(tmp_path, toml, "loose", "--trials", "1", "--warm-start", source, "--warm-start-mode", "loose")
-    trials = _study(tmp_path, "loose").get_trials()
-    assert sum(IMPORTED in t.user_attrs for t in trials) == 2 and len(trials) == 3
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("loose")
-    runs = c.search_runs([exp.experiment_id])
+    runs = c.search_runs([c.get_experiment_by_name("alike").experiment_id])
     parent = next(r for r in runs if r.data.tags.get("bertnli.role") == "sweep-parent")
     assert parent.data.tags["bertnli.warm_start"] == source
     assert "warm_start.csv" in [a.path for a in c.list_artifacts(parent.info.run_id)]
@@ -71,10 +77,10 @@ def test_a_warm_start_imports_what_was_trained_alike_once_and_trains_only_its_ow
 
     from bertnli.cli import main
 
-    args = ["report", "--study", "loose", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    args = ["report", "--study", "alike", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "report"), "--format", "csv"])
     assert r.exit_code == 0, r.output
-    assert f"study loose was warm-started from {source}: the trials it imported were trained in" in r.output
+    assert f"study alike was warm-started from {source}: the trials it imported were trained in" in r.output
 
     # a study on other data is refused in one line, before anything is made
     other = tmp_path / "other-data"
