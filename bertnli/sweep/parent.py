@@ -14,7 +14,8 @@ from bertnli.sweep.halving import best_trial, rung_table, rungs_of
 from bertnli.sweep.reaping import is_mine, retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
-from bertnli.sweep.warm_start import IMPORTED
+from bertnli.sweep.storage import min_trials
+from bertnli.sweep.warm_start import DONE_ATTR, IMPORTED
 from bertnli.tracking.figures import pyplot
 from bertnli.tracking.models import log_selected
 from bertnli.tracking.query import load_runs
@@ -72,13 +73,27 @@ def trials_frame(study):
     return pd.DataFrame(rows)
 
 
-def link_sources(cfg: SweepConfig, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
-    """The parent run names the studies it was warm-started from (tag) and lists the trials it imported
-    (warm_start.csv); their MLflow runs stay where they are."""
+def link_sources(cfg: SweepConfig, parent_run_id: str, study) -> None:
+    """The parent run names every study this one was warm-started from (tag) and lists every trial it imported
+    (warm_start.csv), rebuilt from the study so that a resume adding a source keeps the earlier ones; the
+    source runs stay where they are."""
     import pandas as pd
 
+    rows = [
+        {
+            "imported_as": t.number,
+            "source": t.user_attrs[IMPORTED].rsplit("#", 1)[0],
+            "source_trial": int(t.user_attrs[IMPORTED].rsplit("#", 1)[1]),
+            "source_run_id": t.user_attrs.get("source_run_id"),
+            "dev_acc": t.value,
+            **{f"param_{k}": v for k, v in t.params.items()},
+        }
+        for t in study.get_trials(deepcopy=False)
+        if IMPORTED in t.user_attrs
+    ]
     c = client(cfg.tracking.tracking_uri or default_tracking_uri())
-    with_retries(lambda: c.set_tag(parent_run_id, "bertnli.warm_start", ", ".join(cfg.warm_start)))
+    sources = ", ".join(study.user_attrs.get(DONE_ATTR, []))
+    with_retries(lambda: c.set_tag(parent_run_id, "bertnli.warm_start", sources))
     with_retries(lambda: c.log_text(parent_run_id, pd.DataFrame(rows).to_csv(index=False), "warm_start.csv"))
 
 
@@ -238,7 +253,9 @@ def pruner_tag(cfg: SweepConfig) -> str:
     if cfg.sampler == "random":
         return "NopPruner()"
     return (
-        f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}) at the fraction of each schedule; "
+        f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}"
+        + (f", n_min_trials={min_trials(cfg)}" if min_trials(cfg) > 1 else "")
+        + ") at the fraction of each schedule; "
         f"warmup {cfg.pruner_warmup_epochs} epochs"
     )
 

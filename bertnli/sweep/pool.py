@@ -90,7 +90,7 @@ class Sweep:
         self.imported_rows += seeding.add_warm_start(self.study, self.warm_plans, self.log)  # a resume adding a source
         seeding.queue_known(self.study, self.cfg)  # or --enqueue entries
         if self.imported_rows:
-            link_sources(self.cfg, parent, self.imported_rows)
+            link_sources(self.cfg, parent, self.study)
         return parent
 
     def _counts(self, study) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells
-from bertnli.sweep.warm_start import DONE_ATTR, Imported
+from bertnli.sweep.warm_start import DONE_ATTR, Imported, trained_here
 
 CELLS_ATTR = "cells_enqueued"
 
@@ -23,20 +23,24 @@ def add_warm_start(study, plans: list[Imported], log=print) -> list[dict[str, An
     """The sources' planned trials, each source once per study; returns the rows of what was added."""
     done, rows = set(study.user_attrs.get(DONE_ATTR, [])), []
     for plan in plans:
-        if plan.source.label in done:
+        if plan.source.key in done:
             continue
         study.add_trials(plan.trials)
         log(plan.summary())
         rows += plan.rows
-        done.add(plan.source.label)
+        done.add(plan.source.key)
         study.set_user_attr(DONE_ATTR, sorted(done))
     return rows
 
 
 def queue_known(study, cfg: SweepConfig) -> None:
-    """`--enqueue` configurations the study holds no trial of yet (Optuna compares the queued params)."""
+    """`--enqueue` configurations that were never queued in this study (compared with what each of its own trials
+    was queued with: an imported trial of the same params does not stand for one trained here)."""
+    queued = [t.system_attrs.get("fixed_params") for t in trained_here(study.get_trials(deepcopy=False))]
     for params in cfg.enqueue:
-        study.enqueue_trial(params, skip_if_exists=True)
+        if params not in queued:
+            study.enqueue_trial(params)
+            queued.append(params)
 
 
 def queue_cells(study, cfg: SweepConfig, multi_fidelity: bool) -> None:

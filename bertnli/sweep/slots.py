@@ -167,11 +167,13 @@ def slots_of(cfg) -> Slots:
             "per GPU: use --gpus-per-trial (or --device cpu)"
         )
     ranks = max(cfg.gpus_per_trial, cfg.procs_per_trial)
-    if cfg.base.batch_size % ranks:
-        raise BadInput(
-            f"--batch-size {cfg.base.batch_size} does not split over the {ranks} processes of a trial; "
-            f"choose a multiple of {ranks}"
-        )
+    searched = next((p.values() for p in cfg.space if p.name == "batch_size"), None)
+    for size in searched or [cfg.base.batch_size]:  # every trial's, or each would fail on every try
+        if int(size) % ranks:
+            raise BadInput(
+                f"--batch-size {size} does not split over the {ranks} processes of a trial; "
+                f"choose a multiple of {ranks}" + (" for every batch_size in the space" if searched else "")
+            )
     per_group = cfg.trials_per_gpu if groups != [()] else max(1, cfg.workers or 1)
     slots = Slots(groups, per_group, os.environ.get("CUDA_VISIBLE_DEVICES"), cfg.procs_per_trial)
     if cfg.workers is not None and cfg.workers > slots.count:

@@ -265,6 +265,8 @@ def _check_settings(cfg: SweepConfig) -> None:
         raise BadInput(f"bad sweep: warm_start_mode {cfg.warm_start_mode!r}; use strict or loose")
     if cfg.warm_start and cfg.fidelity == "data":
         raise BadInput("bad sweep: --warm-start with --fidelity data is not supported; warm-start a full-data study")
+    if cfg.enqueue and cfg.sampler == "random":
+        raise BadInput("bad sweep: --enqueue with --sampler random: chosen trials are no random draws; use tpe")
     if cfg.enqueue and cfg.fidelity == "data":
         raise BadInput("bad sweep: --enqueue with --fidelity data is not supported; queue them in a full-data study")
     if len(cfg.enqueue) > cfg.trials:

@@ -237,6 +237,12 @@ def study_sampler(cfg: SweepConfig):
         return optuna.samplers.PartialFixedSampler({RUNG: 0}, base)
 
 
+def min_trials(cfg: SweepConfig) -> int:
+    """Trials that must have reported at a step before the median pruner judges it: 1 (Optuna's default), or the
+    startup count in a warm-started study, whose imported trials count as complete but report nothing."""
+    return cfg.pruner_startup_trials if cfg.warm_start else 1
+
+
 def open_study(cfg: SweepConfig, storage):
     """(study, created): `created` is True for exactly one process, the one whose create_study won."""
     import optuna
@@ -247,7 +253,7 @@ def open_study(cfg: SweepConfig, storage):
     pruner = (
         optuna.pruners.NopPruner()
         if cfg.sampler == "random" or cfg.fidelity == "data"
-        else optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials)
+        else optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_min_trials=min_trials(cfg))
     )
     kw = dict(study_name=cfg.study_name, storage=storage, sampler=study_sampler(cfg), pruner=pruner)
     try:

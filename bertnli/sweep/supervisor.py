@@ -40,6 +40,13 @@ RANK_GRACE_S = 3.0  # after one rank of a trial failed, or rank 0 ended: how lon
 SIBLING_ENDS = (0, DIVERGED_EXIT, INTERRUPTED_EXIT)  # a rank other than 0 that ended with its trial, not on its own
 
 
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
+
+
 def rank_envs(ranks: int) -> list[dict[str, str]]:
     """torchrun's variables for each process of a trial over `ranks` processes ({} for one): a rendezvous on
     a port of this host that is free now, as `torchrun --standalone` picks one."""
@@ -321,7 +328,7 @@ class TrialRun:
             set_own_attr(self.trial, "gpu_alone", True)  # carried by the retry
         elif self.rank_failure:
             k, code = self.rank_failure
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"failed (exit {code})"
+            how = f"was killed by {signal_name(-code)}" if code < 0 else f"failed (exit {code})"
             tail = self.rank_log(k).read_text()[-400:].strip().splitlines()[-1:] if code > 0 else []
             error = f"rank {k} of {self.placement.ranks} {how}{': ' + tail[0] if tail else ''}; its siblings were ended"
             tag_run(self.cfg, trial_run_id(self.cfg, frozen), "bertnli.rank_failure", error)  # rank 0 may have ended it

@@ -14,6 +14,7 @@ sources instead (tag `bertnli.warm_start`, table `warm_start.csv`).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +27,20 @@ DONE_ATTR = "warm_started"  # study user attribute: the sources already imported
 # Settings that decide where and how fast a run goes, not what it learns (the data is compared by digest).
 NOT_LEARNED = {"data", "device", "eval_test", "cache_dir", "checkpoint_every", "eval_batch_size", "compile"}
 DIGESTED = ("train", "dev")  # the splits a trial's value depends on
+PASSWORD = re.compile(r"://([^:/@]+):[^@]*@")
 
 
 @dataclass(frozen=True)
 class Source:
     study: str
     storage: str
-    label: str  # as the user wrote it
+    label: str  # as the user wrote it (an mlflow: experiment names several studies)
+
+    @property
+    def key(self) -> str:
+        """The study itself, whatever named it: what a study records as imported (a URL's password left out)."""
+        shown = PASSWORD.sub(r"://\1:***@", self.storage)
+        return f"{self.study}@{shown}"
 
 
 @dataclass
@@ -46,7 +54,7 @@ class Imported:
     dropped: Counter = field(default_factory=Counter)  # "lr=0.5 outside lr=..." -> trials
 
     def summary(self) -> str:
-        said = f"warm start from {self.source.label}: {len(self.trials)} trial(s) imported"
+        said = f"warm start from {self.source.key}: {len(self.trials)} trial(s) imported"
         if self.skipped:
             said += "; skipped " + ", ".join(f"{n} ({why})" for why, n in self.skipped.most_common())
         if self.dropped:
@@ -79,6 +87,8 @@ def parse_source(text: str, tracking_uri: str | None) -> list[Source]:
 
 def source_runs(trials, tracking_uri: str | None) -> dict[str, Any]:
     """The MLflow runs of a source's complete trials that this store holds (a run elsewhere is simply absent)."""
+    from mlflow.exceptions import MlflowException
+
     from bertnli.tracking.store import client, default_tracking_uri
 
     c, runs = client(tracking_uri or default_tracking_uri()), {}
@@ -87,8 +97,9 @@ def source_runs(trials, tracking_uri: str | None) -> dict[str, Any]:
         if run_id and t.state.name == "COMPLETE":
             try:
                 runs[run_id] = c.get_run(run_id)
-            except Exception:  # noqa: BLE001 - another store's run, or deleted
-                pass
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # an outage must not import nothing for good
+                    raise
     return runs
 
 
@@ -99,12 +110,15 @@ def plan_all(cfg: SweepConfig) -> list[Imported]:
         return []
     from bertnli.data.snli import find_split
     from bertnli.files import file_digest
+    from bertnli.sweep.storage import default_storage
 
     splits = {s: find_split(cfg.base.data, s) for s in DIGESTED}
     digests = {s: file_digest(p) for s, p in splits.items() if p is not None}  # as a run's data.<split>.sha256
     plans = []
     for text in cfg.warm_start:
         for source in parse_source(text, cfg.tracking.tracking_uri):
+            if source.study == cfg.study_name and source.storage == (cfg.storage or default_storage()):
+                continue  # mlflow:<this study's own experiment>
             trials = load_source(source).get_trials(deepcopy=False)
             plans.append(import_plan(cfg, source, trials, source_runs(trials, cfg.tracking.tracking_uri), digests))
     return plans
@@ -180,6 +194,11 @@ def import_plan(cfg: SweepConfig, source: Source, trials, runs: dict[str, Any], 
                 theirs, mine = run.data.params[k] or "unset", wanted[k] or "unset"
                 out.skipped[f"{k} {theirs} vs {mine}" + (" and more" if differ[1:] else "")] += 1
                 continue
+        outside = [k for k, v in t.params.items() if k in space and not _inside(space[k], v)]
+        if outside and not loose:  # trained outside this space: not this study's kind of trial
+            k = outside[0]
+            out.skipped[f"{k}={t.params[k]} outside {space[k].describe()}"] += 1
+            continue
         out.trials.append(_as_new_trial(t, space, source, out.dropped))
         out.rows.append(
             {
@@ -205,7 +224,7 @@ def _as_new_trial(t, space: dict[str, Param], source: Source, dropped: Counter):
             dropped[f"{name}={value} outside {p.describe()}"] += 1
             continue
         params[name], dists[name] = value, distribution(p)
-    attrs = {IMPORTED: f"{source.label}#{t.number}", "source_run_id": t.user_attrs.get("mlflow_run_id")}
+    attrs = {IMPORTED: f"{source.key}#{t.number}", "source_run_id": t.user_attrs.get("mlflow_run_id")}
     return optuna.trial.create_trial(params=params, distributions=dists, value=t.value, user_attrs=attrs)
 
 

@@ -53,6 +53,8 @@ def test_enqueue_on_the_command_line_is_checked_before_anything_is_made(tmp_path
     assert r.exit_code == 2 and "lr=9 is outside the space" in r.output and len(r.output.strip().splitlines()) == 1
     r = sweep_in_process(tmp_path, toml, "--enqueue", "lr=1e-3", "--enqueue", "lr=2e-3", "--enqueue", "lr=3e-3")
     assert r.exit_code == 2 and "3 configurations to enqueue but --trials 2" in r.output
+    r = sweep_in_process(tmp_path, toml, "--enqueue", "lr=1e-3", "--sampler", "random")
+    assert r.exit_code == 2 and "--enqueue with --sampler random: chosen trials are no random draws" in r.output
     assert not (tmp_path / "journal.log").exists()
 
 
@@ -75,8 +77,7 @@ def test_known_configurations_run_first_and_once_across_a_kill_and_a_resume(tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     wait_until_no_trial_runs(tmp_path)
-    run_sweep(tmp_path, toml, *known)
-    run_sweep(tmp_path, toml, *known)  # a resume of a finished study queues nothing again
+    run_sweep(tmp_path, toml, *known)  # the resume queues neither known configuration again
     st, _, _ = state(tmp_path)
     trials = ran(st.get_trials())
     assert sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials) == 4

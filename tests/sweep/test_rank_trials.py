@@ -15,7 +15,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from tiny_sweeps import ran, retry_of, state, sweep_cmd, write_toml
 
 S = optuna.trial.TrialState
-SPACE = "lr = [2e-3, 1e-6]\nbatch_size = [4]\nepochs = [3]"
+SPACE = "lr = [2e-3, 1e-6]\nbatch_size = [4]\nepochs = [2]"
 
 
 def _queue(tmp_path, *configs):
@@ -38,7 +38,7 @@ def test_two_process_trials_prune_together_and_train_as_torchrun_does(tmp_path, 
     new_store(tmp_path / "mlflow.db")
     toml = write_toml(tmp_path, tiny_snli, trials=2, space=SPACE)
     # one lr that learns the toy data and one that cannot, in that order: the median pruner stops the second at epoch 1
-    _queue(tmp_path, {"lr": 2e-3, "batch_size": 4, "epochs": 3}, {"lr": 1e-6, "batch_size": 4, "epochs": 3})
+    _queue(tmp_path, {"lr": 2e-3, "batch_size": 4, "epochs": 2}, {"lr": 1e-6, "batch_size": 4, "epochs": 2})
     r = subprocess.run(
         sweep_cmd(tmp_path, toml, "--procs-per-trial", "2", "--device", "cpu", "--no-progress"),
         capture_output=True,
@@ -71,7 +71,7 @@ def test_two_process_trials_prune_together_and_train_as_torchrun_does(tmp_path, 
         "--batch-size",
         "4",
         "--epochs",
-        "3",
+        "2",
         "--device",
         "cpu",
     ]
@@ -90,7 +90,7 @@ def test_two_process_trials_prune_together_and_train_as_torchrun_does(tmp_path, 
 @pytest.mark.slow(60)  # starts a sweep
 def test_a_rank_killed_mid_trial_ends_its_siblings_and_the_trial_is_retried(tmp_path, tiny_snli, new_store):
     new_store(tmp_path / "mlflow.db")
-    toml = write_toml(tmp_path, tiny_snli, trials=1, space="lr = [2e-3]\nbatch_size = [4]\nepochs = [6]")
+    toml = write_toml(tmp_path, tiny_snli, trials=1, space="lr = [2e-3]\nbatch_size = [4]\nepochs = [4]")
     sweep = subprocess.Popen(
         sweep_cmd(tmp_path, toml, "--procs-per-trial", "2", "--device", "cpu", "--no-progress", "--sampler", "random"),
         stdout=subprocess.PIPE,
@@ -116,7 +116,7 @@ def test_a_rank_killed_mid_trial_ends_its_siblings_and_the_trial_is_retried(tmp_
     assert runs[first.number].info.status == "FAILED"
     assert runs[first.number].data.tags["bertnli.rank_failure"] == first.user_attrs["error"]
     history = json.loads((out / f"trial-{second.number:03d}" / "result.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]  # the retry resumed from epoch 1's checkpoint
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # the retry resumed from epoch 1's checkpoint
 
 
 def _read(path):

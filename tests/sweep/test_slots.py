@@ -188,6 +188,13 @@ def test_more_workers_than_slots_is_refused_before_anything_is_made(tmp_path, ti
     assert r.exit_code == 2 and "--procs-per-trial 2 is for trials on the CPU; on GPUs" in r.output
     r = sweep_in_process(tmp_path, toml, "--procs-per-trial", "3", "--device", "cpu")  # batch_size 16
     assert r.exit_code == 2 and "--batch-size 16 does not split over the 3 processes" in r.output
+    r = sweep_in_process(tmp_path, toml, "--procs-per-trial", "3", "--device", "cpu", "--space", "batch_size=12|16")
+    assert (
+        r.exit_code == 2
+        and "--batch-size 16 does not split over the 3 processes of a trial; choose a multiple "
+        "of 3 for every batch_size in the space"
+        in r.output
+    )
     assert not (tmp_path / "journal.log").exists() and not (tmp_path / "out").exists()
 
 
