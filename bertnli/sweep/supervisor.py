@@ -49,7 +49,8 @@ def signal_name(number: int) -> str:
 
 def rank_envs(ranks: int) -> list[dict[str, str]]:
     """torchrun's variables for each process of a trial over `ranks` processes ({} for one): a rendezvous on
-    a port of this host that is free now, as `torchrun --standalone` picks one."""
+    a port of this host that was free a moment ago (another process may take it first; the trial then fails
+    and is retried)."""
     if ranks <= 1:
         return [{}]
     with socket.socket() as s:
