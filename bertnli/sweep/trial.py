@@ -212,16 +212,8 @@ def run_trial(a: argparse.Namespace) -> int:
             keep_checkpoint=cfg.keep_checkpoints == "all",
             progress=False,
         )
-    except Pruned:
-        return PRUNED_EXIT
-    except TrainingDiverged as e:
-        print(f"diverged: {e}", flush=True)
-        return DIVERGED_EXIT
-    except KeyboardInterrupt:
-        return INTERRUPTED_EXIT
-    except torch.OutOfMemoryError as e:
-        print(f"out of GPU memory: {str(e).splitlines()[0]}", flush=True)
-        return OOM_EXIT
+    except (Pruned, *ENDS) as e:
+        return end_code(e)
     summary = {
         "value": result.best_dev_acc,
         "test_acc": result.test.acc if result.test else None,
@@ -244,15 +236,25 @@ def run_rank(train_cfg, out: Path, resume: bool) -> int:
         fit(train_cfg, out, resume=resume, progress=False)
     except StoppedWithRankZero as e:
         print(e, flush=True)
-    except TrainingDiverged as e:  # every rank sees it (the check is all-reduced)
+    except ENDS as e:  # a divergence every rank sees (the check is all-reduced), a signal, its own GPU's memory
+        return end_code(e)
+    return 0
+
+
+ENDS = (TrainingDiverged, KeyboardInterrupt, torch.OutOfMemoryError)  # ends of training that are no crash
+
+
+def end_code(e: BaseException) -> int:
+    """The exit code of a trial process (any rank) whose training ended by `e` (Pruned or one of ENDS)."""
+    if isinstance(e, Pruned):
+        return PRUNED_EXIT
+    if isinstance(e, KeyboardInterrupt):
+        return INTERRUPTED_EXIT
+    if isinstance(e, TrainingDiverged):
         print(f"diverged: {e}", flush=True)
         return DIVERGED_EXIT
-    except KeyboardInterrupt:
-        return INTERRUPTED_EXIT
-    except torch.OutOfMemoryError as e:
-        print(f"out of GPU memory: {str(e).splitlines()[0]}", flush=True)
-        return OOM_EXIT
-    return 0
+    print(f"out of GPU memory: {str(e).splitlines()[0]}", flush=True)
+    return OOM_EXIT
 
 
 def _sigterm(signum, frame):
