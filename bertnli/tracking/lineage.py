@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import subprocess
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 from bertnli import PACKAGE_DIR, BadInput, BertnliError
 from bertnli.data.snli import SNLI_URL, SPLITS, find_split
 from bertnli.files import file_digest
+from bertnli.retry import policy
 from bertnli.tracking.store import client
 
 DIGEST_CHARS = 36  # MLflow's datasets.digest column is String(36)
@@ -70,33 +69,28 @@ def log_split_inputs(c, run_id: str, folder: str | Path, digests: dict[str, str]
     MLflow looks an experiment's dataset up and inserts it when absent, so trials that start together both insert
     it and all but one fail on the unique key. Trying again finds the row the winner inserted."""
     from mlflow.entities import DatasetInput, InputTag
-    from mlflow.exceptions import MlflowException
 
-    for attempt in range(DATASET_RACE_TRIES):
+    def log_missing() -> None:
         have = {(i.dataset.name, i.dataset.digest) for i in c.get_run(run_id).inputs.dataset_inputs}
         inputs = [
             DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", ds.name)])
             for ds in split_datasets(folder, digests, examples)
             if (ds.name, ds.digest) not in have
         ]
-        if not inputs:
-            return
-        try:
+        if inputs:
             c.log_inputs(run_id, datasets=inputs)
-            return
-        except MlflowException as e:
-            if attempt == DATASET_RACE_TRIES - 1 or not _lost_insert_race(e):
-                raise
-            time.sleep(random.uniform(0.05, 0.5))
+
+    policy(lost_insert_race, attempts=4, first=0.05, cap=0.2, jitter=0.3)(log_missing)
 
 
-DATASET_RACE_TRIES = 4
-
-
-def _lost_insert_race(e: Exception) -> bool:
+def lost_insert_race(e: BaseException) -> bool:
     """A unique-key error, as SQLite, PostgreSQL and MySQL word it (directly or relayed by an MLflow server)."""
+    from mlflow.exceptions import MlflowException
+
     text = str(e).lower()
-    return any(k in text for k in ("unique constraint", "duplicate key", "duplicate entry", "integrityerror"))
+    return isinstance(e, MlflowException) and any(
+        k in text for k in ("unique constraint", "duplicate key", "duplicate entry", "integrityerror")
+    )
 
 
 def run_split_digests(c, run_id: str) -> dict[str, str]:
