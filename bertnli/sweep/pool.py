@@ -52,7 +52,7 @@ class Sweep:
         check_runnable(cfg)
         self.slots = slots_of(cfg)  # before the study is made: impossible --gpus settings change nothing
         self.warm_plans = warm_start.plan_all(cfg)  # likewise a warm-start source not found or on other data
-        self.imported_rows: list[dict[str, Any]] = []
+        self.imported = 0  # trials this process added from --warm-start sources: the parent's links are due
         self.cfg, self.log, self.progress = cfg, log, progress
         self.storage_url = cfg.storage or default_storage()
         self.storage = open_storage(cfg.storage, cfg.grace_s, stale_callback(cfg, log))
@@ -75,7 +75,7 @@ class Sweep:
     def seed_study(self) -> None:
         """Warm-start trials, known configurations, then the cells (seeding.py): by the process that publishes the
         parent run, before it does."""
-        self.imported_rows += seeding.add_warm_start(self.study, self.warm_plans, self.log)
+        self.imported += seeding.add_warm_start(self.study, self.warm_plans, self.log)
         seeding.queue_known(self.study, self.cfg)  # run first
         seeding.queue_cells(self.study, self.cfg, self.rungs is not None)
 
@@ -87,9 +87,9 @@ class Sweep:
         parent = parent_run(
             self.study, self.storage, self.cfg, self.storage_url, self.elector, on_elected=self.seed_study
         )
-        self.imported_rows += seeding.add_warm_start(self.study, self.warm_plans, self.log)  # a resume adding a source
+        self.imported += seeding.add_warm_start(self.study, self.warm_plans, self.log)  # a resume adding a source
         seeding.queue_known(self.study, self.cfg)  # or --enqueue entries
-        if self.imported_rows:
+        if self.imported:
             link_sources(self.cfg, parent, self.study)
         return parent
 

@@ -10,8 +10,6 @@ adds just that, in each process that starts (two resuming at the same moment may
 
 from __future__ import annotations
 
-from typing import Any
-
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells
 from bertnli.sweep.warm_start import DONE_ATTR, Imported, trained_here
@@ -19,18 +17,18 @@ from bertnli.sweep.warm_start import DONE_ATTR, Imported, trained_here
 CELLS_ATTR = "cells_enqueued"
 
 
-def add_warm_start(study, plans: list[Imported], log=print) -> list[dict[str, Any]]:
-    """The sources' planned trials, each source once per study; returns the rows of what was added."""
-    done, rows = set(study.user_attrs.get(DONE_ATTR, [])), []
+def add_warm_start(study, plans: list[Imported], log=print) -> int:
+    """The sources' planned trials, each source once per study; returns how many trials were added."""
+    done, added = set(study.user_attrs.get(DONE_ATTR, [])), 0
     for plan in plans:
         if plan.source.key in done:
             continue
         study.add_trials(plan.trials)
         log(plan.summary())
-        rows += plan.rows
+        added += len(plan.trials)
         done.add(plan.source.key)
         study.set_user_attr(DONE_ATTR, sorted(done))
-    return rows
+    return added
 
 
 def queue_known(study, cfg: SweepConfig) -> None:

@@ -49,7 +49,6 @@ class Imported:
 
     source: Source
     trials: list = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)  # for warm_start.csv
     skipped: Counter = field(default_factory=Counter)  # reason -> trials
     dropped: Counter = field(default_factory=Counter)  # "lr=0.5 outside lr=..." -> trials
 
@@ -200,15 +199,6 @@ def import_plan(cfg: SweepConfig, source: Source, trials, runs: dict[str, Any], 
             out.skipped[f"{k}={t.params[k]} outside {space[k].describe()}"] += 1
             continue
         out.trials.append(_as_new_trial(t, space, source, out.dropped))
-        out.rows.append(
-            {
-                "source": source.label,
-                "source_trial": t.number,
-                "source_run_id": t.user_attrs.get("mlflow_run_id"),
-                "dev_acc": t.value,
-                **{f"param_{k}": v for k, v in out.trials[-1].params.items()},
-            }
-        )
     return out
 
 
