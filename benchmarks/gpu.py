@@ -17,6 +17,7 @@ on pass 1 and counts host syncs in 40 steps of the engine's loop.
 
     python benchmarks/gpu.py                       # the full table (under 4 minutes on one H100/H200)
     python benchmarks/gpu.py --candidates          # also torch.compile of the engine's path
+    python benchmarks/gpu.py --only base:128 --candidates --modes reduce-overhead   # one setting and one mode
     python benchmarks/gpu.py --device cpu --smoke  # a tiny run of every code path, on the CPU (tests)
 
 Without CUDA (and without --device cpu) it says so and exits 0. Data: --data, else .gpudata/ (a
@@ -214,6 +215,8 @@ CANDIDATES = [("small", 512, "default"), ("small", 512, "reduce-overhead"), ("ba
 def compile_candidates(enc, tok, device, args, emit) -> None:
     """torch.compile(dynamic=True) of the forward the engine trains; "reduce-overhead" adds CUDA graphs per width."""
     for shape, batch, mode in CANDIDATES:
+        if not (chosen(args, shape, batch) and mode in args.modes):
+            continue
         out = {"candidate": f"compile-{mode}", "shape": shape, "batch": batch}
         try:
             cfg = TrainConfig(batch_size=batch, pad_multiple=8, schedule="constant", device=str(device))
@@ -235,6 +238,10 @@ def compile_candidates(enc, tok, device, args, emit) -> None:
         torch._dynamo.reset()
 
 
+def chosen(args, shape: str, batch: int) -> bool:
+    return not args.only or f"{shape}:{batch}" in args.only
+
+
 def run_all(enc, tok, device, args, rows, sink) -> bool:
     """Every setting, then attention and syncs, then the candidates; True if any of them failed."""
     failed = False
@@ -249,6 +256,8 @@ def run_all(enc, tok, device, args, rows, sink) -> bool:
             sink.flush()
 
     for shape, batch in SETTINGS:
+        if not chosen(args, shape, batch):
+            continue
         try:
             rows.append(measure(shape, batch if not args.smoke else 8, enc, tok, device, args))
             emit(rows[-1])
@@ -267,6 +276,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check every code path runs (CPU tests)")
     ap.add_argument("--candidates", action="store_true", help="also time torch.compile of the engine's path")
+    ap.add_argument("--only", action="append", default=[], metavar="SHAPE:BATCH", help="these settings alone")
+    ap.add_argument("--modes", nargs="+", default=["default", "reduce-overhead"], help="torch.compile modes to time")
     ap.add_argument("--out", default=None, help="also write the JSON lines to this file")
     args = ap.parse_args()
     device = torch.device(args.device)

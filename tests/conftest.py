@@ -232,7 +232,7 @@ def expected_seconds(item) -> float:
 
 def pytest_collection_modifyitems(items):
     """The longest files first, in their own order: under `-n 2 --dist loadfile` each worker takes the next
-    file when it is free, so the files that wait most (a 90 s database outage, a benchmark's studies) overlap
+    file when it is free, so the files that wait most (a database outage, a benchmark's studies) overlap
     the other worker's work from the start and both workers end together on short files."""
     cost = {}
     for item in items:

@@ -1,8 +1,11 @@
-"""Helpers shared by tests: a tiny run's config, engine callbacks, `bertnli-exp` as a subprocess, a free port."""
+"""Helpers shared by tests: a tiny run's config, engine callbacks, `bertnli-exp` in this process or as a subprocess,
+a free port."""
 
+import os
 import socket
 import subprocess
 import sys
+import traceback
 
 from conftest import ROOT, run_env
 
@@ -48,7 +51,11 @@ class StopAt(Quiet):
             raise KeyboardInterrupt
 
 
-def cli(*args, timeout=300, cwd=ROOT, **env):
+def cli(*args, timeout=300, cwd=ROOT, fresh=False, **env):
+    """`bertnli-exp ARGS` in `cwd` with the test's environment plus `env`: in this process unless `fresh` asks for
+    a process of its own (a new interpreter costs seconds of imports, and a sweep's forkserver as many again)."""
+    if not fresh:
+        return invoke([str(a) for a in args], env, cwd)
     return subprocess.run(
         [sys.executable, "-m", "bertnli.cli", *map(str, args)],
         cwd=cwd,
@@ -57,6 +64,26 @@ def cli(*args, timeout=300, cwd=ROOT, **env):
         text=True,
         timeout=timeout,
     )
+
+
+def invoke(args: list[str], env: dict | None = None, cwd=ROOT) -> subprocess.CompletedProcess:
+    """What `subprocess.run(..., capture_output=True, text=True)` of the CLI returns, from click's runner: the exit
+    code, stdout and stderr apart (an exception the CLI let out is its exit 1 and its traceback on stderr)."""
+    from click.testing import CliRunner
+
+    from bertnli.cli import main
+
+    env = {"MLFLOW_TRACKING_URI": None, **(env or {})}  # as run_env(): a test's own store, never one from outside
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        r = CliRunner().invoke(main, args, env=env, prog_name="bertnli-exp")
+    finally:
+        os.chdir(before)
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(r.exception))
+    return subprocess.CompletedProcess(["bertnli-exp", *args], r.exit_code, r.stdout, stderr)
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ import optuna
 import pytest
 from conftest import ROOT, run_env
 from mlflow import MlflowClient
+from tiny_runs import invoke
 
 S = optuna.trial.TrialState
 
@@ -47,10 +48,15 @@ def sweep_cmd(tmp_path, toml, *extra):
     ]
 
 
-def run_sweep(tmp_path, toml, *extra, timeout=600):
-    r = subprocess.run(
-        sweep_cmd(tmp_path, toml, *extra), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout
-    )
+def run_sweep(tmp_path, toml, *extra, timeout=600, fresh=False):
+    """A whole sweep, which must succeed: in this process (its trials forked from this process's forkserver,
+    started once for every test of the file), or as a process of its own where `fresh`."""
+    if fresh:
+        r = subprocess.run(
+            sweep_cmd(tmp_path, toml, *extra), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout
+        )
+    else:
+        r = invoke(sweep_cmd(tmp_path, toml, *extra)[3:])
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

@@ -25,12 +25,20 @@ _CTX = multiprocessing.get_context("forkserver")
 _START = threading.Lock()  # multiprocessing's start and its list of children are not thread-safe
 
 
-def warm_up() -> None:
-    """Start the forkserver if it is not running: it imports what a trial needs (about 10 s of CPU).
+def warm_up_for(how: str) -> None:
+    """Start the forkserver now if trials will be forked (`how`, the sweep's `trial_start`): called by a sweep
+    process that has trials to run, before it makes its parent run, so that the server's imports (seconds
+    of CPU, in a process of their own) overlap that work instead of holding up the first trial."""
+    if how == "fork" and forkable():
+        warm_up()
 
-    Called by the first trial a process starts, not earlier: a sweep process that runs no trial (it
-    found the study done, or others took the last trials) never pays for it; its first trial waits
-    for the imports instead (about 3 s more wall time once per sweep process).
+
+def warm_up() -> None:
+    """Start the forkserver if it is not running: it imports what a trial needs (about 10 s of CPU). Returns
+    at once; a trial forked before the imports end waits for them.
+
+    A sweep process that finds the study done never starts it (warm_up_for); one that others leave no
+    trial to run pays for it in vain.
 
     It is started with this bertnli first on its PYTHONPATH (the environment it inherits), so that
     it imports the checkout the sweep runs, not another one that is installed."""

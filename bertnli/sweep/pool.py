@@ -21,6 +21,7 @@ from bertnli.files import atomic_write
 from bertnli.sweep import halving, seeding, warm_start
 from bertnli.sweep.checkpoints import prune_checkpoints
 from bertnli.sweep.election import parent_run
+from bertnli.sweep.launcher import warm_up_for
 from bertnli.sweep.parent import finish_parent, link_sources, start_parent_metrics
 from bertnli.sweep.reaping import (
     Sightings,
@@ -349,6 +350,8 @@ class Sweep:
         from tqdm import tqdm
 
         t0 = time.time()
+        if not self.complete(self.study):
+            warm_up_for(self.cfg.trial_start)
         parent = self.join()
         self._write_spec()
         done = done_count(self.study)

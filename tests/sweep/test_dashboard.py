@@ -7,8 +7,8 @@ from importlib.metadata import entry_points
 
 import pytest
 import requests
-from conftest import ROOT, run_env
-from tiny_runs import free_port
+from conftest import run_env
+from tiny_runs import cli, free_port
 from tiny_sweeps import write_toml
 
 
@@ -28,14 +28,7 @@ def test_dashboard_serves_the_trials_of_a_finished_sweep(tmp_path, tiny_snli, ne
     cmd = _dashboard_cmd()
     new_store(tmp_path / "mlruns" / "mlflow.db")  # the default tracking URI in the sweep's cwd
     toml = write_toml(tmp_path, tiny_snli, trials=1, space="lr = {low = 1e-4, high = 5e-3, log = true}")
-    sweep = subprocess.run(
-        [sys.executable, "-m", "bertnli.cli", "sweep", "--config", str(toml), "--limit-train", "48", "--epochs", "1"],
-        cwd=tmp_path,
-        env=run_env(PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    sweep = cli("sweep", "--config", toml, "--limit-train", "48", "--epochs", "1", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     journal = tmp_path / "mlruns" / "optuna-journal.log"  # the default storage, which the sweep prints
     assert f"optuna-dashboard {journal}" in sweep.stdout

@@ -140,3 +140,30 @@ def _gone(pid) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+@pytest.mark.slow
+def test_a_sweep_starts_its_forkserver_before_its_parent_run_and_not_when_the_study_is_done(
+    tmp_path, tiny_snli, new_store, monkeypatch
+):
+    """The forkserver's imports overlap the parent run's making instead of holding up the first trial; a
+    rerun of a finished study has no trial to fork and starts nothing."""
+    from mlflow import MlflowClient
+    from tiny_sweeps import run_sweep, write_toml
+
+    from bertnli.sweep import pool
+
+    new_store(tmp_path / "mlflow.db")
+    toml = write_toml(tmp_path, tiny_snli, trials=1, space="lr = [2e-3]\nepochs = [1]")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    calls = []
+
+    def spy(how):
+        calls.append((how, client.get_experiment_by_name("s") is None))  # True: no parent run yet
+        launcher.warm_up_for(how)
+
+    monkeypatch.setattr(pool, "warm_up_for", spy)
+    run_sweep(tmp_path, toml)
+    assert calls == [("fork", True)]
+    run_sweep(tmp_path, toml)  # the study is done
+    assert calls == [("fork", True)]

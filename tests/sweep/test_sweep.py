@@ -62,7 +62,7 @@ def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli
     )
     for lr in (2e-3, 1e-6):
         queued.enqueue_trial({"lr": lr, "batch_size": 4, "epochs": 3, "truncation": "ratio"})
-    r = run_sweep(tmp_path, toml)
+    r = run_sweep(tmp_path, toml, fresh=True)  # a process of its own: the parent's Source is its command line
     assert "best trial" in r.stdout and "optuna-dashboard" in r.stdout
     st, parents, children = state(tmp_path)
     assert_consistent(st, parents, children, 4)

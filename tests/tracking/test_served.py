@@ -12,7 +12,7 @@ import requests
 from click.testing import CliRunner
 from conftest import ROOT, copy_store, run_env
 from mlflow import MlflowClient
-from tiny_runs import free_port, tiny_cfg
+from tiny_runs import cli, free_port, tiny_cfg
 from tiny_sweeps import write_toml
 
 from bertnli.config import TrackingConfig
@@ -229,25 +229,9 @@ def test_ui_rest_api_shows_training_view_dataset_source_and_model(served_run, se
 def test_sweep_register_puts_the_winner_in_the_registry_as_champion(server, tiny_snli, tmp_path):
 
     toml = write_toml(tmp_path, tiny_snli, trials=2, space="lr = {low = 1e-4, high = 5e-3, log = true}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "bertnli.cli",
-        "sweep",
-        "--config",
-        str(toml),
-        "--limit-train",
-        "48",
-        "--epochs",
-        "1",
-        "--tracking-uri",
-        server,
-        "--register",
-        "bertnli-sweep-nli",
-    ]
-    r = subprocess.run(
-        cmd, cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300
-    )
+    cmd = ["sweep", "--config", toml, "--limit-train", "48", "--epochs", "1", "--tracking-uri", server]
+    cmd += ["--register", "bertnli-sweep-nli"]
+    r = cli(*cmd, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "registered bertnli-sweep-nli version 1" in r.stdout and "models:/bertnli-sweep-nli@champion" in r.stdout
     import optuna
@@ -265,7 +249,5 @@ def test_sweep_register_puts_the_winner_in_the_registry_as_champion(server, tiny
     mlflow.set_tracking_uri(server)
     out = mlflow.pyfunc.load_model("models:/bertnli-sweep-nli@champion").predict(PAIRS)
     assert list(out.columns) == COLUMNS and np.allclose(out[COLUMNS[1:]].sum(axis=1), 1.0, atol=1e-5)
-    r = subprocess.run(
-        cmd, cwd=tmp_path, env=run_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300
-    )
+    r = cli(*cmd, cwd=tmp_path)
     assert r.returncode == 0 and "registered bertnli-sweep-nli version 1" in r.stdout  # rerun (resume): no new version
