@@ -17,7 +17,7 @@ py() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version
 py mlflow-skinny==3.17.2 optuna==5.1.0 sqlalchemy==2.1.9 alembic mako colorlog databricks-sdk google-auth pyasn1 \
   pyasn1-modules opentelemetry-api opentelemetry-sdk opentelemetry-proto opentelemetry-semantic-conventions \
   gitpython gitdb smmap sqlparse python-dotenv cachetools pydantic pydantic-core typing-inspection \
-  annotated-types fastapi starlette importlib-metadata tenacity cryptography cffi pycparser
+  annotated-types fastapi starlette importlib-metadata lazy-importer tenacity cryptography cffi pycparser
 python3 - <<'PY'
 import shutil, lzma
 from pathlib import Path
