@@ -268,6 +268,9 @@ class Sweep:
         try:
             run.start()
             ended = run.supervise(t0)
+        except BaseException:
+            run.close(lifelines=True)  # the trial's other ranks end with it
+            raise
         finally:
             run.close()
         outcome = run.finish(ended, time.time() - t0, self.interrupted.is_set(), self.log)

@@ -34,10 +34,11 @@ from bertnli.sweep.reaping import (
 from bertnli.sweep.slots import UNPLACED, Placement
 from bertnli.sweep.space import SweepConfig, report_step
 from bertnli.sweep.storage import HEARTBEAT_S, is_outage, trial_id, uses_heartbeat
-from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT, PRUNED_EXIT
+from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT, ORPHANED_EXIT, PRUNED_EXIT
 
 RANK_GRACE_S = 3.0  # after one rank of a trial failed, or rank 0 ended: how long the others get to end by themselves
-SIBLING_ENDS = (0, DIVERGED_EXIT, INTERRUPTED_EXIT)  # a rank other than 0 that ended with its trial, not on its own
+# A rank other than 0 that ended with its trial, not on its own (ORPHANED_EXIT: the worker closed its lifeline).
+SIBLING_ENDS = (0, DIVERGED_EXIT, INTERRUPTED_EXIT, ORPHANED_EXIT)
 
 
 def signal_name(number: int) -> str:
@@ -113,6 +114,7 @@ class TrialRun:
         self.lifelines: list[int] = []  # our ends of the siblings' decide pipes: closed, they exit
         self.rank_failure: tuple[int, int] | None = None  # (rank, exit code) of the first sibling that failed
         self.stopping = False  # SIGTERM sent to every rank: their ends are not failures
+        self.killed_running: set[int] = set()  # the ranks that the worker itself killed (_end)
         self.run_id_recorded = False
 
     def _frozen(self):
@@ -229,20 +231,32 @@ class TrialRun:
         if not self.siblings or self.stopping:
             return False
         if self.rank_failure is None:
-            for k, p in enumerate(self.siblings, 1):
-                rc = p.poll()
-                if rc is not None and rc not in SIBLING_ENDS:
-                    self.rank_failure, self.rank_failed_at = (k, rc), time.time()
-                    break
+            self.rank_failure, self.rank_failed_at = self._failed_sibling(), time.time()
         return self.rank_failure is not None and time.time() - self.rank_failed_at >= RANK_GRACE_S
 
-    def _rank_that_died(self) -> tuple[int, int] | None:
-        """A sibling that a signal or running out of memory ended before rank 0 did, which then ended of
-        the broken connection on its own (gloo tells at once): the cause, not rank 0's own error."""
+    def _failed_sibling(self) -> tuple[int, int] | None:
+        """(rank, exit code) of the first rank other than 0 that ended on its own: crashed, killed, out of
+        memory, or failed of a peer that did (gloo tells at once), rather than with its trial."""
         if self.stopping:
             return None
-        ended = [(k, p.poll()) for k, p in enumerate(self.siblings, 1)]
-        return next(((k, rc) for k, rc in ended if rc is not None and (rc < 0 or rc == OOM_EXIT)), None)
+        ended = ((k, p.poll()) for k, p in enumerate(self.siblings, 1))
+        return next(((k, rc) for k, rc in ended if rc is not None and rc not in SIBLING_ENDS), None)
+
+    def _ranks_error(self, rc: int, killed_by_worker: bool) -> str:
+        """Which ranks failed. Which one failed first is not known when several did (each tells the others at
+        once): one that a signal or running out of memory ended is the cause; else every rank that failed is
+        named. Rank 0 is not, when the worker killed it because a sibling failed."""
+        failed = ([] if killed_by_worker else [(0, rc)]) + ([self.rank_failure] if self.rank_failure else [])
+        causes = [(k, code) for k, code in failed if code < 0 or code == OOM_EXIT]
+        return "; ".join(self.rank_story(k, code) for k, code in causes or failed)
+
+    def rank_story(self, k: int, code: int) -> str:
+        """How rank k ended, for the trial's error: its signal, or its exit code and the last line it wrote."""
+        if code < 0:
+            return f"rank {k} of {self.placement.ranks} was killed by {signal_name(-code)}"
+        log = self.rank_log(k) if k else self.logf
+        tail = log.read_text()[-400:].strip().splitlines()[-1:] if log.is_file() else []
+        return f"rank {k} of {self.placement.ranks} failed (exit {code}){': ' + tail[0] if tail else ''}"
 
     def terminate(self) -> None:
         """SIGTERM to every rank (Ctrl-C or SIGTERM to the sweep): each ends its run KILLED, resumable."""
@@ -255,6 +269,7 @@ class TrialRun:
                 pass
 
     def _end(self, why: str) -> str:
+        self.killed_running = {k for k, p in enumerate([self.proc, *self.siblings]) if p.poll() is None}
         for p in [self.proc, *self.siblings]:
             p.kill()
         for p in [self.proc, *self.siblings]:
@@ -262,8 +277,9 @@ class TrialRun:
         return why
 
     def _reap_siblings(self) -> None:
-        """After rank 0 ended: the other ranks end with it; any still running (in a collective that will
-        never complete) after a few seconds is killed."""
+        """After rank 0 ended: the other ranks end with it, by themselves; any still running after a few seconds
+        (in a collective that will never complete) is killed. Their lifelines close only then: a rank that
+        loses its lifeline exits at once, as ORPHANED_EXIT, whatever it was doing."""
         deadline = time.time() + RANK_GRACE_S
         for p in self.siblings:
             while p.poll() is None and time.time() < deadline:
@@ -271,23 +287,25 @@ class TrialRun:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        self.close(lifelines=True)
 
-    def close(self) -> None:
+    def close(self, lifelines: bool = False) -> None:
+        """Rank 0's pipes; with `lifelines`, the other ranks' too (they then exit)."""
         for f in (getattr(self, "reports", None), getattr(self, "decide", None)):
             try:
                 if f is not None:
                     f.close()
             except OSError:
                 pass
-        for fd in self.lifelines:
+        for fd in self.lifelines if lifelines else []:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self.lifelines = []
+        self.lifelines = self.lifelines if not lifelines else []
 
     def finish(self, ended: str | None, seconds: float, interrupted: bool, log=print) -> Outcome:
         """Tell Optuna how the trial ended, and make its MLflow run agree."""
         S = states()
-        self.rank_failure = self.rank_failure or self._rank_that_died()
+        self.rank_failure = self.rank_failure or self._failed_sibling()
         self._reap_siblings()
         rc, frozen = self.proc.returncode, self._frozen()
         params, n = dict(frozen.params), self.trial.number
@@ -327,11 +345,8 @@ class TrialRun:
             error = "out of GPU memory beside other trials; retried with the GPU to itself"  # not the configuration's
             set_own_attr(self.trial, "oom_beside_others", True)
             set_own_attr(self.trial, "gpu_alone", True)  # carried by the retry
-        elif self.rank_failure:
-            k, code = self.rank_failure
-            how = f"was killed by {signal_name(-code)}" if code < 0 else f"failed (exit {code})"
-            tail = self.rank_log(k).read_text()[-400:].strip().splitlines()[-1:] if code > 0 else []
-            error = f"rank {k} of {self.placement.ranks} {how}{': ' + tail[0] if tail else ''}; its siblings were ended"
+        elif self.siblings:
+            error = self._ranks_error(rc, killed_by_worker=0 in self.killed_running) + "; its siblings were ended"
             tag_run(self.cfg, trial_run_id(self.cfg, frozen), "bertnli.rank_failure", error)  # rank 0 may have ended it
         else:
             tail = self.logf.read_text()[-400:].strip().splitlines()[-1:] if self.logf.is_file() else []

@@ -9,7 +9,8 @@ crash, NaN or OOM ends that process only and frees all its memory.
 Exit codes: 0 trained (summary in `trial.json`), PRUNED_EXIT pruned, DIVERGED_EXIT the loss
 became NaN/inf (a property of the configuration: told to the sampler, not retried),
 INTERRUPTED_EXIT Ctrl-C/SIGTERM (resumable), OOM_EXIT out of GPU memory (on a shared GPU the
-worker retries it alone), anything else failed.
+worker retries it alone), ORPHANED_EXIT its worker closed the decide pipe (the worker is gone, or
+it ended the trial's other ranks), anything else failed.
 
 A trial over several GPUs (or several CPU processes) is one such process per rank, with torchrun's
 variables (RANK, WORLD_SIZE, MASTER_ADDR...). Rank 0 is the trial process above; the others train
@@ -43,7 +44,7 @@ from bertnli.tracking.run import default_classify, train_run
 from bertnli.train.fit import StoppedWithRankZero, fit
 from bertnli.train.state import TrainingDiverged
 
-PRUNED_EXIT, DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT = 3, 4, 5, 6
+PRUNED_EXIT, DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT, ORPHANED_EXIT = 3, 4, 5, 6, 7
 STAND_IN_OOM = "BERTNLI_STAND_IN_OOM"  # set: a trial on a shared GPU runs out of memory at once (CPU tests)
 
 
@@ -75,7 +76,7 @@ class PruneRelay:
             return
         answer = self.decide.readline().strip()
         if not answer:  # the worker closed its end: it is gone
-            os._exit(1)
+            os._exit(ORPHANED_EXIT)
         if answer == "prune":
             raise Pruned(f"pruned after epoch {m.epoch} (dev_acc {m.dev_acc:.4f})")
 
@@ -119,7 +120,7 @@ def _exit_when_the_worker_is_gone(decide_fd: int) -> None:
         poller.register(own, 0)  # no events asked: poll reports only the hang-up
         while True:
             if any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll()):
-                os._exit(1)
+                os._exit(ORPHANED_EXIT)
 
     threading.Thread(target=watch, daemon=True, name="worker-lifeline").start()
 

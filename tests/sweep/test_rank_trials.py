@@ -88,7 +88,10 @@ def test_two_process_trials_prune_together_and_train_as_torchrun_does(tmp_path, 
 
 
 @pytest.mark.slow(60)  # starts a sweep
-def test_a_rank_killed_mid_trial_ends_its_siblings_and_the_trial_is_retried(tmp_path, tiny_snli, new_store):
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_rank_killed_mid_trial_ends_its_siblings_and_the_trial_is_retried(tmp_path, tiny_snli, new_store, killed):
+    """Either rank killed: the other fails at once of the lost connection, and the trial's error names the rank
+    that was killed, not the other's error. Before, with rank 0 killed, the error was rank 0's last log line."""
     new_store(tmp_path / "mlflow.db")
     toml = write_toml(tmp_path, tiny_snli, trials=1, space="lr = [2e-3]\nbatch_size = [4]\nepochs = [4]")
     sweep = subprocess.Popen(
@@ -102,15 +105,16 @@ def test_a_rank_killed_mid_trial_ends_its_siblings_and_the_trial_is_retried(tmp_
     while not ("epoch 1:" in _read(out / "trial-000.log") and "pid" in _read(out / "trial-000.rank1.log")):
         assert time.time() < deadline and sweep.poll() is None, _read(out / "trial-000.log")
         time.sleep(0.05)
-    pid = int(_read(out / "trial-000.rank1.log").split("pid ")[1].split()[0])
-    os.kill(pid, signal.SIGKILL)  # rank 1, in epoch 2: rank 0 is in or near a collective with it
+    log = out / ("trial-000.rank1.log" if killed else "trial-000.log")
+    pid = int(_read(log).split("pid ")[1].split()[0])
+    os.kill(pid, signal.SIGKILL)  # in epoch 2: the other rank is in or near a collective with it
     killed_at = time.time()
     output, _ = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, output[-3000:]
     st, _, children = state(tmp_path)
     first, second = ran(st.get_trials())
     assert first.state == S.FAIL and second.state == S.COMPLETE and retry_of(second) == first.number
-    assert first.user_attrs["error"] == "rank 1 of 2 was killed by SIGKILL; its siblings were ended"
+    assert first.user_attrs["error"] == f"rank {killed} of 2 was killed by SIGKILL; its siblings were ended"
     assert first.datetime_complete.timestamp() - killed_at < 15  # rank 0 did not wait in a collective
     runs = {int(c.data.tags["optuna.trial"]): c for c in children}
     assert runs[first.number].info.status == "FAILED"
