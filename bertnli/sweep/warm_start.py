@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bertnli import BadInput
@@ -154,6 +155,9 @@ def load_source(source: Source):
 
     from bertnli.sweep.storage import open_storage
 
+    path = source.storage.removeprefix("sqlite:///") if "://" not in source.storage.removeprefix("sqlite:///") else None
+    if path is not None and not Path(path).is_file():  # opening it would create an empty storage there
+        raise BadInput(f"--warm-start {source.label}: no Optuna storage at {path}; check the path")
     try:
         return optuna.load_study(study_name=source.study, storage=open_storage(source.storage))
     except KeyError:

@@ -98,6 +98,8 @@ def test_a_warm_start_imports_what_was_trained_alike_once_and_trains_only_its_ow
         ("cheap", "--warm-start cheap: write NAME@STORAGE"),
         ("nosuch@{journal}", "no study 'nosuch' in"),
         ("mlflow:0123456789abcdef", "no run or experiment 0123456789abcdef in the MLflow store"),
+        ("there@{journal}.typo", "no Optuna storage at {journal}.typo; check the path"),
+        ("there@sqlite:///{journal}.db", "no Optuna storage at {journal}.db; check the path"),
     ],
 )
 def test_a_warm_start_source_not_found_is_one_line(tmp_path, tiny_snli, new_store, source, needle):
@@ -106,8 +108,10 @@ def test_a_warm_start_source_not_found_is_one_line(tmp_path, tiny_snli, new_stor
     optuna.create_study(study_name="there", storage=open_storage(str(journal)))
     toml = write_toml(tmp_path, tiny_snli, trials=1, space=SPACE)
     r = sweep_in_process(tmp_path, toml, "--warm-start", source.format(journal=journal))
+    needle = needle.format(journal=journal)
     assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert optuna.get_all_study_names(open_storage(str(journal))) == ["there"]
+    assert sorted(p.name for p in tmp_path.glob("journal.log*")) == ["journal.log"]  # a mistyped path made nothing
 
 
 def test_a_value_outside_the_new_space_is_dropped_and_counted():
