@@ -77,7 +77,7 @@ class Sweep:
         """Warm-start trials, known configurations, then the cells (seeding.py): by the process that publishes the
         parent run, before it does."""
         self.imported += seeding.add_warm_start(self.study, self.warm_plans, self.log)
-        seeding.queue_known(self.study, self.cfg)  # run first
+        seeding.queue_known(self.study, self.cfg, self.log)  # run first
         seeding.queue_cells(self.study, self.cfg, self.rungs is not None)
 
     def join(self) -> str:
@@ -89,7 +89,7 @@ class Sweep:
             self.study, self.storage, self.cfg, self.storage_url, self.elector, on_elected=self.seed_study
         )
         self.imported += seeding.add_warm_start(self.study, self.warm_plans, self.log)  # a resume adding a source
-        seeding.queue_known(self.study, self.cfg)  # or --enqueue entries
+        seeding.queue_known(self.study, self.cfg, self.log, self.complete(self.study))  # or --enqueue entries
         if self.imported:
             link_sources(self.cfg, parent, self.study)
         return parent

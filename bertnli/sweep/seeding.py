@@ -31,14 +31,21 @@ def add_warm_start(study, plans: list[Imported], log=print) -> int:
     return added
 
 
-def queue_known(study, cfg: SweepConfig) -> None:
+def queue_known(study, cfg: SweepConfig, log=print, complete: bool = False) -> None:
     """`--enqueue` configurations that were never queued in this study (compared with what each of its own trials
-    was queued with: an imported trial of the same params does not stand for one trained here)."""
+    was queued with: an imported trial of the same params does not stand for one trained here). None to a
+    `complete` study: nothing would run them now, and a later sweep would, unasked."""
     queued = [t.system_attrs.get("fixed_params") for t in trained_here(study.get_trials(deepcopy=False))]
-    for params in cfg.enqueue:
-        if params not in queued:
-            study.enqueue_trial(params)
-            queued.append(params)
+    new = [params for i, params in enumerate(cfg.enqueue) if params not in queued and params not in cfg.enqueue[:i]]
+    if new and complete:
+        them = "it" if len(new) == 1 else "them"
+        log(
+            f"--enqueue: the study already has its {cfg.trials} trials; {len(new)} configuration"
+            f"{'s' if len(new) > 1 else ''} not queued (raise --trials to run {them})"
+        )
+        return
+    for params in new:
+        study.enqueue_trial(params)
 
 
 def queue_cells(study, cfg: SweepConfig, multi_fidelity: bool) -> None:

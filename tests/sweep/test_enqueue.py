@@ -88,3 +88,21 @@ def test_known_configurations_run_first_and_once_across_a_kill_and_a_resume(tmp_
         tries = [t for t in trials if {k: t.params.get(k) for k in params} == params]
         assert sum(t.state in (S.COMPLETE, S.PRUNED) for t in tries) == 1, [(t.number, t.state) for t in tries]
     assert not any(t.state == S.WAITING for t in st.get_trials())
+
+
+@pytest.mark.slow  # runs sweeps
+def test_a_known_configuration_given_to_a_finished_study_is_not_left_waiting(tmp_path, tiny_snli, new_store):
+    """Before: it was queued, the sweep ended at once (N trials done), and it waited in the study unrun, to run
+    unasked in a later sweep. Now the sweep says so and queues nothing; with room (--trials N+1) it runs."""
+    new_store(tmp_path / "mlflow.db")
+    toml = write_toml(tmp_path, tiny_snli, trials=1, space="lr = {low = 1e-3, high = 3e-3}\nepochs = [1]")
+    run_sweep(tmp_path, toml)
+    r = run_sweep(tmp_path, toml, "--enqueue", "lr=0.002")
+    assert "--enqueue: the study already has its 1 trials; 1 configuration not queued (raise --trials to run it)" in (
+        r.stdout
+    )
+    st, _, _ = state(tmp_path)
+    assert [t.state for t in st.get_trials()] == [S.COMPLETE]
+    run_sweep(tmp_path, toml, "--enqueue", "lr=0.002", "--trials", "2")
+    st, _, _ = state(tmp_path)
+    assert [(t.state, t.params["lr"]) for t in st.get_trials()][1] == (S.COMPLETE, 0.002)
