@@ -20,6 +20,7 @@ from bertnli.sweep.seeding import CELLS_ATTR
 from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, cells
 from bertnli.sweep.storage import default_storage
+from bertnli.sweep.warm_start import IMPORTED, trained_here
 from bertnli.tracking.store import default_tracking_uri
 
 
@@ -45,9 +46,10 @@ def _summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
         except KeyError:
             return None
         counts: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        for t in trained_here(trials):
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        return {"counts": counts, "attrs": study.user_attrs}
+        return {"counts": counts, "attrs": study.user_attrs, "imported": len(trials) - len(trained_here(trials))}
     return _rdb_summary(cfg, url)
 
 
@@ -64,8 +66,9 @@ def _rdb_summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
                 return None
             col, table = sqlalchemy.column, sqlalchemy.table  # quoted per database (`key` is reserved in MySQL)
             studies = table("studies", col("study_id"), col("study_name"))
-            trials = table("trials", col("study_id"), col("state"))
+            trials = table("trials", col("trial_id"), col("study_id"), col("state"))
             attrs_t = table("study_user_attributes", col("study_id"), col("key"), col("value_json"))
+            trial_attrs = table("trial_user_attributes", col("trial_id"), col("key"))
             sid = db.execute(
                 sqlalchemy.select(studies.c.study_id).where(studies.c.study_name == cfg.study_name)
             ).scalar()
@@ -73,6 +76,11 @@ def _rdb_summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
                 return None
             q = sqlalchemy.select(trials.c.state, sqlalchemy.func.count()).where(trials.c.study_id == sid)
             counts = {str(state).split(".")[-1]: n for state, n in db.execute(q.group_by(trials.c.state))}
+            q = sqlalchemy.select(sqlalchemy.func.count()).select_from(
+                trials.join(trial_attrs, trials.c.trial_id == trial_attrs.c.trial_id)
+            )
+            imported = db.execute(q.where(trials.c.study_id == sid, trial_attrs.c.key == IMPORTED)).scalar()
+            counts["COMPLETE"] = counts.get("COMPLETE", 0) - imported  # an imported trial is added COMPLETE
             q = sqlalchemy.select(attrs_t.c.key, attrs_t.c.value_json).where(attrs_t.c.study_id == sid)
             attrs = {k: json.loads(v) for k, v in db.execute(q)}
         engine.dispose()
@@ -81,7 +89,7 @@ def _rdb_summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
             f"--storage {_shown(url)} is unreachable ({str(e).splitlines()[0][:160]}); start the database "
             "or fix the URL"
         ) from None
-    return {"counts": counts, "attrs": attrs}
+    return {"counts": counts, "attrs": attrs, "imported": imported}
 
 
 def _check_tracking(uri: str) -> str:
@@ -157,8 +165,9 @@ def dry_run(cfg: SweepConfig) -> list[str]:
         n = summary["counts"]
         done, running = n.get("COMPLETE", 0) + n.get("PRUNED", 0), n.get("RUNNING", 0)
         parent = summary["attrs"].get(PARENT_ATTR, "none yet")
+        imported = f", {summary['imported']} imported (not trained here, not counted)" if summary["imported"] else ""
         lines.append(
-            f"study {cfg.study_name}: {done} of {target} trials complete or pruned, {running} running; "
+            f"study {cfg.study_name}: {done} of {target} trials complete or pruned, {running} running{imported}; "
             f"parent run {parent}"
         )
     lines.append(f"space: {'; '.join(p.describe() for p in cfg.space)}")
@@ -169,6 +178,11 @@ def dry_run(cfg: SweepConfig) -> list[str]:
     else:
         shown = [" ".join(f"{k}={v}" for k, v in c.items()) for c in cells(cfg)]
         lines.append(f"cells queued first: {', '.join(shown) or 'none (no model or truncation choice)'}")
+    if cfg.enqueue:
+        shown = ", ".join(" ".join(f"{k}={v}" for k, v in params.items()) for params in cfg.enqueue)
+        lines.append(f"known configurations: {shown} (queued first, once per study)")
+    for source in cfg.warm_start:
+        lines.append(f"warm start: {source} ({cfg.warm_start_mode}), imported as the sweep starts")
     if rungs:
         promotion = "asynchronous (ASHA)" if rungs.asynchronous else "synchronous"
         lines.append(

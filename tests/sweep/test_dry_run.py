@@ -3,6 +3,7 @@
 import socket
 
 import optuna
+import pytest
 from tiny_sweeps import S, sweep_in_process, write_toml
 
 
@@ -95,3 +96,31 @@ def test_a_dry_run_reads_a_sqlite_study_without_writing_to_it(tmp_path, tiny_snl
     missing = f"sqlite:///{tmp_path / 'new.db'}"
     r = sweep_in_process(tmp_path, toml, "--dry-run", "--storage", missing)
     assert r.exit_code == 0 and "study s: new" in r.output and not (tmp_path / "new.db").exists()
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_dry_run_counts_imported_trials_apart_and_shows_known_configurations_and_warm_starts(
+    tmp_path, tiny_snli, kind
+):
+    """Before: an imported trial counted as done here (the sweep does not count it), and --enqueue and
+    --warm-start were left out of the plan."""
+    from bertnli.sweep.storage import open_storage
+    from bertnli.sweep.warm_start import IMPORTED
+
+    toml = write_toml(tmp_path, tiny_snli, trials=4, space="lr = {low = 1e-4, high = 5e-3, log = true}")
+    url = str(tmp_path / "journal.log") if kind == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url), direction="maximize")
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 5e-3, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3}, distributions=dist, value=0.5))
+    imported = optuna.trial.create_trial(
+        params={"lr": 2e-3}, distributions=dist, value=0.6, user_attrs={IMPORTED: "cheap@x#0"}
+    )
+    study.add_trial(imported)
+    source = f"cheap@{tmp_path / 'cheap.log'}"
+    r = sweep_in_process(tmp_path, toml, "--dry-run", "--storage", url, "--enqueue", "lr=0.002", "--warm-start", source)
+    assert r.exit_code == 0, r.output
+    assert "study s: 1 of 4 trials complete or pruned, 0 running, 1 imported (not trained here, not counted)" in (
+        r.output
+    )
+    assert "known configurations: lr=0.002 (queued first, once per study)" in r.output
+    assert f"warm start: {source} (strict), imported as the sweep starts" in r.output
