@@ -155,9 +155,15 @@ def _known_value(p: Param, value: Any, where: str) -> Any:
             raise BadInput(f"bad {where}: {p.name}={value} is not one of {p.describe()}")
         return match[0]
     try:
-        v = int(value) if p.kind == "int" else float(value)
+        v = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
-        raise BadInput(f"bad {where}: {p.name}={value} is not a number") from None
+        v = math.nan
+    if not math.isfinite(v):
+        raise BadInput(f"bad {where}: {p.name}={value} is not a number")
+    if p.kind == "int":
+        if not v.is_integer():  # int() would cut it silently
+            raise BadInput(f"bad {where}: {p.name}={value} is not a whole number ({p.describe()})")
+        v = int(v)
     if not p.low <= v <= p.high:
         raise BadInput(f"bad {where}: {p.name}={value} is outside the space {p.describe()}")
     return v

@@ -30,6 +30,8 @@ def test_a_known_configuration_is_typed_as_the_space_has_it():
         "bucket": False,
     }
     assert known_configuration({"lr": 0.001, "bucket": True}, SPACE) == {"lr": 0.001, "bucket": True}  # TOML
+    assert known_configuration("epochs=2.0", SPACE) == {"epochs": 2}  # was refused: "not a number"
+    assert type(known_configuration({"epochs": 2.0}, SPACE)["epochs"]) is int
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,9 @@ def test_a_known_configuration_is_typed_as_the_space_has_it():
         ("lr=1", "lr=1 is outside the space lr=0.0001:0.005:log"),
         ("model=bert-huge", "model=bert-huge is not one of model=tiny-d2l-random|tiny-random"),
         ("epochs=two", "epochs=two is not a number"),
+        ("epochs=1.5", "epochs=1.5 is not a whole number (epochs=1:2)"),
+        ({"epochs": 1.5}, "epochs=1.5 is not a whole number (epochs=1:2)"),  # TOML: was cut to 1
+        ("lr=nan", "lr=nan is not a number"),
         ("lr", "write NAME=VALUE pairs separated by commas"),
     ],
 )
