@@ -175,8 +175,10 @@ class Sweep:
         trial = patiently(study.ask)
         if self._step_aside(study, trial):
             return None
-        for p in self.cfg.space:
-            p.suggest(trial)
+        chosen: dict[str, Any] = {}
+        for p in self.cfg.space:  # parents first (space.parse_space): a condition reads what its trial took
+            if p.active(chosen):
+                chosen[p.name] = p.suggest(trial)
         if self.rungs:
             trial.suggest_int(RUNG, 0, self.rungs.top)  # 0 from the sampler, the promoted rung from the queue
         trial.set_user_attr("worker", owner())

@@ -13,40 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from bertnli import BadInput
-from bertnli.config import TrackingConfig, TrainConfig, load_config, parse_bool, read_toml
+from bertnli.config import TrackingConfig, TrainConfig, load_config, read_toml
 from bertnli.model.presets import check_model_spec
+from bertnli.sweep.params import Param, known_configuration, parse_space
 from bertnli.sweep.rungs import RUNG, rung_fractions
 from bertnli.train.runtime import resolve_device
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    kind: str  # "float", "int", "categorical"
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple = ()
-
-    def suggest(self, trial):
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-    def describe(self) -> str:
-        if self.kind == "categorical":
-            return f"{self.name}=" + "|".join(map(str, self.choices))
-        return f"{self.name}={self.low:g}:{self.high:g}" + (":log" if self.log else "")
-
-    def values(self) -> list:
-        """Every value an int/categorical dimension can take (empty for a float range)."""
-        if self.kind == "categorical":
-            return list(self.choices)
-        if self.kind == "int":
-            return list(range(int(self.low), int(self.high) + 1))
-        return []
 
 
 @dataclass(frozen=True)
@@ -90,92 +61,6 @@ class SweepConfig:
 
 
 SWEEP_KEYS = {f.name for f in fields(SweepConfig)} - {"base", "space", "tracking"}
-
-
-def _choices(name: str, kind_of: str, spec: list) -> Param:
-    if not spec:
-        raise ValueError("no choices")
-    if "bool" in kind_of:
-        spec = [parse_bool(x) for x in spec]
-    elif "int" in kind_of:
-        spec = [int(x) for x in spec]
-    elif "float" in kind_of:
-        spec = [float(x) for x in spec]
-    return Param(name, "categorical", choices=tuple(spec))
-
-
-def parse_param(name: str, spec: Any) -> Param:
-    """TOML `{low, high, log}` / list of choices, or CLI text `1e-5:1e-3:log`, `1:3`, `a|b`."""
-    known = {f.name: str(f.type) for f in fields(TrainConfig)}
-    if name not in known:
-        raise BadInput(f"bad sweep space: {name!r} is not a train setting; use one of {', '.join(sorted(known))}")
-    kind_of = known[name]
-    try:
-        if isinstance(spec, str):
-            if "|" in spec or ":" not in spec or "bool" in kind_of or kind_of == "str":  # epochs=1 alone is one choice
-                spec = spec.split("|")
-            else:
-                parts = spec.split(":")
-                spec = {"low": float(parts[0]), "high": float(parts[1]), "log": len(parts) > 2 and parts[2] == "log"}
-        if isinstance(spec, list):
-            return _choices(name, kind_of, spec)
-        if "bool" in kind_of:
-            raise ValueError("a true/false setting takes choices, not a range")
-        low, high, log = float(spec["low"]), float(spec["high"]), bool(spec.get("log", False))
-    except (KeyError, ValueError, IndexError, TypeError) as e:
-        raise BadInput(f"bad sweep space for {name}: {spec!r} ({e}); write low:high[:log] or a|b|c") from None
-    if not low < high or (log and low <= 0):
-        raise BadInput(f"bad sweep space for {name}: need low < high (and low > 0 for log)")
-    return Param(name, "int" if "int" in kind_of else "float", low, high, log)
-
-
-def known_configuration(item: str | dict, space: tuple[Param, ...]) -> dict[str, Any]:
-    """`--enqueue "lr=2e-5,epochs=3"` or a `[[sweep.enqueue]]` table -> params typed as the space has them.
-    Space parameters it leaves out are sampled."""
-    where = f"--enqueue {item}" if isinstance(item, str) else f"[[sweep.enqueue]] {item}"
-    if isinstance(item, str):
-        pairs = [kv.split("=", 1) for kv in item.split(",") if kv.strip()]
-        if not pairs or any(len(kv) != 2 for kv in pairs):
-            raise BadInput(f"bad {where}: write NAME=VALUE pairs separated by commas, e.g. lr=2e-5,epochs=3")
-        item = {k.strip(): v.strip() for k, v in pairs}
-    params = {p.name: p for p in space}
-    out = {}
-    for name, value in item.items():
-        p = params.get(name)
-        if p is None:
-            raise BadInput(f"bad {where}: {name} is not in the sweep space ({', '.join(params)}); add it with --space")
-        out[name] = _known_value(p, value, where)
-    return out
-
-
-def _known_value(p: Param, value: Any, where: str) -> Any:
-    if p.kind == "categorical":
-        match = [c for c in p.choices if c == value or str(c) == str(value) or _same_number(c, value)]
-        if not match:
-            raise BadInput(f"bad {where}: {p.name}={value} is not one of {p.describe()}")
-        return match[0]
-    try:
-        v = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        v = math.nan
-    if not math.isfinite(v):
-        raise BadInput(f"bad {where}: {p.name}={value} is not a number")
-    if p.kind == "int":
-        if not v.is_integer():  # int() would cut it silently
-            raise BadInput(f"bad {where}: {p.name}={value} is not a whole number ({p.describe()})")
-        v = int(v)
-    if not p.low <= v <= p.high:
-        raise BadInput(f"bad {where}: {p.name}={value} is outside the space {p.describe()}")
-    return v
-
-
-def _same_number(choice: Any, value: Any) -> bool:
-    if isinstance(choice, bool) or not isinstance(choice, (int, float)):
-        return isinstance(choice, bool) and str(value).lower() == str(choice).lower()
-    try:
-        return float(value) == choice
-    except (TypeError, ValueError):
-        return False
 
 
 def _fidelity_table(sweep_doc: dict) -> dict:
@@ -309,7 +194,7 @@ def load_sweep_config(
     in_toml = sweep_doc.pop("warm_start", [])
     warm = (*([in_toml] if isinstance(in_toml, str) else in_toml), *(sweep_overrides.pop("warm_start", None) or ()))
     values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
-    space = tuple(parse_param(k, v) for k, v in space_doc.items())
+    space = parse_space(space_doc)
     enqueue = tuple(known_configuration(item, space) for item in known)
     cfg = SweepConfig(base=base, space=space, tracking=tracking, enqueue=enqueue, warm_start=warm, **values)
     _check_settings(cfg)
@@ -369,7 +254,9 @@ def spec_to_json(cfg: SweepConfig) -> dict:
 def spec_from_json(d: dict) -> SweepConfig:
     d = dict(d)
     d["base"] = TrainConfig(**d["base"])
-    d["space"] = tuple(Param(**{**p, "choices": tuple(p["choices"])}) for p in d["space"])
+    d["space"] = tuple(
+        Param(**{**p, "choices": tuple(p["choices"]), "when": tuple(p.get("when", ()))}) for p in d["space"]
+    )
     d["tracking"] = TrackingConfig(**d["tracking"])
     d["enqueue"] = tuple(d.get("enqueue", ()))
     d["warm_start"] = tuple(d.get("warm_start", ()))

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bertnli import BadInput
-from bertnli.sweep.space import Param, SweepConfig
+from bertnli.sweep.params import Param
+from bertnli.sweep.space import SweepConfig
 
 IMPORTED = "imported_from"  # user attribute of an imported trial: "<source>#<its number there>"
 DONE_ATTR = "warm_started"  # study user attribute: the sources already imported, each once

@@ -12,7 +12,7 @@ from optuna.trial import TrialState as S
 from tiny_sweeps import ran, run_sweep, state, sweep_cmd, sweep_in_process, wait_until_no_trial_runs, write_toml
 
 from bertnli import BadInput
-from bertnli.sweep.space import known_configuration, parse_param
+from bertnli.sweep.params import known_configuration, parse_param
 
 SPACE = (
     parse_param("lr", "1e-4:5e-3:log"),

@@ -24,7 +24,8 @@ from tiny_sweeps import (
 )
 
 from bertnli.config import TrackingConfig
-from bertnli.sweep.space import cells, load_sweep_config, parse_param
+from bertnli.sweep.params import parse_param
+from bertnli.sweep.space import cells, load_sweep_config
 
 
 def test_space_parsing_and_cells(tiny_snli):

@@ -11,7 +11,8 @@ from sqlalchemy.exc import OperationalError
 
 import bertnli.sweep.pool
 from bertnli.config import TrackingConfig
-from bertnli.sweep.space import load_sweep_config, parse_param
+from bertnli.sweep.params import parse_param
+from bertnli.sweep.space import load_sweep_config
 
 S = optuna.trial.TrialState
 

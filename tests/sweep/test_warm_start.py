@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState as S
 from tiny_sweeps import run_sweep, sweep_in_process, write_toml
 
-from bertnli.sweep.space import parse_param
+from bertnli.sweep.params import parse_param
 from bertnli.sweep.storage import open_storage
 from bertnli.sweep.warm_start import IMPORTED, distribution
 
