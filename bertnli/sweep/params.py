@@ -33,8 +33,12 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
+    def condition(self) -> str:
+        """`parent=a|b`, as the space was given it ("" when unconditional)."""
+        return f"{self.when[0]}={'|'.join(map(str, self.when[1:]))}" if self.when else ""
+
     def describe(self) -> str:
-        when = f" if {self.when[0]}={'|'.join(map(str, self.when[1:]))}" if self.when else ""
+        when = f" if {self.condition()}" if self.when else ""
         if self.kind == "categorical":
             return f"{self.name}=" + "|".join(map(str, self.choices)) + when
         return f"{self.name}={self.low:g}:{self.high:g}" + (":log" if self.log else "") + when
@@ -141,7 +145,7 @@ def known_configuration(item: str | dict, space: tuple[Param, ...]) -> dict[str,
     for name in out:
         parent = params[name].when[0] if params[name].when else None
         if parent in out and not params[name].active(out):
-            raise BadInput(f"bad {where}: {name} is used only if {params[name].describe().split(' if ')[1]}; drop it")
+            raise BadInput(f"bad {where}: {name} is used only if {params[name].condition()}; drop it")
     return out
 
 

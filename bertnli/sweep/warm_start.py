@@ -211,12 +211,17 @@ def _as_new_trial(t, space: dict[str, Param], source: Source, dropped: Counter):
     import optuna
 
     params, dists = {}, {}
-    for name, value in t.params.items():
-        p = space.get(name)
-        if p is None:
+    for name, p in space.items():  # parents first (params.parse_space): a condition reads what was kept
+        if name not in t.params:
             continue
+        value = t.params[name]
         if not _inside(p, value):
             dropped[f"{name}={value} outside {p.describe()}"] += 1
+            continue
+        if not p.active(params):  # here a trial of these values has no such parameter
+            parent = p.when[0]
+            where = f"{parent}={params[parent]}" if parent in params else f"no {parent}"
+            dropped[f"{name}={value} where {where} (only if {p.condition()} here)"] += 1
             continue
         params[name], dists[name] = value, distribution(p)
     attrs = {IMPORTED: f"{source.key}#{t.number}", "source_run_id": t.user_attrs.get("mlflow_run_id")}

@@ -134,3 +134,22 @@ def test_a_value_outside_the_new_space_is_dropped_and_counted():
     assert new.params == {"truncation": "ratio"} and new.value == 0.7  # epochs is not searched here: not kept
     assert dropped == {"lr=0.003 outside lr=0.0001:0.001:log": 1}
     assert new.user_attrs[IMPORTED] == f"cheap@j.log#{old.number}"
+
+
+def test_a_conditional_parameter_is_imported_only_where_its_condition_holds_here():
+    """The source searched warmup with either schedule; here warmup exists only with the linear one."""
+    from collections import Counter
+
+    from bertnli.sweep.params import parse_space
+    from bertnli.sweep.warm_start import Source, _as_new_trial
+
+    space = {p.name: p for p in parse_space({"warmup": "0:0.2 if schedule=linear", "schedule": "linear|constant"})}
+    flat = {"warmup": distribution(parse_param("warmup", "0:0.2")), "schedule": distribution(space["schedule"])}
+    dropped = Counter()
+    for schedule in ("constant", "linear"):
+        old = optuna.trial.create_trial(params={"warmup": 0.1, "schedule": schedule}, distributions=flat, value=0.7)
+        new = _as_new_trial(old, space, Source("cheap", "j.log", "cheap@j.log"), dropped)
+        assert new.params == (
+            {"schedule": "constant"} if schedule == "constant" else {"schedule": "linear", "warmup": 0.1}
+        )
+    assert dropped == {"warmup=0.1 where schedule=constant (only if schedule=linear here)": 1}
