@@ -133,16 +133,25 @@ def mlflow_uri(tmp_path_factory, store_template) -> str:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Each test its own model cache, no inherited tracking URI, and the environment back as it was afterwards:
-    an in-process command (CliRunner) sets switches in os.environ for its trial processes (--no-system-metrics
-    sets BERTNLI_SYSTEM_METRICS=0), which must not reach the next test."""
+    """Each test its own model cache, no inherited tracking URI, and the environment, signal handlers and MLflow's
+    tracking URI back as they were afterwards: an in-process command (CliRunner) sets switches in os.environ for
+    its trial processes (--no-system-metrics sets BERTNLI_SYSTEM_METRICS=0), which must not reach the next test."""
+    import signal
+
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
     saved = dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    uri = tracking_utils._tracking_uri  # set by an in-process command: the next test's default store must not be it
     monkeypatch.setenv("BERTNLI_CACHE", str(tmp_path / "model-cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield
     if dict(os.environ) != saved:
         os.environ.clear()
         os.environ.update(saved)
+    for sig, handler in handlers.items():  # a sweep's or train's SIGTERM handler
+        signal.signal(sig, handler)
+    tracking_utils._tracking_uri = uri
 
 
 # ---------------------------------------------------------------- a real HTTP server

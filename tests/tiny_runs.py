@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import traceback
+import warnings
 
 from conftest import ROOT, run_env
 
@@ -53,7 +54,8 @@ class StopAt(Quiet):
 
 def cli(*args, timeout=300, cwd=ROOT, fresh=False, **env):
     """`bertnli-exp ARGS` in `cwd` with the test's environment plus `env`: in this process unless `fresh` asks for
-    a process of its own (a new interpreter costs seconds of imports, and a sweep's forkserver as many again)."""
+    a process of its own (a new interpreter costs seconds of imports, and a sweep's forkserver as many again).
+    `timeout` bounds a process of its own; pytest-timeout bounds the rest."""
     if not fresh:
         return invoke([str(a) for a in args], env, cwd)
     return subprocess.run(
@@ -66,20 +68,36 @@ def cli(*args, timeout=300, cwd=ROOT, fresh=False, **env):
     )
 
 
-def invoke(args: list[str], env: dict | None = None, cwd=ROOT) -> subprocess.CompletedProcess:
-    """What `subprocess.run(..., capture_output=True, text=True)` of the CLI returns, from click's runner: the exit
-    code, stdout and stderr apart (an exception the CLI let out is its exit 1 and its traceback on stderr)."""
+def in_process(args: list[str], env: dict | None = None, cwd=ROOT):
+    """`bertnli-exp ARGS` through click's runner, as a user's shell would run it: in `cwd`, its warnings under
+    Python's default filters and printed to its stderr (pytest would record them instead). Click's Result."""
     from click.testing import CliRunner
 
     from bertnli.cli import main
 
-    env = {"MLFLOW_TRACKING_URI": None, **(env or {})}  # as run_env(): a test's own store, never one from outside
     before = os.getcwd()
     os.chdir(cwd)
     try:
-        r = CliRunner().invoke(main, args, env=env, prog_name="bertnli-exp")
+        with warnings.catch_warnings():
+            warnings.resetwarnings()  # Python's defaults: shown once per place, deprecations hidden
+            warnings.simplefilter("default")
+            for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", hidden)
+            warnings.showwarning = _to_stderr
+            return CliRunner().invoke(main, args, env=env, prog_name="bertnli-exp")
     finally:
         os.chdir(before)
+
+
+def _to_stderr(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def invoke(args: list[str], env: dict | None = None, cwd=ROOT) -> subprocess.CompletedProcess:
+    """What `subprocess.run(..., capture_output=True, text=True)` of the CLI returns, from `in_process`: the exit
+    code, stdout and stderr apart (an exception the CLI let out is its exit 1 and its traceback on stderr). A run
+    that hangs is ended by pytest-timeout."""
+    r = in_process(args, env, cwd)
     stderr = r.stderr
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         stderr += "".join(traceback.format_exception(r.exception))

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from conftest import ROOT, run_env
 from mlflow import MlflowClient
-from tiny_runs import invoke
+from tiny_runs import in_process, invoke
 
 S = optuna.trial.TrialState
 
@@ -31,10 +31,11 @@ def write_toml(tmp_path, data, trials=4, space=None, extra=""):
 
 
 def sweep_cmd(tmp_path, toml, *extra):
+    return [sys.executable, "-m", "bertnli.cli", *sweep_args(tmp_path, toml, *extra)]
+
+
+def sweep_args(tmp_path, toml, *extra):
     return [
-        sys.executable,
-        "-m",
-        "bertnli.cli",
         "sweep",
         "--config",
         str(toml),
@@ -49,26 +50,22 @@ def sweep_cmd(tmp_path, toml, *extra):
 
 
 def run_sweep(tmp_path, toml, *extra, timeout=600, fresh=False):
-    """A whole sweep, which must succeed: in this process (its trials forked from this process's forkserver,
-    started once for every test of the file), or as a process of its own where `fresh`."""
+    """A whole sweep, which must succeed: in this process (its trials forked from this pytest worker's forkserver,
+    which later sweeps reuse, where the main module allows forking), or as a process of its own where `fresh`."""
     if fresh:
         r = subprocess.run(
             sweep_cmd(tmp_path, toml, *extra), cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=timeout
         )
     else:
-        r = invoke(sweep_cmd(tmp_path, toml, *extra)[3:])
+        r = invoke(sweep_args(tmp_path, toml, *extra))
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
 
 def sweep_in_process(tmp_path, toml, *extra):
-    """`bertnli-exp sweep` in this process (click's runner): for what ends before any trial process starts, and
-    for tests that patch the sweep's own code."""
-    from click.testing import CliRunner
-
-    from bertnli.cli import main
-
-    return CliRunner().invoke(main, sweep_cmd(tmp_path, toml, *extra)[3:])
+    """`bertnli-exp sweep` in this process, as click's Result (exit_code, output): for what ends before any trial
+    process starts, and for tests that patch the sweep's own code."""
+    return in_process(sweep_args(tmp_path, toml, *extra))
 
 
 def state(tmp_path, study="s"):

@@ -20,7 +20,7 @@ from bertnli.sweep.seeding import CELLS_ATTR
 from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, cells
 from bertnli.sweep.storage import default_storage
-from bertnli.sweep.warm_start import IMPORTED, trained_here
+from bertnli.sweep.warm_start import IMPORTED, check_storage_file, parse_source, trained_here
 from bertnli.tracking.store import default_tracking_uri
 
 
@@ -181,8 +181,11 @@ def dry_run(cfg: SweepConfig) -> list[str]:
     if cfg.enqueue:
         shown = ", ".join(" ".join(f"{k}={v}" for k, v in params.items()) for params in cfg.enqueue)
         lines.append(f"known configurations: {shown} (queued first, once per study)")
-    for source in cfg.warm_start:
-        lines.append(f"warm start: {source} ({cfg.warm_start_mode}), imported as the sweep starts")
+    for text in cfg.warm_start:
+        if not text.startswith("mlflow:"):  # an MLflow source is found as the sweep starts
+            for source in parse_source(text, tracking_uri):
+                check_storage_file(source)
+        lines.append(f"warm start: {text} ({cfg.warm_start_mode}), imported as the sweep starts")
     if rungs:
         promotion = "asynchronous (ASHA)" if rungs.asynchronous else "synchronous"
         lines.append(

@@ -269,7 +269,7 @@ class Sweep:
         t0 = time.time()
         try:
             run.start()
-            ended = run.supervise(t0)
+            ended = run.supervise(time.time())  # --trial-timeout counts from the process, not the forkserver's imports
         except BaseException:
             run.close(lifelines=True)  # the trial's other ranks end with it
             raise

@@ -40,7 +40,7 @@ def queue_known(study, cfg: SweepConfig, log=print, complete: bool = False) -> N
     if new and complete:
         them = "it" if len(new) == 1 else "them"
         log(
-            f"--enqueue: the study already has its {cfg.trials} trials; {len(new)} configuration"
+            f"--enqueue: the study is complete ({cfg.trials}/{cfg.trials} trials); {len(new)} configuration"
             f"{'s' if len(new) > 1 else ''} not queued (raise --trials to run {them})"
         )
         return

@@ -239,7 +239,7 @@ class TrialRun:
         memory, or failed of a peer that did (gloo tells at once), rather than with its trial."""
         if self.stopping:
             return None
-        ended = ((k, p.poll()) for k, p in enumerate(self.siblings, 1))
+        ended = ((k, p.poll()) for k, p in enumerate(self.siblings, 1) if k not in self.killed_running)
         return next(((k, rc) for k, rc in ended if rc is not None and rc not in SIBLING_ENDS), None)
 
     def _ranks_error(self, rc: int, killed_by_worker: bool) -> str:
@@ -297,10 +297,11 @@ class TrialRun:
                     f.close()
             except OSError:
                 pass
-        for fd in self.lifelines if lifelines else []:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.lifelines = self.lifelines if not lifelines else []
+        if lifelines:
+            for fd in self.lifelines:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.lifelines = []
 
     def finish(self, ended: str | None, seconds: float, interrupted: bool, log=print) -> Outcome:
         """Tell Optuna how the trial ended, and make its MLflow run agree."""
@@ -345,7 +346,7 @@ class TrialRun:
             error = "out of GPU memory beside other trials; retried with the GPU to itself"  # not the configuration's
             set_own_attr(self.trial, "oom_beside_others", True)
             set_own_attr(self.trial, "gpu_alone", True)  # carried by the retry
-        elif self.siblings:
+        elif self.siblings and (self.rank_failure or rc < 0):  # else rank 0's own error, as in a one-rank trial
             error = self._ranks_error(rc, killed_by_worker=0 in self.killed_running) + "; its siblings were ended"
             tag_run(self.cfg, trial_run_id(self.cfg, frozen), "bertnli.rank_failure", error)  # rank 0 may have ended it
         else:

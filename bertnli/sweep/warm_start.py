@@ -151,14 +151,20 @@ def _mlflow_sources(text: str, ref: str, tracking_uri: str | None) -> list[Sourc
     return [Source(r.data.tags["bertnli.study"], r.data.tags["bertnli.storage"], text) for r in parents]
 
 
+def check_storage_file(source: Source) -> None:
+    """A journal file or SQLite database that is not there: opening it would create an empty one."""
+    local = source.storage.removeprefix("sqlite:///")
+    path = local.split("?")[0] if "://" not in local else None
+    if path is not None and not Path(path).is_file():
+        raise BadInput(f"--warm-start {source.label}: no Optuna storage at {path}; check the path")
+
+
 def load_source(source: Source):
     import optuna
 
     from bertnli.sweep.storage import open_storage
 
-    path = source.storage.removeprefix("sqlite:///") if "://" not in source.storage.removeprefix("sqlite:///") else None
-    if path is not None and not Path(path).is_file():  # opening it would create an empty storage there
-        raise BadInput(f"--warm-start {source.label}: no Optuna storage at {path}; check the path")
+    check_storage_file(source)
     try:
         return optuna.load_study(study_name=source.study, storage=open_storage(source.storage))
     except KeyError:

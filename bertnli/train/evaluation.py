@@ -112,7 +112,7 @@ def predict(
     amp: bool = True,
 ) -> np.ndarray:
     """Probabilities (n, 3) for raw sentence pairs (d2l vocabularies get simple word splitting). With `amp`, in
-    bf16 where the hardware does it natively: they differ from fp32's in the 4th decimal."""
+    bf16 where the hardware does it natively: they differ from fp32's in the 3rd decimal."""
     if tokenizer.text_field == "parse":
         norm = lambda s: " ".join(re.findall(r"\w+|[^\w\s]", s))  # noqa: E731 - SNLI parse tokens split punctuation
         premises, hypotheses = [norm(p) for p in premises], [norm(h) for h in hypotheses]

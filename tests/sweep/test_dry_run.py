@@ -117,7 +117,12 @@ def test_a_dry_run_counts_imported_trials_apart_and_shows_known_configurations_a
     )
     study.add_trial(imported)
     source = f"cheap@{tmp_path / 'cheap.log'}"
-    r = sweep_in_process(tmp_path, toml, "--dry-run", "--storage", url, "--enqueue", "lr=0.002", "--warm-start", source)
+    args = ["--dry-run", "--storage", url, "--enqueue", "lr=0.002", "--warm-start", source]
+    r = sweep_in_process(tmp_path, toml, *args)
+    assert r.exit_code == 2 and f"no Optuna storage at {tmp_path / 'cheap.log'}; check the path" in r.output
+    assert not (tmp_path / "cheap.log").exists()
+    optuna.create_study(study_name="cheap", storage=open_storage(str(tmp_path / "cheap.log")))
+    r = sweep_in_process(tmp_path, toml, *args)
     assert r.exit_code == 0, r.output
     assert "study s: 1 of 4 trials complete or pruned, 0 running, 1 imported (not trained here, not counted)" in (
         r.output

@@ -103,7 +103,7 @@ def test_a_known_configuration_given_to_a_finished_study_is_not_left_waiting(tmp
     toml = write_toml(tmp_path, tiny_snli, trials=1, space="lr = {low = 1e-3, high = 3e-3}\nepochs = [1]")
     run_sweep(tmp_path, toml)
     r = run_sweep(tmp_path, toml, "--enqueue", "lr=0.002")
-    assert "--enqueue: the study already has its 1 trials; 1 configuration not queued (raise --trials to run it)" in (
+    assert "--enqueue: the study is complete (1/1 trials); 1 configuration not queued (raise --trials to run it)" in (
         r.stdout
     )
     st, _, _ = state(tmp_path)
