@@ -104,3 +104,24 @@ def test_multi_fidelity_benchmark_runs_both_studies_on_the_same_configurations(t
     assert (
         sum(r.data.tags.get("bertnli.role") == "sweep-parent" for r in runs) == 1 and len(runs) == 1 + 3
     )  # the first run's are gone
+
+
+@pytest.mark.slow(60)  # three sweeps
+def test_warm_start_benchmark_runs_cheap_cold_and_warm_studies(tiny_snli, tmp_path, new_store):
+    out = tmp_path / "bench"
+    new_store(out / "mlflow.db")
+    cmd = [sys.executable, "benchmarks/warm_start.py", "--seeds", "0", "--cheap-trials", "2", "--cheap-pairs", "48"]
+    cmd += ["--trials", "2", "--data", str(tiny_snli), "--out-dir", str(out), "--", "--model", "tiny-d2l-random"]
+    cmd += ["--space", "lr=1e-3:5e-3:log", "--max-len", "32", "--cache-dir", str(tmp_path / "enc")]
+    r = subprocess.run(cmd, cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    curves = s["best_dev_after_each_trial"]["0"]
+    assert len(curves["cold"]) == len(curves["warm"]) == 2 and curves["cold"] == sorted(curves["cold"])
+    import optuna
+
+    from bertnli.sweep.storage import open_storage
+    from bertnli.sweep.warm_start import trained_here
+
+    warm = optuna.load_study(study_name="warm-s0", storage=open_storage(str(out / "journal.log"))).get_trials()
+    assert len(warm) - len(trained_here(warm)) == 2  # the cheap study's two trials, imported, not trained
