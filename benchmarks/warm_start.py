@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/snli-resplit")
     ap.add_argument("--cheap-trials", type=int, default=10)
     ap.add_argument("--cheap-pairs", type=int, default=2000)
+    ap.add_argument("--cheap-epochs", type=int, default=1, help="epochs of each cheap trial [default: 1]")
     ap.add_argument("--trials", type=int, default=6, help="trials of each full-data study [default: 6]")
     ap.add_argument("--out-dir", default="outputs/bench-warm-start")
     ap.add_argument("extra", nargs="*", help="sweep options after --, instead of the default model and space")
@@ -72,29 +73,31 @@ def main() -> None:
     out = Path(a.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
+    variant = f"-e{a.cheap_epochs}" if a.cheap_epochs != 1 else ""  # the cold study is the same for every variant
     for seed in a.seeds:
-        cheap = f"cheap-s{seed}"
-        sweep(a, out, cheap, a.cheap_trials, seed, "--limit-train", str(a.cheap_pairs))
+        cheap, warm = f"cheap{variant}-s{seed}", f"warm{variant}-s{seed}"
+        sweep(a, out, cheap, a.cheap_trials, seed, "--limit-train", str(a.cheap_pairs), "--epochs", str(a.cheap_epochs))
         sweep(a, out, f"cold-s{seed}", a.trials, seed)
         source = f"{cheap}@{out / 'journal.log'}"
-        sweep(a, out, f"warm-s{seed}", a.trials, seed, "--warm-start", source, "--warm-start-mode", "loose")
-        per_seed[seed] = {kind: best_so_far(out, f"{kind}-s{seed}") for kind in ("cold", "warm")}
+        sweep(a, out, warm, a.trials, seed, "--warm-start", source, "--warm-start-mode", "loose")
+        per_seed[seed] = {"cold": best_so_far(out, f"cold-s{seed}"), "warm": best_so_far(out, warm)}
+        per_seed[seed]["cheap_best"] = max(best_so_far(out, cheap), default=None)
         print(json.dumps({"seed": seed, **per_seed[seed]}), flush=True)
-    n = min(len(c) for s in per_seed.values() for c in s.values())
+    n = min(len(s[kind]) for s in per_seed.values() for kind in ("cold", "warm"))
     mean = {
         kind: [round(sum(s[kind][i] for s in per_seed.values()) / len(per_seed), 4) for i in range(n)]
         for kind in ("cold", "warm")
     }
     summary = {
         "seeds": a.seeds,
-        "cheap": {"trials": a.cheap_trials, "pairs": a.cheap_pairs},
+        "cheap": {"trials": a.cheap_trials, "pairs": a.cheap_pairs, "epochs": a.cheap_epochs},
         "trials": a.trials,
         "sweep_options": a.extra or DEFAULT,
         "best_dev_after_each_trial": per_seed,
         "mean_over_seeds": mean,
         "warm_minus_cold_pp": [round(100 * (w - c), 2) for w, c in zip(mean["warm"], mean["cold"])],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / f"summary{variant}.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
 
 
