@@ -9,7 +9,7 @@ Prints the best dev accuracy after each trial the full-data studies trained (imp
 both ways, per seed and averaged over the seeds, and writes them to <out-dir>/summary.json. Whatever it shows,
 "no help" included, is the answer; nothing is tuned on test (the studies run with --no-eval-test).
 
-    python benchmarks/warm_start.py --seeds 0 1 2 --data ../shared/data/snli-resplit   # ~20 min a seed, 2 cores
+    python benchmarks/warm_start.py --seeds 0 1 2 --data ../shared/data/snli-resplit   # ~13 min a seed, 2 cores
     python benchmarks/warm_start.py --seeds 0 --out-dir X     # a rerun reuses the studies that finished
 
 Sweep options after `--` replace the default space and model, e.g. `-- --space lr=1e-5:1e-3:log --model minilm-l6`.
@@ -39,8 +39,8 @@ def sweep(a, out: Path, name: str, trials: int, seed: int, *more: str) -> None:
 
 
 def best_so_far(out: Path, name: str) -> list[float]:
-    """The best dev accuracy after each trial the study trained itself, in trial order (pruned trials count as
-    trials: they cost their epochs; their value is their last report)."""
+    """The best dev accuracy after each trial the study trained itself, in trial order (a pruned trial counts: it
+    cost its epochs, and its best report stands for it; a failed one is left out)."""
     import optuna
 
     from bertnli.sweep.storage import open_storage

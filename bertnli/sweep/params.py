@@ -142,11 +142,23 @@ def known_configuration(item: str | dict, space: tuple[Param, ...]) -> dict[str,
         if p is None:
             raise BadInput(f"bad {where}: {name} is not in the sweep space ({', '.join(params)}); add it with --space")
         out[name] = _known_value(p, value, where)
-    for name in out:
-        parent = params[name].when[0] if params[name].when else None
-        if parent in out and not params[name].active(out):
-            raise BadInput(f"bad {where}: {name} is used only if {params[name].condition()}; drop it")
+    for name in out:  # a parent left to the sampler might take a value that leaves the parameter out
+        if not params[name].active(out):
+            raise BadInput(
+                f"bad {where}: {name} is used only if {params[name].condition()}; give {params[name].when[0]} "
+                "such a value too, or drop it"
+            )
     return out
+
+
+def values_trained(space: tuple[Param, ...], name: str, base_value: Any) -> list:
+    """Every value of the setting `name` that some trial trains with: the space's (every value of an int or a
+    choice), and the `[train]` value where the space does not search it or a condition leaves it out."""
+    p = next((p for p in space if p.name == name), None)
+    if p is None:
+        return [base_value]
+    values = p.values()
+    return values + [base_value] if p.when and base_value not in values else values
 
 
 def _known_value(p: Param, value: Any, where: str) -> Any:

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 
 from bertnli import BadInput
+from bertnli.sweep.params import values_trained
 
 HOST_GPUS_SEAM = "BERTNLI_HOST_GPUS"  # comma-separated GPU names: what CUDA would list, for hosts without one (tests)
 
@@ -167,8 +168,8 @@ def slots_of(cfg) -> Slots:
             "per GPU: use --gpus-per-trial (or --device cpu)"
         )
     ranks = max(cfg.gpus_per_trial, cfg.procs_per_trial)
-    searched = next((p.values() for p in cfg.space if p.name == "batch_size"), None)
-    for size in searched or [cfg.base.batch_size]:  # every trial's, or each would fail on every try
+    searched = any(p.name == "batch_size" for p in cfg.space)
+    for size in values_trained(cfg.space, "batch_size", cfg.base.batch_size):  # or each such trial fails every try
         if int(size) % ranks:
             raise BadInput(
                 f"--batch-size {size} does not split over the {ranks} processes of a trial; "

@@ -15,7 +15,7 @@ from typing import Any
 from bertnli import BadInput
 from bertnli.config import TrackingConfig, TrainConfig, load_config, read_toml
 from bertnli.model.presets import check_model_spec
-from bertnli.sweep.params import Param, known_configuration, parse_space
+from bertnli.sweep.params import Param, known_configuration, parse_space, values_trained
 from bertnli.sweep.rungs import RUNG, rung_fractions
 from bertnli.train.runtime import resolve_device
 
@@ -209,7 +209,7 @@ def load_sweep_config(
 def check_runnable(cfg: SweepConfig) -> None:
     """Refuse, before a study or run is created, a sweep whose every trial would fail the same way."""
     resolve_device(cfg.base.device)
-    for spec in next((p.choices for p in cfg.space if p.name == "model"), (cfg.base.model,)):
+    for spec in values_trained(cfg.space, "model", cfg.base.model):
         check_model_spec(str(spec))
     if not Path(cfg.base.data).is_dir():
         raise BadInput(f"data folder {cfg.base.data} not found; give --data a folder with snli_1.0_*.jsonl[.gz]")
@@ -226,8 +226,7 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 def pruning_ticks(cfg: SweepConfig) -> int:
     """Steps of the pruning clock per whole schedule: the lcm of every epochs value the space allows."""
-    epochs = next((p.values() for p in cfg.space if p.name == "epochs"), None) or [cfg.base.epochs]
-    return math.lcm(*(int(e) for e in epochs))
+    return math.lcm(*(int(e) for e in values_trained(cfg.space, "epochs", cfg.base.epochs)))
 
 
 def report_step(epoch: int, epochs: int, ticks: int) -> int:

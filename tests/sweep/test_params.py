@@ -61,9 +61,19 @@ def test_a_bad_condition_is_one_line(doc, needle):
 def test_a_known_configuration_may_not_set_a_parameter_its_own_condition_leaves_out():
     space = parse_space(TOML_SPACE)
     assert known_configuration("schedule=linear,warmup=0.05", space) == {"schedule": "linear", "warmup": 0.05}
-    assert known_configuration("warmup=0.05", space) == {"warmup": 0.05}  # the schedule is sampled
-    with pytest.raises(BadInput, match="warmup is used only if schedule=linear; drop it"):
-        known_configuration("schedule=constant,warmup=0.05", space)
+    for item in ("schedule=constant,warmup=0.05", "warmup=0.05"):  # sampled, the schedule might leave it out
+        with pytest.raises(BadInput, match="warmup is used only if schedule=linear; give schedule such a value too"):
+            known_configuration(item, space)
+
+
+def test_every_value_a_trial_trains_with_includes_the_train_setting_where_a_condition_leaves_it_out():
+    """What the checks before a sweep (models, batch sizes over ranks, the pruning clock) must cover."""
+    from bertnli.sweep.params import values_trained
+
+    space = parse_space({"model": "tiny-random|tiny-d2l-random", "epochs": "2|4 if model=tiny-random"})
+    assert values_trained(space, "epochs", 3) == [2, 4, 3]  # tiny-d2l-random trials train the [train] 3 epochs
+    assert values_trained(space, "model", "minilm-l6") == ["tiny-random", "tiny-d2l-random"]
+    assert values_trained(space, "batch_size", 32) == [32]
 
 
 def test_conditions_travel_to_the_trial_processes(tiny_snli):
