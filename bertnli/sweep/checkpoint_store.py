@@ -29,7 +29,7 @@ from bertnli.files import replace_folder
 from bertnli.retry import policy
 from bertnli.sweep.reaping import retry_history, states, storage_key, trial_dir, trial_run_id
 from bertnli.sweep.space import SweepConfig
-from bertnli.sweep.warm_start import IMPORTED
+from bertnli.sweep.warm_start import is_imported
 from bertnli.tracking.store import client, default_tracking_uri
 
 RESUME_PATH = "resume"  # under the trial run's artifacts
@@ -196,7 +196,7 @@ def prune_store(cfg: SweepConfig, study, best_number: int | None) -> None:
         return
     ended = (states().COMPLETE, states().PRUNED, states().FAIL)  # a trial still running elsewhere keeps its store
     for t in study.get_trials(deepcopy=False, states=ended):
-        if t.number != best_number and IMPORTED not in t.user_attrs:  # an imported trial's store is its source's
+        if t.number != best_number and not is_imported(t):  # an imported trial's store is its source's
             try:
                 forget(attempt_uri(cfg, t), cfg.tracking.tracking_uri, cfg.keep_checkpoints == "all")
             except Exception:  # noqa: BLE001 - a run deleted from MLflow, or an unreachable store

@@ -47,9 +47,10 @@ def _summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
             return None
         counts: dict[str, int] = {}
         trials = study.get_trials(deepcopy=False)
-        for t in trained_here(trials):
+        here = trained_here(trials)
+        for t in here:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        return {"counts": counts, "attrs": study.user_attrs, "imported": len(trials) - len(trained_here(trials))}
+        return {"counts": counts, "attrs": study.user_attrs, "imported": len(trials) - len(here)}
     return _rdb_summary(cfg, url)
 
 

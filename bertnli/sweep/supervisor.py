@@ -48,6 +48,12 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def last_line(log: Path) -> str:
+    """What a trial process wrote last ("" for no log): its error, where it failed."""
+    lines = log.read_text()[-400:].strip().splitlines() if log.is_file() else []
+    return lines[-1] if lines else ""
+
+
 def rank_envs(ranks: int) -> list[dict[str, str]]:
     """torchrun's variables for each process of a trial over `ranks` processes ({} for one): a rendezvous on
     a port of this host that was free a moment ago (another process may take it first; the trial then fails
@@ -254,9 +260,8 @@ class TrialRun:
         """How rank k ended, for the trial's error: its signal, or its exit code and the last line it wrote."""
         if code < 0:
             return f"rank {k} of {self.placement.ranks} was killed by {signal_name(-code)}"
-        log = self.rank_log(k) if k else self.logf
-        tail = log.read_text()[-400:].strip().splitlines()[-1:] if log.is_file() else []
-        return f"rank {k} of {self.placement.ranks} failed (exit {code}){': ' + tail[0] if tail else ''}"
+        tail = last_line(self.rank_log(k) if k else self.logf)
+        return f"rank {k} of {self.placement.ranks} failed (exit {code}){': ' + tail if tail else ''}"
 
     def terminate(self) -> None:
         """SIGTERM to every rank (Ctrl-C or SIGTERM to the sweep): each ends its run KILLED, resumable."""
@@ -350,8 +355,7 @@ class TrialRun:
             error = self._ranks_error(rc, killed_by_worker=0 in self.killed_running) + "; its siblings were ended"
             tag_run(self.cfg, trial_run_id(self.cfg, frozen), "bertnli.rank_failure", error)  # rank 0 may have ended it
         else:
-            tail = self.logf.read_text()[-400:].strip().splitlines()[-1:] if self.logf.is_file() else []
-            error = tail[0] if tail else f"exit {rc}"
+            error = last_line(self.logf) or f"exit {rc}"
         set_own_attr(self.trial, "error", error)
         tell(state=S.FAIL)
         end_orphan_run(
