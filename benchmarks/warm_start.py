@@ -9,8 +9,8 @@ Prints the best dev accuracy after each trial the full-data studies trained (imp
 both ways, per seed and averaged over the seeds, and writes them to <out-dir>/summary.json. Whatever it shows,
 "no help" included, is the answer; nothing is tuned on test (the studies run with --no-eval-test).
 
-    python benchmarks/warm_start.py --seeds 0 1 2 --data ../shared/data/snli-resplit   # ~13 min a seed, 2 cores
-    python benchmarks/warm_start.py --seeds 0 --out-dir X     # a rerun reuses the studies that finished
+    python benchmarks/warm_start.py --seeds 0 1 2 --data SNLI_FOLDER   # ~13 min a seed on 2 cores
+    python benchmarks/warm_start.py --seeds 0 --data SNLI_FOLDER --out-dir X   # a rerun reuses finished studies
 
 Sweep options after `--` replace the default space and model, e.g. `-- --space lr=1e-5:1e-3:log --model minilm-l6`.
 """
@@ -62,7 +62,7 @@ def best_so_far(out: Path, name: str) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--data", default="../shared/data/snli-resplit")
+    ap.add_argument("--data", required=True, help="a folder of snli_1.0_{train,dev,test}.jsonl[.gz] (snli-resplit)")
     ap.add_argument("--cheap-trials", type=int, default=10)
     ap.add_argument("--cheap-pairs", type=int, default=2000)
     ap.add_argument("--cheap-epochs", type=int, default=1, help="epochs of each cheap trial [default: 1]")
