@@ -33,6 +33,7 @@ from bertnli.sweep.reaping import (
     stale_callback,
     states,
     study_dir,
+    tell_unless_finished,
 )
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.slots import slots_of
@@ -150,7 +151,7 @@ class Sweep:
             return False
         frozen = trials[trial.number]
         trial.set_user_attr("stepped_aside", True)
-        patiently(lambda: study.tell(trial, state=S.FAIL, skip_if_finished=True))
+        patiently(lambda: tell_unless_finished(study, self.storage, trial.number, state=S.FAIL))
         if self.rungs and (halving.rung_of(frozen) > 0 or not halving.is_open(trials, 0, self.rungs)):
             return True  # the plan queues a promotion again if it is still missing; a closed rung takes nothing more
         if "fixed_params" in frozen.system_attrs:  # it came from the queue (a cell or a retry): queue it again

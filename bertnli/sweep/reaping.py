@@ -203,6 +203,30 @@ def set_trial_attr(study, storage, number: int, key: str, value) -> None:
         pass
 
 
+def tell_unless_finished(study, storage, number: int, *values, **kwargs) -> bool:
+    """Finish trial `number`; False when another process finished it first.
+
+    Another worker's reaper, or the trial's own worker back from an outage, can finish the trial
+    between any check and the write: the storage's refusal of the write (UpdateFinishedTrialError)
+    is the one answer that cannot go stale, so the caller that gets True alone acts on the end."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    def finished() -> bool:
+        return storage.get_trial(trial_id(storage, study.study_name, number)).state.is_finished()
+
+    if finished():
+        return False
+    try:
+        study.tell(number, *values, **kwargs)
+    except UpdateFinishedTrialError:
+        return False
+    except ValueError:  # Optuna's own check: "Cannot tell a COMPLETE trial"
+        if finished():
+            return False
+        raise
+    return True
+
+
 def adopt(study, storage, t, result: dict[str, Any], log=print) -> None:
     """Record what the trial already recorded elsewhere, instead of training it again."""
     S = states()
@@ -214,10 +238,11 @@ def adopt(study, storage, t, result: dict[str, Any], log=print) -> None:
             set_trial_attr(study, storage, t.number, "test_acc", result["test_acc"])
         if result.get("train_seconds") is not None:
             set_trial_attr(study, storage, t.number, "train_seconds", result["train_seconds"])
-        study.tell(t.number, result["value"], skip_if_finished=True)
+        told = tell_unless_finished(study, storage, t.number, result["value"])
     else:
-        study.tell(t.number, state=S.PRUNED, skip_if_finished=True)
-    log(f"trial {t.number}: its worker is gone but its result was recorded; adopted as {result['state']}")
+        told = tell_unless_finished(study, storage, t.number, state=S.PRUNED)
+    if told:
+        log(f"trial {t.number}: its worker is gone but its result was recorded; adopted as {result['state']}")
 
 
 def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: bool = False) -> None:
@@ -243,13 +268,9 @@ def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: 
 
 
 def fail_and_retry(study, storage, cfg: SweepConfig, t, why: str, log=print) -> None:
-    from optuna.exceptions import UpdateFinishedTrialError
-
     S = states()
     set_trial_attr(study, storage, t.number, "error", why)
-    try:
-        study.tell(t.number, state=S.FAIL)
-    except (UpdateFinishedTrialError, ValueError):  # another process got there first
+    if not tell_unless_finished(study, storage, t.number, state=S.FAIL):
         return
     end_orphan_run(cfg, trial_run_id(cfg, t), why)
     retry(study, study.get_trials(deepcopy=False)[t.number], cfg, log)

@@ -28,6 +28,7 @@ from bertnli.sweep.reaping import (
     retry_history,
     states,
     tag_run,
+    tell_unless_finished,
     trial_dir,
     trial_run_id,
 )
@@ -125,6 +126,10 @@ class TrialRun:
 
     def _frozen(self):
         return self.study.get_trials(deepcopy=False)[self.trial.number]
+
+    def _tell(self, **kw) -> bool:
+        """Finish our trial; False when a reaper finished it first (it owns the configuration now)."""
+        return patiently(lambda: tell_unless_finished(self.study, self.storage, self.trial.number, **kw))
 
     def start(self) -> None:
         frozen = self._frozen()
@@ -315,13 +320,16 @@ class TrialRun:
         self._reap_siblings()
         rc, frozen = self.proc.returncode, self._frozen()
         params, n = dict(frozen.params), self.trial.number
-        tell = lambda **kw: patiently(lambda: self.study.tell(self.trial, skip_if_finished=True, **kw))  # noqa: E731
         set_own_attr(self.trial, "trial_wall_seconds", seconds)
-        if ended == "lost":
+
+        def lost() -> Outcome:
             end_orphan_run(
                 self.cfg, trial_run_id(self.cfg, frozen), "superseded: another process failed this trial", "KILLED"
             )
             return Outcome(n, "LOST", None, params, seconds, error="another process failed this trial meanwhile")
+
+        if ended == "lost":
+            return lost()
         summary = self.out / "trial.json"
         if rc == 0 and summary.is_file():
             s = json.loads(summary.read_text())
@@ -331,14 +339,16 @@ class TrialRun:
                 set_own_attr(self.trial, "train_examples", s["train_examples"])
                 set_own_attr(self.trial, "examples_seen", s["train_examples"] * s.get("epochs_trained", 1))
             set_own_attr(self.trial, "mlflow_run_id", s["run_id"])
-            tell(values=s["value"])
+            if not self._tell(values=s["value"]):
+                return lost()
             settle(self.cfg, self.study, frozen, s["run_id"], keep_best=True)
             return Outcome(n, "COMPLETE", s["value"], params, seconds, s["test_acc"], s["train_seconds"])
         last = max(frozen.intermediate_values.items(), default=(0, None))[1]
         if rc in (PRUNED_EXIT, DIVERGED_EXIT):
             if rc == DIVERGED_EXIT:  # the configuration diverges: told to the sampler (PRUNED), never retried
                 set_own_attr(self.trial, "diverged", True)
-            tell(state=S.PRUNED)
+            if not self._tell(state=S.PRUNED):
+                return lost()
             settle(self.cfg, self.study, frozen, trial_run_id(self.cfg, frozen), keep_best=False)
             return Outcome(n, "PRUNED", last, params, seconds, error="diverged" if rc == DIVERGED_EXIT else "")
         if ended == "timeout":
@@ -357,7 +367,8 @@ class TrialRun:
         else:
             error = last_line(self.logf) or f"exit {rc}"
         set_own_attr(self.trial, "error", error)
-        tell(state=S.FAIL)
+        if not self._tell(state=S.FAIL):
+            return lost()
         end_orphan_run(
             self.cfg, trial_run_id(self.cfg, frozen), error, "KILLED" if error == "interrupted" else "FAILED"
         )
@@ -374,8 +385,8 @@ class TrialRun:
         why = "interrupted before it started"
         set_own_attr(self.trial, "interrupted", True)
         set_own_attr(self.trial, "error", why)
-        patiently(lambda: self.study.tell(self.trial, state=states().FAIL, skip_if_finished=True))
-        retry(self.study, self._frozen(), self.cfg, log, always=True)
+        if self._tell(state=states().FAIL):  # else a reaper failed it and queued it again
+            retry(self.study, self._frozen(), self.cfg, log, always=True)
         return Outcome(n, "FAIL", None, params, 0.0, error=why, counted=False)
 
     def abandon(self, why: str) -> None:
@@ -385,5 +396,5 @@ class TrialRun:
                 p.kill()
                 p.wait()
         set_own_attr(self.trial, "error", why)
-        patiently(lambda: self.study.tell(self.trial, state=states().FAIL, skip_if_finished=True))
+        self._tell(state=states().FAIL)
         end_orphan_run(self.cfg, trial_run_id(self.cfg, self._frozen()), why)

@@ -7,7 +7,14 @@ import pytest
 
 from bertnli import BadInput
 from bertnli.config import TrackingConfig
-from bertnli.sweep.reaping import claim_study_dir, recorded_result, trial_dir, trial_identity
+from bertnli.sweep.reaping import (
+    adopt,
+    claim_study_dir,
+    fail_and_retry,
+    recorded_result,
+    trial_dir,
+    trial_identity,
+)
 from bertnli.sweep.space import load_sweep_config
 from bertnli.sweep.storage import open_storage
 
@@ -49,3 +56,60 @@ def test_a_study_folder_is_refused_to_a_study_of_the_same_name_in_another_storag
     claim_study_dir(_cfg(tmp_path, tmp_path / "a.log", uri))  # the same study again: fine
     with pytest.raises(BadInput, match=r"holds the trials of study 's' in another storage.*another --out"):
         claim_study_dir(_cfg(tmp_path, tmp_path / "b.log", uri))
+
+
+class FinishedBeforeTheWrite:
+    """A real storage in which another process's study finishes the trial just before this process's
+    first write of a trial's end: the interleaving of two reapers after an outage (seen in CI with four
+    workers on PostgreSQL), made certain instead of left to timing."""
+
+    def __init__(self, inner, other_study, number: int):
+        self.inner, self.other_study, self.number = inner, other_study, number
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def set_trial_state_values(self, *args, **kwargs):
+        if self.other_study is not None:
+            other, self.other_study = self.other_study, None
+            other.tell(self.number, 0.5)
+        return self.inner.set_trial_state_values(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+@pytest.mark.parametrize("end", ["adopt COMPLETE", "adopt PRUNED", "fail and retry"])
+def test_a_trial_finished_by_another_process_just_before_our_write_is_left_as_it_finished(
+    tmp_path, new_store, kind, end
+):
+    """Seen in CI: `study.tell(..., skip_if_finished=True)` checks, then writes; another worker finished
+    the trial in between, and UpdateFinishedTrialError crashed the sweep worker (and the sweep, exit 1)."""
+    url = str(tmp_path / "j.log") if kind == "journal" else f"sqlite:///{tmp_path / 'o.db'}"
+    cfg = _cfg(tmp_path, url, new_store(tmp_path / "mlflow.db"))
+    mine = optuna.create_study(study_name="s", storage=open_storage(url), direction="maximize")
+    trial = mine.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    other = optuna.load_study(study_name="s", storage=open_storage(url))
+    storage = FinishedBeforeTheWrite(open_storage(url), other, trial.number)
+    study = optuna.load_study(study_name="s", storage=storage)
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    said = []
+    if end == "fail and retry":
+        fail_and_retry(study, storage, cfg, frozen, "its worker is gone", log=said.append)
+    else:
+        result = {"state": end.split()[1], "value": 0.9, "run_id": None}
+        adopt(study, storage, frozen, result, log=said.append)
+    trials = optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()
+    assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 0.5)]  # as the other process left it
+    assert said == []  # nothing adopted, failed or queued again by this process
+
+
+def test_a_trial_already_finished_is_neither_failed_nor_queued_again(tmp_path, new_store):
+    url = str(tmp_path / "j.log")
+    cfg = _cfg(tmp_path, url, new_store(tmp_path / "mlflow.db"))
+    study = optuna.create_study(study_name="s", storage=open_storage(url), direction="maximize")
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    frozen = study.get_trials(deepcopy=False)[0]
+    study.tell(trial, 0.5)
+    fail_and_retry(study, open_storage(url), cfg, frozen, "its worker is gone")
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
