@@ -224,6 +224,7 @@ def run_trial(a: argparse.Namespace) -> int:
         "train_seconds": sum(h.train_seconds for h in result.history),
         "train_examples": result.info.get("train_examples"),
         "epochs_trained": len(result.history),
+        "costs": result.costs,
         **trial_identity(cfg, a.number, json.loads(a.params)),
     }
     atomic_write(out / "trial.json", json.dumps(summary))

@@ -164,6 +164,7 @@ class MLflowRun:
             metrics["test_loss"] = result.test.loss
         for cls, d in evaluated.per_class().items():
             metrics[f"{name}_f1_{cls}"] = d["f1"]
+        metrics |= result.costs
         for k, v in metrics.items():
             self.client.log_metric(self.run_id, k, float(v))
         with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,7 @@ from bertnli.config import TrainConfig
 from bertnli.data.batches import train_batches
 from bertnli.files import atomic_write
 from bertnli.train.checkpoint import START_OVER, check_selected, load_last, load_selected, save_last, save_selected
+from bertnli.train.cost import measure
 from bertnli.train.evaluation import EvalResult, evaluate
 from bertnli.train.loop import Loop, epoch_totals, train_epoch
 from bertnli.train.optimizer import lr_at, make_optimizer
@@ -183,6 +184,7 @@ def write_result(out_dir: Path, result: FitResult) -> None:
         "test_acc": result.test.acc if result.test else None,
         "history": [asdict(h) for h in result.history],
         "wall_seconds": result.wall_seconds,
+        "costs": result.costs,
     }
     atomic_write(out_dir / "result.json", json.dumps(summary, indent=2))
 
@@ -236,7 +238,8 @@ def fit(
     test_progress = progress and is_main
     dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, test_progress, state.best_dev)
     wall = time.perf_counter() - t_start
-    result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, wall, info)
+    costs = measure(load_selected(out_dir / "best")[0].to(device), prep.dev, device, cfg.amp) if is_main else {}
+    result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, wall, info, costs)
     if is_main:
         write_result(out_dir, result)
     for cb in loop.callbacks:

@@ -40,6 +40,7 @@ class FitResult:
     out_dir: Path
     wall_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)  # train/cost.py: size, peak memory, latency
 
 
 class Callback(Protocol):

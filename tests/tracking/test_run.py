@@ -32,6 +32,8 @@ def test_finished_run_has_params_metrics_and_artifacts(tiny_snli, tmp_path, mlfl
         assert len(c.get_metric_history(run_id, key)) == 2
     assert run.data.metrics["best_dev_acc"] == pytest.approx(result.best_dev_acc)
     assert run.data.metrics["test_acc"] == pytest.approx(result.test.acc)
+    for cost in ("params", "peak_mem_mib", "latency_ms_b1", "latency_ms_b256"):  # what --objective reads
+        assert run.data.metrics[cost] == pytest.approx(result.costs[cost])
     files = set(_artifacts(c, run_id))
     assert {
         "checkpoint/model.safetensors",
