@@ -95,12 +95,27 @@ from bertnli.tracking.store import how_to_see
 @click.option("--sampler-seed", type=int, default=None, help="TPE sampler seed [default: 0]")
 @click.option(
     "--sampler",
-    type=click.Choice(["tpe", "random"]),
+    type=click.Choice(["tpe", "random", "nsga2"]),
     default=None,
     help=(
-        "tpe (with median pruning) or random (i.i.d. trials, no pruning: valid for expected validation performance) "
-        "[default: tpe]"
+        "tpe (with median pruning), random (i.i.d. trials, no pruning: valid for expected validation performance) "
+        "or nsga2 (NSGA-II, for several --objective) [default: tpe]"
     ),
+)
+@click.option(
+    "--objective",
+    default=None,
+    metavar="NAME[:max|min],..",
+    help="what the study optimises: dev_acc, and any of train_seconds, params, latency_ms (batch 1), "
+    "latency_ms_b256, peak_mem_mib; several make a Pareto study over accuracy and cost, trained without pruning "
+    "[default: dev_acc]",
+)
+@click.option(
+    "--constraint",
+    "constraints",
+    multiple=True,
+    metavar="NAME<=BOUND",
+    help="a limit a trial must keep to be chosen or on the front, e.g. peak_mem_mib<=8000 (repeatable)",
 )
 @click.option(
     "--fidelity",
@@ -205,33 +220,55 @@ def sweep(config_path, tracking_uri, experiment, space, register_name, sampler_s
     handle_sigterm()
     summary = Sweep(cfg, log=click.echo, progress=progress).run()
     print_summary(cfg, summary, tracking_uri)
-    best = summary.get("best")
-    if register_name and best is None:
-        raise BertnliError(f"no complete trial to register as {register_name}")
     if register_name:
-        from bertnli.tracking.models import register_champion
-
-        version = register_champion(best.user_attrs.get("mlflow_run_id", ""), register_name, cfg.tracking.tracking_uri)
-        click.echo(
-            f"registered {register_name} version {version} (trial {best.number}) as models:/{register_name}@champion"
-        )
+        register_kept(cfg, summary, register_name)
     parent = summary["parent_run_id"]
     click.echo(f"MLflow parent run {parent} with its trials: {how_to_see(tracking_uri, parent)}")
     click.echo(f"optuna-dashboard {cfg.storage or default_storage()}")
 
 
+def register_kept(cfg, summary: dict, name: str) -> None:
+    """The champion as `name`@champion; in a study over costs each front point too, as @pareto-1 (the champion)
+    ... @pareto-k in order of accuracy."""
+    from bertnli.sweep.objectives import is_multi
+    from bertnli.tracking.models import register
+    from bertnli.tracking.store import client
+
+    if not summary.get("kept"):
+        raise BertnliError(f"no complete trial that holds the constraints to register as {name}")
+    c = client(cfg.tracking.tracking_uri)
+    for k, t in enumerate(summary["kept"], start=1):
+        aliases = (["champion"] if k == 1 else []) + ([f"pareto-{k}"] if is_multi(cfg) else [])
+        version = register(c, t.user_attrs.get("mlflow_run_id", ""), name, aliases[0])
+        for alias in aliases[1:]:
+            c.set_registered_model_alias(name, alias, version)
+        shown = ", ".join(f"models:/{name}@{a}" for a in aliases)
+        click.echo(f"registered {name} version {version} (trial {t.number}) as {shown}")
+
+
 def print_summary(cfg, summary: dict, tracking_uri: str | None) -> None:
-    """Trials done, the rung table of a multi-fidelity study, the best trial with its test figure."""
+    """Trials done, the rung table of a multi-fidelity study, the front of a study over costs, the best trial
+    (the champion) with its test figure."""
+    from bertnli.analysis.pareto import parse_constraint
+    from bertnli.sweep.objectives import describe, objectives_of
+
     done = f"{summary['done']}/{summary['target']}"
     click.echo(f"study {cfg.study_name}: {done} trials complete or pruned in {summary['wall_seconds']:.0f} s")
     if summary.get("rungs") is not None:
         click.echo(summary["rungs"].to_string(index=False))
+    front = summary.get("front")
+    if front is not None and len(front):
+        limits = [parse_constraint(c).name for c in cfg.constraints]
+        shown = ["number", *(o.name for o in objectives_of(cfg)), *limits, "feasible", "pareto"]
+        columns = [c for c in dict.fromkeys(shown) if c in front]
+        click.echo(f"trials on the Pareto front of {describe(cfg)}, the dominated and those breaking a constraint:")
+        click.echo(front.sort_values(["pareto", "dev_acc"], ascending=False)[columns].to_string(index=False))
     best = summary.get("best")
     if best is not None:
         test = best.user_attrs.get("test_acc")
         params = " ".join(f"{k}={v}" for k, v in best.params.items())
         click.echo(
-            f"best trial {best.number}: dev_acc {best.value:.4f}"
+            f"best trial {best.number}: dev_acc {best.values[0]:.4f}"
             + (f", test_acc {test:.4f}" if test is not None else "")
             + f" {params}"
         )

@@ -189,14 +189,14 @@ def settle(cfg: SweepConfig, study, t, run_id: str | None, keep_best: bool) -> N
         print(f"warning: trial {t.number}'s checkpoints stay in the checkpoint store: {e}", file=sys.stderr)
 
 
-def prune_store(cfg: SweepConfig, study, best_number: int | None) -> None:
-    """At the sweep's end only the winner's weights stay in the store (every trial's best with
-    --keep-checkpoints all); failed attempts that were never retried go too."""
+def prune_store(cfg: SweepConfig, study, winners: set[int]) -> None:
+    """At the sweep's end only the winners' weights stay in the store (the best trial, or the Pareto front;
+    every trial's best with --keep-checkpoints all); failed attempts that were never retried go too."""
     if store_kind(cfg) == "none":
         return
     ended = (states().COMPLETE, states().PRUNED, states().FAIL)  # a trial still running elsewhere keeps its store
     for t in study.get_trials(deepcopy=False, states=ended):
-        if t.number != best_number and not is_imported(t):  # an imported trial's store is its source's
+        if t.number not in winners and not is_imported(t):  # an imported trial's store is its source's
             try:
                 forget(attempt_uri(cfg, t), cfg.tracking.tracking_uri, cfg.keep_checkpoints == "all")
             except Exception:  # noqa: BLE001 - a run deleted from MLflow, or an unreachable store

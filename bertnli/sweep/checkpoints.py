@@ -5,14 +5,16 @@ from __future__ import annotations
 import shutil
 
 from bertnli.sweep import halving
+from bertnli.sweep.front import kept
 from bertnli.sweep.halving import Rungs
 from bertnli.sweep.reaping import retry_history, states, study_dir
 from bertnli.sweep.space import SweepConfig
 
 
 def prune_checkpoints(cfg: SweepConfig, trials: list, rungs: Rungs | None) -> None:
-    """Trials keep no optimizer state once nothing will resume them; only the best complete trial
-    keeps its weights (unless 'all'). A failed trial keeps both until its retry has taken them."""
+    """Trials keep no optimizer state once nothing will resume them; only the best complete trial (every
+    trial on the Pareto front of a study over costs) keeps its weights (unless 'all'). A failed trial keeps
+    both until its retry has taken them."""
     S = states()
     pending = {retry_history(t)[-1] for t in trials if t.state == S.WAITING and retry_history(t)}
     keep = {t.number for t in trials if t.state == S.RUNNING} | pending
@@ -24,8 +26,7 @@ def prune_checkpoints(cfg: SweepConfig, trials: list, rungs: Rungs | None) -> No
             last.unlink(missing_ok=True)
     if cfg.keep_checkpoints == "all":
         return
-    winner = halving.best_trial(trials, rungs)
-    best = winner.number if winner else None
+    winners = set(kept(cfg, trials, rungs))  # the best trial, or every trial on the Pareto front
     for ck in study_dir(cfg).glob("trial-*/best"):
-        if number(ck) != best and number(ck) not in keep:
+        if number(ck) not in winners | keep:
             shutil.rmtree(ck, ignore_errors=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bertnli import BadInput
+from bertnli.sweep.objectives import accuracy
 from bertnli.sweep.reaping import states
 from bertnli.sweep.rungs import RUNG, promoted, rung_fractions, rung_sizes
 from bertnli.sweep.space import SweepConfig
@@ -290,14 +291,16 @@ def is_open(trials, k: int, rungs: Rungs | None = None) -> bool:
     return not any(rung_of(t) > k and (t.state != S.FAIL or _failed_try(t)) for t in trials)
 
 
-def best_trial(trials, rungs: Rungs | None):
-    """The study's winner: the best complete trial at the highest rung any reached (full data when the study ended)."""
+def best_trial(trials, rungs: Rungs | None, ok=None):
+    """The study's winner: the most accurate complete trial at the highest rung any reached (full data when the
+    study ended) among those `ok` accepts (the study's constraints)."""
     S = states()
     complete = [t for t in trained_here(trials) if t.state == S.COMPLETE]  # an imported trial's weights are not here
+    complete = [t for t in complete if ok is None or ok(t)]
     if rungs is not None and complete:
         top = max(rung_of(t) for t in complete)
         complete = [t for t in complete if rung_of(t) == top]
-    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    return max(complete, key=lambda t: (accuracy(t), -t.number)) if complete else None
 
 
 def rung_table(trials, rungs: Rungs):
@@ -310,7 +313,7 @@ def rung_table(trials, rungs: Rungs):
     rows = []
     for k, (fraction, size) in enumerate(zip(rungs.fractions, rungs.sizes)):
         at = [t for t in trials if rung_of(t) == k and t.state in (S.COMPLETE, S.PRUNED, S.RUNNING)]
-        values = [t.value for t in at if t.state == S.COMPLETE]
+        values = [accuracy(t) for t in at if t.state == S.COMPLETE]
         examples = next((int(t.user_attrs["train_examples"]) for t in at if t.user_attrs.get("train_examples")), "")
         rows.append(
             {

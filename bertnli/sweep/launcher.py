@@ -14,6 +14,8 @@ import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.process
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -146,3 +148,31 @@ def _forked(
     from bertnli.sweep.trial import run_and_exit
 
     run_and_exit(argv)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
+
+
+def last_line(log: Path) -> str:
+    """What a trial process wrote last ("" for no log): its error, where it failed."""
+    lines = log.read_text()[-400:].strip().splitlines() if log.is_file() else []
+    return lines[-1] if lines else ""
+
+
+def rank_envs(ranks: int) -> list[dict[str, str]]:
+    """torchrun's variables for each process of a trial over `ranks` processes ({} for one): a rendezvous on
+    a port of this host that was free a moment ago (another process may take it first; the trial then fails
+    and is retried)."""
+    if ranks <= 1:
+        return [{}]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = {"WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1"}
+    if "OMP_NUM_THREADS" not in os.environ:  # torchrun's default for several processes per host
+        common["OMP_NUM_THREADS"] = "1"
+    return [{**common, "MASTER_PORT": str(port), "RANK": str(k), "LOCAL_RANK": str(k)} for k in range(ranks)]

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from bertnli.analysis.compare import sweep_verdict
+from bertnli.analysis.pareto import MEASURED, pareto_figure
 from bertnli.analysis.report import to_markdown
 from bertnli.sweep.checkpoint_store import fetch_best, prune_store, store_uri
+from bertnli.sweep.front import kept, trials_front
 from bertnli.sweep.halving import best_trial, rung_table, rungs_of
+from bertnli.sweep.objectives import accuracy, describe, holds, is_multi, objectives_of
 from bertnli.sweep.reaping import is_mine, retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
@@ -58,14 +61,14 @@ def trials_frame(study):
             {
                 "number": t.number,
                 "state": t.state.name,
-                "dev_acc": t.value,
+                "dev_acc": accuracy(t),
                 "test_acc": t.user_attrs.get("test_acc"),
                 **{f"param_{k}": v for k, v in t.params.items()},
                 "epochs_reported": len(t.intermediate_values),
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                 "retry_of": history[0] if history else None,
                 "seconds": t.user_attrs.get("trial_wall_seconds"),
-                "train_seconds": t.user_attrs.get("train_seconds"),
+                **{k: t.user_attrs.get(k) for k in MEASURED if k != "dev_acc"},
                 "error": t.user_attrs.get("error"),
                 "imported_from": t.user_attrs.get(IMPORTED),
             }
@@ -85,7 +88,7 @@ def link_sources(cfg: SweepConfig, parent_run_id: str, study) -> None:
             "source": t.user_attrs[IMPORTED].rsplit("#", 1)[0],
             "source_trial": int(t.user_attrs[IMPORTED].rsplit("#", 1)[1]),
             "source_run_id": t.user_attrs.get("source_run_id"),
-            "dev_acc": t.value,
+            "dev_acc": accuracy(t),
             **{f"param_{k}": v for k, v in t.params.items()},
         }
         for t in study.get_trials(deepcopy=False)
@@ -136,10 +139,11 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                target = {"target": accuracy, "target_name": "dev_acc"} if len(study.directions) > 1 else {}
                 if fn == "plot_optimization_history":
-                    ax = ovm.plot_optimization_history(study)
+                    ax = ovm.plot_optimization_history(study, **target)
                 else:
-                    ax = getattr(ovm, fn)(per_param, params=params)
+                    ax = getattr(ovm, fn)(per_param, params=params, **target)
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
                 fig.set_size_inches(10, 5)
                 fig.tight_layout()
@@ -159,10 +163,15 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
     """
     c = client(cfg.tracking.tracking_uri)
     frame = trials_frame(study)
-    best = best_trial(study.get_trials(deepcopy=False), rungs)
+    trials = study.get_trials(deepcopy=False)
+    best = best_trial(trials, rungs, lambda t: holds(cfg, t))
+    winners = kept(cfg, trials, rungs)
     out: dict[str, Any] = {"parent_run_id": parent_run_id, "done": done, "trials": frame}
+    out["kept"] = [trials[n] for n in winners]
     if best is not None:
         out["best"] = best
+    if is_multi(cfg) or cfg.constraints:
+        out["front"] = trials_front(cfg, trials)
     space = "; ".join(p.describe() for p in cfg.space)
     digest = hashlib.sha256(f"{space}\n{frame.to_csv(index=False)}".encode()).hexdigest()
     logged = c.get_run(parent_run_id).data.tags.get(SUMMARY_ATTR) == digest
@@ -172,10 +181,12 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
         tmp = Path(tmp)
         if not logged:
             _log_summary(c, study, cfg, parent_run_id, frame, best, out.get("rungs"), tmp)
-        if best is not None:
-            _log_best_checkpoint(c, cfg, best, tmp, status == "FINISHED")  # once per trial: it checks the run
+            if "front" in out:
+                _log_front(c, cfg, parent_run_id, out["front"], tmp)
+        for t in (trials[n] for n in winners):
+            _log_best_checkpoint(c, cfg, t, tmp, status == "FINISHED")  # once per trial: it checks the run
     if status == "FINISHED":
-        prune_store(cfg, study, best.number if best is not None else None)
+        prune_store(cfg, study, set(winners))
     if not logged:  # last: a summary cut short is logged again by the next invocation
         with_retries(lambda: c.set_tag(parent_run_id, SUMMARY_ATTR, digest))
     with_retries(lambda: c.log_metric(parent_run_id, "trials_done", done))
@@ -202,7 +213,7 @@ def _log_summary(c, study, cfg: SweepConfig, parent_run_id: str, frame, best, ru
     if best is None:
         return
     tag = lambda key, value: with_retries(lambda: c.set_tag(parent_run_id, key, str(value)))  # noqa: E731
-    with_retries(lambda: c.log_metric(parent_run_id, "best_dev_acc", best.value))
+    with_retries(lambda: c.log_metric(parent_run_id, "best_dev_acc", accuracy(best)))
     if best.user_attrs.get("test_acc") is not None:
         with_retries(lambda: c.log_metric(parent_run_id, "best_trial_test_acc", best.user_attrs["test_acc"]))
     for k, v in best.params.items():
@@ -212,6 +223,29 @@ def _log_summary(c, study, cfg: SweepConfig, parent_run_id: str, frame, best, ru
     for key, value in _verdict_tags(cfg, parent_run_id).items():
         tag(key, value)
     _plots(study, c, parent_run_id, tmp)
+
+
+def _log_front(c, cfg: SweepConfig, parent_run_id: str, table, tmp: Path) -> None:
+    """pareto.csv (every trial, whether it holds the constraints and is on the front), pareto.png, and for each
+    objective the trial that does best on it alone (best.<objective>.*), among those that hold the constraints."""
+    table.to_csv(tmp / "pareto.csv", index=False)
+    c.log_artifact(parent_run_id, str(tmp / "pareto.csv"))
+    plt = pyplot()
+    fig = pareto_figure(table, objectives_of(cfg))
+    fig.savefig(tmp / "pareto.png", dpi=100)
+    plt.close(fig)
+    c.log_artifact(parent_run_id, str(tmp / "pareto.png"))
+    tags = {"bertnli.objectives": describe(cfg), "bertnli.constraints": ", ".join(cfg.constraints)}
+    tags["bertnli.pareto_front"] = ", ".join(
+        str(n) for n in table[table["pareto"]].sort_values("pareto_rank")["number"]
+    )
+    ok = table[table["feasible"]]
+    for o in objectives_of(cfg):
+        if ok[o.name].notna().any():
+            row = ok.loc[ok[o.name].idxmax() if o.direction == "max" else ok[o.name].idxmin()]
+            tags |= {f"best.{o.name}.trial": int(row["number"]), f"best.{o.name}.value": row[o.name]}
+    for key, value in tags.items():
+        with_retries(lambda key=key, value=value: c.set_tag(parent_run_id, key, str(value)))
 
 
 def _log_rungs(c, table, parent_run_id: str, tmp: Path) -> None:

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bertnli import BadInput
+from bertnli.analysis.pareto import ACCURACY, MEASURED
 from bertnli.files import atomic_write
+from bertnli.sweep.objectives import summary_measures, values_to_tell
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
 from bertnli.sweep.storage import default_storage, trial_id, uses_heartbeat
@@ -187,6 +189,8 @@ def recorded_result(cfg: SweepConfig, t) -> dict[str, Any] | None:
             "value": metrics["best_dev_acc"],
             "test_acc": metrics.get("test_acc"),
             "run_id": run_id,
+            "train_seconds": metrics.get("train_seconds"),
+            "costs": {k: metrics[k] for k in MEASURED if k in metrics and k != ACCURACY},
         }
     if run.info.status == "KILLED" and tags.get("optuna.state") == "PRUNED":
         return {"state": "PRUNED", "run_id": run_id, "diverged": tags.get("bertnli.diverged") == "true"}
@@ -227,8 +231,9 @@ def tell_unless_finished(study, storage, number: int, *values, **kwargs) -> bool
     return True
 
 
-def adopt(study, storage, t, result: dict[str, Any], log=print) -> None:
-    """Record what the trial already recorded elsewhere, instead of training it again."""
+def adopt(study, storage, cfg: SweepConfig, t, result: dict[str, Any], log=print) -> bool:
+    """Record what the trial already recorded elsewhere, instead of training it again; False when it cannot (a
+    result without the costs this study optimises)."""
     S = states()
     set_trial_attr(study, storage, t.number, "adopted", True)
     if result.get("run_id"):
@@ -236,13 +241,18 @@ def adopt(study, storage, t, result: dict[str, Any], log=print) -> None:
     if result["state"] == "COMPLETE":
         if result.get("test_acc") is not None:
             set_trial_attr(study, storage, t.number, "test_acc", result["test_acc"])
-        if result.get("train_seconds") is not None:
-            set_trial_attr(study, storage, t.number, "train_seconds", result["train_seconds"])
-        told = tell_unless_finished(study, storage, t.number, result["value"])
+        for key, value in {"train_seconds": result.get("train_seconds"), **(result.get("costs") or {})}.items():
+            if value is not None:
+                set_trial_attr(study, storage, t.number, key, value)
+        values = values_to_tell(cfg, summary_measures(result))
+        if values is None:
+            return False
+        told = tell_unless_finished(study, storage, t.number, *([values] if len(values) > 1 else values))
     else:
         told = tell_unless_finished(study, storage, t.number, state=S.PRUNED)
     if told:
         log(f"trial {t.number}: its worker is gone but its result was recorded; adopted as {result['state']}")
+    return True
 
 
 def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: bool = False) -> None:
@@ -336,9 +346,9 @@ def reap(study, storage, cfg: SweepConfig, seen: Sightings, log=print) -> None:
         if not (dead or stale or judged):
             continue
         result = recorded_result(cfg, t)
-        if result is not None:
-            adopt(study, storage, t, result, log)
-        elif dead or stale:
+        if result is not None and adopt(study, storage, cfg, t, result, log):
+            continue
+        if dead or stale:
             fail_and_retry(
                 study, storage, cfg, t, f"its worker is gone ({'pid dead' if dead else 'no heartbeat'})", log
             )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bertnli import BadInput
+from bertnli.analysis.pareto import parse_constraint, parse_objectives
 from bertnli.config import TrackingConfig, TrainConfig, load_config, read_toml
 from bertnli.model.presets import check_model_spec
 from bertnli.sweep.params import Param, known_configuration, parse_space, values_trained
@@ -57,6 +58,8 @@ class SweepConfig:
     eta: int = 3  # multi-fidelity: the best 1/eta of a rung is promoted, on eta times the data
     min_fraction: float = 1 / 9  # multi-fidelity: the smallest rung's share of the train split (rungs eta^-k >= this)
     promotion: str = "sync"  # multi-fidelity: "sync" (a rung starts when the one below has ended) or "async" (ASHA)
+    objective: str = "dev_acc"  # "dev_acc,latency_ms:min,...": several make a Pareto study (analysis/pareto.py)
+    constraints: tuple[str, ...] = ()  # "peak_mem_mib<=8000": a trial that breaks one is never on the front
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -145,13 +148,23 @@ def _check_settings(cfg: SweepConfig) -> None:
         raise BadInput(f"bad sweep: trial_start {cfg.trial_start!r}; use fork or exec")
     if cfg.checkpoint_store not in ("auto", "run", "none"):
         _check_store_uri(cfg.checkpoint_store)
-    if cfg.sampler not in ("tpe", "random"):
-        raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe or random")
+    if cfg.sampler not in ("tpe", "random", "nsga2"):
+        raise BadInput(f"bad sweep: sampler {cfg.sampler!r}; use tpe, random or nsga2")
     if cfg.fidelity not in ("none", "data"):
         raise BadInput(
             f"bad sweep: fidelity {cfg.fidelity!r}; use data (successive halving over the training-set "
             "fraction) or none"
         )
+    objectives = parse_objectives(cfg.objective)
+    for c in cfg.constraints:
+        parse_constraint(c)
+    if len(objectives) > 1 and cfg.fidelity == "data":
+        raise BadInput(
+            "bad sweep: --objective with costs and --fidelity data: halving ranks on dev accuracy alone; "
+            "drop one (a multi-objective study trains every trial to its end)"
+        )
+    if len(objectives) > 1 and cfg.warm_start:
+        raise BadInput("bad sweep: --warm-start into a study with several objectives is not supported; drop one")
     if cfg.warm_start_mode not in ("strict", "loose"):
         raise BadInput(f"bad sweep: warm_start_mode {cfg.warm_start_mode!r}; use strict or loose")
     if cfg.warm_start and cfg.fidelity == "data":
@@ -193,10 +206,16 @@ def load_sweep_config(
     ]
     in_toml = sweep_doc.pop("warm_start", [])
     warm = (*([in_toml] if isinstance(in_toml, str) else in_toml), *(sweep_overrides.pop("warm_start", None) or ()))
+    in_toml = sweep_doc.pop("constraints", [])
+    limits = (*([in_toml] if isinstance(in_toml, str) else in_toml), *(sweep_overrides.pop("constraints", None) or ()))
+    if isinstance(sweep_doc.get("objective"), list):  # objective = ["dev_acc", "latency_ms"]
+        sweep_doc["objective"] = ",".join(map(str, sweep_doc["objective"]))
     values = {**sweep_doc, **{k: v for k, v in sweep_overrides.items() if v is not None}}
     space = parse_space(space_doc)
     enqueue = tuple(known_configuration(item, space) for item in known)
-    cfg = SweepConfig(base=base, space=space, tracking=tracking, enqueue=enqueue, warm_start=warm, **values)
+    cfg = SweepConfig(
+        base=base, space=space, tracking=tracking, enqueue=enqueue, warm_start=warm, constraints=limits, **values
+    )
     _check_settings(cfg)
     outside = any(
         sweep_overrides.get(k) is not None or (k in sweep_doc and k not in table)
@@ -259,4 +278,5 @@ def spec_from_json(d: dict) -> SweepConfig:
     d["tracking"] = TrackingConfig(**d["tracking"])
     d["enqueue"] = tuple(d.get("enqueue", ()))
     d["warm_start"] = tuple(d.get("warm_start", ()))
+    d["constraints"] = tuple(d.get("constraints", ()))
     return SweepConfig(**d)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bertnli import BadInput, BertnliError
 from bertnli.retry import policy
+from bertnli.sweep.objectives import STUDY_ATTR, constraints_func, describe, directions, is_multi
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells
 
@@ -182,9 +183,10 @@ def trial_id(storage, study_name: str, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
 
 
-def sampler_for(seed: int, startup: int, kind: str = "tpe"):
-    """TPE (or, with kind "random", Optuna's RandomSampler) seeded by (sweep seed, trial number), through
-    Optuna's public sampler interface.
+def sampler_for(seed: int, startup: int, kind: str = "tpe", constraints_func=None):
+    """TPE (or Optuna's RandomSampler, or NSGA-II with a population of `startup`) seeded by (sweep seed, trial
+    number), through Optuna's public sampler interface. TPE and NSGA-II take several objectives, and
+    `constraints_func` (objectives.py) steers them away from trials that break a constraint.
 
     One seed per process would make every worker process draw the same "random" configurations
     (a 4-process sweep ran trials with identical lr); seeding by trial number keeps a sweep
@@ -193,9 +195,12 @@ def sampler_for(seed: int, startup: int, kind: str = "tpe"):
     import optuna
 
     def make(number: int):
+        own = seed * 1_000_003 + number
         if kind == "random":
-            return optuna.samplers.RandomSampler(seed=seed * 1_000_003 + number)
-        return optuna.samplers.TPESampler(seed=seed * 1_000_003 + number, n_startup_trials=startup)
+            return optuna.samplers.RandomSampler(seed=own)
+        if kind == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=startup, seed=own, constraints_func=constraints_func)
+        return optuna.samplers.TPESampler(seed=own, n_startup_trials=startup, constraints_func=constraints_func)
 
     class TrialSeeded(optuna.samplers.BaseSampler):
         def __init__(self):
@@ -225,7 +230,7 @@ def sampler_for(seed: int, startup: int, kind: str = "tpe"):
 
 def study_sampler(cfg: SweepConfig):
     """The per-trial-seeded sampler; under multi-fidelity every sampled configuration starts at rung 0."""
-    base = sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler)
+    base = sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler, constraints_func(cfg))
     if cfg.fidelity != "data":
         return base
     import warnings
@@ -252,11 +257,21 @@ def open_study(cfg: SweepConfig, storage):
     # rungs would compare dev accuracies reached on different amounts of data).
     pruner = (
         optuna.pruners.NopPruner()
-        if cfg.sampler == "random" or cfg.fidelity == "data"
+        if cfg.sampler == "random" or cfg.fidelity == "data" or is_multi(cfg)
         else optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials, n_min_trials=min_trials(cfg))
     )
     kw = dict(study_name=cfg.study_name, storage=storage, sampler=study_sampler(cfg), pruner=pruner)
     try:
-        return optuna.create_study(direction="maximize", **kw), True
+        study = optuna.create_study(directions=directions(cfg), **kw)
+        study.set_user_attr(STUDY_ATTR, describe(cfg))
+        return study, True
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(**kw), False
+        study = optuna.load_study(**kw)
+    had = study.user_attrs.get(STUDY_ATTR)  # absent: written before bertnli had objectives, or a moment ago
+    if [d.name.lower() for d in study.directions] != directions(cfg) or had not in (None, describe(cfg)):
+        had = had or ("dev_acc:max" if len(study.directions) == 1 else "other objectives")
+        raise BadInput(
+            f"study {cfg.study_name} optimises {had}, not {describe(cfg)}; give the same --objective "
+            "to resume it, or another --study-name"
+        )
+    return study, False

@@ -12,7 +12,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from typing import Any
 
 from bertnli.retry import policy
 from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
-from bertnli.sweep.launcher import ForkedTrial, python_path, start_trial
+from bertnli.sweep.launcher import ForkedTrial, last_line, python_path, rank_envs, signal_name, start_trial
+from bertnli.sweep.objectives import describe, is_multi, summary_measures, values_to_tell
 from bertnli.sweep.reaping import (
     end_orphan_run,
     retry,
@@ -40,34 +40,6 @@ from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT, ORPHA
 RANK_GRACE_S = 3.0  # after one rank of a trial failed, or rank 0 ended: how long the others get to end by themselves
 # A rank other than 0 that ended with its trial, not on its own (ORPHANED_EXIT: the worker closed its lifeline).
 SIBLING_ENDS = (0, DIVERGED_EXIT, INTERRUPTED_EXIT, ORPHANED_EXIT)
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:  # a real-time signal has no name
-        return f"signal {number}"
-
-
-def last_line(log: Path) -> str:
-    """What a trial process wrote last ("" for no log): its error, where it failed."""
-    lines = log.read_text()[-400:].strip().splitlines() if log.is_file() else []
-    return lines[-1] if lines else ""
-
-
-def rank_envs(ranks: int) -> list[dict[str, str]]:
-    """torchrun's variables for each process of a trial over `ranks` processes ({} for one): a rendezvous on
-    a port of this host that was free a moment ago (another process may take it first; the trial then fails
-    and is retried)."""
-    if ranks <= 1:
-        return [{}]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    common = {"WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1"}
-    if "OMP_NUM_THREADS" not in os.environ:  # torchrun's default for several processes per host
-        common["OMP_NUM_THREADS"] = "1"
-    return [{**common, "MASTER_PORT": str(port), "RANK": str(k), "LOCAL_RANK": str(k)} for k in range(ranks)]
 
 
 @dataclass
@@ -182,6 +154,8 @@ class TrialRun:
         here rather than the error ending the worker thread."""
         from optuna.exceptions import UpdateFinishedTrialError
 
+        if is_multi(self.cfg):  # Optuna takes no intermediate values with several objectives: nothing to prune
+            return "lost" if not self.beat() else "go"
         epochs = int(self.trial.params.get("epochs", self.cfg.base.epochs))
         try:
             self.trial.report(msg["dev_acc"], report_step(msg["epoch"], epochs, self.ticks))
@@ -313,6 +287,33 @@ class TrialRun:
                     os.close(fd)
             self.lifelines = []
 
+    def _lost(self, frozen, seconds: float) -> Outcome:
+        why = "superseded: another process failed this trial"
+        end_orphan_run(self.cfg, trial_run_id(self.cfg, frozen), why, "KILLED")
+        error = "another process failed this trial meanwhile"
+        return Outcome(frozen.number, "LOST", None, dict(frozen.params), seconds, error=error)
+
+    def _complete(self, s: dict, frozen, seconds: float) -> Outcome:
+        """A trial that trained to its end: its measures onto the trial, its value(s) told."""
+        for key in ("test_acc", "train_seconds", "mlflow_run_id"):
+            set_own_attr(self.trial, key, s["run_id"] if key == "mlflow_run_id" else s[key])
+        for key, value in s.get("costs", {}).items():  # what a study over costs reads (objectives.measures)
+            set_own_attr(self.trial, key, value)
+        if s.get("train_examples") is not None:  # what the trial cost: examples x epochs (multi-fidelity compute)
+            set_own_attr(self.trial, "train_examples", s["train_examples"])
+            set_own_attr(self.trial, "examples_seen", s["train_examples"] * s.get("epochs_trained", 1))
+        values = values_to_tell(self.cfg, summary_measures(s))
+        params, n = dict(frozen.params), frozen.number
+        if values is None:
+            error = f"its run recorded no {describe(self.cfg)}; rerun it with this version of bertnli"
+            set_own_attr(self.trial, "error", error)
+            self._tell(state=states().FAIL)
+            return Outcome(n, "FAIL", None, params, seconds, error=error)
+        if not self._tell(values=values if len(values) > 1 else values[0]):
+            return self._lost(frozen, seconds)
+        settle(self.cfg, self.study, frozen, s["run_id"], keep_best=True)
+        return Outcome(n, "COMPLETE", s["value"], params, seconds, s["test_acc"], s["train_seconds"])
+
     def finish(self, ended: str | None, seconds: float, interrupted: bool, log=print) -> Outcome:
         """Tell Optuna how the trial ended, and make its MLflow run agree."""
         S = states()
@@ -321,34 +322,17 @@ class TrialRun:
         rc, frozen = self.proc.returncode, self._frozen()
         params, n = dict(frozen.params), self.trial.number
         set_own_attr(self.trial, "trial_wall_seconds", seconds)
-
-        def lost() -> Outcome:
-            end_orphan_run(
-                self.cfg, trial_run_id(self.cfg, frozen), "superseded: another process failed this trial", "KILLED"
-            )
-            return Outcome(n, "LOST", None, params, seconds, error="another process failed this trial meanwhile")
-
         if ended == "lost":
-            return lost()
+            return self._lost(frozen, seconds)
         summary = self.out / "trial.json"
         if rc == 0 and summary.is_file():
-            s = json.loads(summary.read_text())
-            set_own_attr(self.trial, "test_acc", s["test_acc"])
-            set_own_attr(self.trial, "train_seconds", s["train_seconds"])
-            if s.get("train_examples") is not None:  # what the trial cost: examples x epochs (multi-fidelity compute)
-                set_own_attr(self.trial, "train_examples", s["train_examples"])
-                set_own_attr(self.trial, "examples_seen", s["train_examples"] * s.get("epochs_trained", 1))
-            set_own_attr(self.trial, "mlflow_run_id", s["run_id"])
-            if not self._tell(values=s["value"]):
-                return lost()
-            settle(self.cfg, self.study, frozen, s["run_id"], keep_best=True)
-            return Outcome(n, "COMPLETE", s["value"], params, seconds, s["test_acc"], s["train_seconds"])
+            return self._complete(json.loads(summary.read_text()), frozen, seconds)
         last = max(frozen.intermediate_values.items(), default=(0, None))[1]
         if rc in (PRUNED_EXIT, DIVERGED_EXIT):
             if rc == DIVERGED_EXIT:  # the configuration diverges: told to the sampler (PRUNED), never retried
                 set_own_attr(self.trial, "diverged", True)
             if not self._tell(state=S.PRUNED):
-                return lost()
+                return self._lost(frozen, seconds)
             settle(self.cfg, self.study, frozen, trial_run_id(self.cfg, frozen), keep_best=False)
             return Outcome(n, "PRUNED", last, params, seconds, error="diverged" if rc == DIVERGED_EXIT else "")
         if ended == "timeout":
@@ -368,7 +352,7 @@ class TrialRun:
             error = last_line(self.logf) or f"exit {rc}"
         set_own_attr(self.trial, "error", error)
         if not self._tell(state=S.FAIL):
-            return lost()
+            return self._lost(frozen, seconds)
         end_orphan_run(
             self.cfg, trial_run_id(self.cfg, frozen), error, "KILLED" if error == "interrupted" else "FAILED"
         )

@@ -231,7 +231,8 @@ def _as_new_trial(t, space: dict[str, Param], source: Source, dropped: Counter):
             continue
         params[name], dists[name] = value, distribution(p)
     attrs = {IMPORTED: f"{source.key}#{t.number}", "source_run_id": t.user_attrs.get("mlflow_run_id")}
-    return optuna.trial.create_trial(params=params, distributions=dists, value=t.value, user_attrs=attrs)
+    # dev accuracy: the value of a study over it alone, the first of a study over accuracy and costs
+    return optuna.trial.create_trial(params=params, distributions=dists, value=t.values[0], user_attrs=attrs)
 
 
 def distribution(p: Param):

@@ -26,6 +26,7 @@ PARAMS = [
 
 
 METRICS = ["best_dev_acc", "test_acc", "best_epoch", "wall_seconds", "examples_per_sec", "dev_acc", "train_loss"]
+COSTS = ["train_seconds", "params", "peak_mem_mib", "latency_ms_b1", "latency_ms_b256"]  # train/cost.py
 
 
 def experiment_ids(c, experiments: list[str] | None) -> dict[str, str]:
@@ -61,7 +62,7 @@ def short_columns(df: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     )
     for p in PARAMS:
         out[p] = df.get(f"params.{p}")
-    for m in METRICS:
+    for m in METRICS + COSTS:
         out[m] = df.get(f"metrics.{m}")
     out["trial"] = df.get("tags.optuna.trial")
     out["state"] = df.get("tags.optuna.state")

@@ -238,7 +238,10 @@ def fit(
     test_progress = progress and is_main
     dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, test_progress, state.best_dev)
     wall = time.perf_counter() - t_start
-    costs = measure(load_selected(out_dir / "best")[0].to(device), prep.dev, device, cfg.amp) if is_main else {}
+    costs = {}
+    if is_main:
+        costs = {"train_seconds": sum(m.train_seconds for m in state.history)}
+        costs |= measure(load_selected(out_dir / "best")[0].to(device), prep.dev, device, cfg.amp)
     result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, wall, info, costs)
     if is_main:
         write_result(out_dir, result)

@@ -31,6 +31,8 @@ IMPOSSIBLE_TEXT = {
     ("sweep", "gpus"): ("99", "--gpus 99: CUDA on this host sees"),
     ("sweep", "enqueue"): ("nosuch=1", "--enqueue nosuch=1: nosuch is not in the sweep space"),
     ("sweep", "warm_start"): ("nosuch", "--warm-start nosuch: write NAME@STORAGE"),
+    ("sweep", "objective"): ("dev_acc,beauty", "bad --objective 'beauty': 'beauty' is not measured; choose from"),
+    ("sweep", "constraints"): ("gpu_watts<=300", "bad --constraint 'gpu_watts<=300': 'gpu_watts' is not measured"),
     ("reproduce", "name"): ("no-such-experiment", "config file experiments/no-such-experiment.toml not found"),
     ("reproduce", "tracking_uri"): ("bogus://x", "is not an MLflow tracking URI"),
     ("report", "experiments"): ("no-such-experiment", "no MLflow experiment no-such-experiment"),

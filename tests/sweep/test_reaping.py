@@ -97,7 +97,7 @@ def test_a_trial_finished_by_another_process_just_before_our_write_is_left_as_it
         fail_and_retry(study, storage, cfg, frozen, "its worker is gone", log=said.append)
     else:
         result = {"state": end.split()[1], "value": 0.9, "run_id": None}
-        adopt(study, storage, frozen, result, log=said.append)
+        adopt(study, storage, cfg, frozen, result, log=said.append)
     trials = optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()
     assert [(t.state.name, t.value) for t in trials] == [("COMPLETE", 0.5)]  # as the other process left it
     assert said == []  # nothing adopted, failed or queued again by this process

@@ -218,7 +218,9 @@ def test_a_study_keeps_its_fidelity_settings(tmp_path, tiny_snli):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     toml = write_toml(tmp_path, tiny_snli, trials=4, space=SPACE, extra=MF)
-    st = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))))
+    st = optuna.create_study(
+        study_name="s", storage=JournalStorage(JournalFileBackend(str(tmp_path / "journal.log"))), direction="maximize"
+    )
     st.set_user_attr("bertnli.fidelity", {"fidelity": "data", "eta": 2, "min_fraction": 0.25, "trials": 4})
     r = sweep_in_process(tmp_path, toml, "--trials", "8")
     assert r.exit_code == 2 and "was created with fidelity=data eta=2 min_fraction=0.25 trials=4, not" in r.stderr

@@ -1,0 +1,84 @@
+"""A study's objectives and constraints in Optuna's terms: directions, the values told, `constraints_func`.
+
+With one objective (dev accuracy, the default) a trial's value is its dev accuracy, as always. With
+several (`--objective dev_acc,latency_ms`) a trial's values are its dev accuracy then each cost, and
+the study answers with a Pareto front (analysis/pareto.py). Median pruning compares one value and
+Optuna refuses it with several objectives, so a multi-objective study trains every trial to its end
+(no pruning); multi-fidelity halving, which ranks on accuracy alone, is refused with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bertnli.analysis.pareto import (
+    ACCURACY,
+    MEASURED,
+    Constraint,
+    Objective,
+    parse_constraint,
+    parse_objectives,
+)
+from bertnli.sweep.space import SweepConfig
+
+STUDY_ATTR = "bertnli.objectives"  # the study's objectives as written, checked when a command resumes it
+
+
+def objectives_of(cfg: SweepConfig) -> tuple[Objective, ...]:
+    return parse_objectives(cfg.objective)
+
+
+def constraints_of(cfg: SweepConfig) -> tuple[Constraint, ...]:
+    return tuple(parse_constraint(c) for c in cfg.constraints)
+
+
+def is_multi(cfg: SweepConfig) -> bool:
+    return len(objectives_of(cfg)) > 1
+
+
+def describe(cfg: SweepConfig) -> str:
+    return ",".join(o.describe() for o in objectives_of(cfg))
+
+
+def directions(cfg: SweepConfig) -> list[str]:
+    return ["maximize" if o.direction == "max" else "minimize" for o in objectives_of(cfg)]
+
+
+def accuracy(t) -> float | None:
+    """A trial's dev accuracy: its value, or its first value in a multi-objective study."""
+    return t.values[0] if t.values else None
+
+
+def measures(t) -> dict[str, float | None]:
+    """Every measure of a finished trial: dev accuracy from its value(s), the costs from its user attributes."""
+    return {ACCURACY: accuracy(t), **{k: t.user_attrs.get(k) for k in MEASURED if k != ACCURACY}}
+
+
+def summary_measures(s: dict[str, Any]) -> dict[str, Any]:
+    """The measures in a trial's summary (trial.json, or its run's metrics as reaping reads them)."""
+    return {ACCURACY: s.get("value"), "train_seconds": s.get("train_seconds"), **(s.get("costs") or {})}
+
+
+def values_to_tell(cfg: SweepConfig, measured: dict[str, Any]) -> list[float] | None:
+    """The values Optuna is told, in the study's objective order; None when the run left one unmeasured."""
+    values = [measured.get(o.name) for o in objectives_of(cfg)]
+    return None if any(v is None for v in values) else [float(v) for v in values]
+
+
+def constraints_func(cfg: SweepConfig):
+    """For Optuna's samplers: a trial's violations (<= 0 holds), read from the measures it recorded."""
+    constraints = constraints_of(cfg)
+    if not constraints:
+        return None
+
+    def violations(trial) -> list[float]:
+        m = measures(trial)
+        return [c.violation(m.get(c.name)) for c in constraints]
+
+    return violations
+
+
+def holds(cfg: SweepConfig, t) -> bool:
+    """The trial breaks none of the study's constraints."""
+    m = measures(t)
+    return all(c.holds(m.get(c.name)) for c in constraints_of(cfg))
