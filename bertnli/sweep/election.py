@@ -21,6 +21,7 @@ import uuid
 from typing import Callable
 
 from bertnli import BertnliError
+from bertnli.sweep.objectives import describe
 from bertnli.sweep.parent import pruner_tag, sampler_tag
 from bertnli.sweep.reaping import owner
 from bertnli.sweep.space import SweepConfig
@@ -47,6 +48,8 @@ def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
         "bertnli.storage": storage_url,
         "bertnli.sampler": sampler_tag(cfg),
         "bertnli.pruner": pruner_tag(cfg),
+        "bertnli.objectives": describe(cfg),
+        **({"bertnli.constraints": ", ".join(cfg.constraints)} if cfg.constraints else {}),
         "bertnli.space": "; ".join(p.describe() for p in cfg.space),
         **provenance(),
     }

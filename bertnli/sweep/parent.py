@@ -13,7 +13,7 @@ from bertnli.analysis.report import to_markdown
 from bertnli.sweep.checkpoint_store import fetch_best, prune_store, store_uri
 from bertnli.sweep.front import kept, trials_front
 from bertnli.sweep.halving import best_trial, rung_table, rungs_of
-from bertnli.sweep.objectives import accuracy, describe, holds, is_multi, objectives_of
+from bertnli.sweep.objectives import accuracy, holds, is_multi, objectives_of
 from bertnli.sweep.reaping import is_mine, retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
@@ -235,10 +235,9 @@ def _log_front(c, cfg: SweepConfig, parent_run_id: str, table, tmp: Path) -> Non
     fig.savefig(tmp / "pareto.png", dpi=100)
     plt.close(fig)
     c.log_artifact(parent_run_id, str(tmp / "pareto.png"))
-    tags = {"bertnli.objectives": describe(cfg), "bertnli.constraints": ", ".join(cfg.constraints)}
-    tags["bertnli.pareto_front"] = ", ".join(
-        str(n) for n in table[table["pareto"]].sort_values("pareto_rank")["number"]
-    )
+    tags = {
+        "bertnli.pareto_front": ", ".join(str(n) for n in table[table["pareto"]].sort_values("pareto_rank")["number"])
+    }
     ok = table[table["feasible"]]
     for o in objectives_of(cfg):
         if ok[o.name].notna().any():
@@ -274,7 +273,9 @@ def _log_best_checkpoint(c, cfg: SweepConfig, best, tmp: Path, final: bool) -> N
 
 
 def sampler_tag(cfg: SweepConfig) -> str:
-    return f"{'RandomSampler' if cfg.sampler == 'random' else 'TPESampler'}(seed={cfg.seed}, per trial number)"
+    name = {"random": "RandomSampler", "nsga2": "NSGAIISampler"}.get(cfg.sampler, "TPESampler")
+    limits = ", constraints_func" if cfg.constraints else ""
+    return f"{name}(seed={cfg.seed}, per trial number{limits})"
 
 
 def pruner_tag(cfg: SweepConfig) -> str:
@@ -286,6 +287,8 @@ def pruner_tag(cfg: SweepConfig) -> str:
         )
     if cfg.sampler == "random":
         return "NopPruner()"
+    if is_multi(cfg):
+        return "NopPruner(); several objectives: every trial trains to its end"
     return (
         f"MedianPruner(n_startup_trials={cfg.pruner_startup_trials}"
         + (f", n_min_trials={min_trials(cfg)}" if min_trials(cfg) > 1 else "")
