@@ -20,7 +20,7 @@ def _check_cell_by(value: str) -> list[str]:
     return keys
 
 
-def _echo_tables(runs, extra: dict, replay: str | None):
+def _echo_tables(runs, extra: dict, replay: str | None, tracking_uri: str | None):
     """The report's tables on the console; returns the fidelity audit (write_report reuses it)."""
     import pandas as pd
 
@@ -30,6 +30,7 @@ def _echo_tables(runs, extra: dict, replay: str | None):
         format_table,
         grouped,
         leaderboard,
+        study_fronts,
         top_rung,
         truncation_effect,
         truncation_effect_note,
@@ -57,6 +58,11 @@ def _echo_tables(runs, extra: dict, replay: str | None):
         for name, table in extra.items():
             click.echo(f"\n{name.replace('_', ' ')} (study {replay}):")
             click.echo(format_table(table).to_string(index=False))
+        fronts = study_fronts(comparable, tracking_uri)
+        for study, table in fronts.groupby("study") if not fronts.empty else ():
+            on = table[table["pareto"]].drop(columns=["study", "run_id", "objectives", "feasible", "pareto"])
+            click.echo(f"\nPareto front of study {study} ({table['objectives'].iloc[0]}; {len(table)} trials):")
+            click.echo(format_table(on).to_string(index=False))
     return audit
 
 
@@ -110,7 +116,7 @@ def report(experiments, study, parent_run, tags, cell_by, replay, out_dir, forma
             "no runs match; check --experiment/--study/--tracking-uri (bertnli-exp train records into 'bertnli')"
         )
     _say_what_was_imported(experiments, tracking_uri, study or replay)
-    audit = _echo_tables(runs, extra, replay)
+    audit = _echo_tables(runs, extra, replay, tracking_uri)
     files = write_report(
         runs, out_dir, tuple(formats) or ("md", "csv", "html"), tracking_uri, tuple(keys), extra, audit
     )
@@ -167,7 +173,7 @@ def compare(a, b, cells, experiments, boot, tracking_uri):
 
     A and B are MLflow run ids; or give two --cell groups instead (each across its seeds).
     """
-    from bertnli.analysis.compare import cell_runs, compare_runs, describe, parse_cell
+    from bertnli.analysis.compare import cell_runs, compare_runs, cost_lines, describe, parse_cell
     from bertnli.tracking.query import load_runs
 
     run_ids = [r for r in (a, b) if r]
@@ -184,5 +190,7 @@ def compare(a, b, cells, experiments, boot, tracking_uri):
     table = compare_runs(sides[0], sides[1], tracking_uri, n_boot=boot)
     for _, row in table.iterrows():
         click.echo(describe(row, names[0], names[1]))
+    for line in cost_lines(sides[0], sides[1], table, names[0], names[1], tracking_uri):
+        click.echo(line)
     if "test" not in set(table["split"]):
         click.echo("test: not compared (a side has no final test predictions)")

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from pareto_reference import brute_force
+from tiny_runs import invoke
 from tiny_sweeps import run_sweep, state, sweep_in_process, write_toml
 
 from bertnli.analysis.pareto import Objective, parse_constraint
@@ -78,6 +79,22 @@ def test_a_study_over_accuracy_and_size_keeps_registers_and_shows_its_front(tmp_
     )
     assert "models:/nli@champion, models:/nli@pareto-1" in r.stdout
     assert "trials on the Pareto front of dev_acc:max,params:min" in r.stdout
+
+    # report --study shows the front, from the runs alone; compare takes any two trials and weighs their costs
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shown = invoke(["report", "--study", "s", "--tracking-uri", uri, "--out", str(tmp_path / "rep")])
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "Pareto front of study s (dev_acc:max,params:min" in shown.stdout
+    reported = pd.read_csv(tmp_path / "rep" / "pareto_front.csv")
+    assert set(reported.loc[reported["pareto"], "trial"].astype(int)) == expected
+    assert (tmp_path / "rep" / "pareto_s.png").is_file()
+    small, big = (
+        next(t for t in study.get_trials() if t.params["model"] == m).user_attrs["mlflow_run_id"]
+        for m in ("tiny-d2l-random", "tiny-random")
+    )
+    compared = invoke(["compare", small, big, "--tracking-uri", uri, "--boot", "200"])
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert f"params: {small[:8]} " in compared.stdout and f"({small[:8]} " in compared.stdout
 
 
 def test_a_study_resumed_with_other_objectives_is_one_line(tmp_path, tiny_snli):
