@@ -24,7 +24,7 @@ from bertnli.analysis.stats import (
     p_phrase,
 )
 from bertnli.tracking.predictions import load_predictions
-from bertnli.tracking.query import COSTS, finished_runs
+from bertnli.tracking.query import finished_runs
 from bertnli.tracking.store import client
 
 COMPARED_SPLITS = ("dev", "test")  # train has no per-example predictions
@@ -203,48 +203,6 @@ def describe(row: pd.Series, name_a: str = "A", name_b: str = "B") -> str:
         f"({int(row['seeds_b'])} run(s)) on {int(row['n_examples'])} examples; delta {100 * row['delta']:+.2f} pp, "
         f"{ci}; {test} {p_phrase(row['p_value'])}{evidence}; {verdict(row, name_a, name_b)}"
     )
-
-
-def cost_lines(
-    run_ids_a: list[str],
-    run_ids_b: list[str],
-    table: pd.DataFrame,
-    name_a: str = "A",
-    name_b: str = "B",
-    tracking_uri: str | None = None,
-) -> list[str]:
-    """What each side costs (train/cost.py, the mean over a side's runs) and, when one side is cheaper on every
-    cost both recorded, how much dev accuracy it gives up, with the paired CI of `table`'s dev row."""
-    c = client(tracking_uri)
-    metrics = {r: c.get_run(r).data.metrics for r in [*run_ids_a, *run_ids_b]}
-
-    def mean(runs: list[str], key: str) -> float | None:
-        values = [metrics[r][key] for r in runs if key in metrics[r]]
-        return float(np.mean(values)) if len(values) == len(runs) else None
-
-    lines, cheaper = [], set()
-    for key in COSTS:
-        a, b = mean(run_ids_a, key), mean(run_ids_b, key)
-        if a is None or b is None or a <= 0 or b <= 0:
-            continue
-        side = name_a if a < b else name_b if b < a else "neither"
-        cheaper.add(side)
-        ratio = max(a, b) / min(a, b)
-        lines.append(f"{key}: {name_a} {a:,.4g} vs {name_b} {b:,.4g} ({side} {ratio:.2f}x cheaper)")
-    if not lines:
-        return []
-    dev = table[table["split"] == "dev"].iloc[0]
-    if len(cheaper - {"neither"}) == 1:
-        cheap = (cheaper - {"neither"}).pop()
-        sign = 1 if cheap == name_b else -1  # delta is A - B: what the cheaper side gives up is positive
-        low, high = sorted((sign * dev["ci_low"], sign * dev["ci_high"]))
-        lines.append(
-            f"{cheap} costs no more on any cost recorded and gives up {100 * sign * dev['delta']:+.2f} pp of dev "
-            f"accuracy (95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] pp; negative: it is more accurate too)"
-        )
-    else:
-        lines.append("neither side is cheaper on every cost recorded: a trade-off, not a dominance")
-    return lines
 
 
 # ---------------------------------------------------------------- cells: tables for the report

@@ -1,8 +1,10 @@
-"""Accuracy against cost: a study's objectives and constraints, and the trials no other trial beats on all of them.
+"""Accuracy against cost: a study's objectives and constraints, the trials no other trial beats on all of them,
+and what the cheaper of two runs gives up.
 
 A study may optimise dev accuracy alone (the default) or dev accuracy and costs that every run records
 (train/cost.py); the answer is then a front of trade-offs, not one winner. Accuracy is always the first
-objective: the winner of a study (its champion) is the most accurate trial on the front.
+objective: the winner of a study (its champion) is the most accurate trial on the front. The front is
+computed here from plain tables, so the sweep (from its trials) and `report` (from MLflow runs) agree.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from bertnli import BadInput
+from bertnli.tracking.query import COSTS, finished_runs
+from bertnli.tracking.store import client
 
 # what every run records, and which way is better; a trial holds them as user attributes, a run as metrics
 MEASURED = {
@@ -164,3 +168,75 @@ def pareto_figure(table: pd.DataFrame, objectives: tuple[Objective, ...], label:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def study_fronts(runs: pd.DataFrame, tracking_uri: str | None = None) -> pd.DataFrame:
+    """For each study over accuracy and cost (its parent run's `bertnli.objectives` names several, or it has
+    constraints): its finished trials' measures from their runs, with `feasible`, `pareto` and `pareto_rank`
+    (analysis/pareto.py). Empty when no study of these runs traded accuracy against cost."""
+    done = finished_runs(runs)
+    parents = done["parent_run_id"].dropna().unique() if "parent_run_id" in done else []
+    c, tables = client(tracking_uri), []
+    for parent in parents:
+        try:
+            tags = c.get_run(parent).data.tags
+        except Exception:  # noqa: BLE001 - a deleted parent: its objectives are unknown
+            continue
+        objectives = parse_objectives(tags.get("bertnli.objectives", ACCURACY))
+        constraints = tuple(parse_constraint(x) for x in tags.get("bertnli.constraints", "").split(", ") if x)
+        if len(objectives) == 1 and not constraints:
+            continue
+        trials = done[done["parent_run_id"] == parent].drop(columns=[ACCURACY], errors="ignore")  # the last epoch's
+        trials = trials.rename(columns={"best_dev_acc": ACCURACY})  # the selected epoch's, as the study told Optuna
+        table = front_table(trials, objectives, constraints)
+        table.insert(0, "study", tags.get("bertnli.study", parent))
+        table["objectives"] = ",".join(o.describe() for o in objectives)
+        tables.append(table)
+    if not tables:
+        return pd.DataFrame()
+    out = pd.concat(tables, ignore_index=True).sort_values(["study", "pareto_rank"])
+    measured = [c for c in (ACCURACY, *MEASURED) if c in out and out[c].notna().any()]
+    keep = ["study", "trial", "run_id", "model", "lr", "epochs", *dict.fromkeys(measured), "test_acc"]
+    return out[[*keep, "feasible", "pareto", "pareto_rank", "objectives"]]
+
+
+def cost_lines(
+    run_ids_a: list[str],
+    run_ids_b: list[str],
+    table: pd.DataFrame,
+    name_a: str = "A",
+    name_b: str = "B",
+    tracking_uri: str | None = None,
+) -> list[str]:
+    """What each side costs (train/cost.py, the mean over a side's runs) and, when one side is cheaper on every
+    cost both recorded, how much dev accuracy it gives up, with the paired CI of `table`'s dev row."""
+    c = client(tracking_uri)
+    metrics = {r: c.get_run(r).data.metrics for r in [*run_ids_a, *run_ids_b]}
+
+    def mean(runs: list[str], key: str) -> float | None:
+        values = [metrics[r][key] for r in runs if key in metrics[r]]
+        return float(np.mean(values)) if len(values) == len(runs) else None
+
+    lines, cheaper = [], set()
+    for key in COSTS:
+        a, b = mean(run_ids_a, key), mean(run_ids_b, key)
+        if a is None or b is None or a <= 0 or b <= 0:
+            continue
+        side = name_a if a < b else name_b if b < a else "neither"
+        cheaper.add(side)
+        ratio = max(a, b) / min(a, b)
+        lines.append(f"{key}: {name_a} {a:,.4g} vs {name_b} {b:,.4g} ({side} {ratio:.2f}x cheaper)")
+    if not lines:
+        return []
+    dev = table[table["split"] == "dev"].iloc[0]
+    if len(cheaper - {"neither"}) == 1:
+        cheap = (cheaper - {"neither"}).pop()
+        sign = 1 if cheap == name_b else -1  # delta is A - B: what the cheaper side gives up is positive
+        low, high = sorted((sign * dev["ci_low"], sign * dev["ci_high"]))
+        lines.append(
+            f"{cheap} costs no more on any cost recorded and gives up {100 * sign * dev['delta']:+.2f} pp of dev "
+            f"accuracy (95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] pp; negative: it is more accurate too)"
+        )
+    else:
+        lines.append("neither side is cheaper on every cost recorded: a trade-off, not a dominance")
+    return lines

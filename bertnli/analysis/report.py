@@ -16,7 +16,7 @@ import pandas as pd
 
 from bertnli.analysis import plots
 from bertnli.analysis.compare import cell_table, evp_table, overtaking_table, pairwise_table
-from bertnli.analysis.pareto import ACCURACY, MEASURED, front_table, pareto_figure, parse_constraint, parse_objectives
+from bertnli.analysis.pareto import pareto_figure, parse_objectives, study_fronts
 from bertnli.analysis.stats import p_text, rank_agreement
 from bertnli.tracking.query import finished_runs
 from bertnli.tracking.store import client
@@ -205,36 +205,6 @@ def sampler_note(runs: pd.DataFrame, tracking_uri: str | None = None) -> str:
         "which breaks the i.i.d. assumption of expected validation performance; read those curves as descriptive. "
         "Use `sweep --sampler random` for a design where the estimator is valid."
     )
-
-
-def study_fronts(runs: pd.DataFrame, tracking_uri: str | None = None) -> pd.DataFrame:
-    """For each study over accuracy and cost (its parent run's `bertnli.objectives` names several, or it has
-    constraints): its finished trials' measures from their runs, with `feasible`, `pareto` and `pareto_rank`
-    (analysis/pareto.py). Empty when no study of these runs traded accuracy against cost."""
-    done = finished_runs(runs)
-    parents = done["parent_run_id"].dropna().unique() if "parent_run_id" in done else []
-    c, tables = client(tracking_uri), []
-    for parent in parents:
-        try:
-            tags = c.get_run(parent).data.tags
-        except Exception:  # noqa: BLE001 - a deleted parent: its objectives are unknown
-            continue
-        objectives = parse_objectives(tags.get("bertnli.objectives", ACCURACY))
-        constraints = tuple(parse_constraint(x) for x in tags.get("bertnli.constraints", "").split(", ") if x)
-        if len(objectives) == 1 and not constraints:
-            continue
-        trials = done[done["parent_run_id"] == parent].drop(columns=[ACCURACY], errors="ignore")  # the last epoch's
-        trials = trials.rename(columns={"best_dev_acc": ACCURACY})  # the selected epoch's, as the study told Optuna
-        table = front_table(trials, objectives, constraints)
-        table.insert(0, "study", tags.get("bertnli.study", parent))
-        table["objectives"] = ",".join(o.describe() for o in objectives)
-        tables.append(table)
-    if not tables:
-        return pd.DataFrame()
-    out = pd.concat(tables, ignore_index=True).sort_values(["study", "pareto_rank"])
-    measured = [c for c in (ACCURACY, *MEASURED) if c in out and out[c].notna().any()]
-    keep = ["study", "trial", "run_id", "model", "lr", "epochs", *dict.fromkeys(measured), "test_acc"]
-    return out[[*keep, "feasible", "pareto", "pareto_rank", "objectives"]]
 
 
 def _note(runs: pd.DataFrame, keys: list[str], tracking_uri: str | None, tables: dict, lower_rungs: int) -> str:

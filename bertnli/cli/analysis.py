@@ -24,13 +24,13 @@ def _echo_tables(runs, extra: dict, replay: str | None, tracking_uri: str | None
     """The report's tables on the console; returns the fidelity audit (write_report reuses it)."""
     import pandas as pd
 
+    from bertnli.analysis.pareto import study_fronts
     from bertnli.analysis.report import (
         audit_note,
         fidelity_audit,
         format_table,
         grouped,
         leaderboard,
-        study_fronts,
         top_rung,
         truncation_effect,
         truncation_effect_note,
@@ -173,7 +173,8 @@ def compare(a, b, cells, experiments, boot, tracking_uri):
 
     A and B are MLflow run ids; or give two --cell groups instead (each across its seeds).
     """
-    from bertnli.analysis.compare import cell_runs, compare_runs, cost_lines, describe, parse_cell
+    from bertnli.analysis.compare import cell_runs, compare_runs, describe, parse_cell
+    from bertnli.analysis.pareto import cost_lines
     from bertnli.tracking.query import load_runs
 
     run_ids = [r for r in (a, b) if r]

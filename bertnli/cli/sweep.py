@@ -115,7 +115,8 @@ from bertnli.tracking.store import how_to_see
     "constraints",
     multiple=True,
     metavar="NAME<=BOUND",
-    help="a limit a trial must keep to be chosen or on the front, e.g. peak_mem_mib<=8000 (repeatable)",
+    help="a limit a trial must keep to be chosen or on the front, e.g. 'peak_mem_mib<=8000' (quoted: < is the "
+    "shell's; repeatable)",
 )
 @click.option(
     "--fidelity",

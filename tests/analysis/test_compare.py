@@ -3,7 +3,6 @@
 import json
 import re
 
-import pandas as pd
 import pytest
 from conftest import ROOT, copy_store, make_rows, write_jsonl_gz
 from mlflow import MlflowClient
@@ -299,50 +298,3 @@ def test_random_sweep_is_unpruned_and_its_parent_gets_a_verdict(tiny_snli, tmp_p
     assert 0 <= float(parent.data.tags["bertnli.verdict.p_dev"]) <= 1
     r = cli("report", "--study", "rnd", "--tracking-uri", uri, "--out", tmp_path / "rep")
     assert r.returncode == 0 and "TPESampler" not in (tmp_path / "rep" / "report.md").read_text()
-
-
-@pytest.mark.parametrize("a_cheaper", [True, False])
-def test_compare_says_what_accuracy_the_cheaper_run_gives_up_with_its_interval(tmp_path, new_store, a_cheaper):
-    from mlflow import MlflowClient
-
-    from bertnli.analysis.compare import cost_lines
-
-    uri = new_store(tmp_path / "mlflow.db")
-    c = MlflowClient(uri)
-    exp = c.create_experiment("e")
-    small = {"params": 1e6, "latency_ms_b1": 2.0, "peak_mem_mib": 900.0}
-    large = {"params": 4e6, "latency_ms_b1": 6.0, "peak_mem_mib": 1800.0}
-    ids = []
-    for costs in (small, large) if a_cheaper else (large, small):
-        run = c.create_run(exp)
-        for k, v in costs.items():
-            c.log_metric(run.info.run_id, k, v)
-        ids.append(run.info.run_id)
-    # A - B on dev: the larger run is 3 pp more accurate, CI [1, 5] pp
-    delta, low, high = (-0.03, -0.05, -0.01) if a_cheaper else (0.03, 0.01, 0.05)
-    table = pd.DataFrame([{"split": "dev", "delta": delta, "ci_low": low, "ci_high": high}])
-    lines = cost_lines([ids[0]], [ids[1]], table, "A", "B", uri)
-    cheap = "A" if a_cheaper else "B"
-    assert f"params: A {1e6 if a_cheaper else 4e6:,.4g} vs B" in lines[0] and f"({cheap} 4.00x cheaper)" in lines[0]
-    assert lines[-1].startswith(f"{cheap} costs no more on any cost recorded and gives up +3.00 pp of dev accuracy")
-    assert "(95 % CI [+1.00, +5.00] pp" in lines[-1]
-
-
-def test_compare_calls_mixed_costs_a_trade_off(tmp_path, new_store):
-    from mlflow import MlflowClient
-
-    from bertnli.analysis.compare import cost_lines
-
-    uri = new_store(tmp_path / "mlflow.db")
-    c = MlflowClient(uri)
-    exp = c.create_experiment("e")
-    ids = []
-    for costs in ({"params": 1e6, "latency_ms_b1": 9.0}, {"params": 4e6, "latency_ms_b1": 3.0}):
-        run = c.create_run(exp)
-        for k, v in costs.items():
-            c.log_metric(run.info.run_id, k, v)
-        ids.append(run.info.run_id)
-    table = pd.DataFrame([{"split": "dev", "delta": 0.0, "ci_low": -0.01, "ci_high": 0.01}])
-    assert cost_lines([ids[0]], [ids[1]], table, "A", "B", uri)[-1] == (
-        "neither side is cheaper on every cost recorded: a trade-off, not a dominance"
-    )

@@ -8,7 +8,14 @@ import pytest
 from pareto_reference import brute_force
 
 from bertnli import BadInput
-from bertnli.analysis.pareto import Constraint, Objective, front_table, parse_constraint, parse_objectives
+from bertnli.analysis.pareto import (
+    Constraint,
+    Objective,
+    cost_lines,
+    front_table,
+    parse_constraint,
+    parse_objectives,
+)
 
 OBJECTIVES = (Objective("dev_acc", "max"), Objective("latency_ms_b1", "min"), Objective("params", "min"))
 
@@ -86,3 +93,46 @@ def test_every_pair_of_a_front_trades_accuracy_for_cost():
     assert list(on["number"]) == [0, 1, 2]
     for (_, a), (_, b) in itertools.combinations(on.iterrows(), 2):
         assert (a["dev_acc"] > b["dev_acc"]) == (a["params"] > b["params"])
+
+
+@pytest.mark.parametrize("a_cheaper", [True, False])
+def test_compare_says_what_accuracy_the_cheaper_run_gives_up_with_its_interval(tmp_path, new_store, a_cheaper):
+    from mlflow import MlflowClient
+
+    uri = new_store(tmp_path / "mlflow.db")
+    c = MlflowClient(uri)
+    exp = c.create_experiment("e")
+    small = {"params": 1e6, "latency_ms_b1": 2.0, "peak_mem_mib": 900.0}
+    large = {"params": 4e6, "latency_ms_b1": 6.0, "peak_mem_mib": 1800.0}
+    ids = []
+    for costs in (small, large) if a_cheaper else (large, small):
+        run = c.create_run(exp)
+        for k, v in costs.items():
+            c.log_metric(run.info.run_id, k, v)
+        ids.append(run.info.run_id)
+    # A - B on dev: the larger run is 3 pp more accurate, CI [1, 5] pp
+    delta, low, high = (-0.03, -0.05, -0.01) if a_cheaper else (0.03, 0.01, 0.05)
+    table = pd.DataFrame([{"split": "dev", "delta": delta, "ci_low": low, "ci_high": high}])
+    lines = cost_lines([ids[0]], [ids[1]], table, "A", "B", uri)
+    cheap = "A" if a_cheaper else "B"
+    assert f"params: A {1e6 if a_cheaper else 4e6:,.4g} vs B" in lines[0] and f"({cheap} 4.00x cheaper)" in lines[0]
+    assert lines[-1].startswith(f"{cheap} costs no more on any cost recorded and gives up +3.00 pp of dev accuracy")
+    assert "(95 % CI [+1.00, +5.00] pp" in lines[-1]
+
+
+def test_compare_calls_mixed_costs_a_trade_off(tmp_path, new_store):
+    from mlflow import MlflowClient
+
+    uri = new_store(tmp_path / "mlflow.db")
+    c = MlflowClient(uri)
+    exp = c.create_experiment("e")
+    ids = []
+    for costs in ({"params": 1e6, "latency_ms_b1": 9.0}, {"params": 4e6, "latency_ms_b1": 3.0}):
+        run = c.create_run(exp)
+        for k, v in costs.items():
+            c.log_metric(run.info.run_id, k, v)
+        ids.append(run.info.run_id)
+    table = pd.DataFrame([{"split": "dev", "delta": 0.0, "ci_low": -0.01, "ci_high": 0.01}])
+    assert cost_lines([ids[0]], [ids[1]], table, "A", "B", uri)[-1] == (
+        "neither side is cheaper on every cost recorded: a trade-off, not a dominance"
+    )
