@@ -16,6 +16,7 @@ from bertnli import BadInput
 from bertnli.sweep import halving
 from bertnli.sweep.checkpoint_store import store_kind
 from bertnli.sweep.election import PARENT_ATTR
+from bertnli.sweep.objectives import describe, is_multi
 from bertnli.sweep.seeding import CELLS_ATTR
 from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, cells
@@ -172,6 +173,10 @@ def dry_run(cfg: SweepConfig) -> list[str]:
             f"parent run {parent}"
         )
     lines.append(f"space: {'; '.join(p.describe() for p in cfg.space)}")
+    if is_multi(cfg) or cfg.constraints:
+        pruning = "; no pruning (several objectives)" if is_multi(cfg) else ""
+        limits = f"; constraints {', '.join(cfg.constraints)}" if cfg.constraints else ""
+        lines.append(f"objectives: {describe(cfg)}{limits}{pruning}")
     if cfg.sampler == "random":
         lines.append("cells queued first: none (a random design draws every trial)")
     elif summary is not None and summary["attrs"].get(CELLS_ATTR):

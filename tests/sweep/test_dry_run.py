@@ -27,6 +27,18 @@ def test_a_dry_run_of_a_new_study_prints_the_plan_and_creates_nothing(tmp_path, 
     assert "this host: 2 worker(s)" in r.output and "space: lr" in r.output
     assert "mlflow.db (created on first run)" in r.output
     assert files(tmp_path) == before  # no journal, no MLflow store, no study folder
+    assert "objectives:" not in r.output  # dev accuracy alone, as always
+
+
+def test_a_dry_run_shows_a_study_over_cost_and_its_constraints(tmp_path, tiny_snli):
+    toml = write_toml(tmp_path, tiny_snli, trials=4)
+    extra = ("--objective", "latency_ms,dev_acc", "--constraint", "peak_mem_mib<=8000")
+    r = sweep_in_process(tmp_path, toml, "--dry-run", *extra)
+    assert r.exit_code == 0, r.output
+    assert (
+        "objectives: dev_acc:max,latency_ms_b1:min; constraints peak_mem_mib<=8000; no pruning (several objectives)"
+        in r.output
+    )
 
 
 def test_a_dry_run_of_a_study_under_way_counts_its_trials_and_changes_nothing(tmp_path, tiny_snli):
