@@ -162,7 +162,7 @@ def pareto_figure(table: pd.DataFrame, objectives: tuple[Objective, ...], label:
         for _, r in on.iterrows():
             ax.annotate(str(r[label]), (r[cost.name], r[ACCURACY]), textcoords="offset points", xytext=(4, 4))
         ax.set(xlabel=f"{cost.name} ({cost.direction})", ylabel="dev accuracy", title=f"dev accuracy vs {cost.name}")
-        if cost.name in ("params", "latency_ms_b1", "latency_ms_b256") and (measured[cost.name] > 0).all():
+        if cost.name == "params" and (measured[cost.name] > 0).all():
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -224,8 +224,8 @@ def cost_lines(
             continue
         side = name_a if a < b else name_b if b < a else "neither"
         cheaper.add(side)
-        ratio = max(a, b) / min(a, b)
-        lines.append(f"{key}: {name_a} {a:,.4g} vs {name_b} {b:,.4g} ({side} {ratio:.2f}x cheaper)")
+        which = "the same" if side == "neither" else f"{side} {max(a, b) / min(a, b):.2f}x cheaper"
+        lines.append(f"{key}: {name_a} {a:,.4g} vs {name_b} {b:,.4g} ({which})")
     if not lines:
         return []
     dev = table[table["split"] == "dev"].iloc[0]
@@ -233,10 +233,17 @@ def cost_lines(
         cheap = (cheaper - {"neither"}).pop()
         sign = 1 if cheap == name_b else -1  # delta is A - B: what the cheaper side gives up is positive
         low, high = sorted((sign * dev["ci_low"], sign * dev["ci_high"]))
-        lines.append(
-            f"{cheap} costs no more on any cost recorded and gives up {100 * sign * dev['delta']:+.2f} pp of dev "
-            f"accuracy (95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] pp; negative: it is more accurate too)"
-        )
+        given = 100 * sign * dev["delta"]
+        ci = f"95 % CI [{100 * low:+.2f}, {100 * high:+.2f}] pp"
+        if given >= 0:
+            lines.append(
+                f"{cheap} costs no more on any cost recorded and gives up {given:.2f} pp of dev accuracy ({ci})"
+            )
+        else:
+            lines.append(
+                f"{cheap} costs no more on any cost recorded and is {-given:.2f} pp more accurate on dev too "
+                f"(what it gives up: {ci})"
+            )
     else:
         lines.append("neither side is cheaper on every cost recorded: a trade-off, not a dominance")
     return lines

@@ -1,4 +1,4 @@
-"""A study's objectives and constraints in Optuna's terms: directions, the values told, `constraints_func`.
+"""A study's objectives and constraints in Optuna's terms: directions, the values told, each trial's constraints.
 
 With one objective (dev accuracy, the default) a trial's value is its dev accuracy, as always. With
 several (`--objective dev_acc,latency_ms`) a trial's values are its dev accuracy then each cost, and
@@ -65,17 +65,17 @@ def values_to_tell(cfg: SweepConfig, measured: dict[str, Any]) -> list[float] | 
     return None if any(v is None for v in values) else [float(v) for v in values]
 
 
-def constraints_func(cfg: SweepConfig):
-    """For Optuna's samplers: a trial's violations (<= 0 holds), read from the measures it recorded."""
-    constraints = constraints_of(cfg)
-    if not constraints:
-        return None
+def set_constraints(trial, cfg: SweepConfig, measured: dict[str, Any]) -> None:
+    """The trial's violation of each constraint (<= 0 holds) where Optuna's samplers read them (Optuna 5:
+    `Trial.set_constraint`; TPE and NSGA-II then rank a trial that breaks one below every trial that does not).
+    Set before the trial is told; a trial another process finished meanwhile keeps what it has."""
+    from optuna.exceptions import UpdateFinishedTrialError
 
-    def violations(trial) -> list[float]:
-        m = measures(trial)
-        return [c.violation(m.get(c.name)) for c in constraints]
-
-    return violations
+    for c in constraints_of(cfg):
+        try:
+            trial.set_constraint(c.describe(), c.violation(measured.get(c.name)))
+        except UpdateFinishedTrialError:
+            return
 
 
 def holds(cfg: SweepConfig, t) -> bool:

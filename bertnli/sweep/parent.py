@@ -274,7 +274,7 @@ def _log_best_checkpoint(c, cfg: SweepConfig, best, tmp: Path, final: bool) -> N
 
 def sampler_tag(cfg: SweepConfig) -> str:
     name = {"random": "RandomSampler", "nsga2": "NSGAIISampler"}.get(cfg.sampler, "TPESampler")
-    limits = ", constraints_func" if cfg.constraints else ""
+    limits = ", constraints set on each trial" if cfg.constraints else ""
     return f"{name}(seed={cfg.seed}, per trial number{limits})"
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bertnli import BadInput, BertnliError
 from bertnli.retry import policy
-from bertnli.sweep.objectives import STUDY_ATTR, constraints_func, describe, directions, is_multi
+from bertnli.sweep.objectives import STUDY_ATTR, describe, directions, is_multi
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells
 
@@ -183,10 +183,10 @@ def trial_id(storage, study_name: str, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
 
 
-def sampler_for(seed: int, startup: int, kind: str = "tpe", constraints_func=None):
+def sampler_for(seed: int, startup: int, kind: str = "tpe"):
     """TPE (or Optuna's RandomSampler, or NSGA-II with a population of `startup`) seeded by (sweep seed, trial
-    number), through Optuna's public sampler interface. TPE and NSGA-II take several objectives, and
-    `constraints_func` (objectives.py) steers them away from trials that break a constraint.
+    number), through Optuna's public sampler interface. TPE and NSGA-II take several objectives, and read each
+    trial's constraints from the trial (objectives.set_constraints).
 
     One seed per process would make every worker process draw the same "random" configurations
     (a 4-process sweep ran trials with identical lr); seeding by trial number keeps a sweep
@@ -199,8 +199,8 @@ def sampler_for(seed: int, startup: int, kind: str = "tpe", constraints_func=Non
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=own)
         if kind == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=startup, seed=own, constraints_func=constraints_func)
-        return optuna.samplers.TPESampler(seed=own, n_startup_trials=startup, constraints_func=constraints_func)
+            return optuna.samplers.NSGAIISampler(population_size=startup, seed=own)
+        return optuna.samplers.TPESampler(seed=own, n_startup_trials=startup)
 
     class TrialSeeded(optuna.samplers.BaseSampler):
         def __init__(self):
@@ -230,7 +230,7 @@ def sampler_for(seed: int, startup: int, kind: str = "tpe", constraints_func=Non
 
 def study_sampler(cfg: SweepConfig):
     """The per-trial-seeded sampler; under multi-fidelity every sampled configuration starts at rung 0."""
-    base = sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler, constraints_func(cfg))
+    base = sampler_for(cfg.seed, max(4, len(cells(cfg))), cfg.sampler)
     if cfg.fidelity != "data":
         return base
     import warnings

@@ -21,7 +21,7 @@ from typing import Any
 from bertnli.retry import policy
 from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
 from bertnli.sweep.launcher import ForkedTrial, last_line, python_path, rank_envs, signal_name, start_trial
-from bertnli.sweep.objectives import describe, is_multi, summary_measures, values_to_tell
+from bertnli.sweep.objectives import describe, is_multi, set_constraints, summary_measures, values_to_tell
 from bertnli.sweep.reaping import (
     end_orphan_run,
     retry,
@@ -302,7 +302,9 @@ class TrialRun:
         if s.get("train_examples") is not None:  # what the trial cost: examples x epochs (multi-fidelity compute)
             set_own_attr(self.trial, "train_examples", s["train_examples"])
             set_own_attr(self.trial, "examples_seen", s["train_examples"] * s.get("epochs_trained", 1))
-        values = values_to_tell(self.cfg, summary_measures(s))
+        measured = summary_measures(s)
+        values = values_to_tell(self.cfg, measured)
+        set_constraints(self.trial, self.cfg, measured)
         params, n = dict(frozen.params), frozen.number
         if values is None:
             error = f"its run recorded no {describe(self.cfg)}; rerun it with this version of bertnli"

@@ -116,7 +116,7 @@ def test_compare_says_what_accuracy_the_cheaper_run_gives_up_with_its_interval(t
     lines = cost_lines([ids[0]], [ids[1]], table, "A", "B", uri)
     cheap = "A" if a_cheaper else "B"
     assert f"params: A {1e6 if a_cheaper else 4e6:,.4g} vs B" in lines[0] and f"({cheap} 4.00x cheaper)" in lines[0]
-    assert lines[-1].startswith(f"{cheap} costs no more on any cost recorded and gives up +3.00 pp of dev accuracy")
+    assert lines[-1].startswith(f"{cheap} costs no more on any cost recorded and gives up 3.00 pp of dev accuracy")
     assert "(95 % CI [+1.00, +5.00] pp" in lines[-1]
 
 
@@ -135,4 +135,22 @@ def test_compare_calls_mixed_costs_a_trade_off(tmp_path, new_store):
     table = pd.DataFrame([{"split": "dev", "delta": 0.0, "ci_low": -0.01, "ci_high": 0.01}])
     assert cost_lines([ids[0]], [ids[1]], table, "A", "B", uri)[-1] == (
         "neither side is cheaper on every cost recorded: a trade-off, not a dominance"
+    )
+
+
+def test_compare_says_when_the_cheaper_run_is_more_accurate_too(tmp_path, new_store):
+    from mlflow import MlflowClient
+
+    uri = new_store(tmp_path / "mlflow.db")
+    c = MlflowClient(uri)
+    exp = c.create_experiment("e")
+    ids = []
+    for params in (1e6, 4e6):
+        run = c.create_run(exp)
+        c.log_metric(run.info.run_id, "params", params)
+        ids.append(run.info.run_id)
+    table = pd.DataFrame([{"split": "dev", "delta": 0.02, "ci_low": 0.01, "ci_high": 0.03}])  # A, the smaller, wins
+    assert cost_lines([ids[0]], [ids[1]], table, "A", "B", uri)[-1] == (
+        "A costs no more on any cost recorded and is 2.00 pp more accurate on dev too "
+        "(what it gives up: 95 % CI [-3.00, -1.00] pp)"
     )

@@ -58,6 +58,9 @@ def test_a_study_over_accuracy_and_size_keeps_registers_and_shows_its_front(tmp_
         big = {t.number for t in study.get_trials() if t.params["model"] == "tiny-random"}
         assert big and set(table.loc[~table["feasible"], "number"]) == big  # recorded, never on the front
         assert not big & expected
+        for t in study.get_trials():  # where Optuna's samplers read them: TPE ranks violators below the rest
+            assert t.constraints == {limit: t.user_attrs["params"] - 500000}
+            assert (t.constraints[limit] > 0) == (t.number in big)
     assert c.download_artifacts(parent.info.run_id, "pareto.png").endswith("pareto.png")
     tags = parent.data.tags
     front = [int(n) for n in tags["bertnli.pareto_front"].split(", ")]
