@@ -262,7 +262,7 @@ def print_summary(cfg, summary: dict, tracking_uri: str | None) -> None:
         limits = [parse_constraint(c).name for c in cfg.constraints]
         shown = ["number", *(o.name for o in objectives_of(cfg)), *limits, "feasible", "pareto"]
         columns = [c for c in dict.fromkeys(shown) if c in front]
-        click.echo(f"trials on the Pareto front of {describe(cfg)}, the dominated and those breaking a constraint:")
+        click.echo(f"complete trials on {describe(cfg)} (pareto: on the front; feasible: within the constraints):")
         click.echo(front.sort_values(["pareto", "dev_acc"], ascending=False)[columns].to_string(index=False))
     best = summary.get("best")
     if best is not None:

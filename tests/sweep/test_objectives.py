@@ -81,7 +81,7 @@ def test_a_study_over_accuracy_and_size_keeps_registers_and_shows_its_front(tmp_
         == c.get_model_version_by_alias("nli", "pareto-1").version
     )
     assert "models:/nli@champion, models:/nli@pareto-1" in r.stdout
-    assert "trials on the Pareto front of dev_acc:max,params:min" in r.stdout
+    assert "complete trials on dev_acc:max,params:min (pareto: on the front" in r.stdout
 
     # report --study shows the front, from the runs alone; compare takes any two trials and weighs their costs
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
