@@ -24,7 +24,7 @@ from typing import Any
 from bertnli import BadInput
 from bertnli.analysis.pareto import ACCURACY, MEASURED
 from bertnli.files import atomic_write
-from bertnli.sweep.objectives import set_constraints, summary_measures, values_to_tell
+from bertnli.sweep.objectives import summary_measures, values_to_tell
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
 from bertnli.sweep.storage import default_storage, trial_id, uses_heartbeat
@@ -248,10 +248,8 @@ def adopt(study, storage, cfg: SweepConfig, t, result: dict[str, Any], log=print
         values = values_to_tell(cfg, measured)
         if values is None:
             return False
-        import optuna
-
-        # a handle on a trial this process did not ask: Optuna's public Trial, built as Study.ask builds it
-        set_constraints(optuna.trial.Trial(study, trial_id(storage, study.study_name, t.number)), cfg, measured)
+        # Its constraints are not set for the sampler (Optuna sets them through the Trial of the process that asked
+        # it); the front and the champion read its measures, so only the sampler's steering misses this one.
         told = tell_unless_finished(study, storage, t.number, *([values] if len(values) > 1 else values))
     else:
         told = tell_unless_finished(study, storage, t.number, state=S.PRUNED)

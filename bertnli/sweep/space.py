@@ -88,8 +88,11 @@ def _space_doc(sweep_doc: dict, space_overrides: list[str]) -> dict:
     for item in space_overrides:
         if "=" not in item:
             raise BadInput(f"bad --space {item!r}; write NAME=low:high[:log] or NAME=a|b|c")
-        name, spec = item.split("=", 1)
-        space_doc[name.strip()] = spec.strip()
+        name, spec = (part.strip() for part in item.split("=", 1))
+        before = space_doc.get(name)
+        if isinstance(before, dict) and "when" in before and " if " not in spec:  # a new range keeps its condition
+            spec = f"{spec} if {before['when']}"
+        space_doc[name] = spec
     return space_doc
 
 
@@ -238,8 +241,10 @@ def cells(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Every model x truncation combination in the space (each is tried early)."""
     grid = [p for p in cfg.space if p.kind == "categorical" and p.name in ("model", "truncation")]
     combos: list[dict[str, Any]] = [{}]
-    for p in grid:
-        combos = [{**c, p.name: v} for c in combos for v in p.choices]
+    for p in grid:  # in the space's order: a parent's value is known before the parameters conditional on it
+        combos = [{**c, p.name: v} for c in combos if p.active(c) for v in p.choices] + [
+            c for c in combos if not p.active(c)
+        ]
     return combos if grid else []
 
 

@@ -89,6 +89,35 @@ def test_conditions_travel_to_the_trial_processes(tiny_snli):
     assert spec_from_json(json.loads(json.dumps(spec_to_json(cfg)))).space == cfg.space
 
 
+def test_the_cells_tried_first_leave_out_a_choice_where_its_condition_is_false(tiny_snli):
+    from bertnli.sweep.space import cells
+
+    cfg = load_sweep_config(
+        None,
+        {"data": str(tiny_snli)},
+        {},
+        ["model=tiny-random|tiny-d2l-random", "truncation=longest_first|ratio if model=tiny-random"],
+        TrackingConfig(),
+    )
+    assert cells(cfg) == [
+        {"model": "tiny-random", "truncation": "longest_first"},
+        {"model": "tiny-random", "truncation": "ratio"},
+        {"model": "tiny-d2l-random"},
+    ]
+
+
+def test_a_new_range_on_the_command_line_keeps_the_tomls_condition(tmp_path, tiny_snli):
+    toml = tmp_path / "s.toml"
+    toml.write_text(
+        f'[train]\ndata = "{tiny_snli}"\n[sweep.space]\nschedule = ["linear", "constant"]\n'
+        'warmup = {low = 0.0, high = 0.2, when = "schedule=linear"}\n'
+    )
+    cfg = load_sweep_config(toml, {}, {}, ["warmup=0:0.1"], TrackingConfig())
+    assert {p.name: p.describe() for p in cfg.space}["warmup"] == "warmup=0:0.1 if schedule=linear"
+    cfg = load_sweep_config(toml, {}, {}, ["warmup=0:0.1 if schedule=constant"], TrackingConfig())
+    assert {p.name: p.describe() for p in cfg.space}["warmup"] == "warmup=0:0.1 if schedule=constant"
+
+
 @pytest.mark.slow  # runs a sweep
 def test_a_conditional_parameter_is_absent_exactly_where_its_condition_is_false(tmp_path, tiny_snli, new_store):
     new_store(tmp_path / "mlflow.db")
