@@ -244,6 +244,8 @@ def cost_lines(
                 f"{cheap} costs no more on any cost recorded and is {-given:.2f} pp more accurate on dev too "
                 f"(what it gives up: {ci})"
             )
+    elif cheaper == {"neither"}:
+        lines.append("the two cost the same on every cost recorded")
     else:
         lines.append("neither side is cheaper on every cost recorded: a trade-off, not a dominance")
     return lines

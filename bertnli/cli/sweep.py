@@ -235,14 +235,14 @@ def register_kept(cfg, summary: dict, name: str) -> None:
     from bertnli.tracking.models import register
     from bertnli.tracking.store import client
 
-    if not summary.get("kept"):
-        raise BertnliError(f"no complete trial that holds the constraints to register as {name}")
-    c = client(cfg.tracking.tracking_uri)
-    for k, t in enumerate(summary["kept"], start=1):
-        aliases = (["champion"] if k == 1 else []) + ([f"pareto-{k}"] if is_multi(cfg) else [])
-        version = register(c, t.user_attrs.get("mlflow_run_id", ""), name, aliases[0])
-        for alias in aliases[1:]:
-            c.set_registered_model_alias(name, alias, version)
+    kept = summary.get("kept")
+    if not kept:
+        within = " that holds the constraints" if cfg.constraints else ""
+        raise BertnliError(f"no complete trial{within} to register as {name}")
+    ranked = is_multi(cfg)
+    run_ids = [t.user_attrs.get("mlflow_run_id", "") for t in kept]
+    for k, (t, version) in enumerate(zip(kept, register(client(cfg.tracking.tracking_uri), run_ids, name, ranked)), 1):
+        aliases = (["champion"] if k == 1 else []) + ([f"pareto-{k}"] if ranked else [])
         shown = ", ".join(f"models:/{name}@{a}" for a in aliases)
         click.echo(f"registered {name} version {version} (trial {t.number}) as {shown}")
 

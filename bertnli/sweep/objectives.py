@@ -40,6 +40,13 @@ def describe(cfg: SweepConfig) -> str:
     return ",".join(o.describe() for o in objectives_of(cfg))
 
 
+def identity(cfg: SweepConfig) -> str:
+    """What a study is optimised for, kept with it (STUDY_ATTR): its objectives and constraints. A resume that
+    changes them would compare trials told on different terms."""
+    limits = ", ".join(sorted(c.describe() for c in constraints_of(cfg)))
+    return describe(cfg) + (f"; constraints {limits}" if limits else "")
+
+
 def directions(cfg: SweepConfig) -> list[str]:
     return ["maximize" if o.direction == "max" else "minimize" for o in objectives_of(cfg)]
 

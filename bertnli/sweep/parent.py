@@ -12,8 +12,8 @@ from bertnli.analysis.pareto import MEASURED, pareto_figure
 from bertnli.analysis.report import to_markdown
 from bertnli.sweep.checkpoint_store import fetch_best, prune_store, store_uri
 from bertnli.sweep.front import kept, trials_front
-from bertnli.sweep.halving import best_trial, rung_table, rungs_of
-from bertnli.sweep.objectives import accuracy, holds, is_multi, objectives_of
+from bertnli.sweep.halving import rung_table, rungs_of
+from bertnli.sweep.objectives import accuracy, is_multi, objectives_of
 from bertnli.sweep.reaping import is_mine, retry_history, states, trial_dir
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
@@ -164,8 +164,8 @@ def finish_parent(study, cfg: SweepConfig, parent_run_id: str, status: str, done
     c = client(cfg.tracking.tracking_uri)
     frame = trials_frame(study)
     trials = study.get_trials(deepcopy=False)
-    best = best_trial(trials, rungs, lambda t: holds(cfg, t))
-    winners = kept(cfg, trials, rungs)
+    winners = kept(cfg, trials, rungs)  # the champion first: with several objectives, the front's most accurate
+    best = trials[winners[0]] if winners else None
     out: dict[str, Any] = {"parent_run_id": parent_run_id, "done": done, "trials": frame}
     out["kept"] = [trials[n] for n in winners]
     if best is not None:
@@ -227,7 +227,8 @@ def _log_summary(c, study, cfg: SweepConfig, parent_run_id: str, frame, best, ru
 
 def _log_front(c, cfg: SweepConfig, parent_run_id: str, table, tmp: Path) -> None:
     """pareto.csv (every trial, whether it holds the constraints and is on the front), pareto.png, and for each
-    objective the trial that does best on it alone (best.<objective>.*), among those that hold the constraints."""
+    objective the trial that does best on it alone (best.<objective>.*): a front point, since of trials tied on
+    one objective only those not beaten on the others are on the front."""
     table.to_csv(tmp / "pareto.csv", index=False)
     c.log_artifact(parent_run_id, str(tmp / "pareto.csv"))
     plt = pyplot()
@@ -238,7 +239,7 @@ def _log_front(c, cfg: SweepConfig, parent_run_id: str, table, tmp: Path) -> Non
     tags = {
         "bertnli.pareto_front": ", ".join(str(n) for n in table[table["pareto"]].sort_values("pareto_rank")["number"])
     }
-    ok = table[table["feasible"]]
+    ok = table[table["pareto"]]
     for o in objectives_of(cfg):
         if ok[o.name].notna().any():
             row = ok.loc[ok[o.name].idxmax() if o.direction == "max" else ok[o.name].idxmin()]

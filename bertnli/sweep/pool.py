@@ -151,7 +151,8 @@ class Sweep:
             return False
         frozen = trials[trial.number]
         trial.set_user_attr("stepped_aside", True)
-        patiently(lambda: tell_unless_finished(study, self.storage, trial.number, state=S.FAIL))
+        if not patiently(lambda: tell_unless_finished(study, self.storage, trial.number, state=S.FAIL)):
+            return True  # a reaper failed it first, and queued it again
         if self.rungs and (halving.rung_of(frozen) > 0 or not halving.is_open(trials, 0, self.rungs)):
             return True  # the plan queues a promotion again if it is still missing; a closed rung takes nothing more
         if "fixed_params" in frozen.system_attrs:  # it came from the queue (a cell or a retry): queue it again

@@ -232,22 +232,20 @@ def tell_unless_finished(study, storage, number: int, *values, **kwargs) -> bool
 
 
 def adopt(study, storage, cfg: SweepConfig, t, result: dict[str, Any], log=print) -> bool:
-    """Record what the trial already recorded elsewhere, instead of training it again; False when it cannot (a
-    result without the costs this study optimises)."""
+    """Record what the trial already recorded elsewhere, instead of training it again; False, with nothing written,
+    when it cannot (a result without a cost this study optimises: the trial is failed and retried instead)."""
     S = states()
-    set_trial_attr(study, storage, t.number, "adopted", True)
-    if result.get("run_id"):
-        set_trial_attr(study, storage, t.number, "mlflow_run_id", result["run_id"])
+    values = values_to_tell(cfg, summary_measures(result)) if result["state"] == "COMPLETE" else None
+    if result["state"] == "COMPLETE" and values is None:
+        return False
+    attrs = {"adopted": True, "mlflow_run_id": result.get("run_id")}
     if result["state"] == "COMPLETE":
-        if result.get("test_acc") is not None:
-            set_trial_attr(study, storage, t.number, "test_acc", result["test_acc"])
-        for key, value in {"train_seconds": result.get("train_seconds"), **(result.get("costs") or {})}.items():
-            if value is not None:
-                set_trial_attr(study, storage, t.number, key, value)
-        measured = summary_measures(result)
-        values = values_to_tell(cfg, measured)
-        if values is None:
-            return False
+        attrs |= {"test_acc": result.get("test_acc"), "train_seconds": result.get("train_seconds")}
+        attrs |= result.get("costs") or {}
+    for key, value in attrs.items():
+        if value is not None:
+            set_trial_attr(study, storage, t.number, key, value)
+    if values is not None:
         # Its constraints are not set for the sampler (Optuna sets them through the Trial of the process that asked
         # it); the front and the champion read its measures, so only the sampler's steering misses this one.
         told = tell_unless_finished(study, storage, t.number, *([values] if len(values) > 1 else values))
@@ -280,14 +278,16 @@ def retry(study, t, cfg: SweepConfig, log=print, always: bool = False, by_plan: 
     RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, clean)
 
 
-def fail_and_retry(study, storage, cfg: SweepConfig, t, why: str, log=print) -> None:
+def fail_and_retry(study, storage, cfg: SweepConfig, t, why: str, log=print) -> bool:
+    """Fail the trial and queue its configuration again; False (nothing done) when another process ended it first."""
     S = states()
     set_trial_attr(study, storage, t.number, "error", why)
     if not tell_unless_finished(study, storage, t.number, state=S.FAIL):
-        return
+        return False
     end_orphan_run(cfg, trial_run_id(cfg, t), why)
     retry(study, study.get_trials(deepcopy=False)[t.number], cfg, log)
     log(f"trial {t.number}: {why}; marked FAIL")
+    return True
 
 
 def stale_callback(cfg: SweepConfig, log=print):
@@ -339,8 +339,8 @@ def reap(study, storage, cfg: SweepConfig, seen: Sightings, log=print) -> None:
             ownerless_for = seen.unchanged_for(study.study_name, t.number, "ownerless")
             if judged and ownerless_for > cfg.grace_s:
                 set_trial_attr(study, storage, t.number, "orphan", True)
-                fail_and_retry(study, storage, cfg, t, "orphan: created but never owned")
-                if "fixed_params" in t.system_attrs:
+                failed = fail_and_retry(study, storage, cfg, t, "orphan: created but never owned")
+                if failed and "fixed_params" in t.system_attrs:
                     study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=dict(t.user_attrs))
             continue
         dead = owner.get("host") == host and not alive(owner.get("pid", -1))

@@ -90,8 +90,11 @@ def _space_doc(sweep_doc: dict, space_overrides: list[str]) -> dict:
             raise BadInput(f"bad --space {item!r}; write NAME=low:high[:log] or NAME=a|b|c")
         name, spec = (part.strip() for part in item.split("=", 1))
         before = space_doc.get(name)
-        if isinstance(before, dict) and "when" in before and " if " not in spec:  # a new range keeps its condition
-            spec = f"{spec} if {before['when']}"
+        if " if " not in spec:  # a new range or new choices keep the parameter's condition
+            if isinstance(before, dict) and "when" in before:
+                spec = f"{spec} if {before['when']}"
+            elif isinstance(before, str) and " if " in before:
+                spec = f"{spec} if {before.split(' if ', 1)[1].strip()}"
         space_doc[name] = spec
     return space_doc
 
@@ -166,6 +169,8 @@ def _check_settings(cfg: SweepConfig) -> None:
             "bad sweep: --objective with costs and --fidelity data: halving ranks on dev accuracy alone; "
             "drop one (a multi-objective study trains every trial to its end)"
         )
+    if cfg.constraints and cfg.fidelity == "data":
+        raise BadInput("bad sweep: --constraint with --fidelity data: halving promotes on dev accuracy alone; drop one")
     if len(objectives) > 1 and cfg.warm_start:
         raise BadInput("bad sweep: --warm-start into a study with several objectives is not supported; drop one")
     if cfg.warm_start_mode not in ("strict", "loose"):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bertnli import BadInput, BertnliError
 from bertnli.retry import policy
-from bertnli.sweep.objectives import STUDY_ATTR, describe, directions, is_multi
+from bertnli.sweep.objectives import STUDY_ATTR, directions, identity, is_multi
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig, cells
 
@@ -263,15 +263,15 @@ def open_study(cfg: SweepConfig, storage):
     kw = dict(study_name=cfg.study_name, storage=storage, sampler=study_sampler(cfg), pruner=pruner)
     try:
         study = optuna.create_study(directions=directions(cfg), **kw)
-        study.set_user_attr(STUDY_ATTR, describe(cfg))
+        study.set_user_attr(STUDY_ATTR, identity(cfg))
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(**kw)
     had = study.user_attrs.get(STUDY_ATTR)  # absent: written before bertnli had objectives, or a moment ago
-    if [d.name.lower() for d in study.directions] != directions(cfg) or had not in (None, describe(cfg)):
+    if [d.name.lower() for d in study.directions] != directions(cfg) or had not in (None, identity(cfg)):
         had = had or ("dev_acc:max" if len(study.directions) == 1 else "other objectives")
         raise BadInput(
-            f"study {cfg.study_name} optimises {had}, not {describe(cfg)}; give the same --objective "
-            "to resume it, or another --study-name"
+            f"study {cfg.study_name} optimises {had}, not {identity(cfg)}; give the same --objective and "
+            "--constraint to resume it, or another --study-name"
         )
     return study, False

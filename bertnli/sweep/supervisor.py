@@ -21,7 +21,7 @@ from typing import Any
 from bertnli.retry import policy
 from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
 from bertnli.sweep.launcher import ForkedTrial, last_line, python_path, rank_envs, signal_name, start_trial
-from bertnli.sweep.objectives import describe, is_multi, set_constraints, summary_measures, values_to_tell
+from bertnli.sweep.objectives import is_multi, objectives_of, set_constraints, summary_measures, values_to_tell
 from bertnli.sweep.reaping import (
     end_orphan_run,
     retry,
@@ -56,7 +56,7 @@ class Outcome:
 
 
 def patiently(call, patience_s: float = 300.0):
-    """Repeat `call` through a storage outage; for calls that are safe to repeat (tell with skip_if_finished, ask)."""
+    """Repeat `call` through a storage outage; for calls that are safe to repeat (tell_unless_finished, ask)."""
     return policy(is_outage, patience_s=patience_s)(call)
 
 
@@ -100,8 +100,18 @@ class TrialRun:
         return self.study.get_trials(deepcopy=False)[self.trial.number]
 
     def _tell(self, **kw) -> bool:
-        """Finish our trial; False when a reaper finished it first (it owns the configuration now)."""
-        return patiently(lambda: tell_unless_finished(self.study, self.storage, self.trial.number, **kw))
+        """Finish our trial; False when a reaper finished it first (it owns the configuration now).
+
+        A tell whose answer an outage lost is repeated, and then finds the trial finished: by our own write when
+        it holds what we told (a value, or PRUNED), which is ours. A FAIL found is taken for the reaper's, which
+        queued the configuration again: counting it ours too would train it twice."""
+        if patiently(lambda: tell_unless_finished(self.study, self.storage, self.trial.number, **kw)):
+            return True
+        found = self._frozen()
+        told = kw.get("values")
+        if told is not None:
+            return found.state == states().COMPLETE and found.values == (told if isinstance(told, list) else [told])
+        return kw.get("state") == states().PRUNED and found.state == states().PRUNED
 
     def start(self) -> None:
         frozen = self._frozen()
@@ -288,9 +298,11 @@ class TrialRun:
             self.lifelines = []
 
     def _lost(self, frozen, seconds: float) -> Outcome:
-        why = "superseded: another process failed this trial"
-        end_orphan_run(self.cfg, trial_run_id(self.cfg, frozen), why, "KILLED")
-        error = "another process failed this trial meanwhile"
+        state = self._frozen().state.name
+        end_orphan_run(
+            self.cfg, trial_run_id(self.cfg, frozen), f"superseded: another process ended it ({state})", "KILLED"
+        )
+        error = f"another process ended this trial meanwhile ({state})"
         return Outcome(frozen.number, "LOST", None, dict(frozen.params), seconds, error=error)
 
     def _complete(self, s: dict, frozen, seconds: float) -> Outcome:
@@ -307,7 +319,8 @@ class TrialRun:
         set_constraints(self.trial, self.cfg, measured)
         params, n = dict(frozen.params), frozen.number
         if values is None:
-            error = f"its run recorded no {describe(self.cfg)}; rerun it with this version of bertnli"
+            missing = [o.name for o in objectives_of(self.cfg) if measured.get(o.name) is None]
+            error = f"its run recorded no {', '.join(missing)}; rerun it with this version of bertnli"
             set_own_attr(self.trial, "error", error)
             self._tell(state=states().FAIL)
             return Outcome(n, "FAIL", None, params, seconds, error=error)

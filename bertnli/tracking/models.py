@@ -112,28 +112,45 @@ def log_served_model(c, run_id: str, folder: Path, step: int = 0) -> str:
     return lm.model_id
 
 
-def register(c, run_id: str, name: str, alias: str = "champion") -> str:
-    """Register the run's model under `name` and point `alias` at the new version; returns the version."""
+def _version_of(c, name: str, model_id: str) -> str | None:
+    """The version of `name` that holds this logged model, if one does (a server fills only `source`)."""
+    for mv in c.search_model_versions(f"name = '{name}'"):
+        if model_id in (getattr(mv, "model_id", None), (mv.source or "").removeprefix("models:/")):
+            return str(mv.version)
+    return None
+
+
+def register(c, run_ids: list[str], name: str, ranked: bool = False) -> list[str]:
+    """Each run's model as a version of `name`, `champion` on the first and, where `ranked` (a Pareto front),
+    `pareto-1` ... `pareto-k` in order; returns the versions. A model already registered keeps its version
+    (a resumed study registers nothing twice), and a `pareto-j` left from a longer front is removed. Refused
+    before anything is registered when a run has no logged model."""
     import mlflow
 
-    model_id = c.get_run(run_id).data.tags.get("bertnli.model_id")
-    if not model_id:
-        raise BadInput(f"run {run_id} has no logged model to register (its checkpoint was not kept)")
-    from mlflow.exceptions import MlflowException
-
-    try:
-        current = c.get_model_version_by_alias(name, alias)
-        if model_id in (
-            current.model_id,
-            (current.source or "").removeprefix("models:/"),
-        ):  # a server fills only source
-            return str(current.version)  # a resumed sweep registers its winner once
-    except MlflowException:
-        pass  # no such model or alias yet
-    with _quiet_logging():
-        mv = mlflow.register_model(f"models:/{model_id}", name)
-    c.set_registered_model_alias(name, alias, mv.version)
-    return str(mv.version)
+    model_ids = []
+    for run_id in run_ids:
+        model_id = c.get_run(run_id).data.tags.get("bertnli.model_id")
+        if not model_id:
+            raise BadInput(
+                f"run {run_id} has no logged model to register (its checkpoint was not kept: a trial trained on "
+                "another host needs a --checkpoint-store)"
+            )
+        model_ids.append(model_id)
+    versions = []
+    for model_id in model_ids:
+        version = _version_of(c, name, model_id)
+        if version is None:
+            with _quiet_logging():
+                version = str(mlflow.register_model(f"models:/{model_id}", name).version)
+        versions.append(version)
+    c.set_registered_model_alias(name, "champion", versions[0])
+    if ranked:
+        for k, version in enumerate(versions, start=1):
+            c.set_registered_model_alias(name, f"pareto-{k}", version)
+        for alias in c.get_registered_model(name).aliases:
+            if alias.startswith("pareto-") and alias[7:].isdigit() and int(alias[7:]) > len(versions):
+                c.delete_registered_model_alias(name, alias)
+    return versions
 
 
 def download_model_checkpoint(uri: str, tracking_uri: str) -> Path:
@@ -160,11 +177,6 @@ def log_selected(c, run_id: str, folder: Path, step: int = 0) -> None:
     """The selected checkpoint as artifacts (`checkpoint/`) and as the run's pyfunc model (`runs:/<id>/model`)."""
     c.log_artifacts(run_id, str(folder), "checkpoint")
     log_served_model(c, run_id, Path(folder), step)
-
-
-def register_champion(run_id: str, name: str, tracking_uri: str | None = None) -> str:
-    """A study's winner into the Model Registry as `name`, alias `champion`; returns the version (sweep --register)."""
-    return register(client(tracking_uri), run_id, name, "champion")
 
 
 def resolve_run_checkpoint(run_id: str, tracking_uri: str | None = None) -> Path:

@@ -19,9 +19,17 @@ from bertnli.train.evaluation import evaluate
 LATENCY_BATCHES = (1, 256)  # one request at a time, and a batch job's throughput
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """At a run's start: on CUDA its peak is then its own, not that of a run before it in this process. A
+    process's peak resident memory cannot be reset: on the CPU, a run after a bigger one in one process
+    (`reproduce`, seed groups) reports the bigger one's peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mib(device: torch.device) -> float:
-    """On CUDA the peak of tensors allocated on this process's GPU; elsewhere this process's peak resident
-    memory (Linux reports KiB), which includes the interpreter and libraries."""
+    """On CUDA the peak of tensors allocated on this process's GPU since `reset_peak_memory`; elsewhere this
+    process's peak resident memory (Linux reports KiB), which includes the interpreter and libraries."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -65,10 +73,6 @@ def latency_ms(
 
 
 def measure(model: torch.nn.Module, dev: EncodedSplit, device: torch.device, amp: bool = True) -> dict[str, float]:
-    """A run's costs, as recorded (MLflow metrics, result.json) and optimised by a study's --objective."""
-    peak = peak_memory_mib(device)  # before the timing below adds its own batches
-    return {
-        "params": float(sum(p.numel() for p in model.parameters())),
-        "peak_mem_mib": peak,
-        **latency_ms(model, dev, device, amp),
-    }
+    """The selected model's size and latency, as recorded (MLflow metrics, result.json) and optimised by a study's
+    --objective; `fit` adds the run's training time and peak memory, read before this loads and times anything."""
+    return {"params": float(sum(p.numel() for p in model.parameters())), **latency_ms(model, dev, device, amp)}

@@ -25,7 +25,7 @@ from bertnli.config import TrainConfig
 from bertnli.data.batches import train_batches
 from bertnli.files import atomic_write
 from bertnli.train.checkpoint import START_OVER, check_selected, load_last, load_selected, save_last, save_selected
-from bertnli.train.cost import measure
+from bertnli.train.cost import measure, peak_memory_mib, reset_peak_memory
 from bertnli.train.evaluation import EvalResult, evaluate
 from bertnli.train.loop import Loop, epoch_totals, train_epoch
 from bertnli.train.optimizer import lr_at, make_optimizer
@@ -201,6 +201,7 @@ def fit(
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     device, distributed, rank, world = join_processes(cfg)
+    reset_peak_memory(device)
     is_main = rank == 0
     seed_everything(cfg.seed)
     prep = prepared or prepare(cfg)
@@ -240,7 +241,7 @@ def fit(
     wall = time.perf_counter() - t_start
     costs = {}
     if is_main:
-        costs = {"train_seconds": sum(m.train_seconds for m in state.history)}
+        costs = {"train_seconds": sum(m.train_seconds for m in state.history), "peak_mem_mib": peak_memory_mib(device)}
         costs |= measure(load_selected(out_dir / "best")[0].to(device), prep.dev, device, cfg.amp)
     result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, wall, info, costs)
     if is_main:

@@ -67,6 +67,7 @@ def test_a_study_over_accuracy_and_size_keeps_registers_and_shows_its_front(tmp_
     assert set(front) == expected
     by_accuracy = sorted(expected, key=lambda n: (-study.trials[n].values[0], n))
     assert front == by_accuracy
+    assert tags["best.trial"] == str(front[0])  # the champion: the front's most accurate, ties included
     feasible = [row for row in recorded if all(k.holds(row[k.name]) for k in constraints)]
     assert int(tags["best.dev_acc.trial"]) in expected
     assert float(tags["best.params.value"]) == min(row["params"] for row in feasible)
@@ -100,29 +101,36 @@ def test_a_study_over_accuracy_and_size_keeps_registers_and_shows_its_front(tmp_
     assert f"params: {small[:8]} " in compared.stdout and f"({small[:8]} " in compared.stdout
 
 
-def test_a_study_resumed_with_other_objectives_is_one_line(tmp_path, tiny_snli):
+def test_a_study_resumed_with_other_objectives_or_constraints_is_one_line(tmp_path, tiny_snli):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     toml = write_toml(tmp_path, tiny_snli, trials=2)
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    had = "dev_acc:max,params:min; constraints params<=5000"
     optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"]).set_user_attr(
-        "bertnli.objectives", "dev_acc:max,params:min"
+        "bertnli.objectives", had
     )
-    for objective, had in [("dev_acc", "dev_acc:max,params:min"), ("dev_acc,latency_ms", "dev_acc:max,params:min")]:
-        r = sweep_in_process(tmp_path, toml, "--objective", objective)
+    for args in (
+        ["dev_acc"],
+        ["dev_acc,latency_ms"],
+        ["dev_acc,params"],
+        ["dev_acc,params", "--constraint", "params<=9"],
+    ):
+        r = sweep_in_process(tmp_path, toml, "--objective", *args)
         assert r.exit_code == 2, r.output
-        assert f"study s optimises {had}, not" in r.stderr and "--objective" in r.stderr
+        assert f"study s optimises {had}, not" in r.stderr and "--objective and --constraint" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (("--fidelity", "data"), "--objective with costs and --fidelity data"),
-        (("--warm-start", "other@x.log"), "--warm-start into a study with several objectives"),
+        (("--objective", "dev_acc,params", "--fidelity", "data"), "--objective with costs and --fidelity data"),
+        (("--objective", "dev_acc,params", "--warm-start", "o@x.log"), "--warm-start into a study with several"),
+        (("--constraint", "params<=9", "--fidelity", "data"), "--constraint with --fidelity data"),
     ],
 )
 def test_what_a_study_over_costs_cannot_do_is_one_line(tmp_path, tiny_snli, extra, message):
     toml = write_toml(tmp_path, tiny_snli, trials=4)
-    r = sweep_in_process(tmp_path, toml, "--objective", "dev_acc,params", *extra)
+    r = sweep_in_process(tmp_path, toml, *extra)
     assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1

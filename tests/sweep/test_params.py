@@ -116,6 +116,8 @@ def test_a_new_range_on_the_command_line_keeps_the_tomls_condition(tmp_path, tin
     assert {p.name: p.describe() for p in cfg.space}["warmup"] == "warmup=0:0.1 if schedule=linear"
     cfg = load_sweep_config(toml, {}, {}, ["warmup=0:0.1 if schedule=constant"], TrackingConfig())
     assert {p.name: p.describe() for p in cfg.space}["warmup"] == "warmup=0:0.1 if schedule=constant"
+    cfg = load_sweep_config(toml, {}, {}, ["warmup=0:0.3 if schedule=constant", "warmup=0:0.1"], TrackingConfig())
+    assert {p.name: p.describe() for p in cfg.space}["warmup"] == "warmup=0:0.1 if schedule=constant"
 
 
 @pytest.mark.slow  # runs a sweep

@@ -113,3 +113,24 @@ def test_a_trial_already_finished_is_neither_failed_nor_queued_again(tmp_path, n
     study.tell(trial, 0.5)
     fail_and_retry(study, open_storage(url), cfg, frozen, "its worker is gone")
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+
+
+def test_a_result_without_a_cost_the_study_optimises_is_not_adopted_and_nothing_is_written(tmp_path, new_store):
+    uri = new_store(tmp_path / "mlflow.db")
+    sweep = {"study_name": "s", "storage": str(tmp_path / "j.log"), "out_dir": str(tmp_path / "out")}
+    cfg = load_sweep_config(
+        None, {}, {**sweep, "objective": "dev_acc,latency_ms"}, ["lr=1e-4:1e-2:log"], TrackingConfig(uri)
+    )
+    storage = open_storage(cfg.storage)
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    frozen = study.get_trials(deepcopy=False)[0]
+    result = {"state": "COMPLETE", "value": 0.9, "run_id": "x", "costs": {"params": 5.0}}  # no latency recorded
+    assert adopt(study, storage, cfg, frozen, result) is False
+    (after,) = study.get_trials()
+    assert after.state.name == "RUNNING" and "adopted" not in after.user_attrs and "params" not in after.user_attrs
+    result["costs"]["latency_ms_b1"] = 3.0
+    assert adopt(study, storage, cfg, frozen, result) is True
+    (after,) = study.get_trials()
+    assert after.values == [0.9, 3.0] and after.user_attrs["adopted"] is True

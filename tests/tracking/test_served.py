@@ -16,7 +16,7 @@ from tiny_runs import cli, free_port, tiny_cfg
 from tiny_sweeps import write_toml
 
 from bertnli.config import TrackingConfig
-from bertnli.tracking.models import register_champion
+from bertnli.tracking.models import register
 from bertnli.tracking.run import train_run
 from bertnli.train.checkpoint import load_selected
 from bertnli.train.evaluation import predict
@@ -171,7 +171,7 @@ def test_champion_is_registered_and_usable_by_name(served_run, server, tiny_snli
     from bertnli.cli import main
 
     run_id, _, best = served_run
-    assert register_champion(run_id, "bertnli-nli", server) == "1"
+    assert register(MlflowClient(server), [run_id], "bertnli-nli") == ["1"]
     c = MlflowClient(server)
     mv = c.get_model_version_by_alias("bertnli-nli", "champion")
     assert mv.version == "1"
