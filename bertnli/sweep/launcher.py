@@ -15,12 +15,14 @@ import multiprocessing.forkserver
 import multiprocessing.process
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
+import uuid
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
+
+from bertnli.train.runtime import RENDEZVOUS
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder that holds this very bertnli
 _CTX = multiprocessing.get_context("forkserver")
@@ -163,16 +165,14 @@ def last_line(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def rank_envs(ranks: int) -> list[dict[str, str]]:
-    """torchrun's variables for each process of a trial over `ranks` processes ({} for one): a rendezvous on
-    a port of this host that was free a moment ago (another process may take it first; the trial then fails
-    and is retried)."""
+def rank_envs(ranks: int, folder: Path) -> list[dict[str, str]]:
+    """torchrun's variables for each process of a trial over `ranks` processes ({} for one), meeting in a new file
+    of `folder` (runtime.RENDEZVOUS) rather than on a port of this host: a port free a moment ago may be taken
+    by another process before rank 0 listens on it."""
     if ranks <= 1:
         return [{}]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    common = {"WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1"}
+    meeting = folder / f"rendezvous-{uuid.uuid4().hex}"
+    common = {"WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks), RENDEZVOUS: str(meeting)}
     if "OMP_NUM_THREADS" not in os.environ:  # torchrun's default for several processes per host
         common["OMP_NUM_THREADS"] = "1"
-    return [{**common, "MASTER_PORT": str(port), "RANK": str(k), "LOCAL_RANK": str(k)} for k in range(ranks)]
+    return [{**common, "RANK": str(k), "LOCAL_RANK": str(k)} for k in range(ranks)]

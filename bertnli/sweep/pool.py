@@ -27,6 +27,7 @@ from bertnli.sweep.reaping import (
     Sightings,
     claim_study_dir,
     owner,
+    patiently,
     reap,
     retry,
     retry_history,
@@ -39,7 +40,7 @@ from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, check_runnable, pruning_ticks, spec_to_json
 from bertnli.sweep.storage import HEARTBEAT_S, default_storage, is_outage, open_storage, open_study, study_sampler
-from bertnli.sweep.supervisor import Outcome, TrialRun, patiently
+from bertnli.sweep.supervisor import Outcome, TrialRun
 from bertnli.sweep.warm_start import trained_here
 from bertnli.tracking.system_metrics import stop_system_metrics
 

@@ -24,10 +24,11 @@ from typing import Any
 from bertnli import BadInput
 from bertnli.analysis.pareto import ACCURACY, MEASURED
 from bertnli.files import atomic_write
+from bertnli.retry import policy
 from bertnli.sweep.objectives import summary_measures, values_to_tell
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
-from bertnli.sweep.storage import default_storage, trial_id, uses_heartbeat
+from bertnli.sweep.storage import default_storage, is_outage, trial_id, uses_heartbeat
 from bertnli.tracking.store import client
 
 ATTEMPT_ATTRS = (
@@ -195,6 +196,21 @@ def recorded_result(cfg: SweepConfig, t) -> dict[str, Any] | None:
     if run.info.status == "KILLED" and tags.get("optuna.state") == "PRUNED":
         return {"state": "PRUNED", "run_id": run_id, "diverged": tags.get("bertnli.diverged") == "true"}
     return None
+
+
+def patiently(call, patience_s: float = 300.0):
+    """Repeat `call` through a storage outage; for calls that are safe to repeat (tell_unless_finished, ask)."""
+    return policy(is_outage, patience_s=patience_s)(call)
+
+
+def set_own_attr(trial, key: str, value) -> None:
+    """A user attribute on our own trial; a trial that another process finished meanwhile keeps its own."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        trial.set_user_attr(key, value)
+    except UpdateFinishedTrialError:
+        pass
 
 
 def set_trial_attr(study, storage, number: int, key: str, value) -> None:

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bertnli.retry import policy
 from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
 from bertnli.sweep.launcher import ForkedTrial, last_line, python_path, rank_envs, signal_name, start_trial
 from bertnli.sweep.objectives import is_multi, objectives_of, set_constraints, summary_measures, values_to_tell
 from bertnli.sweep.reaping import (
     end_orphan_run,
+    patiently,
     retry,
     retry_history,
+    set_own_attr,
     states,
     tag_run,
     tell_unless_finished,
@@ -34,8 +35,9 @@ from bertnli.sweep.reaping import (
 )
 from bertnli.sweep.slots import UNPLACED, Placement
 from bertnli.sweep.space import SweepConfig, report_step
-from bertnli.sweep.storage import HEARTBEAT_S, is_outage, trial_id, uses_heartbeat
+from bertnli.sweep.storage import HEARTBEAT_S, trial_id, uses_heartbeat
 from bertnli.sweep.trial import DIVERGED_EXIT, INTERRUPTED_EXIT, OOM_EXIT, ORPHANED_EXIT, PRUNED_EXIT
+from bertnli.train.runtime import RENDEZVOUS
 
 RANK_GRACE_S = 3.0  # after one rank of a trial failed, or rank 0 ended: how long the others get to end by themselves
 # A rank other than 0 that ended with its trial, not on its own (ORPHANED_EXIT: the worker closed its lifeline).
@@ -53,21 +55,6 @@ class Outcome:
     train_seconds: float = 0.0
     error: str = ""
     counted: bool = True  # a failure that says nothing of the configuration (out of memory beside others) is not
-
-
-def patiently(call, patience_s: float = 300.0):
-    """Repeat `call` through a storage outage; for calls that are safe to repeat (tell_unless_finished, ask)."""
-    return policy(is_outage, patience_s=patience_s)(call)
-
-
-def set_own_attr(trial, key: str, value) -> None:
-    """A user attribute on our own trial; a trial that another process finished meanwhile keeps its own."""
-    from optuna.exceptions import UpdateFinishedTrialError
-
-    try:
-        trial.set_user_attr(key, value)
-    except UpdateFinishedTrialError:
-        pass
 
 
 class TrialRun:
@@ -95,6 +82,7 @@ class TrialRun:
         self.stopping = False  # SIGTERM sent to every rank: their ends are not failures
         self.killed_running: set[int] = set()  # the ranks that the worker itself killed (_end)
         self.run_id_recorded = False
+        self.meeting: str | None = None  # the file a trial's ranks meet in (launcher.rank_envs)
 
     def _frozen(self):
         return self.study.get_trials(deepcopy=False)[self.trial.number]
@@ -138,7 +126,8 @@ class TrialRun:
         elif self.placement.gpus and self.trial.user_attrs.get("gpu_alone"):
             args += ["--gpu-sharing", "alone after running out of memory"]
         self.logf.parent.mkdir(parents=True, exist_ok=True)
-        ranks = rank_envs(self.placement.ranks)
+        ranks = rank_envs(self.placement.ranks, self.logf.parent)
+        self.meeting = ranks[0].get(RENDEZVOUS)
         self.proc = start_trial(
             self.cfg.trial_start, args, {**env, **ranks[0]}, self.logf, bool(resume), (report_w, decide_r)
         )
@@ -281,6 +270,8 @@ class TrialRun:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        if self.meeting:  # every rank has ended: nothing meets in it again (torch's FileStore may leave it)
+            Path(self.meeting).unlink(missing_ok=True)
         self.close(lifelines=True)
 
     def close(self, lifelines: bool = False) -> None:

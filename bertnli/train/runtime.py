@@ -51,6 +51,9 @@ def resolve_device(name: str, cuda_available: bool | None = None) -> torch.devic
     return device
 
 
+RENDEZVOUS = "BERTNLI_RENDEZVOUS"  # a file no rank has opened yet, where a trial's ranks meet (torch's FileStore)
+
+
 def init_distributed(device: torch.device) -> bool:
     """Whether this run is data parallel; the process group is joined once per process (a second fit, as
     `train --seeds` runs them, uses the same group instead of silently training alone)."""
@@ -60,7 +63,13 @@ def init_distributed(device: torch.device) -> bool:
         return True
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nccl binds each rank to the device current at init
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    meeting = os.environ.get(RENDEZVOUS)
+    if meeting:  # a sweep's trial: its ranks meet in a file, not on a port another process could take first
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend, init_method=Path(meeting).as_uri(), rank=rank, world_size=world)
+    else:  # torchrun's variables (MASTER_ADDR, MASTER_PORT, ...)
+        dist.init_process_group(backend)
     return True
 
 

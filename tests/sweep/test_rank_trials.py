@@ -133,3 +133,41 @@ def _read(path):
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+@pytest.mark.slow(60)  # runs a sweep of two-process trials
+def test_the_ranks_of_a_trial_meet_without_a_port_another_process_could_take(
+    tmp_path, tiny_snli, new_store, monkeypatch
+):
+    """The ranks met on a TCP port that was free a moment before the trial started (torchrun's MASTER_PORT); a
+    process that bound it first failed the trial, every retry too. Here a listener takes each such port as soon
+    as it is chosen: the ranks must meet anyway."""
+    import socket
+
+    from tiny_sweeps import run_sweep
+
+    import bertnli.sweep.supervisor as supervisor
+
+    real, held = supervisor.rank_envs, []
+
+    def taken_at_once(*args, **kwargs):
+        envs = real(*args, **kwargs)
+        if "MASTER_PORT" in envs[0]:
+            s = socket.socket()
+            s.bind(("", int(envs[0]["MASTER_PORT"])))
+            s.listen()
+            held.append(s)
+        return envs
+
+    monkeypatch.setattr(supervisor, "rank_envs", taken_at_once)
+    new_store(tmp_path / "mlflow.db")
+    space = "lr = [2e-3]\nbatch_size = [4]\nepochs = [1]"
+    toml = write_toml(tmp_path, tiny_snli, trials=1, space=space, extra="max_retries = 0\nfail_limit = 1")
+    try:
+        run_sweep(tmp_path, toml, "--procs-per-trial", "2", "--device", "cpu", "--no-progress")
+    finally:
+        for s in held:
+            s.close()
+    st, _, _ = state(tmp_path)
+    assert [t.state for t in st.get_trials()] == [S.COMPLETE]
+    assert not list((tmp_path / "out" / "s").rglob("rendezvous-*"))  # the meeting file is gone with the trial
