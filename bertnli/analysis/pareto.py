@@ -49,7 +49,8 @@ class Constraint:
     bound: float
 
     def describe(self) -> str:
-        return f"{self.name}{self.op}{self.bound:g}"
+        bound = repr(self.bound)  # exact: two bounds never read alike (a study's identity, Optuna's constraint keys)
+        return f"{self.name}{self.op}{bound.removesuffix('.0')}"
 
     def violation(self, value: float | None) -> float:
         """Optuna's convention: <= 0 is satisfied. A value never measured (a trial that did not finish) violates."""

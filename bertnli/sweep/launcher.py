@@ -171,7 +171,7 @@ def rank_envs(ranks: int, folder: Path) -> list[dict[str, str]]:
     by another process before rank 0 listens on it."""
     if ranks <= 1:
         return [{}]
-    meeting = folder / f"rendezvous-{uuid.uuid4().hex}"
+    meeting = folder.resolve() / f"rendezvous-{uuid.uuid4().hex}"  # the same file whatever a rank's directory
     common = {"WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks), RENDEZVOUS: str(meeting)}
     if "OMP_NUM_THREADS" not in os.environ:  # torchrun's default for several processes per host
         common["OMP_NUM_THREADS"] = "1"

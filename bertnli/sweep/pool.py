@@ -31,6 +31,7 @@ from bertnli.sweep.reaping import (
     reap,
     retry,
     retry_history,
+    set_own_attr,
     stale_callback,
     states,
     study_dir,
@@ -151,7 +152,7 @@ class Sweep:
         elif sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING) for t in trained_here(trials)) <= self.cfg.trials:
             return False
         frozen = trials[trial.number]
-        trial.set_user_attr("stepped_aside", True)
+        set_own_attr(trial, "stepped_aside", True)
         if not patiently(lambda: tell_unless_finished(study, self.storage, trial.number, state=S.FAIL)):
             return True  # a reaper failed it first, and queued it again
         if self.rungs and (halving.rung_of(frozen) > 0 or not halving.is_open(trials, 0, self.rungs)):

@@ -356,8 +356,9 @@ def reap(study, storage, cfg: SweepConfig, seen: Sightings, log=print) -> None:
             if judged and ownerless_for > cfg.grace_s:
                 set_trial_attr(study, storage, t.number, "orphan", True)
                 failed = fail_and_retry(study, storage, cfg, t, "orphan: created but never owned")
-                if failed and "fixed_params" in t.system_attrs:
-                    study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=dict(t.user_attrs))
+                if failed and "fixed_params" in t.system_attrs:  # queued again as a fresh attempt
+                    fresh = {k: v for k, v in t.user_attrs.items() if k not in (*ATTEMPT_ATTRS, "stepped_aside")}
+                    study.enqueue_trial(t.system_attrs["fixed_params"], user_attrs=fresh)
             continue
         dead = owner.get("host") == host and not alive(owner.get("pid", -1))
         quiet_for = seen.unchanged_for(study.study_name, t.number, t.user_attrs.get("heartbeat"))

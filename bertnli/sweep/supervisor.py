@@ -91,14 +91,16 @@ class TrialRun:
         """Finish our trial; False when a reaper finished it first (it owns the configuration now).
 
         A tell whose answer an outage lost is repeated, and then finds the trial finished: by our own write when
-        it holds what we told (a value, or PRUNED), which is ours. A FAIL found is taken for the reaper's, which
-        queued the configuration again: counting it ours too would train it twice."""
+        it holds what we told (our values, PRUNED, or FAIL with the error we set just before). A FAIL with another
+        error is a reaper's, which queued the configuration again: counting it ours too would train it twice."""
         if patiently(lambda: tell_unless_finished(self.study, self.storage, self.trial.number, **kw)):
             return True
         found = self._frozen()
         told = kw.get("values")
         if told is not None:
             return found.state == states().COMPLETE and found.values == (told if isinstance(told, list) else [told])
+        if kw.get("state") == states().FAIL:
+            return found.state == states().FAIL and found.user_attrs.get("error") == self.trial.user_attrs.get("error")
         return kw.get("state") == states().PRUNED and found.state == states().PRUNED
 
     def start(self) -> None:
@@ -371,7 +373,7 @@ class TrialRun:
         stopped while it waited for a GPU to itself (failed as interrupted, queued again, not counted)."""
         params, n = dict(self._frozen().params), self.trial.number
         if lost:
-            return Outcome(n, "LOST", None, params, 0.0, error="another process failed this trial meanwhile")
+            return Outcome(n, "LOST", None, params, 0.0, error="another process ended this trial meanwhile")
         why = "interrupted before it started"
         set_own_attr(self.trial, "interrupted", True)
         set_own_attr(self.trial, "error", why)
@@ -388,3 +390,5 @@ class TrialRun:
         set_own_attr(self.trial, "error", why)
         self._tell(state=states().FAIL)
         end_orphan_run(self.cfg, trial_run_id(self.cfg, self._frozen()), why)
+        if self.meeting:
+            Path(self.meeting).unlink(missing_ok=True)

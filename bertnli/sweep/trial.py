@@ -13,7 +13,8 @@ worker retries it alone), ORPHANED_EXIT its worker closed the decide pipe (the w
 it ended the trial's other ranks), anything else failed.
 
 A trial over several GPUs (or several CPU processes) is one such process per rank, with torchrun's
-variables (RANK, WORLD_SIZE, MASTER_ADDR...). Rank 0 is the trial process above; the others train
+variables (RANK, WORLD_SIZE, LOCAL_RANK...) and a file to meet in (runtime.RENDEZVOUS) instead of
+torchrun's MASTER_ADDR/MASTER_PORT. Rank 0 is the trial process above; the others train
 their share of each batch, write nothing, and exit 0 when they ended with rank 0.
 """
 

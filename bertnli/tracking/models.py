@@ -8,6 +8,7 @@ folder directly, with bertnli's own loader.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import warnings
@@ -139,8 +140,9 @@ def register(c, run_ids: list[str], name: str, ranked: bool = False) -> list[str
     versions = []
     for model_id in model_ids:
         version = _version_of(c, name, model_id)
-        if version is None:
-            with _quiet_logging():
+        if version is None:  # MLflow's own registration (it also links the version to the logged model), in c's store
+            mlflow.set_tracking_uri(c.tracking_uri)
+            with _quiet_logging(), contextlib.redirect_stderr(io.StringIO()):  # "Created version '2' of model ..."
                 version = str(mlflow.register_model(f"models:/{model_id}", name).version)
         versions.append(version)
     c.set_registered_model_alias(name, "champion", versions[0])

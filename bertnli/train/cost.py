@@ -28,8 +28,9 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """On CUDA the peak of tensors allocated on this process's GPU since `reset_peak_memory`; elsewhere this
-    process's peak resident memory (Linux reports KiB), which includes the interpreter and libraries."""
+    """On CUDA the peak of tensors allocated on this process's GPU since `reset_peak_memory` (training, the dev
+    passes and, where the run tests, the test pass); elsewhere this process's peak resident memory (Linux reports
+    KiB), which includes the interpreter and libraries."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

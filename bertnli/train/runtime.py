@@ -67,7 +67,7 @@ def init_distributed(device: torch.device) -> bool:
     meeting = os.environ.get(RENDEZVOUS)
     if meeting:  # a sweep's trial: its ranks meet in a file, not on a port another process could take first
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        dist.init_process_group(backend, init_method=Path(meeting).as_uri(), rank=rank, world_size=world)
+        dist.init_process_group(backend, store=dist.FileStore(meeting, world), rank=rank, world_size=world)
     else:  # torchrun's variables (MASTER_ADDR, MASTER_PORT, ...)
         dist.init_process_group(backend)
     return True

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -144,7 +145,8 @@ def test_the_ranks_of_a_trial_meet_without_a_port_another_process_could_take(
     as it is chosen: the ranks must meet anyway."""
     import socket
 
-    from tiny_sweeps import run_sweep
+    from tiny_runs import invoke
+    from tiny_sweeps import sweep_args
 
     import bertnli.sweep.supervisor as supervisor
 
@@ -163,11 +165,26 @@ def test_the_ranks_of_a_trial_meet_without_a_port_another_process_could_take(
     new_store(tmp_path / "mlflow.db")
     space = "lr = [2e-3]\nbatch_size = [4]\nepochs = [1]"
     toml = write_toml(tmp_path, tiny_snli, trials=1, space=space, extra="max_retries = 0\nfail_limit = 1")
+    args = [*sweep_args(tmp_path, toml, "--procs-per-trial", "2", "--device", "cpu", "--no-progress")]
+    args[args.index("--out") + 1] = "sweep out"  # relative, with a space: the default --out is relative too
     try:
-        run_sweep(tmp_path, toml, "--procs-per-trial", "2", "--device", "cpu", "--no-progress")
+        r = invoke(args, cwd=tmp_path)
     finally:
         for s in held:
             s.close()
+    assert r.returncode == 0, r.stderr[-3000:]
     st, _, _ = state(tmp_path)
     assert [t.state for t in st.get_trials()] == [S.COMPLETE]
-    assert not list((tmp_path / "out" / "s").rglob("rendezvous-*"))  # the meeting file is gone with the trial
+    assert not list((tmp_path / "sweep out").rglob("rendezvous-*"))  # the meeting file is gone with the trial
+
+
+def test_the_ranks_meet_in_one_absolute_file_whatever_their_directory(tmp_path, monkeypatch):
+    from bertnli.sweep.launcher import rank_envs
+    from bertnli.train.runtime import RENDEZVOUS
+
+    monkeypatch.chdir(tmp_path)
+    envs = rank_envs(2, Path("sweep out") / "s")
+    assert envs[0][RENDEZVOUS] == envs[1][RENDEZVOUS] and Path(envs[0][RENDEZVOUS]).is_absolute()
+    assert Path(envs[0][RENDEZVOUS]).parent == tmp_path / "sweep out" / "s"
+    assert rank_envs(2, tmp_path)[0][RENDEZVOUS] != rank_envs(2, tmp_path)[0][RENDEZVOUS]  # a fresh file per trial
+    assert rank_envs(1, tmp_path) == [{}]
