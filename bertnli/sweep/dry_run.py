@@ -20,14 +20,9 @@ from bertnli.sweep.objectives import describe, is_multi
 from bertnli.sweep.seeding import CELLS_ATTR
 from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, cells
-from bertnli.sweep.storage import default_storage
+from bertnli.sweep.storage import default_storage, without_password
 from bertnli.sweep.warm_start import IMPORTED, check_storage_file, parse_source, trained_here
 from bertnli.tracking.store import default_tracking_uri
-
-
-def _shown(url: str) -> str:
-    """A URL without its password."""
-    return url.split("@")[-1] if "://" in url and "@" in url else url
 
 
 def _summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
@@ -88,7 +83,7 @@ def _rdb_summary(cfg: SweepConfig, url: str) -> dict[str, Any] | None:
         engine.dispose()
     except Exception as e:  # noqa: BLE001 - any failure to connect is the one line the user needs
         raise BadInput(
-            f"--storage {_shown(url)} is unreachable ({str(e).splitlines()[0][:160]}); start the database "
+            f"--storage {without_password(url)} is unreachable ({str(e).splitlines()[0][:160]}); start the database "
             "or fix the URL"
         ) from None
     return {"counts": counts, "attrs": attrs, "imported": imported}
@@ -103,10 +98,10 @@ def _check_tracking(uri: str) -> str:
             requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
         except requests.RequestException as e:
             raise BadInput(
-                f"--tracking-uri {_shown(uri)} is unreachable ({type(e).__name__}); start the MLflow server "
+                f"--tracking-uri {without_password(uri)} is unreachable ({type(e).__name__}); start the MLflow server "
                 "or fix the URI"
             ) from None
-        return f"{_shown(uri)} (answers)"
+        return f"{without_password(uri)} (answers)"
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         return f"{uri} ({'exists' if db.is_file() else 'created on first run'})"
@@ -129,10 +124,10 @@ def _check_store(cfg: SweepConfig, tracking_uri: str) -> str:
         get_artifact_repository(kind).list_artifacts()
     except Exception as e:  # noqa: BLE001 - a missing client library, credentials, a bad bucket
         raise BadInput(
-            f"--checkpoint-store {_shown(kind)} cannot be read ({str(e).splitlines()[0][:160]}); fix the URI "
+            f"--checkpoint-store {without_password(kind)} cannot be read ({str(e).splitlines()[0][:160]}); fix the URI "
             "or its credentials"
         ) from None
-    return f"{_shown(kind)} (readable)"
+    return f"{without_password(kind)} (readable)"
 
 
 def _artifact_warning(cfg: SweepConfig, tracking_uri: str) -> str:
@@ -156,7 +151,7 @@ def dry_run(cfg: SweepConfig) -> list[str]:
     """The lines `sweep --dry-run` prints; BadInput (one line) for a URI it cannot reach."""
     storage_url = cfg.storage or default_storage()
     tracking_uri = cfg.tracking.tracking_uri or default_tracking_uri()
-    lines = [f"storage: {_shown(storage_url)}", f"tracking: {_check_tracking(tracking_uri)}"]
+    lines = [f"storage: {without_password(storage_url)}", f"tracking: {_check_tracking(tracking_uri)}"]
     lines.append(f"checkpoint store: {_check_store(cfg, tracking_uri)}")
     summary = _summary(cfg, storage_url)
     rungs = halving.rungs_of(cfg)
@@ -189,7 +184,7 @@ def dry_run(cfg: SweepConfig) -> list[str]:
         lines.append(f"known configurations: {shown} (queued first, once per study)")
     for text in cfg.warm_start:
         if not text.startswith("mlflow:"):  # an MLflow source is found as the sweep starts
-            for source in parse_source(text, tracking_uri):
+            for source in parse_source(text, tracking_uri, (cfg.storage,)):
                 check_storage_file(source)
         lines.append(f"warm start: {text} ({cfg.warm_start_mode}), imported as the sweep starts")
     if rungs:

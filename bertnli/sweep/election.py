@@ -25,6 +25,7 @@ from bertnli.sweep.objectives import describe
 from bertnli.sweep.parent import pruner_tag, sampler_tag
 from bertnli.sweep.reaping import owner
 from bertnli.sweep.space import SweepConfig
+from bertnli.sweep.storage import without_password
 from bertnli.tracking.lineage import provenance, source_tags
 from bertnli.tracking.store import client, default_tracking_uri, get_or_create_experiment
 
@@ -45,7 +46,7 @@ def _create_parent(cfg: SweepConfig, storage_url: str) -> str:
         **source_tags(),
         "bertnli.role": "sweep-parent",
         "bertnli.study": cfg.study_name,
-        "bertnli.storage": storage_url,
+        "bertnli.storage": without_password(storage_url),  # never a password in MLflow; storage.with_password
         "bertnli.sampler": sampler_tag(cfg),
         "bertnli.pruner": pruner_tag(cfg),
         "bertnli.objectives": describe(cfg),

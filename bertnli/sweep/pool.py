@@ -40,7 +40,15 @@ from bertnli.sweep.reaping import (
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.slots import slots_of
 from bertnli.sweep.space import SweepConfig, check_runnable, pruning_ticks, spec_to_json
-from bertnli.sweep.storage import HEARTBEAT_S, default_storage, is_outage, open_storage, open_study, study_sampler
+from bertnli.sweep.storage import (
+    HEARTBEAT_S,
+    default_storage,
+    is_outage,
+    open_storage,
+    open_study,
+    study_sampler,
+    without_password,
+)
 from bertnli.sweep.supervisor import Outcome, TrialRun
 from bertnli.sweep.warm_start import trained_here
 from bertnli.tracking.system_metrics import stop_system_metrics
@@ -162,15 +170,10 @@ class Sweep:
                 clean = {k: v for k, v in frozen.user_attrs.items() if k != "stepped_aside"}
                 import optuna
 
-                study.add_trial(
-                    optuna.trial.create_trial(
-                        state=S.WAITING,
-                        params=frozen.params,
-                        distributions=frozen.distributions,
-                        user_attrs=clean,
-                        system_attrs=dict(frozen.system_attrs),
-                    )
+                kw = dict(
+                    params=frozen.params, distributions=frozen.distributions, system_attrs=dict(frozen.system_attrs)
                 )
+                study.add_trial(optuna.trial.create_trial(state=S.WAITING, user_attrs=clean, **kw))
             else:
                 study.enqueue_trial(frozen.system_attrs["fixed_params"], user_attrs=dict(frozen.user_attrs))
         return True
@@ -321,8 +324,8 @@ class Sweep:
 
     def _announce(self, parent: str, done: int) -> None:
         self.log(
-            f"study {self.cfg.study_name}: {done}/{self.target} trials done; storage {self.storage_url}; "
-            f"MLflow parent run {parent}"
+            f"study {self.cfg.study_name}: {done}/{self.target} trials done; "
+            f"storage {without_password(self.storage_url)}; MLflow parent run {parent}"
         )
         if self.rungs:
             fractions, sizes = (

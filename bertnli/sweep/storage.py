@@ -16,6 +16,7 @@ outage stops every heartbeat, not only dead workers').
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,23 @@ IDEMPOTENT = (
     "record_heartbeat",
     "check_trial_is_updatable",
 )
+
+
+PASSWORD = re.compile(r"://([^:/@]+):[^@]*@")
+
+
+def without_password(url: str) -> str:
+    """A URL as it may be shown or recorded (console, MLflow tags, a study's attributes): its password masked."""
+    return PASSWORD.sub(r"://\1:***@", url)
+
+
+def with_password(recorded: str, known: tuple[str | None, ...] = ()) -> str:
+    """A URL recorded `without_password`, to connect with: the URL of `known` it was recorded from, else without
+    a password (PostgreSQL then takes it from PGPASSWORD or ~/.pgpass)."""
+    for url in known:
+        if url and without_password(url) == recorded:
+            return url
+    return recorded.replace(":***@", "@")
 
 
 def default_storage() -> str:
@@ -165,11 +183,12 @@ def open_storage(url: str | None, grace_s: float = 60.0, stale_callback=None):
         )
     except unusable as e:
         raise BadInput(
-            f"--storage {url.split('@')[-1]!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
+            f"--storage {without_password(url)!r} is not a usable database URL ({str(e).splitlines()[0][:120]}); "
             "give postgresql://user@host/db, sqlite:///file.db or a journal file path"
         ) from None
     except SQLAlchemyError as e:
-        raise BertnliError(f"cannot open Optuna storage {url.split('@')[-1]}: {str(e).splitlines()[0][:200]}") from None
+        shown = without_password(url)
+        raise BertnliError(f"cannot open Optuna storage {shown}: {str(e).splitlines()[0][:200]}") from None
 
 
 def uses_heartbeat(storage) -> bool:

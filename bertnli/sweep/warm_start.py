@@ -14,7 +14,6 @@ sources instead (tag `bertnli.warm_start`, table `warm_start.csv`).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,13 @@ from typing import Any
 from bertnli import BadInput
 from bertnli.sweep.params import Param
 from bertnli.sweep.space import SweepConfig
+from bertnli.sweep.storage import with_password, without_password
 
 IMPORTED = "imported_from"  # user attribute of an imported trial: "<source>#<its number there>"
 DONE_ATTR = "warm_started"  # study user attribute: the sources already imported, each once
 # Settings that decide where and how fast a run goes, not what it learns (the data is compared by digest).
 NOT_LEARNED = {"data", "device", "eval_test", "cache_dir", "checkpoint_every", "eval_batch_size", "compile"}
 DIGESTED = ("train", "dev")  # the splits a trial's value depends on
-PASSWORD = re.compile(r"://([^:/@]+):[^@]*@")
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,7 @@ class Source:
     @property
     def key(self) -> str:
         """The study itself, whatever named it: what a study records as imported (a URL's password left out)."""
-        shown = PASSWORD.sub(r"://\1:***@", self.storage)
-        return f"{self.study}@{shown}"
+        return f"{self.study}@{without_password(self.storage)}"
 
 
 @dataclass
@@ -72,11 +70,13 @@ def trained_here(trials) -> list:
     return [t for t in trials if not is_imported(t)]
 
 
-def parse_source(text: str, tracking_uri: str | None) -> list[Source]:
+def parse_source(text: str, tracking_uri: str | None, known: tuple[str | None, ...] = ()) -> list[Source]:
     """`NAME@STORAGE` (an Optuna study), or `mlflow:PARENT_RUN_ID` / `mlflow:EXPERIMENT` (the study of a sweep
-    parent run, or of every sweep parent run in an experiment, by name or id)."""
+    parent run, or of every sweep parent run in an experiment, by name or id). A parent run records its storage
+    without the password: the one of `known` (this sweep's --storage) it came from gives it back."""
     if text.startswith("mlflow:"):
-        return _mlflow_sources(text, text.removeprefix("mlflow:"), tracking_uri)
+        sources = _mlflow_sources(text, text.removeprefix("mlflow:"), tracking_uri)
+        return [Source(s.study, with_password(s.storage, known), s.label) for s in sources]
     name, at, storage = text.partition("@")
     if not (at and name and storage):
         raise BadInput(
@@ -117,7 +117,7 @@ def plan_all(cfg: SweepConfig) -> list[Imported]:
     digests = {s: file_digest(p) for s, p in splits.items() if p is not None}  # as a run's data.<split>.sha256
     plans = []
     for text in cfg.warm_start:
-        for source in parse_source(text, cfg.tracking.tracking_uri):
+        for source in parse_source(text, cfg.tracking.tracking_uri, (cfg.storage,)):
             if source.study == cfg.study_name and source.storage == (cfg.storage or default_storage()):
                 continue  # mlflow:<this study's own experiment>
             trials = load_source(source).get_trials(deepcopy=False)

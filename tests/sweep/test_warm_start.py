@@ -153,3 +153,26 @@ def test_a_conditional_parameter_is_imported_only_where_its_condition_holds_here
             {"schedule": "constant"} if schedule == "constant" else {"schedule": "linear", "warmup": 0.1}
         )
     assert dropped == {"warmup=0.1 where schedule=constant (only if schedule=linear here)": 1}
+
+
+def test_a_database_password_is_never_recorded_in_mlflow_and_a_warm_start_gets_it_back(tmp_path, new_store, tiny_snli):
+    """Seen in session 14: the parent run's `bertnli.storage` tag held the --storage URL with its password, and the
+    sweep printed it; anyone who could read the MLflow store could read the database password."""
+    from bertnli.config import TrackingConfig
+    from bertnli.sweep.election import _create_parent
+    from bertnli.sweep.space import load_sweep_config
+    from bertnli.sweep.storage import with_password, without_password
+    from bertnli.sweep.warm_start import parse_source
+
+    url = "postgresql://ada:s3cret@127.0.0.1:5432/optuna"
+    uri = new_store(tmp_path / "mlflow.db")
+    cfg = load_sweep_config(
+        None, {"data": str(tiny_snli)}, {"study_name": "s", "storage": url}, [], TrackingConfig(uri)
+    )
+    run_id = _create_parent(cfg, url)
+    recorded = MlflowClient(uri).get_run(run_id).data.tags["bertnli.storage"]
+    assert recorded == "postgresql://ada:***@127.0.0.1:5432/optuna" == without_password(url)
+    (source,) = parse_source(f"mlflow:{run_id}", uri, (url,))  # this sweep's own --storage gives it back
+    assert (source.study, source.storage) == ("s", url)
+    assert with_password(recorded) == "postgresql://ada@127.0.0.1:5432/optuna"  # else PGPASSWORD / ~/.pgpass
+    assert "s3cret" not in source.key
