@@ -76,14 +76,13 @@ def test_every_value_a_trial_trains_with_includes_the_train_setting_where_a_cond
     assert values_trained(space, "batch_size", 32) == [32]
 
 
+def _from_the_command_line(data, *space):
+    """A sweep's settings from `--space` specs alone, as `bertnli-exp sweep --space ...` reads them."""
+    return load_sweep_config(None, {"data": str(data)}, {}, list(space), TrackingConfig())
+
+
 def test_conditions_travel_to_the_trial_processes(tiny_snli):
-    cfg = load_sweep_config(
-        None,
-        {"data": str(tiny_snli)},
-        {},
-        ["schedule=linear|constant", "warmup=0:0.2 if schedule=linear"],
-        TrackingConfig(),
-    )
+    cfg = _from_the_command_line(tiny_snli, "schedule=linear|constant", "warmup=0:0.2 if schedule=linear")
     import json
 
     assert spec_from_json(json.loads(json.dumps(spec_to_json(cfg)))).space == cfg.space
@@ -92,12 +91,8 @@ def test_conditions_travel_to_the_trial_processes(tiny_snli):
 def test_the_cells_tried_first_leave_out_a_choice_where_its_condition_is_false(tiny_snli):
     from bertnli.sweep.space import cells
 
-    cfg = load_sweep_config(
-        None,
-        {"data": str(tiny_snli)},
-        {},
-        ["model=tiny-random|tiny-d2l-random", "truncation=longest_first|ratio if model=tiny-random"],
-        TrackingConfig(),
+    cfg = _from_the_command_line(
+        tiny_snli, "model=tiny-random|tiny-d2l-random", "truncation=longest_first|ratio if model=tiny-random"
     )
     assert cells(cfg) == [
         {"model": "tiny-random", "truncation": "longest_first"},
