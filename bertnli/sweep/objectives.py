@@ -66,6 +66,12 @@ def summary_measures(s: dict[str, Any]) -> dict[str, Any]:
     return {ACCURACY: s.get("value"), "train_seconds": s.get("train_seconds"), **(s.get("costs") or {})}
 
 
+def recorded_attrs(s: dict[str, Any]) -> dict[str, Any]:
+    """The user attributes a complete trial gets from its summary, whoever tells it (its worker, or a reaper
+    adopting it): its test accuracy and every cost, which `measures` reads back."""
+    return {"test_acc": s.get("test_acc"), "train_seconds": s.get("train_seconds"), **(s.get("costs") or {})}
+
+
 def values_to_tell(cfg: SweepConfig, measured: dict[str, Any]) -> list[float] | None:
     """The values Optuna is told, in the study's objective order; None when the run left one unmeasured."""
     values = [measured.get(o.name) for o in objectives_of(cfg)]

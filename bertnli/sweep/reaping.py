@@ -25,7 +25,7 @@ from bertnli import BadInput
 from bertnli.analysis.pareto import ACCURACY, MEASURED
 from bertnli.files import atomic_write
 from bertnli.retry import policy
-from bertnli.sweep.objectives import summary_measures, values_to_tell
+from bertnli.sweep.objectives import recorded_attrs, summary_measures, values_to_tell
 from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
 from bertnli.sweep.storage import default_storage, is_outage, trial_id, uses_heartbeat
@@ -256,8 +256,7 @@ def adopt(study, storage, cfg: SweepConfig, t, result: dict[str, Any], log=print
         return False
     attrs = {"adopted": True, "mlflow_run_id": result.get("run_id")}
     if result["state"] == "COMPLETE":
-        attrs |= {"test_acc": result.get("test_acc"), "train_seconds": result.get("train_seconds")}
-        attrs |= result.get("costs") or {}
+        attrs |= recorded_attrs(result)
     for key, value in attrs.items():
         if value is not None:
             set_trial_attr(study, storage, t.number, key, value)

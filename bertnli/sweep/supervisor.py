@@ -20,7 +20,14 @@ from typing import Any
 
 from bertnli.sweep.checkpoint_store import carry_checkpoint, settle
 from bertnli.sweep.launcher import ForkedTrial, last_line, python_path, rank_envs, signal_name, start_trial
-from bertnli.sweep.objectives import is_multi, objectives_of, set_constraints, summary_measures, values_to_tell
+from bertnli.sweep.objectives import (
+    is_multi,
+    objectives_of,
+    recorded_attrs,
+    set_constraints,
+    summary_measures,
+    values_to_tell,
+)
 from bertnli.sweep.reaping import (
     end_orphan_run,
     patiently,
@@ -300,9 +307,7 @@ class TrialRun:
 
     def _complete(self, s: dict, frozen, seconds: float) -> Outcome:
         """A trial that trained to its end: its measures onto the trial, its value(s) told."""
-        for key in ("test_acc", "train_seconds", "mlflow_run_id"):
-            set_own_attr(self.trial, key, s["run_id"] if key == "mlflow_run_id" else s[key])
-        for key, value in s.get("costs", {}).items():  # what a study over costs reads (objectives.measures)
+        for key, value in {"mlflow_run_id": s["run_id"], **recorded_attrs(s)}.items():
             set_own_attr(self.trial, key, value)
         if s.get("train_examples") is not None:  # what the trial cost: examples x epochs (multi-fidelity compute)
             set_own_attr(self.trial, "train_examples", s["train_examples"])
