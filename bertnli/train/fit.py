@@ -92,8 +92,9 @@ def score_selected(
     distributed: bool,
     progress: bool,
     best_dev: EvalResult | None = None,
-) -> tuple[EvalResult, EvalResult | None]:
-    """The weights selected on dev, scored on dev and, once, on test (read back from `best/`, as a user loads them).
+) -> tuple[EvalResult, EvalResult | None, torch.nn.Module | None]:
+    """The weights selected on dev, scored on dev and, once, on test (read back from `best/`, as a user loads them),
+    and the model read back, when it was (the cost measurement reuses it).
 
     `best_dev`, the selected epoch's own dev pass, saves a second pass over dev: a fixed cost per run
     that weighs most on short runs such as a multi-fidelity sweep's low rungs."""
@@ -101,13 +102,23 @@ def score_selected(
         dist.barrier()  # rank 0 has written best/ before anyone reads it
     wants_test = cfg.eval_test and prep.test is not None
     if best_dev is not None and not wants_test:  # the best epoch's own dev pass scored these very weights
-        return best_dev, None
+        return best_dev, None, None
     selected = load_selected(out_dir / "best")[0].to(evaluate_on.keywords["device"])
     dev = (
         best_dev if best_dev is not None else evaluate_on(selected, prep.dev)
     )  # None after a resume past the best epoch
     test = evaluate_on(selected, prep.test, progress=progress, desc="test") if wants_test else None
-    return dev, test
+    return dev, test, selected
+
+
+def run_costs(
+    cfg: TrainConfig, prep: Prepared, state: TrainState, out_dir: Path, device: torch.device, selected
+) -> dict[str, float]:
+    """What the run cost (train/cost.py), measured on the selected weights: the model `score_selected` read back,
+    or read now when it had no need to."""
+    costs = {"train_seconds": sum(m.train_seconds for m in state.history), "peak_mem_mib": peak_memory_mib(device)}
+    selected = selected if selected is not None else load_selected(out_dir / "best")[0].to(device)
+    return costs | measure(selected, prep.dev, device, cfg.amp)
 
 
 def run_info(
@@ -237,12 +248,11 @@ def fit(
             )
 
     test_progress = progress and is_main
-    dev_sel, test = score_selected(cfg, prep, out_dir, evaluate_on, distributed, test_progress, state.best_dev)
+    dev_sel, test, selected = score_selected(
+        cfg, prep, out_dir, evaluate_on, distributed, test_progress, state.best_dev
+    )
     wall = time.perf_counter() - t_start
-    costs = {}
-    if is_main:
-        costs = {"train_seconds": sum(m.train_seconds for m in state.history), "peak_mem_mib": peak_memory_mib(device)}
-        costs |= measure(load_selected(out_dir / "best")[0].to(device), prep.dev, device, cfg.amp)
+    costs = run_costs(cfg, prep, state, out_dir, device, selected) if is_main else {}
     result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, wall, info, costs)
     if is_main:
         write_result(out_dir, result)
