@@ -112,10 +112,16 @@ def score_selected(
 
 
 def run_costs(
-    cfg: TrainConfig, prep: Prepared, state: TrainState, out_dir: Path, device: torch.device, selected
+    cfg: TrainConfig,
+    prep: Prepared,
+    state: TrainState,
+    out_dir: Path,
+    device: torch.device,
+    selected: torch.nn.Module | None,
 ) -> dict[str, float]:
-    """What the run cost (train/cost.py), measured on the selected weights: the model `score_selected` read back,
-    or read now when it had no need to."""
+    """What the run cost (train/cost.py), on the selected weights. `selected` is the model `score_selected` read
+    back to test: reading `best/` again would add a fixed cost to every run, and to every trial's overhead.
+    The peak memory is read first, before anything more is loaded or timed."""
     costs = {"train_seconds": sum(m.train_seconds for m in state.history), "peak_mem_mib": peak_memory_mib(device)}
     selected = selected if selected is not None else load_selected(out_dir / "best")[0].to(device)
     return costs | measure(selected, prep.dev, device, cfg.amp)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from tiny_runs import tiny_cfg
 
@@ -18,6 +19,23 @@ def test_every_run_records_its_size_peak_memory_and_latency_on_the_selected_weig
     assert r.costs["peak_mem_mib"] > 50  # this process's peak resident memory on the CPU: torch alone is more
     assert 0 < r.costs["latency_ms_b1"] < r.costs["latency_ms_b256"]  # a batch of 256 pairs takes longer than one
     assert json.loads((tmp_path / "run" / "result.json").read_text())["costs"] == r.costs
+
+
+@pytest.mark.parametrize("eval_test", [True, False])
+def test_a_run_reads_its_selected_weights_once_for_test_and_costs(tiny_snli, tmp_path, monkeypatch, eval_test):
+    """A second read of best/ is a fixed cost in every run (a bigger one the bigger the model), and in every trial."""
+    import bertnli.train.fit as fit_module
+
+    reads = []
+
+    def counted(folder, *args, **kwargs):
+        reads.append(folder)
+        return load_selected(folder, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "load_selected", counted)
+    r = fit(tiny_cfg(tiny_snli, tmp_path, epochs=1, eval_test=eval_test), tmp_path / "run", progress=False)
+    assert (r.test is not None) == eval_test and r.costs["latency_ms_b1"] > 0
+    assert reads == [tmp_path / "run" / "best"]
 
 
 def test_latency_batches_fill_up_from_a_small_split(tiny_snli, tmp_path):
