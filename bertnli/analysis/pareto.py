@@ -147,7 +147,7 @@ def front_table(table: pd.DataFrame, objectives: tuple[Objective, ...], constrai
 def pareto_figure(table: pd.DataFrame, objectives: tuple[Objective, ...], label: str = "number"):
     """Dev accuracy against each cost objective, one panel each: the front in colour and joined, the dominated
     trials grey, the trials that break a constraint as grey crosses."""
-    from bertnli.tracking.figures import pyplot
+    from bertnli.tracking.figures import log_scale, pyplot
 
     plt = pyplot()
     costs = [o for o in objectives if o.name != ACCURACY] or [Objective(ACCURACY, "max")]
@@ -164,7 +164,7 @@ def pareto_figure(table: pd.DataFrame, objectives: tuple[Objective, ...], label:
             ax.annotate(str(r[label]), (r[cost.name], r[ACCURACY]), textcoords="offset points", xytext=(4, 4))
         ax.set(xlabel=f"{cost.name} ({cost.direction})", ylabel="dev accuracy", title=f"dev accuracy vs {cost.name}")
         if cost.name == "params" and (measured[cost.name] > 0).all():
-            ax.set_xscale("log")
+            log_scale(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bertnli.analysis.stats import p_phrase
-from bertnli.tracking.figures import pyplot
+from bertnli.tracking.figures import integer_ticks, log_scale, pyplot
 from bertnli.tracking.store import client
 
 
@@ -27,7 +27,7 @@ def plot_dev_vs_lr(finished_runs: pd.DataFrame):
             marker="o" if trunc == "longest_first" else "^",
             alpha=0.8,
         )
-    ax.set_xscale("log")
+    log_scale(ax)
     ax.set(xlabel="learning rate (log)", ylabel="best dev accuracy", title="dev accuracy vs learning rate")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -61,6 +61,7 @@ def plot_learning_curves(board: pd.DataFrame, tracking_uri: str | None = None):
             [m.step for m in hist], [m.value for m in hist], "o-", label=f"{r['run_name']} ({r['best_dev_acc']:.3f})"
         )
     ax.set(xlabel="epoch", ylabel="dev accuracy", title=f"learning curves of the top {len(board)} runs")
+    integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -68,7 +69,8 @@ def plot_learning_curves(board: pd.DataFrame, tracking_uri: str | None = None):
 
 
 def plot_cells(cells: pd.DataFrame):
-    """Per cell: mean dev and test accuracy with the 95 % CI over its seeds."""
+    """Per cell: mean dev and test accuracy with the 95 % CI over its runs (seeds, or in a sweep's cell, runs whose
+    other parameters differ too)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(cells) + 1.5))
     y = np.arange(len(cells))
@@ -82,11 +84,11 @@ def plot_cells(cells: pd.DataFrame):
             fmt="o",
             color=color,
             capsize=4,
-            label=f"{name} mean, 95 % CI over seeds",
+            label=f"{name} mean, 95 % CI over the cell's runs",
         )
     ax.set_yticks(y, [f"{c} ({n} runs)" for c, n in zip(cells["cell"], cells["runs"])], fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlabel="accuracy", title="cells: mean and 95 % CI over seeds")
+    ax.set(xlabel="accuracy", title="cells: mean and 95 % CI over each cell's runs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -3,6 +3,8 @@ figure of bertnli is drawn with."""
 
 from __future__ import annotations
 
+import math
+
 from bertnli.data.snli import LABEL_NAMES
 from bertnli.train.state import EpochMetrics
 
@@ -15,6 +17,32 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def log_scale(ax, which: str = "x") -> None:
+    """A log axis labelled in plain numbers (2e-05, 0.0001, 5), at 1-2-5 steps when it spans a decade or more.
+    matplotlib's own labels (3x10^-5 at every minor tick) collide on a learning-rate axis under one decade wide."""
+    from matplotlib import ticker
+
+    getattr(ax, f"set_{which}scale")("log")
+    low, high = getattr(ax, f"get_{which}lim")()
+    shown = (1, 2, 5) if math.log10(high / low) >= 1 else tuple(range(1, 10))
+
+    def label(value: float, _pos) -> str:
+        if value <= 0:
+            return ""
+        return f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in shown else ""
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(ticker.FuncFormatter(label))
+    axis.set_minor_formatter(ticker.FuncFormatter(label))
+
+
+def integer_ticks(axis) -> None:
+    """Epochs, trials: whole numbers only (matplotlib would put ticks at 1.25, 1.5, ...)."""
+    from matplotlib import ticker
+
+    axis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
 def learning_curves_figure(history: list[EpochMetrics]):
