@@ -101,13 +101,14 @@ def truncation_effect(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def truncation_effect_note(runs: pd.DataFrame, effect: pd.DataFrame) -> str:
-    """One line for each model with runs of both truncations but no pair that differs in truncation only."""
+    """One line for each model with runs of both truncations but no pair that differs in truncation only; the
+    comparison it suggests is of the model with the most runs (in a sweep, the one the sampler favoured)."""
     f = finished_runs(runs)
     both = [m for m, g in f.groupby("model") if set(TRUNCATIONS) <= set(g["truncation"])]
     unpaired = [m for m in both if m not in set(effect["model"])]
     if not unpaired:
         return ""
-    m = unpaired[0]
+    m = max(unpaired, key=lambda model: (f["model"] == model).sum())
     return (
         f"truncation effect: no pair of {', '.join(unpaired)} runs differs in truncation only (same lr, epochs, "
         f"seed, data and limits), so no number is given; compare the cells with `bertnli-exp compare --cell "

@@ -66,6 +66,8 @@ def test_runs_that_differ_in_more_than_truncation_give_no_truncation_effect_but_
     assert "no pair of tiny-d2l-random, tiny-random runs differs in truncation only" in note
     assert "bertnli-exp compare --cell model=tiny-d2l-random,truncation=ratio" in note
     assert "bertnli-exp reproduce truncation_ablation" in note and not re.search(r"\d\.\d", note)
+    busier = runs.drop(runs.index[(runs["model"] == "tiny-d2l-random") & (runs["seed"] == 1)])
+    assert "compare --cell model=tiny-random,truncation=ratio" in truncation_effect_note(busier, eff)
     other_data = load_runs(["grid"], uri)
     other_data.loc[other_data["truncation"] == "ratio", "data_sha256"] = "another"
     assert truncation_effect(other_data).empty
