@@ -21,6 +21,7 @@ from bertnli.analysis.stats import (
     holm,
     mean_ci,
     overtaking,
+    p_floor_note,
     p_phrase,
 )
 from bertnli.tracking.predictions import load_predictions
@@ -272,7 +273,7 @@ def pairwise_table(
                         "ci_high": r["ci_high"],
                         "p_value": r["p_value"],
                         "test": r["test"],
-                        "note": "",
+                        "note": p_floor_note(int(r["seeds_a"]), int(r["seeds_b"]), r["test"]),
                     }
                 )
     out = pd.DataFrame(

@@ -166,6 +166,24 @@ def run_permutation_p(correct_a, correct_b, max_draws: int = 20_000, seed: int =
     return float(np.mean(np.abs(delta) >= observed - 1e-12))
 
 
+def smallest_run_p(runs_a: int, runs_b: int) -> float:
+    """The smallest p `run_permutation_p` can give with these runs a side: the extreme labelling alone, or with
+    its mirror when the sides are equal."""
+    return (2 if runs_a == runs_b else 1) / math.comb(runs_a + runs_b, runs_a)
+
+
+def p_floor_note(runs_a: int, runs_b: int, test: str) -> str:
+    """Where the runs x examples test cannot reach 0.05 at all, however large the difference: a reader who
+    sees an interval far from 0 beside a large p learns why."""
+    floor = smallest_run_p(runs_a, runs_b) if test == RUNS_X_EXAMPLES else 0.0
+    if floor < 0.05:
+        return ""
+    return (
+        f"p cannot go below {floor:.2g} with {runs_a} and {runs_b} runs (the runs' permutation), whatever the "
+        "difference; more runs per cell would settle it"
+    )
+
+
 def compare_correct(correct_a, correct_b, n_boot: int = 10_000, seed: int = 0) -> Comparison:
     """The whole paired comparison of two sides' per-example correctness, with one rule for its p.
 

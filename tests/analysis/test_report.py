@@ -130,6 +130,7 @@ def test_pairwise_forest_plot_shows_every_pair_with_its_ci_and_holm_p(store, tmp
         f"Holm {p_phrase(p)} ({t})" for p, t in zip(pairs["p_holm"], pairs["test"])
     ]
     assert set(pairs["test"]) == {"runs x examples"}  # two seeds a cell
+    assert pairs["note"].str.startswith("p cannot go below 0.33 with 2 and 2 runs").all()  # 2 / C(4, 2)
     assert [t.get_text() for t in ax.get_yticklabels()] == [
         f"{a}\n− {b} ({s})" for a, b, s in zip(pairs["cell_a"], pairs["cell_b"], pairs["split"])
     ]

@@ -21,7 +21,9 @@ from bertnli.analysis.stats import (
     mcnemar_exact,
     mean_ci,
     overtaking,
+    p_floor_note,
     run_permutation_p,
+    smallest_run_p,
     spearman_rho,
 )
 
@@ -229,6 +231,18 @@ def test_three_runs_against_three_cannot_reach_0_05_however_far_apart():
     a, b = _cell_pair(rng, 3, 3, spread=0.01, effect=2.0, n=500)
     assert run_permutation_p(a, b) == pytest.approx(0.1)
     assert compare_correct(a, b, n_boot=500).p_value == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("runs", [(1, 3), (3, 1), (2, 2), (2, 3), (3, 3), (4, 4)])
+def test_the_stated_floor_of_the_run_permutation_is_what_it_gives_far_apart(runs):
+    rng = np.random.default_rng(13)
+    a, b = _cell_pair(rng, *runs, spread=0.01, effect=2.0, n=300)
+    assert run_permutation_p(a, b) == pytest.approx(smallest_run_p(*runs))
+    note = p_floor_note(*runs, RUNS_X_EXAMPLES)
+    assert (f"cannot go below {smallest_run_p(*runs):.2g} with {runs[0]} and {runs[1]} runs" in note) == (
+        smallest_run_p(*runs) >= 0.05
+    )
+    assert p_floor_note(1, 1, MCNEMAR) == ""  # one run a side: McNemar over examples has no such floor
 
 
 def test_random_relabellings_agree_with_all_of_them():
