@@ -19,7 +19,7 @@ from bertnli.sweep.rungs import RUNG
 from bertnli.sweep.space import SweepConfig
 from bertnli.sweep.storage import min_trials
 from bertnli.sweep.warm_start import DONE_ATTR, IMPORTED
-from bertnli.tracking.figures import pyplot
+from bertnli.tracking.figures import integer_ticks, log_scale, pyplot
 from bertnli.tracking.models import log_selected
 from bertnli.tracking.query import load_runs
 from bertnli.tracking.store import client, default_tracking_uri, with_retries
@@ -120,6 +120,21 @@ def first_rung(study):
     return view
 
 
+def legible(fig, fn: str) -> None:
+    """Optuna's figure `fn` laid out with labels that do not collide: log axes in plain numbers, whole trial
+    numbers, and the slice plot's colour bar beside its panels (tight_layout would lay the last panel over it)."""
+    for ax in fig.axes:
+        for which in "xy":
+            if getattr(ax, f"get_{which}scale")() == "log":
+                log_scale(ax, which)
+    if fn == "plot_optimization_history":
+        integer_ticks(fig.axes[0].xaxis)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"] if fn == "plot_slice" else []
+    fig.tight_layout(rect=(0, 0, 0.9, 1) if bars else None)
+    for ax in bars:
+        ax.set_position([0.92, 0.12, 0.015, 0.76])
+
+
 def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
     import warnings
 
@@ -145,8 +160,8 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
                 else:
                     ax = getattr(ovm, fn)(per_param, params=params, **target)
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-                fig.set_size_inches(10, 5)
-                fig.tight_layout()
+                fig.set_size_inches(max(10, 3 * len(params) + 1) if fn == "plot_slice" else 10, 5)
+                legible(fig, fn)
                 fig.savefig(tmp / name, dpi=100)
             plt.close(fig)
             c.log_artifact(parent_run_id, str(tmp / name), "plots")

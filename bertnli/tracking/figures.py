@@ -19,23 +19,37 @@ def pyplot():
     return plt
 
 
+LOG_STEPS = (range(1, 10), (1, 2, 5), (1,))  # the mantissas a log axis may label, densest first
+
+
 def log_scale(ax, which: str = "x") -> None:
-    """A log axis labelled in plain numbers (2e-05, 0.0001, 5), at 1-2-5 steps when it spans a decade or more.
-    matplotlib's own labels (3x10^-5 at every minor tick) collide on a learning-rate axis under one decade wide."""
+    """A log axis labelled in plain numbers (2e-05, 0.0001, 5) at the densest of LOG_STEPS whose labels fit side
+    by side. matplotlib's own labels (3x10^-5 at every minor tick) collide on a learning-rate axis under a decade
+    wide, and on the narrow panels of Optuna's slice plot."""
     from matplotlib import ticker
 
     getattr(ax, f"set_{which}scale")("log")
-    low, high = getattr(ax, f"get_{which}lim")()
-    shown = (1, 2, 5) if math.log10(high / low) >= 1 else tuple(range(1, 10))
+    axis = ax.xaxis if which == "x" else ax.yaxis
 
     def label(value: float, _pos) -> str:
-        if value <= 0:
+        low, high = sorted(axis.get_view_interval())
+        if value <= 0 or low <= 0:
             return ""
-        return f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in shown else ""
+        size = axis.get_major_ticks()[0].label1.get_size()  # points
+        length, needed = (ax.bbox.width, 4.5 * size) if which == "x" else (ax.bbox.height, 1.5 * size)  # 0.0001
+        per_decade = length * 72 / ax.figure.dpi / max(math.log10(high / low), 1e-9)
+        steps = next(s for s in LOG_STEPS if _fits(s, low, high, needed / per_decade))
+        return f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in steps else ""
 
-    axis = ax.xaxis if which == "x" else ax.yaxis
     axis.set_major_formatter(ticker.FuncFormatter(label))
     axis.set_minor_formatter(ticker.FuncFormatter(label))
+
+
+def _fits(steps, low: float, high: float, gap: float) -> bool:
+    """Every two neighbouring labels of `steps` between low and high are at least `gap` decades apart."""
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    shown = [math.log10(m) + e for e in decades for m in steps if low <= m * 10**e <= high]
+    return steps == LOG_STEPS[-1] or all(b - a >= gap for a, b in zip(shown, shown[1:]))
 
 
 def integer_ticks(axis) -> None:

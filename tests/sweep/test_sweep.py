@@ -76,6 +76,8 @@ def test_sweep_records_parent_children_and_pruned_truthfully(tmp_path, tiny_snli
         a.path for a in c.list_artifacts(parents[0].info.run_id, "plots")
     ]
     assert "trials.csv" in files and "plots/optimization_history.png" in files
+    assert {f"plots/{p}.png" for p in ("param_importances", "slice", "parallel_coordinate")} <= set(files)
+    assert not [k for k in parents[0].data.tags if k.startswith("bertnli.plot_skipped")]  # laid out without error
     best = st.best_trial
     assert parents[0].data.metrics["best_dev_acc"] == pytest.approx(best.value)
     assert parents[0].data.tags["mlflow.source.name"] == "bertnli-exp sweep"  # the runs table's Source column
