@@ -15,6 +15,7 @@ from typing import Any
 from bertnli import BadInput
 from bertnli.analysis.pareto import parse_constraint, parse_objectives
 from bertnli.config import TrackingConfig, TrainConfig, load_config, read_toml
+from bertnli.data.snli import split_path
 from bertnli.model.presets import check_model_spec
 from bertnli.sweep.params import Param, known_configuration, parse_space, values_trained
 from bertnli.sweep.rungs import RUNG, rung_fractions
@@ -238,8 +239,8 @@ def check_runnable(cfg: SweepConfig) -> None:
     resolve_device(cfg.base.device)
     for spec in values_trained(cfg.space, "model", cfg.base.model):
         check_model_spec(str(spec))
-    if not Path(cfg.base.data).is_dir():
-        raise BadInput(f"data folder {cfg.base.data} not found; give --data a folder with snli_1.0_*.jsonl[.gz]")
+    for split in ("train", "dev"):
+        split_path(cfg.base.data, split)
 
 
 def cells(cfg: SweepConfig) -> list[dict[str, Any]]:

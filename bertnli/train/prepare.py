@@ -16,7 +16,8 @@ from bertnli.data.snli import split_path
 from bertnli.data.subsets import subset_rows
 from bertnli.data.tokenize import Tokenizer
 from bertnli.model.bert import NLIClassifier
-from bertnli.model.presets import build_model
+from bertnli.model.presets import build_model, check_model_spec
+from bertnli.train.runtime import resolve_device
 
 
 @dataclass
@@ -27,6 +28,16 @@ class Prepared:
     dev: EncodedSplit
     test: EncodedSplit | None
     digests: dict[str, str]
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Refuse what would fail a run at its start (a model that does not load, a data folder without its train and
+    dev splits, a device not here) before its MLflow run and output folder are made: a mistyped option leaves
+    no failed run in the store and no empty folder behind."""
+    resolve_device(cfg.device)
+    check_model_spec(cfg.model)
+    for split in ("train", "dev"):
+        split_path(cfg.data, split)
 
 
 def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:

@@ -82,15 +82,27 @@ def test_bad_options_are_one_line_and_exit_2(args, needle):
     "args,needle",
     [
         (["train", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),
+        (["train", "--data", "/nonexistent", "--seeds", "0,1"], "data folder /nonexistent not found"),
+        (["train", "--data", ".", "--model", "tiny-d2l-random"], "no train split in ."),
+        (["sweep", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),
+        (["sweep", "--data", ".", "--model", "tiny-d2l-random"], "no train split in ."),
         (["train", "--config", "/nope.toml"], "config file /nope.toml not found"),
         (["train", "--model", "bert-huge"], "unknown model 'bert-huge'"),
         (["train", "--lr", "-1"], "-1.0 is not in the range x>0"),
         (["predict", "/nonexistent-run-folder", "a", "b"], "no MLflow run"),
     ],
 )
-def test_bad_values_are_one_line_errors(args, needle, mlflow_uri):
-    r = cli(*args, MLFLOW_TRACKING_URI=mlflow_uri)
+def test_bad_values_are_one_line_errors(args, needle, tmp_path):
+    """And leave nothing behind: no failed MLflow run, no empty output folder (a mistyped --data made both)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = cli(*args, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
     assert r.returncode == 2 and needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlruns").exists()
+    if (tmp_path / "mlflow.db").exists():
+        runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+        assert not runs, [r.data.tags.get("bertnli.error") for r in runs]
 
 
 def test_models_and_data_info(tiny_snli):

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 import pytest
+from conftest import make_rows, write_jsonl_gz
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
@@ -24,11 +25,20 @@ from bertnli.sweep.storage import open_storage
 S = optuna.trial.TrialState
 
 
+def split_files(tmp_path) -> str:
+    """A data folder with train and dev splits (a sweep refuses one without them); these races train nothing."""
+    folder = tmp_path / "snli"
+    folder.mkdir(exist_ok=True)
+    for split, seed in (("train", 1), ("dev", 2)):
+        write_jsonl_gz(folder / f"snli_1.0_{split}.jsonl.gz", make_rows(8, seed))
+    return str(folder)
+
+
 def sweep_cfg(tmp_path, **sweep):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return load_sweep_config(
         None,
-        {"data": str(tmp_path)},
+        {"data": split_files(tmp_path)},
         {"study_name": "s", "out_dir": str(tmp_path / "out"), **sweep},
         [],
         TrackingConfig(uri, None),
@@ -86,7 +96,7 @@ def cells_cfg(tmp_path):
 
     cfg = load_sweep_config(
         None,
-        {"data": str(tmp_path), "model": "tiny-d2l-random"},
+        {"data": split_files(tmp_path), "model": "tiny-d2l-random"},
         {"study_name": "s", "out_dir": str(tmp_path / "out"), "storage": str(tmp_path / "journal.log"), "trials": 2},
         ["truncation=longest_first|ratio", "lr=1e-4:1e-3"],
         TrackingConfig(f"sqlite:///{tmp_path / 'mlflow.db'}", None),
