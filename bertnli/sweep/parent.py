@@ -120,9 +120,11 @@ def first_rung(study):
     return view
 
 
-def legible(fig, fn: str) -> None:
-    """Optuna's figure `fn` laid out with labels that do not collide: log axes in plain numbers, whole trial
-    numbers, and the slice plot's colour bar beside its panels (tight_layout would lay the last panel over it)."""
+def legible(fig, fn: str, n_params: int) -> None:
+    """Optuna's figure `fn` laid out with labels that do not collide: the slice plot a panel width per parameter,
+    log axes in plain numbers, whole trial numbers, and the slice plot's colour bar beside its panels
+    (tight_layout would lay the last panel over it)."""
+    fig.set_size_inches(max(10, 3 * n_params + 1) if fn == "plot_slice" else 10, 5)
     for ax in fig.axes:
         for which in "xy":
             if getattr(ax, f"get_{which}scale")() == "log":
@@ -160,10 +162,11 @@ def _plots(study, c, parent_run_id: str, tmp: Path) -> None:
                 else:
                     ax = getattr(ovm, fn)(per_param, params=params, **target)
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-                fig.set_size_inches(max(10, 3 * len(params) + 1) if fn == "plot_slice" else 10, 5)
-                legible(fig, fn)
-                fig.savefig(tmp / name, dpi=100)
-            plt.close(fig)
+                try:
+                    legible(fig, fn, len(params))
+                    fig.savefig(tmp / name, dpi=100)
+                finally:
+                    plt.close(fig)
             c.log_artifact(parent_run_id, str(tmp / name), "plots")
         except Exception as e:  # noqa: BLE001 - e.g. importances need >1 complete trial
             why = str(e)[:200]

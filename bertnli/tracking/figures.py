@@ -19,13 +19,13 @@ def pyplot():
     return plt
 
 
-LOG_STEPS = (range(1, 10), (1, 2, 5), (1,))  # the mantissas a log axis may label, densest first
+LOG_STEPS = (range(1, 10), (1, 2, 5), (1, 3), (1,))  # the mantissas a log axis may label, densest first
 
 
 def log_scale(ax, which: str = "x") -> None:
     """A log axis labelled in plain numbers (2e-05, 0.0001, 5) at the densest of LOG_STEPS whose labels fit side
-    by side. matplotlib's own labels (3x10^-5 at every minor tick) collide on a learning-rate axis under a decade
-    wide, and on the narrow panels of Optuna's slice plot."""
+    by side and show at least two values. matplotlib's own labels (3x10^-5 at every minor tick) collide on a
+    learning-rate axis under a decade wide, and on the narrow panels of Optuna's slice plot."""
     from matplotlib import ticker
 
     getattr(ax, f"set_{which}scale")("log")
@@ -35,21 +35,40 @@ def log_scale(ax, which: str = "x") -> None:
         low, high = sorted(axis.get_view_interval())
         if value <= 0 or low <= 0:
             return ""
-        size = axis.get_major_ticks()[0].label1.get_size()  # points
-        length, needed = (ax.bbox.width, 4.5 * size) if which == "x" else (ax.bbox.height, 1.5 * size)  # 0.0001
-        per_decade = length * 72 / ax.figure.dpi / max(math.log10(high / low), 1e-9)
-        steps = next(s for s in LOG_STEPS if _fits(s, low, high, needed / per_decade))
-        return f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in steps else ""
+        exponent = math.floor(math.log10(value) + 1e-9)
+        mantissa = value / 10**exponent
+        if not math.isclose(mantissa, round(mantissa), rel_tol=1e-6):  # linear minor ticks of a very narrow axis
+            return ""
+        length = (ax.bbox.width if which == "x" else ax.bbox.height) * 72 / ax.figure.dpi  # points
+        size = axis.majorTicks[0].label1.get_size()
+        steps = log_steps(low, high, length / max(math.log10(high / low), 1e-9), size, which)
+        return f"{value:g}" if round(mantissa) in steps else ""
 
     axis.set_major_formatter(ticker.FuncFormatter(label))
     axis.set_minor_formatter(ticker.FuncFormatter(label))
 
 
-def _fits(steps, low: float, high: float, gap: float) -> bool:
-    """Every two neighbouring labels of `steps` between low and high are at least `gap` decades apart."""
+def log_steps(low: float, high: float, points_per_decade: float, size: float, which: str = "x"):
+    """The densest LOG_STEPS whose labels between low and high do not touch, preferring one that shows two."""
+    fitting = [s for s in LOG_STEPS if _apart(_in_view(s, low, high), points_per_decade, size, which)]
+    fitting = fitting or [LOG_STEPS[-1]]
+    return next((s for s in fitting if len(_in_view(s, low, high)) >= 2), fitting[0])
+
+
+def _in_view(steps, low: float, high: float) -> list[float]:
     decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-    shown = [math.log10(m) + e for e in decades for m in steps if low <= m * 10**e <= high]
-    return steps == LOG_STEPS[-1] or all(b - a >= gap for a, b in zip(shown, shown[1:]))
+    return [m * 10.0**e for e in decades for m in steps if low <= m * 10.0**e <= high]
+
+
+def _apart(values: list[float], points_per_decade: float, size: float, which: str) -> bool:
+    """Neighbouring labels leave a gap: along x, half of each label's width (about 0.6 em a character) and
+    one em between; along y, one and a half lines."""
+    for a, b in zip(values, values[1:]):
+        room = (math.log10(b) - math.log10(a)) * points_per_decade
+        needed = 0.3 * size * (len(f"{a:g}") + len(f"{b:g}")) + size if which == "x" else 1.5 * size
+        if room < needed:
+            return False
+    return True
 
 
 def integer_ticks(axis) -> None:

@@ -30,6 +30,7 @@ from bertnli.tracking.run_folder import MARKER, check_resumable, claimed, prepar
 from bertnli.tracking.store import client, default_tracking_uri, get_or_create_experiment, patience, unreachable
 from bertnli.tracking.system_metrics import start_system_metrics, stop_system_metrics, system_metrics_on
 from bertnli.train.fit import fit
+from bertnli.train.prepare import check_inputs
 from bertnli.train.runtime import dist_info
 from bertnli.train.state import EpochMetrics, FitResult
 
@@ -264,6 +265,8 @@ def train_run(
     resumed or `overwrite`; a resume is checked before anything trains. `resume` without a marker (a sweep's
     retry, which carries an earlier attempt's checkpoint) continues from `last.pt` in a new MLflow run.
     """
+    if not resume:  # a mistyped model or data folder leaves no failed run and no empty folder behind
+        check_inputs(cfg)  # (a resume first learns whether its run already finished, whatever the data)
     out_dir = Path(out_dir)
     if dist_info()[0] != 0 or int(os.environ.get("RANK", "0")) != 0:
         return fit(cfg, out_dir, callbacks=[], resume=resume, progress=False), ""

@@ -259,6 +259,7 @@ def fit(
     )
     wall = time.perf_counter() - t_start
     costs = run_costs(cfg, prep, state, out_dir, device, selected) if is_main else {}
+    del selected  # a second copy of the model (on the GPU too) need not live through the callbacks' logging
     result = FitResult(state.best_epoch, state.best_dev_acc, state.history, test, dev_sel, out_dir, wall, info, costs)
     if is_main:
         write_result(out_dir, result)

@@ -82,7 +82,10 @@ def test_bad_options_are_one_line_and_exit_2(args, needle):
     "args,needle",
     [
         (["train", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),
-        (["train", "--data", "/nonexistent", "--seeds", "0,1"], "data folder /nonexistent not found"),
+        (
+            ["train", "--data", "/nonexistent", "--model", "tiny-d2l-random", "--seeds", "0,1"],
+            "data folder /nonexistent",
+        ),
         (["train", "--data", ".", "--model", "tiny-d2l-random"], "no train split in ."),
         (["train", "--model", "hf:."], ". has no config.json"),
         (["sweep", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),

@@ -30,8 +30,7 @@ def drawn(study, fn: str):
         warnings.simplefilter("ignore")  # Optuna's matplotlib figures are experimental
         ax = getattr(ovm, fn)(study)
     fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-    fig.set_size_inches(max(10, 3 * 4 + 1) if fn == "plot_slice" else 10, 5)
-    legible(fig, fn)
+    legible(fig, fn, n_params=4)
     return fig
 
 
@@ -39,7 +38,7 @@ def test_the_slice_plot_labels_its_learning_rate_and_keeps_its_colour_bar_clear_
     fig = drawn(study, "plot_slice")
     panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     (lr,) = [ax for ax in panels if ax.get_xscale() == "log"]
-    assert_legible(shown_labels(fig, lr.xaxis), at_least=1)
+    assert_legible(shown_labels(fig, lr.xaxis), at_least=2)
     (bar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     renderer = fig.canvas.get_renderer()
     bar_box = bar.get_window_extent(renderer)

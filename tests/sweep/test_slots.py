@@ -145,8 +145,9 @@ def test_each_trial_process_sees_only_its_slot_and_crashed_trials_give_theirs_ba
     monkeypatch.setenv("BERTNLI_HOST_GPUS", "Fake A,Fake B,Fake C")  # what CUDA would list on a 3-GPU host
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")  # as a scheduler sets it: the host's GPUs 4-6
     new_store(tmp_path / "mlflow.db")
-    broken = tmp_path / "not-a-bert"  # exists (so the sweep starts) but cannot load: its trials crash
+    broken = tmp_path / "not-a-bert"  # passes the sweep's checks (a folder, a config) but has no weights: trials crash
     broken.mkdir()
+    (broken / "config.json").write_text("{}")
     toml = write_toml(
         tmp_path,
         tiny_snli,

@@ -175,8 +175,9 @@ def test_worker_processes_share_one_study_and_end_with_exactly_n(tmp_path, tiny_
 @pytest.mark.slow
 def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli, new_store):
     new_store(tmp_path / "mlflow.db")
-    broken = tmp_path / "not-a-bert"  # exists (so the sweep starts) but cannot load (so its trials fail)
+    broken = tmp_path / "not-a-bert"  # passes the sweep's checks (a folder, a config) but cannot load (no weights)
     broken.mkdir()
+    (broken / "config.json").write_text("{}")
     toml = write_toml(
         tmp_path,
         tiny_snli,
@@ -189,7 +190,7 @@ def test_failing_trials_are_failed_and_the_sweep_goes_on(tmp_path, tiny_snli, ne
     failed = [t for t in ran(st.get_trials()) if t.state == S.FAIL]
     assert len(failed) >= 2 and all(t.params["model"] == f"hf:{broken}" for t in failed)
     assert [retry_of(t) for t in failed[:2]] == [None, failed[0].number]  # tried, retried once
-    assert all("has no config.json" in t.user_attrs["error"] for t in failed)
+    assert all("has no model.safetensors" in t.user_attrs["error"] for t in failed)
     assert_consistent(st, parents, children, 2)
 
 
@@ -198,6 +199,7 @@ def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli
     new_store(tmp_path / "mlflow.db")
     broken = tmp_path / "not-a-bert"
     broken.mkdir()
+    (broken / "config.json").write_text("{}")
     toml = write_toml(
         tmp_path,
         tiny_snli,
@@ -216,7 +218,8 @@ def test_a_sweep_whose_every_trial_fails_stops_with_one_line(tmp_path, tiny_snli
     assert r.returncode == 1
     err = r.stderr.strip().splitlines()[-1]
     assert (
-        err.startswith("bertnli-exp: error: stopped: the last 2 trials all failed") and "has no config.json" in err
+        err.startswith("bertnli-exp: error: stopped: the last 2 trials all failed")
+        and "has no model.safetensors" in err
     ), r.stderr[-2000:]
     st, parents, children = state(tmp_path)
     assert [t.state for t in st.get_trials()] == [S.FAIL] * 2  # stopped, not looping forever
