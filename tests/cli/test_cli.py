@@ -49,7 +49,7 @@ def test_train_prints_result_and_options_override_the_file(trained):
     assert cfg["lr"] == 2e-3 and cfg["epochs"] == 5 and cfg["model"] == "tiny-d2l-random"  # option beat the file's 0.5
 
 
-def test_predict_and_evaluate_from_the_checkpoint(trained, tiny_snli):
+def test_predict_and_evaluate_from_the_checkpoint(trained, tiny_snli, tmp_path):
     run, _ = trained
     r = cli("predict", run, "A man is sitting on the street.", "A man is not sitting on the street.")
     assert r.returncode == 0, r.stderr
@@ -57,7 +57,7 @@ def test_predict_and_evaluate_from_the_checkpoint(trained, tiny_snli):
     assert label in ("entailment", "contradiction", "neutral")
     probs = [float(s.split("=")[1]) for s in scores]
     assert sum(probs) == pytest.approx(1.0, abs=2e-3)
-    r = cli("evaluate", run, "--data", tiny_snli, "--split", "dev")
+    r = cli("evaluate", run, "--data", tiny_snli, "--split", "dev", cwd=tmp_path)  # its encoding cache there
     assert r.returncode == 0 and "dev: accuracy" in r.stdout and "confusion" in r.stdout
 
 
@@ -123,12 +123,13 @@ def test_reproduce_ends_with_a_verdict(tiny_snli, tmp_path, mlflow_uri):
         f'max_len = 32\nbatch_size = 16\ncache_dir = "{tmp_path / "enc"}"\n\n[expect]\nmetric = "best_dev_acc"\ntarget '
         "= 0.2\n"
     )
-    r = cli("reproduce", toml, "--tracking-uri", mlflow_uri, "--no-progress")
+    r = cli("reproduce", toml, "--tracking-uri", mlflow_uri, "--no-progress", cwd=tmp_path)  # its outputs/ there
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "outputs" / "mini" / "run" / "best").is_dir()
     verdict = r.stdout.strip().splitlines()[-1]
     assert verdict.startswith("verdict: mini: target best_dev_acc >= 0.2000, measured ") and "PASS; run " in verdict
     toml.write_text(toml.read_text().replace("target = 0.2", "target = 0.99"))
-    r = cli("reproduce", toml, "--tracking-uri", mlflow_uri, "--no-progress")
+    r = cli("reproduce", toml, "--tracking-uri", mlflow_uri, "--no-progress", cwd=tmp_path)
     assert r.returncode == 1 and ": FAIL; run " in r.stdout
 
 

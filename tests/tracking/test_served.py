@@ -167,7 +167,8 @@ def test_models_serve_answers_invocations(served_run, server):
         _stop(proc)
 
 
-def test_champion_is_registered_and_usable_by_name(served_run, server, tiny_snli):
+def test_champion_is_registered_and_usable_by_name(served_run, server, tiny_snli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # evaluate's encoding cache goes under the working directory
     from bertnli.cli import main
 
     run_id, _, best = served_run
