@@ -247,3 +247,33 @@ def pytest_collection_modifyitems(items):
     for item in items:
         cost[item.path] = cost.get(item.path, 0.0) + expected_seconds(item)
     items.sort(key=lambda item: -cost[item.path])  # stable: files stay whole, tests keep their order
+
+
+# What bertnli writes under its working directory by default: a test runs commands in a folder of its own.
+WRITTEN_BY_DEFAULT = ("outputs", ".cache", "mlruns", "reports")
+
+
+def _written() -> set[Path]:
+    return {p for name in WRITTEN_BY_DEFAULT for p in (ROOT / name).glob("*") if p.name != ".gitkeep"}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_BEFORE] = _written()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves the checkout as it found it: a command run in the repository by a test left its outputs/,
+    encoding caches and MLflow stores in every checkout that ran the suite. (xdist workers skip this; the
+    controller checks once all of them have ended.)"""
+    if hasattr(session.config, "workerinput") or _BEFORE not in session.config.stash:
+        return
+    left = sorted(_written() - session.config.stash[_BEFORE])
+    if left:
+        session.config.get_terminal_writer().line(
+            "the tests left these in the repository (run the command in tmp_path): " + ", ".join(map(str, left)),
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set]()
