@@ -74,9 +74,18 @@ def sweep(a, name: str, fidelity: str, out: Path) -> float:
     return done[name]
 
 
+def cache_dir_of(extra: list[str], cfg) -> str:
+    """The studies' encoding cache, for the test evaluation too: `--cache-dir` among the sweep options after --,
+    else the config's."""
+    given = [x.split("=", 1)[1] for x in extra if x.startswith("--cache-dir=")]
+    given += [extra[i + 1] for i, x in enumerate(extra[:-1]) if x == "--cache-dir"]
+    return given[-1] if given else cfg.base.cache_dir
+
+
 def test_once(a, out: Path, name: str, trial_number: int, cfg) -> float:
     folder = out / "sweeps" / name / f"trial-{trial_number:03d}" / "best"
     cmd = [sys.executable, "-m", "bertnli.cli", "evaluate", str(folder), "--data", cfg.base.data, "--split", "test"]
+    cmd += ["--cache-dir", cache_dir_of(a.extra, cfg)]
     if cfg.base.limit_eval:
         cmd += ["--limit", str(cfg.base.limit_eval)]
     r = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)

@@ -251,10 +251,12 @@ def pytest_collection_modifyitems(items):
 
 # What bertnli writes under its working directory by default: a test runs commands in a folder of its own.
 WRITTEN_BY_DEFAULT = ("outputs", ".cache", "mlruns", "reports")
+_BEFORE = pytest.StashKey[set]()
+_LEFT = pytest.StashKey[list]()
 
 
 def _written() -> set[Path]:
-    return {p for name in WRITTEN_BY_DEFAULT for p in (ROOT / name).glob("*") if p.name != ".gitkeep"}
+    return {p for name in WRITTEN_BY_DEFAULT for p in (ROOT / name).rglob("*") if p.is_file() and p.name != ".gitkeep"}
 
 
 def pytest_sessionstart(session):
@@ -264,16 +266,22 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     """The suite leaves the checkout as it found it: a command run in the repository by a test left its outputs/,
     encoding caches and MLflow stores in every checkout that ran the suite. (xdist workers skip this; the
-    controller checks once all of them have ended.)"""
+    controller checks once all of them have ended. A bertnli command of your own run in the checkout meanwhile
+    counts too.)"""
     if hasattr(session.config, "workerinput") or _BEFORE not in session.config.stash:
         return
     left = sorted(_written() - session.config.stash[_BEFORE])
-    if left:
-        session.config.get_terminal_writer().line(
-            "the tests left these in the repository (run the command in tmp_path): " + ", ".join(map(str, left)),
-            red=True,
-        )
+    session.config.stash[_LEFT] = left
+    if left and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-_BEFORE = pytest.StashKey[set]()
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    left = config.stash.get(_LEFT, [])
+    if left:
+        shown = ", ".join(str(p.relative_to(ROOT)) for p in left[:5]) + (
+            f" and {len(left) - 5} more" if left[5:] else ""
+        )
+        terminalreporter.write_line(
+            f"FAILED: the tests left files in the repository: {shown} (run the command in tmp_path)", red=True
+        )

@@ -28,9 +28,16 @@ def _load_checkpoint(source: str, tracking_uri: str | None):
 @click.option("--data", "folder", type=click.Path(), default=TrainConfig.data, show_default=True)
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="test", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=TrainConfig.cache_dir,
+    show_default=True,
+    help="encoded splits are cached here, as `train --cache-dir`",
+)
 @tracking_uri_option
 @progress_option
-def evaluate(checkpoint, folder, split, limit, tracking_uri, progress):
+def evaluate(checkpoint, folder, split, limit, cache_dir, tracking_uri, progress):
     """Score a checkpoint (a run folder, its best/ folder, an MLflow run id, or models:/NAME@champion) on a split."""
     from bertnli.data.cache import encode_split
     from bertnli.data.snli import LABEL_NAMES, read_split
@@ -39,9 +46,7 @@ def evaluate(checkpoint, folder, split, limit, tracking_uri, progress):
     model, tok, meta = _load_checkpoint(checkpoint, tracking_uri)
     cfg = meta.get("config", {})
     s = read_split(folder, split, required=True)
-    enc = encode_split(
-        s, tok, cfg.get("max_len", 128), cfg.get("truncation", "longest_first"), TrainConfig.cache_dir
-    ).head(limit)
+    enc = encode_split(s, tok, cfg.get("max_len", 128), cfg.get("truncation", "longest_first"), cache_dir).head(limit)
     r = run_eval(model, enc, 256, "cpu", progress=progress)
     click.echo(f"{split}: accuracy {r.acc:.4f} over {len(enc)} pairs")
     for name, d in r.per_class().items():

@@ -101,9 +101,7 @@ def _train_seeds(cfg, seeds, out_dir, tracking_uri, experiment, run_name, progre
     from bertnli.analysis.stats import mean_ci
     from bertnli.tracking.query import load_runs
     from bertnli.tracking.seeds import train_seed_group
-    from bertnli.train.prepare import check_inputs
 
-    check_inputs(cfg)  # before the group's folder is made (train_run checks each seed's run too)
     out_dir = (
         out_dir or f"outputs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_').replace('/', '_')}-seeds"
     )

@@ -25,11 +25,16 @@ LOG_STEPS = (range(1, 10), (1, 2, 5), (1, 3), (1,))  # the mantissas a log axis 
 def log_scale(ax, which: str = "x") -> None:
     """A log axis labelled in plain numbers (2e-05, 0.0001, 5) at the densest of LOG_STEPS whose labels fit side
     by side and show at least two values. matplotlib's own labels (3x10^-5 at every minor tick) collide on a
-    learning-rate axis under a decade wide, and on the narrow panels of Optuna's slice plot."""
+    learning-rate axis under a decade wide, and on the narrow panels of Optuna's slice plot. An axis of its own
+    data (not the twin axes of Optuna's parallel coordinates) too narrow to hold one whole mantissa is widened
+    to the nearest ones."""
     from matplotlib import ticker
 
     getattr(ax, f"set_{which}scale")("log")
     axis = ax.xaxis if which == "x" else ax.yaxis
+    low, high = sorted(getattr(ax, f"get_{which}lim")())
+    if (ax.collections or ax.lines) and 0 < low and not _in_view(LOG_STEPS[0], low, high):
+        getattr(ax, f"set_{which}lim")(_whole(low, up=False), _whole(high, up=True))  # else not one label
 
     def label(value: float, _pos) -> str:
         low, high = sorted(axis.get_view_interval())
@@ -52,7 +57,14 @@ def log_steps(low: float, high: float, points_per_decade: float, size: float, wh
     """The densest LOG_STEPS whose labels between low and high do not touch, preferring one that shows two."""
     fitting = [s for s in LOG_STEPS if _apart(_in_view(s, low, high), points_per_decade, size, which)]
     fitting = fitting or [LOG_STEPS[-1]]
-    return next((s for s in fitting if len(_in_view(s, low, high)) >= 2), fitting[0])
+    return max(fitting, key=lambda s: min(len(_in_view(s, low, high)), 2))  # the densest of those showing most
+
+
+def _whole(value: float, up: bool) -> float:
+    """`value` rounded down or up to a whole mantissa: 2.17e-05 -> 2e-05 or 3e-05."""
+    exponent = math.floor(math.log10(value) + 1e-9)
+    mantissa = value / 10**exponent
+    return (math.ceil(mantissa - 1e-9) if up else math.floor(mantissa + 1e-9)) * 10.0**exponent
 
 
 def _in_view(steps, low: float, high: float) -> list[float]:

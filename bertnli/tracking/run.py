@@ -277,6 +277,8 @@ def train_run(
             tracking = TrackingConfig(saved["tracking_uri"], tracking.experiment, tracking.run_name, tracking.tags)
         elif not resume:
             prepare_fresh(out_dir, overwrite)
+        if resume:  # once it is known not to have finished: a moved --data leaves its run as it was, not FAILED
+            check_inputs(cfg)
         run = MLflowRun(cfg, tracking, saved and saved["run_id"], parent_run_id, keep_checkpoint)
         atomic_write(out_dir / MARKER, json.dumps({"run_id": run.run_id, "tracking_uri": run.uri}))
         with recorded(run, classify):

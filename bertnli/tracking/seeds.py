@@ -12,6 +12,7 @@ from bertnli.config import TrackingConfig, TrainConfig, config_from_dict, resume
 from bertnli.files import atomic_write
 from bertnli.tracking.run import train_run
 from bertnli.tracking.store import client
+from bertnli.train.prepare import check_inputs
 
 
 def seed_group_settings(out_dir: Path, marker: dict) -> TrainConfig | None:
@@ -43,8 +44,10 @@ def train_seed_group(
     Returns the group and (seed, best dev accuracy or None when adopted, run id) per seed.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / "seed_group.json"
+    if not marker.is_file():  # a new group: bad input leaves no folder behind (train_run checks each new seed too)
+        check_inputs(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
     before = json.loads(marker.read_text()) if marker.is_file() else {}
     group = before.get("group") or f"{out_dir.name}-{uuid.uuid4().hex[:8]}"
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}

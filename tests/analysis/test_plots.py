@@ -10,7 +10,13 @@ from bertnli.analysis.plots import plot_dev_vs_lr
 
 # the session-15 CPU study's learning rates (1.2e-5 to 2.4e-4), a range under one decade, and one of 1 %
 @pytest.mark.parametrize(
-    "lrs", [[1.22e-5, 1.48e-5, 2.97e-5, 4.13e-5, 6.47e-5, 1.11e-4, 2.34e-4], [3e-5, 4e-5, 8e-5], [2e-5, 2.02e-5]]
+    "lrs",
+    [
+        [1.22e-5, 1.48e-5, 2.97e-5, 4.13e-5, 6.47e-5, 1.11e-4, 2.34e-4],
+        [3e-5, 4e-5, 8e-5],
+        [2e-5, 2.02e-5],
+        [2.2e-5, 2.8e-5],  # no whole mantissa in view: widened to 2e-05 .. 3e-05
+    ],
 )
 def test_the_learning_rate_axis_labels_do_not_overlap(lrs):
     runs = pd.DataFrame(

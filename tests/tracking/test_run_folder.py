@@ -92,6 +92,17 @@ def test_resume_without_last_pt_refuses_instead_of_training_again_into_the_same_
     assert _dev_steps(uri, _run_id(run)) == [1]
 
 
+def test_a_resume_with_a_moved_data_folder_is_one_line_and_leaves_its_run_as_it_was(tiny_snli, tmp_path, new_store):
+    """Seen: the resume reopened the KILLED run, failed to read the data, and left the run FAILED."""
+    uri = new_store(tmp_path / "mlflow.db")
+    cfg, run = _interrupted(tiny_snli, tmp_path, uri)
+    with pytest.raises(BadInput, match=r"data folder .*moved not found"):
+        train_run(cfg.replace(data=str(tmp_path / "moved")), run, TrackingConfig(uri, "folders"), resume=True)
+    assert MlflowClient(uri).get_run(_run_id(run)).info.status == "KILLED"
+    train_run(cfg, run, TrackingConfig(uri, "folders"), resume=True, progress=False)  # the right data: it goes on
+    assert _dev_steps(uri, _run_id(run)) == [1, 2]
+
+
 def test_a_damaged_best_folder_is_refused_when_resuming_not_after_training(tiny_snli, tmp_path, new_store):
     uri = new_store(tmp_path / "mlflow.db")
     cfg, run = _interrupted(tiny_snli, tmp_path, uri)
