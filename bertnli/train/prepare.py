@@ -16,7 +16,7 @@ from bertnli.data.snli import split_path
 from bertnli.data.subsets import subset_rows
 from bertnli.data.tokenize import Tokenizer
 from bertnli.model.bert import NLIClassifier
-from bertnli.model.presets import build_model, check_model_spec
+from bertnli.model.presets import build_model, check_model_spec, max_positions
 from bertnli.train.runtime import resolve_device
 
 
@@ -31,22 +31,25 @@ class Prepared:
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Refuse what would fail a run at its start (a model that does not load, a data folder without its train and
-    dev splits, a device not here) before its MLflow run and output folder are made: a mistyped option leaves
-    no failed run in the store and no empty folder behind."""
+    """Refuse what would fail a run at its start (a model that does not load, a max_len past its positions, a data
+    folder without its train and dev splits, a device not here) before its MLflow run and output folder are made:
+    a mistyped option leaves no failed run in the store and no empty folder behind."""
     resolve_device(cfg.device)
     check_model_spec(cfg.model)
+    check_max_len(cfg.max_len, max_positions(cfg.model))
     for split in ("train", "dev"):
         split_path(cfg.data, split)
+
+
+def check_max_len(max_len: int, positions: int | None) -> None:
+    if positions is not None and max_len > positions:
+        raise BadInput(f"max_len {max_len} exceeds the model's {positions} positions; lower --max-len")
 
 
 def prepare(cfg: TrainConfig, need_train: bool = True) -> Prepared:
     """Model + tokenizer, then each split encoded through the cache (limits, then the train fraction, applied after)."""
     model, tok = build_model(cfg.model, cfg.num_layers, cfg.dropout, cfg.seed, num_heads=cfg.num_heads)
-    if cfg.max_len > model.config.max_position:
-        raise BadInput(
-            f"max_len {cfg.max_len} exceeds the model's {model.config.max_position} positions; lower --max-len"
-        )
+    check_max_len(cfg.max_len, model.config.max_position)
     paths = {
         "train": split_path(cfg.data, "train", required=need_train),
         "dev": split_path(cfg.data, "dev", required=True),

@@ -88,6 +88,10 @@ def test_bad_options_are_one_line_and_exit_2(args, needle):
         ),
         (["train", "--data", ".", "--model", "tiny-d2l-random"], "no train split in ."),
         (["train", "--model", "hf:."], ". has no config.json"),
+        (
+            ["train", "--model", "tiny-d2l-random", "--max-len", "1000"],
+            "max_len 1000 exceeds the model's 512 positions",
+        ),
         (["sweep", "--data", "/nonexistent", "--model", "tiny-d2l-random"], "data folder /nonexistent not found"),
         (["sweep", "--data", ".", "--model", "tiny-d2l-random"], "no train split in ."),
         (["train", "--config", "/nope.toml"], "config file /nope.toml not found"),
