@@ -77,9 +77,9 @@ def sweep(a, name: str, fidelity: str, out: Path) -> float:
 def cache_dir_of(extra: list[str], cfg) -> str:
     """The studies' encoding cache, for the test evaluation too: `--cache-dir` among the sweep options after --,
     else the config's."""
-    given = [x.split("=", 1)[1] for x in extra if x.startswith("--cache-dir=")]
-    given += [extra[i + 1] for i, x in enumerate(extra[:-1]) if x == "--cache-dir"]
-    return given[-1] if given else cfg.base.cache_dir
+    only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    only.add_argument("--cache-dir")
+    return only.parse_known_args(extra)[0].cache_dir or cfg.base.cache_dir
 
 
 def test_once(a, out: Path, name: str, trial_number: int, cfg) -> float:

@@ -107,10 +107,10 @@ TINY_POSITIONS = 512
 def max_positions(spec: str) -> int | None:
     """The positions a model has, read without its weights where a config file says it; None where only loading
     tells (a d2l archive, whose positions `prepare` checks once it is built)."""
-    if spec in ("tiny-random", "tiny-d2l-random"):
+    kind = PRESETS[spec].kind if spec in PRESETS else None
+    if kind == "tiny":
         return TINY_POSITIONS
-    hf = PRESETS[spec].kind == "hf" if spec in PRESETS else False
-    folder = Path(spec[3:]) if spec.startswith("hf:") else minilm_folder() if hf else None
+    folder = Path(spec[3:]) if spec.startswith("hf:") else minilm_folder() if kind == "hf" else None
     if folder is None or not (folder / "config.json").is_file():
         return None
     try:

@@ -40,8 +40,7 @@ def log_scale(ax, which: str = "x") -> None:
         low, high = sorted(axis.get_view_interval())
         if value <= 0 or low <= 0:
             return ""
-        exponent = math.floor(math.log10(value) + 1e-9)
-        mantissa = value / 10**exponent
+        mantissa, _ = _mantissa(value)
         if not math.isclose(mantissa, round(mantissa), rel_tol=1e-6):  # linear minor ticks of a very narrow axis
             return ""
         length = (ax.bbox.width if which == "x" else ax.bbox.height) * 72 / ax.figure.dpi  # points
@@ -55,15 +54,21 @@ def log_scale(ax, which: str = "x") -> None:
 
 def log_steps(low: float, high: float, points_per_decade: float, size: float, which: str = "x"):
     """The densest LOG_STEPS whose labels between low and high do not touch, preferring one that shows two."""
-    fitting = [s for s in LOG_STEPS if _apart(_in_view(s, low, high), points_per_decade, size, which)]
-    fitting = fitting or [LOG_STEPS[-1]]
-    return max(fitting, key=lambda s: min(len(_in_view(s, low, high)), 2))  # the densest of those showing most
+    views = [(s, _in_view(s, low, high)) for s in LOG_STEPS]
+    fitting = [(s, shown) for s, shown in views if _apart(shown, points_per_decade, size, which)] or views[-1:]
+    return max(fitting, key=lambda view: min(len(view[1]), 2))[0]  # the densest of those showing most
+
+
+def _mantissa(value: float) -> tuple[float, int]:
+    """`value` = mantissa x 10**exponent with 1 <= mantissa < 10; a hair under a power of ten (0.0001 computed as
+    9.99...e-05) counts as that power."""
+    exponent = math.floor(math.log10(value) + 1e-9)
+    return value / 10**exponent, exponent
 
 
 def _whole(value: float, up: bool) -> float:
     """`value` rounded down or up to a whole mantissa: 2.17e-05 -> 2e-05 or 3e-05."""
-    exponent = math.floor(math.log10(value) + 1e-9)
-    mantissa = value / 10**exponent
+    mantissa, exponent = _mantissa(value)
     return (math.ceil(mantissa - 1e-9) if up else math.floor(mantissa + 1e-9)) * 10.0**exponent
 
 
